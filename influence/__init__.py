@@ -1,0 +1,16 @@
+"""influence: pick the few training examples that matter for a target capability.
+
+    from influence import load_pool, load_target, make_selector, select, write_selection
+    pool = load_pool("alpaca")
+    selection = select(pool, k=1000, selector=make_selector("longest"))
+    write_selection(selection, "alpaca-longest.jsonl")
+"""
+
+__version__ = "0.1.0"
+
+from influence.data import Example, Pool, Target, load_heldout, load_pool, load_target  # noqa: E402
+from influence.selection import Selection, select, write_selection  # noqa: E402
+from influence.selectors import SELECTORS, make_selector, register_selector  # noqa: E402
+
+__all__ = ["__version__", "Example", "Pool", "Target", "load_pool", "load_target", "load_heldout", "Selection",
+           "select", "write_selection", "SELECTORS", "make_selector", "register_selector"]

@@ -1,0 +1,53 @@
+"""`influence select`: choose k examples from one or more pools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from influence.constants import OUTPUT_FORMATS
+from influence.selection import check_writable, default_output_path, select, write_selection
+from influence.selectors import SELECTORS, make_selector
+from influence.selectors.baselines import LENGTH_UNITS
+
+
+@click.command("select")
+@click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC",
+              help="A pool name (see `influence pools`), a data file, or hf:ID[:SPLIT]. Repeat to mix pools.")
+@click.option("--k", type=int, default=1000, show_default=True, help="How many examples to select.")
+@click.option("--target", default=None, metavar="SPEC",
+              help="A target name (see `influence targets`) or file, for targeted selectors.")
+@click.option("--selector", type=click.Choice(sorted(SELECTORS)), default=None,
+              help="Scoring method [default: longest without a target, less with one].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
+@click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="alpaca", show_default=True,
+              help="Record layout of the output JSONL.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output JSONL [default: selections/<pool>-<selector>-k<k>.jsonl]; the manifest goes beside it.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--length-unit", type=click.Choice(LENGTH_UNITS), default="chars", show_default=True,
+              help="longest: measure responses in characters or words.")
+def select_command(pools, k, target, selector, seed, fmt, out, overwrite, length_unit) -> None:
+    """Select k examples from a pool and write them, SFT-ready, with a manifest."""
+    from influence.data import load_pool, load_target
+
+    name = selector or ("less" if target and "less" in SELECTORS else "longest")
+    options = {"unit": length_unit} if name == "longest" else {}
+    chosen = make_selector(name, **options)
+    out = out or default_output_path(list(pools), name, k, target if chosen.requires_target else None)
+    check_writable(out, overwrite)
+    pool = load_pool(pools)
+    for line in pool.describe():
+        click.echo(line)
+    target_set = load_target(target) if target and chosen.requires_target else None
+    if target and not chosen.requires_target:
+        click.echo(f"note: selector {name!r} ignores --target", err=True)
+    selection = select(pool, k, chosen, target=target_set, seed=seed)
+    for line in selection.summary():
+        click.echo(line)
+    jsonl, manifest = write_selection(selection, out, fmt=fmt, overwrite=overwrite)
+    click.echo(f"wrote {jsonl} and {manifest}")
+
+
+COMMANDS = [select_command]

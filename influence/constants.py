@@ -1,0 +1,20 @@
+"""File names and formats, chosen once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MANIFEST_SUFFIX = ".manifest.json"   # a selection `x.jsonl` has its manifest at `x.manifest.json`
+SELECTION_SUFFIX = ".jsonl"
+DATASTORE_MANIFEST = "manifest.json"  # inside indexes/<name>/
+DEFAULT_INDEX_ROOT = Path("indexes")
+DEFAULT_SELECTION_DIR = Path("selections")
+OUTPUT_FORMATS = ("alpaca", "messages")
+ID_LENGTH = 16  # hex characters of the content hash kept as an example's id
+
+
+def manifest_path(selection_path: str | Path) -> Path:
+    """`out/sel.jsonl` -> `out/sel.manifest.json`."""
+    path = Path(selection_path)
+    stem = path.name[: -len(SELECTION_SUFFIX)] if path.name.endswith(SELECTION_SUFFIX) else path.name
+    return path.with_name(stem + MANIFEST_SUFFIX)

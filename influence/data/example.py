@@ -1,0 +1,72 @@
+"""The one example type every part of the toolkit passes around."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from influence.constants import ID_LENGTH
+from influence.io import sha256_json
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction/response pair, or one chat whose last turn is the response.
+
+    `id` is a hash of the conversation's content alone (not of its source or subtask),
+    so the same example met in two pools has the same id and is caught as a duplicate.
+    """
+
+    instruction: str
+    input: str
+    output: str
+    messages: tuple[tuple[str, str], ...] | None = None  # (role, content), as given in chat form
+    subtask: str | None = None
+    source: str = ""
+    id: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", sha256_json(self.chat())[:ID_LENGTH])
+
+    @property
+    def prompt(self) -> str:
+        """The instruction with its input, as a user would read it."""
+        return f"{self.instruction}\n\n{self.input}" if self.input else self.instruction
+
+    @property
+    def response(self) -> str:
+        return self.output
+
+    def chat(self) -> list[dict[str, str]]:
+        """The example as chat messages, the response last."""
+        if self.messages is not None:
+            return [{"role": role, "content": content} for role, content in self.messages]
+        return [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": self.output}]
+
+    @classmethod
+    def from_messages(cls, messages: list[dict[str, str]], *, subtask: str | None = None,
+                      source: str = "") -> "Example":
+        """Build from chat messages; the alpaca view flattens earlier turns into the instruction."""
+        pairs = tuple((m["role"], m["content"]) for m in messages)
+        *context, (_, output) = pairs
+        if len(context) == 1 and context[0][0] == "user":
+            instruction = context[0][1]
+        else:
+            instruction = "\n\n".join(f"{role.capitalize()}: {content}" for role, content in context)
+        return cls(instruction=instruction, input="", output=output, messages=pairs,
+                   subtask=subtask, source=source)
+
+    def to_record(self, fmt: str) -> dict:
+        """The SFT-ready record: alpaca (instruction/input/output) or messages."""
+        if fmt == "alpaca":
+            record = {"instruction": self.instruction, "input": self.input, "output": self.output}
+        elif fmt == "messages":
+            record = {"messages": self.chat()}
+        else:
+            raise ValueError(f"unknown output format {fmt!r}")
+        if self.subtask is not None:
+            record["subtask"] = self.subtask
+        record["source"] = self.source
+        return record

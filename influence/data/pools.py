@@ -1,0 +1,165 @@
+"""Pools: the candidate training examples a selection is drawn from.
+
+A pool spec is a registered name (`alpaca`, `flan_cot`), a local file, or
+`hf:<dataset>[:<split>]`. Several specs make one mixed pool in which every example
+keeps its source; exact duplicates (same content hash) are kept once and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from influence.data.example import Example
+from influence.data.readers import FILE_SUFFIXES, ReadReport, examples_from_records, read_file, read_hf
+from influence.data.vendored import bundle_files, bundle_text
+from influence.errors import DataError, SelectionError, UnknownNameError
+from influence.io import sha256_json
+
+log = logging.getLogger(__name__)
+OFFLINE_VARIABLES = ("INFLUENCE_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+HUB_HOST = ("huggingface.co", 443)
+
+
+@dataclass(frozen=True)
+class PoolSource:
+    """One spec's contribution to a pool."""
+
+    spec: str
+    origin: str          # where the examples came from, in words
+    read: int            # records read
+    skipped_empty: int   # records skipped for an empty response
+    kept: int            # examples added to the pool (after removing duplicates)
+
+
+@dataclass
+class Pool:
+    """Unique examples in a fixed order, with what was read, skipped and deduplicated."""
+
+    examples: list[Example]
+    sources: list[PoolSource] = field(default_factory=list)
+    duplicates: int = 0
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the pool: its example ids, in order."""
+        return sha256_json([e.id for e in self.examples])
+
+    def describe(self) -> list[str]:
+        """One line per source, plus one for duplicates, for the terminal."""
+        lines = [f"pool {s.spec}: {s.origin}: {s.kept:,} examples"
+                 + (f" ({s.skipped_empty:,} with an empty response skipped)" if s.skipped_empty else "")
+                 for s in self.sources]
+        if self.duplicates:
+            lines.append(f"pool: {self.duplicates:,} exact duplicates removed")
+        return lines
+
+
+@dataclass(frozen=True)
+class NamedPool:
+    description: str
+    load: Callable[[], tuple[ReadReport, str]]  # -> (examples read, origin in words)
+
+
+def offline_requested() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARIABLES)
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """A cheap check (one TCP connect) so that the offline default starts at once."""
+    if offline_requested():
+        return False
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _datasets_cache_has(dataset_id: str) -> bool:
+    cache = Path(os.environ.get("HF_DATASETS_CACHE") or
+                 Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "datasets")
+    return (cache / dataset_id.replace("/", "___")).exists()
+
+
+def _load_alpaca() -> tuple[ReadReport, str]:
+    if _datasets_cache_has("tatsu-lab/alpaca") or hub_reachable():
+        try:
+            return read_hf("hf:tatsu-lab/alpaca:train", source="alpaca"), "tatsu-lab/alpaca via datasets"
+        except DataError as exc:
+            log.warning("falling back to the bundled Alpaca sample: %s", exc)
+    records = json.loads(bundle_text("alpaca_5000", "pools/alpaca_5000.json"))
+    report = examples_from_records(((i + 1, r) for i, r in enumerate(records)), source="alpaca",
+                                   origin="bundled alpaca_5000.json")
+    return report, "bundled offline sample of Stanford Alpaca (CC BY-NC 4.0)"
+
+
+def _load_flan_cot() -> tuple[ReadReport, str]:
+    """FLAN v2 CoT rows (question, answer, rationale) as instruction -> rationale then answer."""
+    report = ReadReport()
+    for name, data in bundle_files("flan_v2_cot", "pools/flan_v2_cot/", "_train.tsv").items():
+        for line in data.decode("utf-8").split("\n"):
+            if not line:
+                continue
+            question, answer, rationale = (part.replace("\\n", "\n").strip() for part in line.split("\t"))
+            report.read += 1
+            report.examples.append(Example(instruction=question, input="", source=f"flan_cot/{name}",
+                                           output=f"{rationale}\nSo the answer is {answer}."))
+    return report, "bundled FLAN v2 chain-of-thought data, 7 sources (Apache-2.0)"
+
+
+POOLS: dict[str, NamedPool] = {
+    "alpaca": NamedPool("Stanford Alpaca: 52,002 via datasets, or the bundled 5,000-example sample offline",
+                        _load_alpaca),
+    "flan_cot": NamedPool("FLAN v2 chain-of-thought: 33,443 rows from 7 sources (bundled)", _load_flan_cot),
+}
+
+
+def read_pool_spec(spec: str) -> tuple[ReadReport, str]:
+    """Read one spec (name, file or hf: id) into examples and an origin description."""
+    if spec in POOLS:
+        return POOLS[spec].load()
+    if spec.startswith("hf:"):
+        return read_hf(spec), f"datasets {spec[3:]}"
+    path = Path(spec)
+    if path.exists() or path.name.lower().removesuffix(".gz").endswith(FILE_SUFFIXES):
+        return read_file(path), f"file {path}"
+    raise UnknownNameError("pool", spec, list(POOLS)) from None
+
+
+def load_pool(specs: str | Iterable[str]) -> Pool:
+    """Load one or more pool specs into a single deduplicated pool.
+
+    Raises:
+        UnknownNameError: a spec is neither a registered pool, a file nor an hf: id.
+        DataError: a file cannot be read or holds bad records.
+        SelectionError: the pool has no usable example.
+    """
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    if not specs:
+        raise SelectionError("no pool given; pass --pool NAME (see `influence pools`) or a file")
+    seen: set[str] = set()
+    pool = Pool(examples=[])
+    for spec in specs:
+        report, origin = read_pool_spec(spec)
+        kept = 0
+        for example in report.examples:
+            if example.id in seen:
+                pool.duplicates += 1
+                continue
+            seen.add(example.id)
+            pool.examples.append(example)
+            kept += 1
+        pool.sources.append(PoolSource(spec, origin, report.read, report.skipped_empty, kept))
+    if not pool.examples:
+        raise SelectionError(f"the pool {' + '.join(specs)} has no usable examples "
+                             "(empty, or every response is empty)")
+    return pool

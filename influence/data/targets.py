@@ -1,0 +1,211 @@
+"""Targets: a few examples of the wanted capability, grouped by subtask.
+
+The named targets are the few-shot sets LESS selects against, built from the bundled
+real data: BBH (3 chain-of-thought exemplars per task), MMLU (the 5 dev examples per
+subject), TyDi QA (one example per language). Their held-out splits, for evaluation,
+are kept apart in `load_heldout` and never mixed into the selection target.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from influence.data.example import Example
+from influence.data.readers import read_file
+from influence.data.vendored import bundle, bundle_files
+from influence.errors import DataError, UnknownNameError
+
+DEFAULT_SUBTASK = "default"
+MMLU_CHOICES = ("A", "B", "C", "D")
+
+
+@dataclass
+class Target:
+    """The examples a targeted selector scores the pool against."""
+
+    name: str
+    examples: list[Example]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def subtasks(self) -> dict[str, list[int]]:
+        """Subtask name -> indices of its examples, in first-seen order."""
+        groups: dict[str, list[int]] = {}
+        for index, example in enumerate(self.examples):
+            groups.setdefault(example.subtask or DEFAULT_SUBTASK, []).append(index)
+        return groups
+
+
+@dataclass(frozen=True)
+class HeldOutItem:
+    """One evaluation item: a question with its reference answer (and options, for MMLU)."""
+
+    subtask: str
+    question: str
+    answer: str
+    choices: tuple[str, ...] = ()     # MMLU option texts, in A-D order
+    answers: tuple[str, ...] = ()     # all accepted answers (TyDi QA)
+    context: str = ""                 # the passage (TyDi QA)
+
+
+# ---------------------------------------------------------------- BBH
+def bbh_cot_prompts() -> dict[str, str]:
+    """Task -> its 3-shot chain-of-thought prompt, without the canary header."""
+    prompts = {}
+    for task, data in bundle_files("bbh", "targets/bbh/cot-prompts/", ".txt").items():
+        text = data.decode("utf-8")
+        prompts[task] = text.split("-----\n", 1)[1].strip() if "-----\n" in text else text.strip()
+    return prompts
+
+
+def _bbh_exemplars(prompt: str) -> tuple[str, list[tuple[str, str]]]:
+    """Split a CoT prompt into its task description and (question, worked answer) pairs."""
+    description, *shots = prompt.split("\n\nQ: ")
+    pairs = []
+    for shot in shots:
+        question, _, answer = shot.partition("\nA: ")
+        pairs.append((question.strip(), answer.strip()))
+    return description.strip(), pairs
+
+
+def _bbh_target() -> list[Example]:
+    examples = []
+    for task, prompt in bbh_cot_prompts().items():
+        description, pairs = _bbh_exemplars(prompt)
+        for question, answer in pairs:
+            examples.append(Example(instruction=f"{description}\n\nQ: {question}", input="", output=answer,
+                                    subtask=task, source="bbh"))
+    return examples
+
+
+def _bbh_heldout() -> list[HeldOutItem]:
+    shot_questions = {q for p in bbh_cot_prompts().values() for q, _ in _bbh_exemplars(p)[1]}
+    items = []
+    for task, data in bundle_files("bbh", "targets/bbh/bbh/", ".json").items():
+        for record in json.loads(data)["examples"]:
+            if record["input"].strip() not in shot_questions:
+                items.append(HeldOutItem(subtask=task, question=record["input"], answer=record["target"]))
+    return items
+
+
+# ---------------------------------------------------------------- MMLU
+def _mmlu_rows(split: str) -> dict[str, list[list[str]]]:
+    suffix = f"_{split}.csv"
+    return {subject: list(csv.reader(io.StringIO(data.decode("utf-8"))))
+            for subject, data in bundle_files("mmlu", f"targets/mmlu/{split}/", suffix).items()}
+
+
+def mmlu_question(subject: str, row: list[str], *, with_header: bool = True) -> str:
+    """One MMLU item as a prompt ending in 'Answer:'; the header names the subject."""
+    question, *options = row[:5]
+    body = question.strip() + "".join(f"\n{letter}. {option}" for letter, option in zip(MMLU_CHOICES, options))
+    header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+    return (header if with_header else "") + body + "\nAnswer:"
+
+
+def mmlu_dev() -> dict[str, list[list[str]]]:
+    """Subject -> its 5 dev rows (question, A, B, C, D, answer letter): the few-shot examples."""
+    return _mmlu_rows("dev")
+
+
+def _mmlu_target() -> list[Example]:
+    return [Example(instruction=mmlu_question(subject, row), input="", output=row[5].strip(),
+                    subtask=subject, source="mmlu")
+            for subject, rows in mmlu_dev().items() for row in rows]
+
+
+def _mmlu_heldout() -> list[HeldOutItem]:
+    return [HeldOutItem(subtask=subject, question=row[0], answer=row[5].strip(), choices=tuple(row[1:5]))
+            for subject, rows in _mmlu_rows("test").items() for row in rows]
+
+
+# ---------------------------------------------------------------- TyDi QA
+TYDIQA_INSTRUCTION = "Answer the following question based on the information in the given passage."
+
+
+def tydiqa_prompt(context: str, question: str) -> str:
+    return f"{TYDIQA_INSTRUCTION}\n\nPassage: {context.strip()}\nQuestion: {question.strip()}\nAnswer:"
+
+
+def _tydiqa_target() -> list[Example]:
+    data = json.loads(bundle("tydiqa")["targets/tydiqa/tydiqa-one-shot.json"])
+    return [Example(instruction=tydiqa_prompt(item["context"], item["question"]), input="",
+                    output=item["answers"][0]["text"], subtask=language, source="tydiqa")
+            for language, items in data.items() for item in items]
+
+
+def _tydiqa_heldout() -> list[HeldOutItem]:
+    """The official primary-task tiny dev sample, reduced to items that have a minimal answer.
+
+    The full GoldP dev set is not bundled; pass a file of your own for a real evaluation.
+    """
+    import gzip
+
+    items = []
+    raw = gzip.decompress(bundle("tydiqa")["targets/tydiqa/tiny_dev.jsonl.gz"]).decode("utf-8")
+    for line in raw.splitlines():
+        record = json.loads(line)
+        text = record["document_plaintext"].encode("utf-8")
+        answers, passage = [], None
+        for annotation in record["annotations"]:
+            span = annotation["minimal_answer"]
+            index = annotation["passage_answer"]["candidate_index"]
+            if span["plaintext_start_byte"] < 0 or index < 0:
+                continue
+            answers.append(text[span["plaintext_start_byte"]: span["plaintext_end_byte"]].decode("utf-8", "ignore"))
+            candidate = record["passage_answer_candidates"][index]
+            passage = text[candidate["plaintext_start_byte"]: candidate["plaintext_end_byte"]].decode("utf-8", "ignore")
+        if answers and passage:
+            items.append(HeldOutItem(subtask=record["language"], question=record["question_text"],
+                                     answer=answers[0], answers=tuple(dict.fromkeys(answers)), context=passage))
+    return items
+
+
+@dataclass(frozen=True)
+class NamedTarget:
+    description: str
+    load: Callable[[], list[Example]]
+    heldout: Callable[[], list[HeldOutItem]]
+
+
+TARGETS: dict[str, NamedTarget] = {
+    "bbh": NamedTarget("BIG-Bench Hard: 3 chain-of-thought exemplars for each of 27 tasks (held out: task data)",
+                       _bbh_target, _bbh_heldout),
+    "mmlu": NamedTarget("MMLU: 5 dev examples for each of 57 subjects (held out: 14,042 test items)",
+                        _mmlu_target, _mmlu_heldout),
+    "tydiqa": NamedTarget("TyDi QA GoldP: one example per language, 9 languages (held out: tiny dev sample)",
+                          _tydiqa_target, _tydiqa_heldout),
+}
+
+
+def load_target(spec: str) -> Target:
+    """A registered target name, or a data file whose records may carry a `subtask`.
+
+    Raises:
+        UnknownNameError: neither a registered target nor an existing file.
+        DataError: the file is unreadable or has no usable example.
+    """
+    if spec in TARGETS:
+        examples = TARGETS[spec].load()
+    elif Path(spec).exists() or spec.startswith("hf:"):
+        from influence.data.pools import read_pool_spec
+
+        examples = read_pool_spec(spec)[0].examples
+    else:
+        raise UnknownNameError("target", spec, list(TARGETS))
+    if not examples:
+        raise DataError(f"target {spec} has no usable examples")
+    return Target(name=spec, examples=examples)
+
+
+def load_heldout(name: str) -> list[HeldOutItem]:
+    """The held-out evaluation items of a registered target."""
+    if name not in TARGETS:
+        raise UnknownNameError("target", name, list(TARGETS))
+    return TARGETS[name].heldout()

