@@ -40,3 +40,15 @@ class ModelError(InfluenceError):
 
 class ConfigError(InfluenceError, ValueError):
     """A setting is out of range; raised from the settings dataclasses' validation."""
+
+
+class DatastoreError(InfluenceError):
+    """A feature datastore is missing, locked, corrupt or incomplete."""
+
+
+class TrainingError(InfluenceError):
+    """Training cannot start or resume as asked."""
+
+
+class EvaluationError(InfluenceError):
+    """An evaluation cannot run as asked."""

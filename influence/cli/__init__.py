@@ -33,11 +33,15 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _register() -> None:
-    from influence.cli import catalog, select
+# One module per command group under influence/cli/, each exposing COMMANDS.
+COMMAND_MODULES = ("select", "catalog")
 
-    for module in (select, catalog):
-        for command in module.COMMANDS:
+
+def _register() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        for command in importlib.import_module(f"influence.cli.{name}").COMMANDS:
             main.add_command(command)
 
 
