@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from influence.constants import OUTPUT_FORMATS
+from influence.errors import SelectionError
 from influence.selection import check_writable, default_output_path, select, write_selection
 from influence.selectors import SELECTORS, make_selector
 from influence.selectors.baselines import LENGTH_UNITS
@@ -32,6 +33,8 @@ def select_command(pools, k, target, selector, seed, fmt, out, overwrite, length
     """Select k examples from a pool and write them, SFT-ready, with a manifest."""
     from influence.data import load_pool, load_target
 
+    if k <= 0:
+        raise SelectionError(f"k must be positive, got {k}")
     name = selector or ("less" if target and "less" in SELECTORS else "longest")
     options = {"unit": length_unit} if name == "longest" else {}
     chosen = make_selector(name, **options)

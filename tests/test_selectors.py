@@ -1,0 +1,67 @@
+"""Selectors only score; one shared top_k ranks them all."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from influence.data import Example, load_pool
+from influence.data.pools import Pool
+from influence.errors import SelectionError, UnknownNameError
+from influence.selection import select
+from influence.selectors import SELECTORS, LongestSelector, RandomSelector, make_selector, top_k
+
+
+def _pool(outputs: list[str]) -> Pool:
+    return Pool(examples=[Example(f"q{i}", "", out) for i, out in enumerate(outputs)])
+
+
+def test_top_k_ranks_by_score_then_breaks_ties_by_id():
+    ids = ["d", "b", "c", "a"]
+    assert top_k(np.array([1.0, 5.0, 5.0, 0.0]), ids, 2).tolist() == [1, 2]   # b before c
+    assert top_k(np.array([2.0, 2.0, 2.0, 2.0]), ids, 4).tolist() == [3, 1, 2, 0]  # a, b, c, d
+
+
+def test_top_k_never_selects_nan_or_a_repeated_id():
+    assert top_k(np.array([np.nan, 1.0, 3.0]), ["a", "b", "c"], 2).tolist() == [2, 1]
+    assert top_k(np.array([3.0, 3.0, 1.0]), ["x", "x", "y"], 2).tolist() == [0, 2]
+    with pytest.raises(SelectionError, match="only 1 examples have a valid score"):
+        top_k(np.array([np.nan, 1.0]), ["a", "b"], 2)
+
+
+@pytest.mark.parametrize("k, message", [(0, "k must be positive"), (-3, "k must be positive"),
+                                        (4, r"larger than the pool \(3 examples\)")])
+def test_bad_k_is_refused(k, message):
+    with pytest.raises(SelectionError, match=message):
+        top_k(np.zeros(3), ["a", "b", "c"], k)
+
+
+def test_longest_takes_the_longest_responses_and_ignores_instructions():
+    pool = Pool(examples=[Example("a very very long instruction indeed", "", "short"),
+                          Example("q", "", "a much longer response"), Example("q2", "", "mid size")])
+    chosen = select(pool, 2, LongestSelector())
+    assert [e.response for e in chosen.examples] == ["a much longer response", "mid size"]
+    words = select(pool, 1, LongestSelector(unit="words"))
+    assert words.examples[0].response == "a much longer response"
+
+
+def test_random_is_reproducible_under_a_seed_and_varies_across_seeds():
+    pool = _pool([f"answer {i}" for i in range(200)])
+    first = select(pool, 20, RandomSelector(), seed=7).indices.tolist()
+    again = select(pool, 20, RandomSelector(), seed=7).indices.tolist()
+    other = select(pool, 20, RandomSelector(), seed=8).indices.tolist()
+    assert first == again != other
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SELECTORS if not make_selector(n).requires_target))
+def test_every_untargeted_selector_returns_k_unique_valid_examples(name):
+    pool = load_pool("alpaca")
+    selection = select(pool, 300, make_selector(name), seed=3)
+    assert len(selection.indices) == 300 == len({pool.examples[i].id for i in selection.indices})
+    assert all(0 <= i < len(pool) for i in selection.indices)
+    assert np.isfinite(selection.scores).all()
+
+
+def test_unknown_selector_names_the_choices():
+    with pytest.raises(UnknownNameError, match="unknown selector 'longer'"):
+        make_selector("longer")
