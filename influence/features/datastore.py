@@ -1,0 +1,813 @@
+"""The feature datastore: one directory holds the features of an ordered list of examples.
+
+A store is made under one *identity* (model and weights hash, LoRA settings and parameter
+list hash, checkpoint, gradient type, projector, dtype, max length, pool fingerprint,
+package versions: whatever decides the numbers) and is never mixed with features made
+under another. Layout of ``indexes/<name>/``::
+
+    manifest.json          identity, dims, shard size, example ids in order; per-shard
+                           sha256 once every shard is there ("complete": true)
+    lock                   present while a writer holds the store (pid, host, group)
+    shards/000000.npy      float16 [rows, dim], rows [0, shard_rows) of the example ids
+    shards/000000.json     the shard's sidecar: its rows, byte size and sha256
+
+Rows are grouped in fixed shards. A shard file is written atomically and only when all of
+its rows are known, then its sidecar; a shard counts as done only when its sidecar is
+valid and the file's size and sha256 match it. So a kill at any point loses at most the
+shards in flight, resuming recomputes exactly the shards that are missing, truncated or
+corrupt, and the result is byte for byte that of one uninterrupted run.
+
+The manifest is written twice: when the store is made (``complete: false``) and by
+``finalize()``, which collects the sidecars once every shard is there. Writers therefore
+never contend on it, and several processes (torch.distributed ranks) can write disjoint
+shards of one store: they share the lock by passing the same ``group``, each takes
+``pending_shards(rank, world_size)``, and one of them calls ``finalize()`` after a barrier.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from influence.constants import DATASTORE_MANIFEST
+from influence.errors import DatastoreError, ManifestMismatchError
+from influence.io import sha256_bytes, sha256_file, sha256_json, write_bytes, write_json
+
+log = logging.getLogger(__name__)
+
+# File names inside a store (candidates for influence.constants).
+STORE_KIND = "influence.feature-store"
+STORE_FORMAT = 1
+LOCK_FILE = "lock"
+SHARD_DIR = "shards"
+FEATURE_DTYPE = np.dtype("float16")
+DEFAULT_SHARD_ROWS = 256
+
+_ABSENT = "<absent>"
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def _canonical(obj: Any, what: str) -> Any:
+    """`obj` as it reads back from JSON (tuples become lists), or a DatastoreError."""
+    try:
+        return json.loads(json.dumps(obj, allow_nan=False, sort_keys=True))
+    except (TypeError, ValueError) as err:
+        raise DatastoreError(f"the {what} must be plain JSON (str, int, float, bool, None, list, dict): {err}") from None
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix or "<identity>": obj}
+
+
+def identity_difference(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first field (dotted path, sorted) whose value differs, with both values; None if equal."""
+    left, right = _flatten(dict(stored)), _flatten(dict(wanted))
+    for key in sorted(set(left) | set(right)):
+        a, b = left.get(key, _ABSENT), right.get(key, _ABSENT)
+        if a != b or type(a) is not type(b):
+            return key, a, b
+    return None
+
+
+# --------------------------------------------------------------------------- lock
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), to tell a live owner from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode("ascii", "replace")
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if start is not None:
+        current = _process_start(pid)
+        if current is not None and current != start:
+            return False  # the pid was reused by another process
+    return True
+
+
+class StoreLock:
+    """An exclusive lock file made with O_CREAT|O_EXCL, holding the owner's pid and host.
+
+    A lock left by a dead process on this host is taken over (and logged). Processes that
+    pass the same non-empty ``group`` (for instance a torchrun job id) share the lock:
+    the first one creates it, the others join, and only the creator removes it.
+    """
+
+    def __init__(self, path: Path, group: str | None = None):
+        self.path = Path(path)
+        self.group = group
+        self.owner = False
+        self._nonce = uuid.uuid4().hex
+
+    def _describe(self, info: Mapping[str, Any]) -> str:
+        since = info.get("started")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
+        group = f", group {info['group']!r}" if info.get("group") else ""
+        return f"pid {info.get('pid', '?')} on host {info.get('host', '?')}{group} since {when}"
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            info = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def acquire(self) -> "StoreLock":
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "group": self.group,
+                "started": time.time(), "process_start": _process_start(os.getpid()), "nonce": self._nonce}
+        for _attempt in range(20):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                held = self._read()
+                if held is None:
+                    continue  # released between our attempts; try again
+                if self.group and held.get("group") == self.group:
+                    log.info("joined the lock on %s held by %s", self.path.parent, self._describe(held))
+                    return self
+                if self._is_stale(held):
+                    self._take_over(held)
+                    continue
+                raise DatastoreError(
+                    f"datastore {self.path.parent} is being written by {self._describe(held)}; wait for that run "
+                    f"to finish, or if it is dead, delete {self.path}")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(info, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.owner = True
+            return self
+        raise DatastoreError(f"could not take the lock {self.path} after 20 attempts; another process keeps "
+                             f"taking it; delete it if no run is writing {self.path.parent}")
+
+    def _is_stale(self, held: Mapping[str, Any]) -> bool:
+        if not held:  # empty or unreadable: a writer died between creating and filling it, or is filling it now
+            try:
+                return time.time() - self.path.stat().st_mtime > 10.0
+            except FileNotFoundError:
+                return False
+        pid = held.get("pid")
+        if held.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool):
+            return False  # cannot see processes on other hosts
+        return not _pid_alive(pid, held.get("process_start"))
+
+    def _take_over(self, held: Mapping[str, Any]) -> None:
+        # Move the stale file aside under a unique name, then check it is the one we judged
+        # stale: another process may have taken it over and locked anew in the meantime.
+        aside = self.path.with_name(f"{self.path.name}.stale.{self._nonce}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        try:
+            moved = json.loads(aside.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            moved = {}
+        if (moved or {}) != dict(held) and moved:
+            try:  # not the stale lock: put it back (link fails if a new lock appeared meanwhile)
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+        else:
+            log.warning("took over the lock on %s left by a dead process (%s)", self.path.parent,
+                        self._describe(held) if held else "unreadable lock file")
+        aside.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if not self.owner:
+            return
+        held = self._read()
+        if held and held.get("nonce") == self._nonce:
+            self.path.unlink(missing_ok=True)
+        self.owner = False
+
+
+# --------------------------------------------------------------------------- rows view
+
+
+class ShardedRows:
+    """A read-only [N, d] view over memory-mapped shard files, sliced by rows.
+
+    Supports ``len``, ``.shape``, ``.dtype``, ``view[a:b]``, ``view[index_array]``,
+    ``view[i]`` and ``np.asarray(view)``; only the rows asked for are read into memory.
+    """
+
+    def __init__(self, shards: Sequence[np.ndarray], shard_rows: int, dim: int):
+        self._shards = list(shards)
+        self._shard_rows = shard_rows
+        self.shape = (sum(len(s) for s in self._shards), dim)
+        self.dtype = FEATURE_DTYPE
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):
+            rows, rest = key[0], key[1:]
+            return self[rows][(slice(None),) + rest] if not np.isscalar(rows) else self[rows][rest]
+        n = self.shape[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            if stop <= start:
+                return np.empty((0, self.shape[1]), dtype=self.dtype)
+            first, last = start // self._shard_rows, (stop - 1) // self._shard_rows
+            parts = []
+            for s in range(first, last + 1):
+                base = s * self._shard_rows
+                parts.append(self._shards[s][max(start - base, 0): min(stop - base, self._shard_rows)])
+            return np.array(parts[0]) if len(parts) == 1 else np.concatenate(parts)
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + n if key < 0 else int(key)
+            if not 0 <= i < n:
+                raise IndexError(f"row {key} out of range for {n} rows")
+            return np.array(self._shards[i // self._shard_rows][i % self._shard_rows])
+        index = np.asarray(key)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        index = np.where(index < 0, index + n, index).astype(np.int64)
+        if index.size and (index.min() < 0 or index.max() >= n):
+            raise IndexError(f"row index out of range for {n} rows")
+        out = np.empty(index.shape + (self.shape[1],), dtype=self.dtype)
+        flat, target = index.reshape(-1), out.reshape(-1, self.shape[1])
+        shard_of = flat // self._shard_rows
+        for s in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == s)
+            target[where] = self._shards[s][flat[where] - s * self._shard_rows]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[0: self.shape[0]]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, memory-mapped shard) in order; for streaming over a pool larger than memory."""
+        for s, shard in enumerate(self._shards):
+            yield s * self._shard_rows, shard
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class FeatureStore:
+    """The features of an ordered list of examples, under one identity, in one directory.
+
+    Make or resume one with `FeatureStore.create` (a writer: takes the lock), read one
+    with `FeatureStore.open`. Use either as a context manager so the lock is released.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], *, lock: StoreLock | None = None):
+        self.path = Path(path)
+        self._manifest = manifest
+        self.identity: dict[str, Any] = manifest["identity"]
+        self.example_ids: list[str] = manifest["example_ids"]
+        self.dim: int = manifest["dim"]
+        self.shard_rows: int = manifest["shard_rows"]
+        self.num_rows: int = manifest["num_rows"]
+        self.num_shards: int = manifest["num_shards"]
+        self._lock = lock
+        self._done: dict[int, dict[str, Any]] = {}   # shard -> its valid sidecar
+        self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # shard -> (rows, filled mask)
+        self._verified = False
+
+    # ----------------------------------------------------------------- making and opening
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, *, identity: Mapping[str, Any], example_ids: Sequence[str], dim: int,
+               shard_rows: int = DEFAULT_SHARD_ROWS, overwrite: bool = False, group: str | None = None,
+               verify: bool = True) -> "FeatureStore":
+        """Make a store, or resume the one at `path` if it was made under the same identity.
+
+        Takes the store's lock first. Shards already there are checked (size and, with
+        `verify`, sha256); those that fail are listed by `pending_shards()` to be recomputed.
+
+        Args:
+            path: the store's directory, e.g. ``indexes/<name>``.
+            identity: JSON-able dict of everything that decides the features.
+            example_ids: the examples' stable ids, in row order.
+            dim: the feature dimension.
+            shard_rows: rows per shard file.
+            overwrite: replace a store at `path` made under another identity, dimension,
+                shard size or list of examples. A matching store is resumed, never wiped.
+            group: share the lock with processes passing the same group (distributed ranks).
+                In a distributed run, let one rank create the store, barrier, then the rest.
+            verify: hash existing shards on resume (else only their sizes are checked).
+
+        Raises:
+            ManifestMismatchError: the store at `path` was made differently and not `overwrite`.
+            DatastoreError: another run holds the lock, or the arguments are invalid.
+        """
+        path = Path(path)
+        wanted = cls._new_manifest(identity, example_ids, dim, shard_rows)
+        path.mkdir(parents=True, exist_ok=True)
+        lock = StoreLock(path / LOCK_FILE, group).acquire()
+        try:
+            manifest_file = path / DATASTORE_MANIFEST
+            if manifest_file.exists():
+                try:
+                    stored = _read_manifest(path)
+                    problem = _difference(path, stored, wanted)
+                except DatastoreError as err:
+                    if not overwrite:
+                        raise DatastoreError(f"{err}; or pass --overwrite to replace the store") from None
+                    stored, problem = None, str(err)
+                if problem is not None:
+                    if not overwrite:
+                        raise ManifestMismatchError(problem)
+                    if not lock.owner:
+                        raise DatastoreError(f"{problem}; a process joining group {group!r} never replaces a "
+                                             f"store: let one rank create it before the others open it")
+                    log.warning("replacing datastore %s (--overwrite): %s", path, problem)
+                    _wipe(path)
+                    write_json(manifest_file, wanted)
+                elif stored is not None:
+                    wanted = stored
+            else:
+                if lock.owner:
+                    _wipe(path)  # stray shards without a manifest cannot be trusted
+                write_json(manifest_file, wanted)
+            store = cls(path, wanted, lock=lock)
+            if lock.owner and not group:
+                _remove_temporaries(path)
+            store._scan(verify=verify)
+            if store._manifest["complete"] and len(store._done) < store.num_shards:
+                log.warning("datastore %s was complete but %d shard(s) are missing or corrupt; they will be "
+                            "recomputed", path, store.num_shards - len(store._done))
+                store._manifest = {**store._manifest, "complete": False, "shards": None}
+                write_json(manifest_file, store._manifest)
+            return store
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, identity: Mapping[str, Any] | None = None,
+             example_ids: Sequence[str] | None = None) -> "FeatureStore":
+        """Open a store for reading, checking it against `identity` and `example_ids` when given.
+
+        Raises:
+            DatastoreError: no store at `path`, or its manifest is unreadable.
+            ManifestMismatchError: the identity or the example ids differ.
+        """
+        path = Path(path)
+        if not (path / DATASTORE_MANIFEST).exists():
+            raise DatastoreError(f"no datastore at {path} (no {DATASTORE_MANIFEST}); run featurize first, or check "
+                                 f"the --name")
+        store = cls(path, _read_manifest(path))
+        if identity is not None:
+            store.check_identity(identity)
+        if example_ids is not None:
+            store.check_example_ids(example_ids)
+        return store
+
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        return (Path(path) / DATASTORE_MANIFEST).exists()
+
+    @staticmethod
+    def _new_manifest(identity: Mapping[str, Any], example_ids: Sequence[str], dim: int,
+                      shard_rows: int) -> dict[str, Any]:
+        if not isinstance(identity, Mapping) or not identity:
+            raise DatastoreError("a datastore needs a non-empty identity dict (model, LoRA, checkpoint, projector, ...)")
+        identity = _canonical(dict(identity), "datastore identity")
+        ids = list(example_ids)
+        if not ids:
+            raise DatastoreError("a datastore needs at least one example id; the pool is empty")
+        if not all(isinstance(i, str) and i for i in ids):
+            raise DatastoreError("example ids must be non-empty strings")
+        for name, value in (("dim", dim), ("shard_rows", shard_rows)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+                raise DatastoreError(f"{name} must be a positive integer, got {value!r}")
+        dim, shard_rows = int(dim), int(shard_rows)
+        return {
+            "kind": STORE_KIND,
+            "format": STORE_FORMAT,
+            "identity_sha256": sha256_json(identity),
+            "identity": identity,
+            "dim": dim,
+            "dtype": FEATURE_DTYPE.name,
+            "num_rows": len(ids),
+            "shard_rows": shard_rows,
+            "num_shards": -(-len(ids) // shard_rows),
+            "example_ids_sha256": sha256_json(ids),
+            "complete": False,
+            "shards": None,
+            "example_ids": ids,
+        }
+
+    # ----------------------------------------------------------------- checks
+
+    def check_identity(self, identity: Mapping[str, Any]) -> None:
+        """Raise ManifestMismatchError naming the first field that differs from `identity`."""
+        diff = identity_difference(self.identity, _canonical(dict(identity), "datastore identity"))
+        if diff is not None:
+            raise ManifestMismatchError(_identity_message(self.path, *diff))
+
+    def check_example_ids(self, example_ids: Sequence[str]) -> None:
+        """Raise ManifestMismatchError if the pool's ids (in order) are not the store's."""
+        problem = _ids_difference(self.path, self.example_ids, list(example_ids))
+        if problem is not None:
+            raise ManifestMismatchError(problem)
+
+    # ----------------------------------------------------------------- layout
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        """Rows [start, stop) of `shard`."""
+        if not 0 <= shard < self.num_shards:
+            raise DatastoreError(f"shard {shard} out of range; {self.path} has {self.num_shards} shards")
+        start = shard * self.shard_rows
+        return start, min(start + self.shard_rows, self.num_rows)
+
+    def _shard_file(self, shard: int) -> Path:
+        return self.path / SHARD_DIR / f"{shard:06d}.npy"
+
+    def _sidecar_file(self, shard: int) -> Path:
+        return self.path / SHARD_DIR / f"{shard:06d}.json"
+
+    # ----------------------------------------------------------------- status
+
+    def _scan(self, verify: bool = True) -> None:
+        self._done = {}
+        for shard in range(self.num_shards):
+            sidecar = self._valid_sidecar(shard, verify=verify)
+            if sidecar is not None:
+                self._done[shard] = sidecar
+
+    def _expected_sidecar(self, shard: int) -> dict[str, Any]:
+        start, stop = self.shard_range(shard)
+        return {"shard": shard, "start": start, "stop": stop, "dim": self.dim, "dtype": FEATURE_DTYPE.name,
+                "identity_sha256": self._manifest["identity_sha256"],
+                "example_ids_sha256": sha256_json(self.example_ids[start:stop])}
+
+    def _valid_sidecar(self, shard: int, *, verify: bool) -> dict[str, Any] | None:
+        """The shard's sidecar if it and the shard file are intact, else None (with the reason logged)."""
+        try:
+            sidecar = json.loads(self._sidecar_file(shard).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            log.warning("shard %d of %s: unreadable sidecar (%s); recomputing it", shard, self.path, err)
+            return None
+        expected = self._expected_sidecar(shard)
+        if not isinstance(sidecar, dict) or any(sidecar.get(k) != v for k, v in expected.items()) \
+                or not isinstance(sidecar.get("sha256"), str) or not isinstance(sidecar.get("bytes"), int):
+            log.warning("shard %d of %s: sidecar does not match this store; recomputing it", shard, self.path)
+            return None
+        try:
+            size = self._shard_file(shard).stat().st_size
+        except FileNotFoundError:
+            log.warning("shard %d of %s: file missing; recomputing it", shard, self.path)
+            return None
+        if size != sidecar["bytes"]:
+            log.warning("shard %d of %s: %d bytes, expected %d (truncated?); recomputing it", shard, self.path,
+                        size, sidecar["bytes"])
+            return None
+        if verify and sha256_file(self._shard_file(shard)) != sidecar["sha256"]:
+            log.warning("shard %d of %s: checksum mismatch (corrupt); recomputing it", shard, self.path)
+            return None
+        return sidecar
+
+    @property
+    def is_complete(self) -> bool:
+        """Every shard is there (as checked when the store was opened or last written)."""
+        if self._lock is None:
+            return bool(self._manifest["complete"])
+        return len(self._done) == self.num_shards
+
+    def pending_shards(self, rank: int = 0, world_size: int = 1) -> list[int]:
+        """Shards still to compute; with `world_size` > 1, those of `rank` (shard % world_size == rank)."""
+        if not 0 <= rank < world_size:
+            raise DatastoreError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        self._require_writer()
+        return [s for s in range(rank, self.num_shards, world_size) if s not in self._done]
+
+    def missing_rows(self, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """Row indices (int64, ascending) of the pending shards: what a featurizer must compute."""
+        parts = [np.arange(*self.shard_range(s), dtype=np.int64) for s in self.pending_shards(rank, world_size)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    # ----------------------------------------------------------------- writing
+
+    def _require_writer(self) -> None:
+        if self._lock is None:
+            raise DatastoreError(f"{self.path} was opened for reading; use FeatureStore.create to write or resume it")
+
+    def write_rows(self, indices: Sequence[int] | np.ndarray, features: np.ndarray) -> list[int]:
+        """Add computed rows; each shard is written as soon as all of its rows are in.
+
+        Rows of shards already done are ignored, so writing a row twice is harmless.
+        Partly filled shards live in memory only: a kill loses them, and resume redoes them.
+
+        Returns:
+            The shards written by this call.
+        """
+        self._require_writer()
+        indices = np.asarray(indices)
+        features = np.asarray(features)
+        if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) and indices.size:
+            raise DatastoreError(f"row indices must be a 1-d integer array, got shape {indices.shape} "
+                                 f"dtype {indices.dtype}")
+        if features.shape != (len(indices), self.dim):
+            raise DatastoreError(f"expected features of shape ({len(indices)}, {self.dim}), got {features.shape}")
+        if indices.size and (indices.min() < 0 or indices.max() >= self.num_rows):
+            raise DatastoreError(f"row index out of range [0, {self.num_rows})")
+        rows = _to_feature_dtype(features)
+        written = []
+        shards = indices // self.shard_rows
+        for shard in np.unique(shards):
+            shard = int(shard)
+            if shard in self._done:
+                continue
+            where = np.flatnonzero(shards == shard)
+            start, stop = self.shard_range(shard)
+            if shard not in self._buffers:
+                self._buffers[shard] = (np.zeros((stop - start, self.dim), dtype=FEATURE_DTYPE),
+                                        np.zeros(stop - start, dtype=bool))
+            buffer, filled = self._buffers[shard]
+            buffer[indices[where] - start] = rows[where]
+            filled[indices[where] - start] = True
+            if filled.all():
+                del self._buffers[shard]
+                self.write_shard(shard, buffer)
+                written.append(shard)
+        return written
+
+    def write_shard(self, shard: int, features: np.ndarray) -> dict[str, Any]:
+        """Write one whole shard atomically, then its sidecar. Idempotent.
+
+        Returns:
+            The shard's sidecar (rows, byte size, sha256).
+        """
+        self._require_writer()
+        start, stop = self.shard_range(shard)
+        features = np.asarray(features)
+        if features.shape != (stop - start, self.dim):
+            raise DatastoreError(f"shard {shard} holds rows [{start}, {stop}): expected shape "
+                                 f"({stop - start}, {self.dim}), got {features.shape}")
+        rows = np.ascontiguousarray(_to_feature_dtype(features))
+        buffer = io.BytesIO()
+        np.save(buffer, rows, allow_pickle=False)
+        data = buffer.getvalue()
+        sidecar = {**self._expected_sidecar(shard), "bytes": len(data), "sha256": sha256_bytes(data)}
+        previous = self._done.get(shard)
+        if previous is not None and previous["sha256"] == sidecar["sha256"]:
+            return previous
+        if previous is not None:
+            log.warning("shard %d of %s rewritten with different bytes: the featurizer is not deterministic",
+                        shard, self.path)
+        # the sidecar goes away first, so a kill between the two writes leaves the shard pending
+        self._sidecar_file(shard).unlink(missing_ok=True)
+        write_bytes(self._shard_file(shard), data)
+        write_json(self._sidecar_file(shard), sidecar)
+        self._done[shard] = sidecar
+        self._buffers.pop(shard, None)
+        return sidecar
+
+    def finalize(self, *, verify: bool = True) -> dict[str, Any]:
+        """Collect every shard's checksum into the manifest and mark the store complete.
+
+        Rescans the sidecars, so shards written by other processes count. Call it once,
+        from one process, when all writers are done.
+
+        Raises:
+            DatastoreError: some shards are missing or fail their checksum.
+        """
+        self._require_writer()
+        self._scan(verify=verify)
+        pending = [s for s in range(self.num_shards) if s not in self._done]
+        if pending:
+            rows = sum(self.shard_range(s)[1] - self.shard_range(s)[0] for s in pending)
+            head = ", ".join(map(str, pending[:8])) + (", ..." if len(pending) > 8 else "")
+            raise DatastoreError(f"datastore {self.path} is incomplete: {len(pending)} of {self.num_shards} shards "
+                                 f"({rows:,} rows) missing or corrupt (shards {head}); rerun featurize to finish it")
+        shards = [{"file": f"{SHARD_DIR}/{s:06d}.npy", "start": self._done[s]["start"], "stop": self._done[s]["stop"],
+                   "bytes": self._done[s]["bytes"], "sha256": self._done[s]["sha256"]} for s in range(self.num_shards)]
+        manifest = {**self._manifest, "complete": True, "shards": shards}
+        # keep example_ids last, for a manifest readable from the top
+        manifest["example_ids"] = manifest.pop("example_ids")
+        if manifest != self._manifest or not (self.path / DATASTORE_MANIFEST).exists():
+            write_json(self.path / DATASTORE_MANIFEST, manifest)
+        self._manifest = manifest
+        self._verified = verify
+        return manifest
+
+    def close(self) -> None:
+        """Release the lock; rows of shards left partly filled are dropped (resume redoes them)."""
+        if self._buffers:
+            rows = sum(int(filled.sum()) for _, filled in self._buffers.values())
+            log.warning("datastore %s closed with %d row(s) in %d unfinished shard(s); they will be recomputed "
+                        "on resume", self.path, rows, len(self._buffers))
+            self._buffers.clear()
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return dict(self._manifest)
+
+    def _require_complete(self) -> None:
+        if not self._manifest["complete"]:
+            done = f"{len(self._done)} of {self.num_shards}" if self._lock is not None else "not all"
+            raise DatastoreError(f"datastore {self.path} is incomplete ({done} shards written); run featurize to "
+                                 f"finish it")
+
+    def verify(self) -> list[int]:
+        """Shards whose file is missing or fails the manifest's checksum (empty list: intact)."""
+        self._require_complete()
+        bad = []
+        for entry in self._manifest["shards"]:
+            file = self.path / entry["file"]
+            try:
+                ok = file.stat().st_size == entry["bytes"] and sha256_file(file) == entry["sha256"]
+            except FileNotFoundError:
+                ok = False
+            if not ok:
+                bad.append(entry["start"] // self.shard_rows)
+        self._verified = not bad
+        return bad
+
+    def _check_before_read(self, verify: bool) -> None:
+        self._require_complete()
+        if verify and not self._verified:
+            bad = self.verify()
+            if bad:
+                head = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+                raise DatastoreError(f"datastore {self.path}: {len(bad)} shard(s) missing or failing their checksum "
+                                     f"(shards {head}); rerun featurize with the same settings to recompute them")
+
+    def read_shard(self, shard: int, *, verify: bool = True) -> np.ndarray:
+        """One shard, memory-mapped read-only, [rows, dim] float16."""
+        self._check_before_read(verify)
+        start, stop = self.shard_range(shard)
+        file = self._shard_file(shard)
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DatastoreError(f"cannot read {file}: {err}; rerun featurize to recompute it") from None
+        if array.shape != (stop - start, self.dim) or array.dtype != FEATURE_DTYPE:
+            raise DatastoreError(f"{file} holds {array.dtype} {array.shape}, expected float16 "
+                                 f"({stop - start}, {self.dim}); rerun featurize to recompute it")
+        return array
+
+    def rows(self, *, verify: bool = True) -> ShardedRows:
+        """All features as a lazily read, memory-mapped [N, dim] view (for pools larger than memory)."""
+        self._check_before_read(verify)
+        return ShardedRows([self.read_shard(s, verify=False) for s in range(self.num_shards)],
+                           self.shard_rows, self.dim)
+
+    def features(self, *, verify: bool = True) -> np.ndarray:
+        """All features, [N, dim] float16: memory-mapped if there is one shard, else read into memory.
+
+        Raises:
+            DatastoreError: the store is incomplete, or a shard fails its checksum.
+        """
+        self._check_before_read(verify)
+        if self.num_shards == 1:
+            return self.read_shard(0, verify=False)
+        out = np.empty((self.num_rows, self.dim), dtype=FEATURE_DTYPE)
+        for s in range(self.num_shards):
+            start, stop = self.shard_range(s)
+            out[start:stop] = self.read_shard(s, verify=False)
+        return out
+
+    def __repr__(self) -> str:
+        state = "complete" if self.is_complete else "incomplete"
+        return f"FeatureStore({str(self.path)!r}, rows={self.num_rows}, dim={self.dim}, {state})"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _to_feature_dtype(features: np.ndarray) -> np.ndarray:
+    if not np.issubdtype(features.dtype, np.floating):
+        raise DatastoreError(f"features must be floating point, got {features.dtype}")
+    with np.errstate(over="ignore"):
+        rows = features.astype(FEATURE_DTYPE, copy=False)
+    if not np.isfinite(rows).all():
+        raise DatastoreError("features contain NaN or values beyond float16's range; features are expected "
+                             "L2-normalised, check the gradients and the projection")
+    return rows
+
+
+def _identity_message(path: Path, field: str, stored: Any, wanted: Any) -> str:
+    return (f"datastore {path} was made with {field} = {json.dumps(stored)}, but this run has {field} = "
+            f"{json.dumps(wanted)}; use another --name for these features, or pass --overwrite to replace them")
+
+
+def _ids_difference(path: Path, stored: list[str], wanted: list[str]) -> str | None:
+    if stored == wanted:
+        return None
+    for i, (a, b) in enumerate(zip(stored, wanted)):
+        if a != b:
+            where = f"example {i} is {a!r} in the datastore but {b!r} in the pool"
+            break
+    else:
+        i = min(len(stored), len(wanted))
+        where = f"the first {i:,} ids agree"
+    return (f"the pool changed since datastore {path} was featurized ({len(stored):,} examples there, "
+            f"{len(wanted):,} now; {where}); pass --overwrite to featurize the pool again, or use another --name")
+
+
+def _difference(path: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    diff = identity_difference(stored["identity"], wanted["identity"])
+    if diff is not None:
+        return _identity_message(path, *diff)
+    for key in ("dim", "shard_rows", "dtype"):
+        if stored[key] != wanted[key]:
+            return (f"datastore {path} was made with {key} = {stored[key]}, but this run has {key} = {wanted[key]}; "
+                    f"use another --name, or pass --overwrite to replace it")
+    return _ids_difference(path, stored["example_ids"], wanted["example_ids"])
+
+
+_MANIFEST_TYPES = {"identity": dict, "identity_sha256": str, "dim": int, "dtype": str, "num_rows": int,
+                   "shard_rows": int, "num_shards": int, "example_ids_sha256": str, "complete": bool,
+                   "example_ids": list}
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The store's manifest, checked field by field; DatastoreError with the problem otherwise."""
+    file = path / DATASTORE_MANIFEST
+    fix = f"delete {path} and featurize again"
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise DatastoreError(f"{file} is unreadable ({type(err).__name__}: {str(err)[:200]}); {fix}") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != STORE_KIND:
+        raise DatastoreError(f"{file} is not a feature datastore manifest; {fix}")
+    if manifest.get("format") != STORE_FORMAT:
+        raise DatastoreError(f"{file} has format {manifest.get('format')!r}; this version reads format "
+                             f"{STORE_FORMAT}; {fix}")
+    for key, kind in _MANIFEST_TYPES.items():
+        value = manifest.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise DatastoreError(f"{file}: field {key!r} should be {kind.__name__}, got {type(value).__name__}; {fix}")
+    ids = manifest["example_ids"]
+    if (manifest["dim"] <= 0 or manifest["shard_rows"] <= 0 or manifest["num_rows"] != len(ids)
+            or manifest["num_shards"] != -(-len(ids) // manifest["shard_rows"]) or not ids
+            or manifest["dtype"] != FEATURE_DTYPE.name or not all(isinstance(i, str) for i in ids)
+            or sha256_json(ids) != manifest["example_ids_sha256"]
+            or sha256_json(manifest["identity"]) != manifest["identity_sha256"]):
+        raise DatastoreError(f"{file} is inconsistent (sizes, dtype or hashes disagree); {fix}")
+    shards = manifest.get("shards")
+    if manifest["complete"]:
+        ok = isinstance(shards, list) and len(shards) == manifest["num_shards"] and all(
+            isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("sha256"), str)
+            and isinstance(e.get("bytes"), int) and isinstance(e.get("start"), int) for e in shards)
+        if not ok:
+            raise DatastoreError(f"{file} is marked complete but its shard list is malformed; {fix}")
+    return manifest
+
+
+def _wipe(path: Path) -> None:
+    """Remove what a store holds (shards and manifest), keeping the directory and its lock."""
+    shutil.rmtree(path / SHARD_DIR, ignore_errors=True)
+    (path / DATASTORE_MANIFEST).unlink(missing_ok=True)
+    (path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+
+
+def _remove_temporaries(path: Path) -> None:
+    """Delete temporaries left by writes that a kill interrupted (only the lock's owner may)."""
+    for folder in (path, path / SHARD_DIR):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
