@@ -1,0 +1,21 @@
+"""The bundled SFT trainer: settings, the training recipe, checkpoints LESS's warmup reads.
+
+    from influence.training import TrainConfig, train, list_checkpoints, load_checkpoint
+    result = train("selection.jsonl", TrainConfig.less_warmup(), "runs/warmup")
+    for path in list_checkpoints(result.out_dir):
+        ckpt = load_checkpoint(path)     # ckpt.avg_lr, ckpt.exp_avg[name], ckpt.exp_avg_sq[name], ckpt.adapter_dir
+"""
+
+from influence.training.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
+from influence.training.config import TrainConfig
+from influence.training.loss import example_nll
+from influence.training.trainer import (
+    TrainResult,
+    is_training_output,
+    load_trained,
+    read_manifest,
+    train,
+)
+
+__all__ = ["TrainConfig", "TrainResult", "train", "Checkpoint", "list_checkpoints", "load_checkpoint",
+           "load_trained", "read_manifest", "is_training_output", "example_nll"]

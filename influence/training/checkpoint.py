@@ -1,0 +1,247 @@
+"""Per-epoch checkpoints: the weights, AdamW's moments keyed by parameter name, and the state.
+
+Layout of `checkpoints/epoch-N/` (a directory appears only complete: it is written under a
+temporary name and renamed):
+
+    adapter/                  the LoRA adapter (peft save_pretrained, safetensors)   [lora]
+    weights.safetensors       every trained parameter by name                        [full]
+    exp_avg.safetensors       AdamW first moments, keyed by parameter name
+    exp_avg_sq.safetensors    AdamW second moments, keyed by parameter name
+    state.json                epoch, step, the epoch's average learning rate, betas, eps,
+                              the LoRA signature, seeds and losses
+
+The warmup step of LESS reads these with `load_checkpoint` / `list_checkpoints`: the
+moments precondition pool gradients, and `avg_lr` weights each checkpoint's scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from influence.errors import ManifestMismatchError, TrainingError
+from influence.io import write_bytes, write_json
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FORMAT = 1
+ADAPTER_DIR = "adapter"
+WEIGHTS_FILE = "weights.safetensors"
+EXP_AVG_FILE = "exp_avg.safetensors"
+EXP_AVG_SQ_FILE = "exp_avg_sq.safetensors"
+STATE_FILE = "state.json"
+_EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
+
+
+@dataclass
+class Checkpoint:
+    """One epoch's end: where its weights are, its Adam moments by parameter name, its state.
+
+    `exp_avg` and `exp_avg_sq` are empty when loaded with `moments=False`.
+    """
+
+    path: Path
+    epoch: int
+    step: int
+    avg_lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    method: str
+    lora_signature: dict[str, Any] | None
+    seeds: dict[str, int]
+    losses: list[float]
+    exp_avg: dict[str, Any] = field(default_factory=dict, repr=False)
+    exp_avg_sq: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def adapter_dir(self) -> Path | None:
+        """The peft adapter directory (LoRA runs), loadable with PeftModel.from_pretrained."""
+        return self.path / ADAPTER_DIR if self.method == "lora" else None
+
+    @property
+    def weights_file(self) -> Path | None:
+        """Every trained parameter by name (full fine-tuning runs)."""
+        return self.path / WEIGHTS_FILE if self.method == "full" else None
+
+    @property
+    def moments(self) -> dict[str, tuple[Any, Any]]:
+        """Parameter name -> (first moment, second moment)."""
+        return {name: (self.exp_avg[name], self.exp_avg_sq[name]) for name in self.exp_avg}
+
+
+def checkpoint_dir(out_dir: str | os.PathLike, epoch: int) -> Path:
+    return Path(out_dir) / CHECKPOINT_DIR / f"epoch-{epoch}"
+
+
+def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
+    """The complete epoch checkpoints of a training output directory, in epoch order."""
+    root = Path(out_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _EPOCH_DIR.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def load_checkpoint(path: str | os.PathLike, *, moments: bool = True) -> Checkpoint:
+    """Read one epoch checkpoint written by `train`.
+
+    Args:
+        path: an `epoch-N` directory (see `list_checkpoints`).
+        moments: also load the AdamW moments (CPU float tensors keyed by parameter name).
+
+    Raises:
+        TrainingError: the directory is not a complete checkpoint, or a file is unreadable.
+    """
+    path = Path(path)
+    state_file = path / STATE_FILE
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrainingError(f"{path} is not a training checkpoint (no {STATE_FILE}); "
+                            "pass a checkpoints/epoch-N directory") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"{state_file}: unreadable ({exc}); delete the checkpoint and rerun training") from None
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{state_file}: checkpoint format {state.get('format')!r}, expected "
+                            f"{CHECKPOINT_FORMAT}; retrain with this version")
+    checkpoint = Checkpoint(path=path, epoch=state["epoch"], step=state["step"], avg_lr=state["avg_lr"],
+                            betas=tuple(state["betas"]), eps=state["eps"], weight_decay=state["weight_decay"],
+                            method=state["method"], lora_signature=state.get("lora_signature"),
+                            seeds=state["seeds"], losses=state["losses"])
+    if moments:
+        checkpoint.exp_avg = _read_tensors(path / EXP_AVG_FILE)
+        checkpoint.exp_avg_sq = _read_tensors(path / EXP_AVG_SQ_FILE)
+        if set(checkpoint.exp_avg) != set(checkpoint.exp_avg_sq):
+            raise TrainingError(f"{path}: first and second moments name different parameters; retrain")
+    return checkpoint
+
+
+def _read_tensors(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise TrainingError(f"{path} is missing; the checkpoint is incomplete, delete it and rerun") from None
+    except (SafetensorError, OSError) as exc:
+        raise TrainingError(f"{path}: corrupt ({exc}); delete the checkpoint and rerun") from None
+
+
+def _tensor_bytes(tensors: dict[str, Any], kind: str) -> bytes:
+    from safetensors.torch import save
+
+    return save({name: t.detach().to("cpu").contiguous() for name, t in tensors.items()},
+                metadata={"format": f"influence-{kind}"})
+
+
+@contextlib.contextmanager
+def staged_directory(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces `target` only when the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def remove_stale_staging(directory: Path) -> None:
+    """Delete half-written directories left by a killed run."""
+    if directory.is_dir():
+        for path in directory.glob(".*.tmp"):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def save_checkpoint(directory: Path, *, model: Any, params: list[tuple[str, Any]], optimizer: Any,
+                    method: str, state: dict[str, Any]) -> Path:
+    """Write one checkpoint atomically (see the module docstring for the layout)."""
+    moments: dict[str, dict[str, Any]] = {"exp_avg": {}, "exp_avg_sq": {}}
+    for name, param in params:
+        slot = optimizer.state.get(param, {})
+        for key in moments:
+            moments[key][name] = slot[key] if key in slot else param.detach().new_zeros(param.shape)
+    with staged_directory(directory) as staging:
+        if method == "lora":
+            save_adapter(model, staging / ADAPTER_DIR)
+        else:
+            write_bytes(staging / WEIGHTS_FILE, _tensor_bytes(dict(params), "weights"))
+        write_bytes(staging / EXP_AVG_FILE, _tensor_bytes(moments["exp_avg"], "exp-avg"))
+        write_bytes(staging / EXP_AVG_SQ_FILE, _tensor_bytes(moments["exp_avg_sq"], "exp-avg-sq"))
+        write_json(staging / STATE_FILE, {"format": CHECKPOINT_FORMAT, **state})
+    return directory
+
+
+def save_adapter(model: Any, directory: Path) -> None:
+    """peft's save_pretrained (safetensors), without a transformers deprecation notice it triggers."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model.save_pretrained(str(directory), safe_serialization=True)
+
+
+def restore_checkpoint(checkpoint: Checkpoint, *, model: Any, params: list[tuple[str, Any]], optimizer: Any) -> None:
+    """Load a checkpoint's weights into `model` and its moments into `optimizer`, by name.
+
+    Raises:
+        ManifestMismatchError: the checkpoint's parameters differ from the model's.
+    """
+    import torch
+
+    names = [name for name, _ in params]
+    if sorted(names) != sorted(checkpoint.exp_avg):
+        missing = sorted(set(names) - set(checkpoint.exp_avg))[:3]
+        extra = sorted(set(checkpoint.exp_avg) - set(names))[:3]
+        raise ManifestMismatchError(f"{checkpoint.path}: its parameters differ from the model's "
+                                    f"(missing {missing}, unexpected {extra}); use a new output directory")
+    with torch.no_grad():
+        if checkpoint.method == "lora":
+            _load_adapter_weights(model, checkpoint.path / ADAPTER_DIR)
+        else:
+            weights = _read_tensors(checkpoint.path / WEIGHTS_FILE)
+            for name, param in params:
+                _check_shape(checkpoint.path, name, weights.get(name), param)
+                param.copy_(weights[name])
+    for name, param in params:
+        for key, source in (("exp_avg", checkpoint.exp_avg), ("exp_avg_sq", checkpoint.exp_avg_sq)):
+            _check_shape(checkpoint.path, name, source[name], param)
+        optimizer.state[param] = {
+            "step": torch.tensor(float(checkpoint.step)),
+            "exp_avg": checkpoint.exp_avg[name].to(device=param.device, dtype=param.dtype).clone(),
+            "exp_avg_sq": checkpoint.exp_avg_sq[name].to(device=param.device, dtype=param.dtype).clone(),
+        }
+
+
+def _check_shape(path: Path, name: str, tensor: Any, param: Any) -> None:
+    if tensor is None or tuple(tensor.shape) != tuple(param.shape):
+        shape = None if tensor is None else tuple(tensor.shape)
+        raise ManifestMismatchError(f"{path}: parameter {name} has shape {shape} in the checkpoint but "
+                                    f"{tuple(param.shape)} in the model; use a new output directory")
+
+
+def _load_adapter_weights(model: Any, adapter_dir: Path) -> None:
+    from peft import set_peft_model_state_dict
+
+    weights = _read_tensors(adapter_dir / "adapter_model.safetensors")
+    result = set_peft_model_state_dict(model, weights)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ManifestMismatchError(f"{adapter_dir}: adapter weights do not fit the model "
+                                    f"(unexpected {unexpected[:3]}); use a new output directory")

@@ -1,0 +1,57 @@
+"""Per-example negative log-likelihood of the labelled (response) tokens.
+
+Shared by training (summed over an optimizer step) and evaluation (target loss), so the
+two measure the same thing. The LM head runs only at positions whose next token carries
+a label: on instruction data most tokens are prompt, and the vocabulary projection is the
+largest matrix product of a small model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+from typing import Any
+
+from influence.data.formatting import IGNORE_INDEX
+
+
+@lru_cache(maxsize=32)
+def _accepts_logits_to_keep(forward: Any) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _forward_accepts_logits_to_keep(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _accepts_logits_to_keep(type(base).forward)
+
+
+def example_nll(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """Summed NLL and labelled-token count per row of a right-padded batch.
+
+    Args:
+        model: a causal LM (optionally peft-wrapped).
+        batch: `collate` output: input_ids, attention_mask, labels (-100 where no loss).
+
+    Returns:
+        (nll_sum, tokens): float tensor [B] (differentiable) and long tensor [B].
+    """
+    import torch
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if _forward_accepts_logits_to_keep(model):
+        positions = mask.any(dim=0).nonzero().squeeze(1)
+        if positions.numel() == 0:
+            positions = torch.zeros(1, dtype=torch.long, device=labels.device)
+        logits = model(**kwargs, logits_to_keep=positions).logits
+        targets = targets[:, positions]
+    else:
+        logits = model(**kwargs).logits[:, :-1]
+    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return nll.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)

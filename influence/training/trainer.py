@@ -1,0 +1,549 @@
+"""Supervised fine-tuning, as a recipe: set up, train epoch by epoch, save, clean up.
+
+    from influence.training import TrainConfig, train
+    result = train("selection.jsonl", TrainConfig(epochs=2), "runs/my-run")
+    result.output_dir      # runs/my-run/adapter (peft) or runs/my-run/model (full)
+
+The same prompt formatting and response-only loss as the rest of the toolkit
+(`influence.data.formatting`). Every epoch ends in a checkpoint that keeps AdamW's moments
+by parameter name and the epoch's average learning rate (what LESS's warmup needs); a rerun
+on the same output directory resumes from the last complete epoch and ends with the same
+weights as an uninterrupted run, because each epoch's data order and dropout are seeded
+from (seed, epoch) alone. `manifest.json` is written last: its presence means done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from influence.data.example import Example
+from influence.errors import ManifestMismatchError, TrainingError
+from influence.io import sha256_file, sha256_json, write_json
+from influence.training.batching import epoch_seed, plan_epoch, steps_per_epoch
+from influence.training.checkpoint import (
+    ADAPTER_DIR,
+    checkpoint_dir,
+    list_checkpoints,
+    load_checkpoint,
+    remove_stale_staging,
+    restore_checkpoint,
+    save_adapter,
+    save_checkpoint,
+    staged_directory,
+)
+from influence.training.config import TrainConfig
+from influence.training.loss import example_nll
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+RUN_FILE = "run.json"          # the identity of the run in progress; a resume must match it
+LOCK_FILE = ".lock"
+MODEL_DIR = "model"
+MANIFEST_KIND = "influence.train"
+MANIFEST_FORMAT = 1
+
+
+@dataclass
+class TrainingData:
+    """The examples to train on and where they came from."""
+
+    examples: list[Example]
+    source: str | None = None        # the file or pool spec, when one was given
+    file_sha256: str | None = None   # of that file
+
+    @property
+    def fingerprint(self) -> str:
+        return sha256_json([e.id for e in self.examples])
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    out_dir: Path
+    output_dir: Path                 # adapter/ (LoRA) or model/ (full fine-tuning)
+    manifest_path: Path
+    manifest: dict[str, Any]
+    checkpoints: list[Path] = field(default_factory=list)
+    resumed_from_epoch: int = 0      # 0: started fresh
+    reused: bool = False             # the directory already held this finished run; nothing was trained
+
+    @property
+    def epoch_losses(self) -> list[float]:
+        return [epoch["mean_loss"] for epoch in self.manifest["epochs"]]
+
+
+def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig | None = None,
+          out_dir: str | os.PathLike = "runs/train", *, loaded: Any = None,
+          overwrite: bool = False) -> TrainResult:
+    """Fine-tune a model on `examples` and save the adapter (or model) with a manifest.
+
+    Args:
+        examples: Examples, or a data file / pool spec (e.g. a selection JSONL) read with load_pool.
+        config: training settings; None is `TrainConfig()` (the LESS recipe, see config.py).
+        out_dir: where checkpoints, the adapter or model, and manifest.json go. Rerunning on
+            the same directory resumes; a finished run is returned without training again.
+        loaded: a `LoadedModel` to start from instead of loading `config.model`; it is
+            copied, not modified.
+        overwrite: delete whatever `out_dir` holds first.
+
+    Returns:
+        TrainResult with the output directory and the manifest.
+
+    Raises:
+        TrainingError: no example has a response token left, another run holds out_dir, ...
+        ManifestMismatchError: out_dir holds a run with other settings, data or model.
+        ConfigError, DataError, ModelError: from the settings, data or model loading.
+    """
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    # ---- set up
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    data = _training_data(examples)
+    if loaded is None:
+        from influence.models import load_model
+
+        loaded = load_model(config.model)
+    identity = _run_identity(config, data, loaded)
+    with _exclusive(out_dir):
+        if overwrite and out_dir.exists():
+            _clear(out_dir)
+        finished = _finished_run(out_dir, identity)
+        if finished is not None:
+            return finished
+        _claim(out_dir, identity)
+        remove_stale_staging(out_dir)
+        remove_stale_staging(out_dir / "checkpoints")
+
+        encoded, encoding_stats = _encode(data.examples, loaded.tokenizer, config.max_length)
+        model, params = _trainable_model(loaded, config)
+        device = next(model.parameters()).device
+        lora_signature = _lora_signature(model, config)
+        optimizer = torch.optim.AdamW([p for _, p in params], lr=config.learning_rate, betas=config.betas,
+                                      eps=config.eps, weight_decay=config.weight_decay)
+        per_epoch = steps_per_epoch(len(encoded), config.batch_size)
+        total_steps = per_epoch * config.epochs
+        scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total_steps),
+                                                    total_steps)
+        history = _resume(out_dir, config, model, params, optimizer, scheduler, lora_signature)
+        resumed_from = len(history)
+        step = history[-1]["step"] if history else 0
+
+        # ---- train
+        lengths = [len(e.input_ids) for e in encoded]
+        pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+        bar = _progress(total_steps, step, config)
+        try:
+            model.train()
+            for epoch in range(resumed_from + 1, config.epochs + 1):
+                started = time.perf_counter()
+                torch.manual_seed(epoch_seed(config.seed, epoch))  # dropout, reproducible per epoch
+                plan = plan_epoch(lengths, config.batch_size, config.micro_batch_size, seed=config.seed, epoch=epoch)
+                losses, lrs, nll_total, token_total = [], [], 0.0, 0
+                for micro_batches in plan:
+                    lr = scheduler.get_last_lr()[0]
+                    nll, tokens = _optimizer_step(model, params, optimizer, micro_batches, encoded, pad_id,
+                                                  device, config.max_grad_norm)
+                    scheduler.step()
+                    step += 1
+                    losses.append(nll / tokens)
+                    lrs.append(lr)
+                    nll_total += nll
+                    token_total += tokens
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+                record = {"epoch": epoch, "step": step, "steps_in_epoch": len(plan), "avg_lr": sum(lrs) / len(lrs),
+                          "mean_loss": nll_total / token_total, "tokens": token_total,
+                          "seconds": round(time.perf_counter() - started, 3)}
+                state = {**record, "betas": list(config.betas), "eps": config.eps,
+                         "weight_decay": config.weight_decay, "method": config.method,
+                         "lora_signature": lora_signature,
+                         "seeds": {"seed": config.seed, "epoch_seed": epoch_seed(config.seed, epoch)},
+                         "losses": losses, "learning_rates": lrs}
+                save_checkpoint(checkpoint_dir(out_dir, epoch), model=model, params=params, optimizer=optimizer,
+                                method=config.method, state=state)
+                history.append(record)
+        finally:
+            bar.close()
+
+        # ---- save
+        model.eval()
+        output_dir = _save_output(out_dir, model, loaded, config)
+        manifest = _manifest(identity, config, data, loaded, encoding_stats, lora_signature, history, output_dir)
+        manifest_path = write_json(out_dir / MANIFEST_FILE, manifest)
+
+        # ---- clean up
+        if not config.keep_checkpoints:
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        del optimizer, scheduler, model
+    return TrainResult(out_dir=out_dir, output_dir=output_dir, manifest_path=manifest_path, manifest=manifest,
+                       checkpoints=list_checkpoints(out_dir), resumed_from_epoch=resumed_from)
+
+
+# ------------------------------------------------------------------ set-up helpers
+def _training_data(examples: Sequence[Example] | str | os.PathLike) -> TrainingData:
+    if isinstance(examples, (str, os.PathLike)):
+        from influence.data.pools import load_pool
+
+        spec = str(examples)
+        pool = load_pool(spec)
+        digest = sha256_file(spec) if Path(spec).is_file() else None
+        return TrainingData(list(pool.examples), source=spec, file_sha256=digest)
+    examples = list(examples)
+    if not examples:
+        raise TrainingError("no training examples given; pass a non-empty selection or data file")
+    if not all(isinstance(e, Example) for e in examples):
+        raise TrainingError("train() takes Example objects or a data file path; "
+                            "read records with influence.data.load_pool")
+    return TrainingData(examples)
+
+
+def _run_identity(config: TrainConfig, data: TrainingData, loaded: Any) -> dict[str, Any]:
+    settings = config.identity()
+    settings.pop("model")
+    return {"settings": settings, "data_sha256": data.fingerprint, "examples": len(data.examples),
+            "model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256}}
+
+
+def _encode(examples: list[Example], tokenizer: Any, max_length: int) -> tuple[list[Any], dict[str, int]]:
+    """Encode every example; drop those whose response was cut away entirely, and count both."""
+    from influence.data.formatting import encode_example
+
+    encoded, truncated, empty = [], 0, 0
+    for example in examples:
+        item = encode_example(example, tokenizer, max_length)
+        truncated += item.truncated
+        if item.response_tokens == 0:
+            empty += 1
+            continue
+        encoded.append(item)
+    if truncated:
+        log.warning("%d of %d examples are longer than max_length=%d and were cut", truncated, len(examples),
+                    max_length)
+    if not encoded:
+        raise TrainingError(f"none of the {len(examples)} examples has a response token within "
+                            f"max_length={max_length}; raise max_length or check the data")
+    if empty:
+        log.warning("%d examples lost their whole response to max_length=%d and are skipped", empty, max_length)
+    return encoded, {"examples": len(examples), "trained": len(encoded), "truncated": truncated,
+                     "skipped_no_response": empty, "max_length": max_length,
+                     "tokens": sum(len(e.input_ids) for e in encoded),
+                     "response_tokens": sum(e.response_tokens for e in encoded)}
+
+
+def _trainable_model(loaded: Any, config: TrainConfig) -> tuple[Any, list[tuple[str, Any]]]:
+    """A private copy of the model, wrapped with fresh seeded LoRA (or fully trainable)."""
+    import torch
+
+    from influence.lora import add_lora, lora_parameters
+
+    model = copy.deepcopy(loaded.model)
+    if config.method == "lora":
+        torch.manual_seed(config.seed)  # the adapter's initial A matrices
+        model = add_lora(model, config.lora)
+        return model, lora_parameters(model)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return model, [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def _lora_signature(model: Any, config: TrainConfig) -> dict[str, Any] | None:
+    from influence.lora import lora_signature
+
+    return lora_signature(model) if config.method == "lora" else None
+
+
+def _resume(out_dir: Path, config: TrainConfig, model: Any, params: list[tuple[str, Any]], optimizer: Any,
+            scheduler: Any, lora_signature: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Restore the last complete epoch, if any; returns the finished epochs' records."""
+    done = [p for p in list_checkpoints(out_dir) if load_checkpoint(p, moments=False).epoch <= config.epochs]
+    if not done:
+        return []
+    last = load_checkpoint(done[-1])
+    if last.lora_signature != lora_signature:
+        raise ManifestMismatchError(f"{last.path}: LoRA parameters differ from this run's; "
+                                    "use a new output directory or --overwrite")
+    restore_checkpoint(last, model=model, params=params, optimizer=optimizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stepping a scheduler without an optimizer step warns
+        for _ in range(last.step):
+            scheduler.step()
+    log.warning("resuming %s after epoch %d (step %d)", out_dir, last.epoch, last.step)
+    keys = ("epoch", "step", "steps_in_epoch", "avg_lr", "mean_loss", "tokens", "seconds")
+    history = []
+    for path in done:
+        state = _read_state(path)
+        history.append({key: state[key] for key in keys})
+    return history
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((path / "state.json").read_text(encoding="utf-8"))
+
+
+def _progress(total: int, done: int, config: TrainConfig) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="train", unit="step", disable=not config.progress,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------------ the step
+def _optimizer_step(model: Any, params: list[tuple[str, Any]], optimizer: Any, micro_batches: list[list[int]],
+                    encoded: list[Any], pad_id: int, device: Any, max_grad_norm: float) -> tuple[float, int]:
+    """One AdamW step over micro-batches; the loss is the mean NLL over all the step's response tokens.
+
+    Returns the step's summed NLL and its response-token count.
+    """
+    import torch
+
+    from influence.data.formatting import collate
+
+    step_tokens = sum(encoded[i].response_tokens for batch in micro_batches for i in batch)
+    optimizer.zero_grad(set_to_none=True)
+    nll_sum = 0.0
+    for indices in micro_batches:
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], pad_id).items()}
+        nll, _ = example_nll(model, batch)
+        loss = nll.sum() / step_tokens
+        loss.backward()
+        nll_sum += float(nll.detach().sum())
+    if not math.isfinite(nll_sum):
+        raise TrainingError(f"the training loss became {nll_sum}; lower the learning rate")
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], max_grad_norm)
+    optimizer.step()
+    return nll_sum, step_tokens
+
+
+# ------------------------------------------------------------------ saving
+def _save_output(out_dir: Path, model: Any, loaded: Any, config: TrainConfig) -> Path:
+    if config.method == "lora":
+        target = out_dir / ADAPTER_DIR
+        with staged_directory(target) as staging:
+            save_adapter(model, staging)
+        return target
+    from influence.models import strip_gguf_flag
+
+    target = out_dir / MODEL_DIR
+    strip_gguf_flag(model)
+    with staged_directory(target) as staging:
+        model.save_pretrained(str(staging), safe_serialization=True)
+        loaded.tokenizer.save_pretrained(str(staging))
+    return target
+
+
+def _manifest(identity: dict[str, Any], config: TrainConfig, data: TrainingData, loaded: Any,
+              encoding: dict[str, int], lora_signature: dict[str, Any] | None, history: list[dict[str, Any]],
+              output_dir: Path) -> dict[str, Any]:
+    from influence.selection import package_versions
+
+    tokenizer = loaded.tokenizer
+    return {
+        "kind": MANIFEST_KIND,
+        "format": MANIFEST_FORMAT,
+        "identity": identity,
+        "output": {"kind": "adapter" if config.method == "lora" else "model", "path": output_dir.name},
+        "model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256,
+                  **{k: v for k, v in loaded.info.items() if k in ("location", "dtype", "device", "num_parameters")}},
+        "tokenizer": {"name_or_path": str(getattr(tokenizer, "name_or_path", "")), "vocab_size": len(tokenizer),
+                      "chat_template": bool(getattr(tokenizer, "chat_template", None))},
+        "data": {"source": data.source, "file_sha256": data.file_sha256, "examples_sha256": data.fingerprint,
+                 **encoding},
+        "config": config.to_dict(),
+        "lora": {"settings": config.lora.to_dict(), "signature": lora_signature} if config.method == "lora" else None,
+        "epochs": history,
+        "steps": history[-1]["step"] if history else 0,
+        "seconds": round(sum(epoch["seconds"] for epoch in history), 3),
+        "versions": {"python": sys.version.split()[0], **package_versions()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# ------------------------------------------------------------------ the output directory
+def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a finished training run.
+
+    Raises:
+        TrainingError: out_dir holds no finished run.
+    """
+    import json
+
+    path = Path(out_dir) / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrainingError(f"{out_dir} holds no finished training run (no {MANIFEST_FILE}); "
+                            "run `influence train` into it, or rerun to resume") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != MANIFEST_KIND:
+        raise TrainingError(f"{path} is not a training manifest")
+    return manifest
+
+
+def is_training_output(path: str | os.PathLike) -> bool:
+    try:
+        read_manifest(path)
+    except TrainingError:
+        return False
+    return True
+
+
+def _finished_run(out_dir: Path, identity: dict[str, Any]) -> TrainResult | None:
+    if not (out_dir / MANIFEST_FILE).exists():
+        return None
+    manifest = read_manifest(out_dir)
+    _require_same(out_dir, manifest.get("identity"), identity)
+    log.warning("%s already holds this finished run; nothing to train", out_dir)
+    return TrainResult(out_dir=out_dir, output_dir=out_dir / manifest["output"]["path"],
+                       manifest_path=out_dir / MANIFEST_FILE, manifest=manifest,
+                       checkpoints=list_checkpoints(out_dir), resumed_from_epoch=len(manifest["epochs"]),
+                       reused=True)
+
+
+def _claim(out_dir: Path, identity: dict[str, Any]) -> None:
+    """Record the run's identity, or check that the run already begun here is this one."""
+    import json
+
+    path = out_dir / RUN_FILE
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        _require_same(out_dir, previous, identity)
+        return
+    if out_dir.exists() and any(p.name != LOCK_FILE for p in out_dir.iterdir()):
+        raise TrainingError(f"{out_dir} exists and is not a training run; choose another --out or pass --overwrite")
+    write_json(path, identity)
+
+
+def _require_same(out_dir: Path, previous: Any, identity: dict[str, Any]) -> None:
+    if previous == identity:
+        return
+    differing = sorted(_differences(previous, identity)) or ["the run record is unreadable"]
+    raise ManifestMismatchError(f"{out_dir} holds a run with other {', '.join(differing[:4])}; "
+                                "use another --out, or --overwrite to start again")
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [prefix or "settings"] if old != new else []
+    out = []
+    for key in sorted(set(old) | set(new)):
+        out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+    return out
+
+
+def _clear(out_dir: Path) -> None:
+    for path in out_dir.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path) -> Iterator[None]:
+    """One training run per output directory at a time; a lock left by a dead process is taken over."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = out_dir / LOCK_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None and holder != os.getpid() and _alive(holder):
+                raise TrainingError(f"another training run (pid {holder}) is writing to {out_dir}; "
+                                    "wait for it or choose another --out") from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        break
+    else:
+        raise TrainingError(f"cannot lock {out_dir}; remove {lock} if no training is running")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
+def _lock_holder(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_trained(out_dir: str | os.PathLike, *, base: Any = None, merge: bool = True) -> Any:
+    """Load a finished training run as a `LoadedModel`: the base model with its adapter, or the full model.
+
+    Args:
+        out_dir: a directory written by `train`.
+        base: the base `LoadedModel` (LoRA runs); None loads the manifest's model spec. It is
+            copied, not modified.
+        merge: fold the adapter into the weights (faster inference, same outputs).
+
+    Raises:
+        TrainingError: out_dir holds no finished run.
+        ManifestMismatchError: `base` is not the model the adapter was trained on.
+    """
+    from influence.models import LoadedModel, load_model
+
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    output = out_dir / manifest["output"]["path"]
+    if manifest["output"]["kind"] == "model":
+        loaded = load_model(str(output))
+        loaded.info["trained"] = str(out_dir)
+        return loaded
+    from peft import PeftModel
+
+    trained_on = manifest["model"]
+    if base is None:
+        base = load_model(trained_on["spec"])
+    if base.weights_sha256 != trained_on["weights_sha256"]:
+        raise ManifestMismatchError(f"{out_dir} was trained on {trained_on['spec']} "
+                                    f"(weights {trained_on['weights_sha256'][:12]}), not on {base.spec} "
+                                    f"(weights {base.weights_sha256[:12]}); pass the matching base model")
+    model = PeftModel.from_pretrained(copy.deepcopy(base.model), str(output))
+    if merge:
+        model = model.merge_and_unload()
+    model.eval()
+    adapter_sha = sha256_file(output / "adapter_model.safetensors")
+    info = {**base.info, "spec": str(out_dir), "trained": str(out_dir), "base": trained_on["spec"],
+            "adapter_sha256": adapter_sha}
+    return LoadedModel(model=model, tokenizer=base.tokenizer, spec=str(out_dir),
+                       weights_sha256=sha256_json([base.weights_sha256, adapter_sha]), info=info)

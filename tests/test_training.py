@@ -1,0 +1,201 @@
+"""The SFT trainer on a tiny random Llama: settings, batching, checkpoints, resume, reproducibility."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from influence.data import Example
+from influence.errors import ConfigError, ManifestMismatchError, TrainingError
+from influence.lora import LoraSettings, lora_parameters
+from influence.models import LoadedModel
+from influence.testing import tiny_model_and_tokenizer
+from influence.training import TrainConfig, list_checkpoints, load_checkpoint, load_trained, train
+from influence.training import checkpoint as checkpoint_module
+from influence.training.batching import plan_epoch
+from influence.training.loss import example_nll
+
+EXAMPLES = [
+    Example("Name a colour.", "", "Blue."),
+    Example("Add the numbers.", "2 and 3", "five"),
+    Example("Say hello.", "", "hello there"),
+    Example("Count to three.", "", "one two three"),
+    Example("Opposite of up?", "", "down"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    model, tokenizer = tiny_model_and_tokenizer()
+    return LoadedModel(model=model, tokenizer=tokenizer, spec="tiny-llama", weights_sha256="tiny-llama-seed0")
+
+
+def adapter_tensors(out_dir) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def training_loss(loaded: LoadedModel, examples) -> float:
+    from influence.data.formatting import collate, encode_example
+
+    batch = collate([encode_example(e, loaded.tokenizer, 256) for e in examples], loaded.tokenizer.pad_token_id)
+    with torch.no_grad():
+        nll, tokens = example_nll(loaded.model.eval(), batch)
+    return float(nll.sum() / tokens.sum())
+
+
+# ------------------------------------------------------------------ settings
+def test_config_defaults_follow_less_and_validate():
+    config = TrainConfig()
+    assert (config.epochs, config.learning_rate, config.warmup_ratio) == (4, 2e-5, 0.03)
+    assert (config.lora.r, config.lora.alpha, config.lora.dropout) == (128, 512, 0.1)
+    warmup = TrainConfig.less_warmup()
+    assert warmup.lora.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert json.loads(json.dumps(config.to_dict()))["lora"]["r"] == 128
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="multiple of micro_batch_size"):
+        TrainConfig(batch_size=6, micro_batch_size=4)
+    with pytest.raises(ConfigError, match="learning_rate must be positive"):
+        TrainConfig(learning_rate=0)
+    with pytest.raises(ConfigError, match="method must be one of"):
+        TrainConfig(method="qlora")
+    with pytest.raises(ConfigError, match="epochs must be a positive integer"):
+        TrainConfig(epochs=0)
+
+
+def test_epoch_plan_is_a_seeded_length_grouped_shuffle():
+    lengths = [5, 50, 7, 30, 12, 8, 41, 3, 9]
+    plan = plan_epoch(lengths, batch_size=4, micro_batch_size=2, seed=1, epoch=1)
+    flat = [i for step in plan for micro in step for i in micro]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [len(step) for step in plan] == [2, 2, 1]
+    for step in plan:
+        within = [lengths[i] for micro in step for i in micro]
+        assert within == sorted(within, reverse=True)
+    assert plan == plan_epoch(lengths, 4, 2, seed=1, epoch=1)
+    assert plan != plan_epoch(lengths, 4, 2, seed=1, epoch=2)
+
+
+# ------------------------------------------------------------------ training
+def test_training_lowers_the_training_loss_and_writes_a_manifest(tiny, tmp_path):
+    before = training_loss(tiny, EXAMPLES)
+    result = train(EXAMPLES, TrainConfig.for_tests(epochs=3), tmp_path / "run", loaded=tiny)
+    after = training_loss(load_trained(result.out_dir, base=tiny), EXAMPLES)
+    assert after < before - 0.1, (before, after)
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["data"]["examples"] == len(EXAMPLES)
+    assert manifest["model"]["weights_sha256"] == "tiny-llama-seed0"
+    assert manifest["config"]["learning_rate"] == 1e-2
+    assert manifest["lora"]["signature"]["parameters"] == 16
+    assert manifest["steps"] == 9 and len(manifest["epochs"]) == 3
+    assert "torch" in manifest["versions"]
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    # a finished run is returned as it is, without training again
+    again = train(EXAMPLES, TrainConfig.for_tests(epochs=3), tmp_path / "run", loaded=tiny)
+    assert again.reused and again.manifest == result.manifest
+
+
+def test_checkpoints_keep_moments_by_parameter_name_and_the_epoch_lr(tiny, tmp_path):
+    config = TrainConfig.for_tests(epochs=2, warmup_ratio=0.0)
+    result = train(EXAMPLES, config, tmp_path / "run", loaded=tiny)
+    paths = list_checkpoints(result.out_dir)
+    assert [p.name for p in paths] == ["epoch-1", "epoch-2"]
+    first, second = (load_checkpoint(p) for p in paths)
+    # 3 steps per epoch, linear decay from 1e-2 to 0 over 6 steps, no warmup
+    assert first.avg_lr == pytest.approx(1e-2 * (6 + 5 + 4) / 6 / 3)
+    assert second.avg_lr == pytest.approx(1e-2 * (3 + 2 + 1) / 6 / 3)
+    assert (second.epoch, second.step, second.betas, second.eps) == (2, 6, (0.9, 0.999), 1e-8)
+    # what LESS does: load the epoch's adapter into the base model and match moments by name
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(tiny_model_and_tokenizer()[0], str(second.adapter_dir), is_trainable=True)
+    params = dict(lora_parameters(model))
+    assert set(params) == set(second.exp_avg) == set(second.exp_avg_sq)
+    for name, param in params.items():
+        assert second.exp_avg[name].shape == param.shape
+        assert torch.all(second.exp_avg_sq[name] >= 0)
+    assert any(second.exp_avg[n].abs().sum() > 0 for n in params)
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tiny, tmp_path):
+    config = TrainConfig.for_tests(lora=LoraSettings(r=4, alpha=16, dropout=0.1))
+    a = adapter_tensors(train(EXAMPLES, config, tmp_path / "a", loaded=tiny).out_dir)
+    b = adapter_tensors(train(EXAMPLES, config, tmp_path / "b", loaded=tiny).out_dir)
+    c = adapter_tensors(train(EXAMPLES, config.with_(seed=1), tmp_path / "c", loaded=tiny).out_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    config = TrainConfig.for_tests(epochs=3, lora=LoraSettings(r=4, alpha=16, dropout=0.1), warmup_ratio=0.2)
+    whole = train(EXAMPLES, config, tmp_path / "whole", loaded=tiny)
+
+    real_save = checkpoint_module.save_checkpoint
+
+    def save_then_die(directory, **kwargs):
+        real_save(directory, **kwargs)
+        if directory.name == "epoch-1":
+            raise KeyboardInterrupt("killed after epoch 1")
+
+    monkeypatch.setattr("influence.training.trainer.save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(EXAMPLES, config, tmp_path / "resumed", loaded=tiny)
+    monkeypatch.undo()
+    assert not (tmp_path / "resumed" / "manifest.json").exists()
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["epoch-1"]
+
+    resumed = train(EXAMPLES, config, tmp_path / "resumed", loaded=tiny)
+    assert resumed.resumed_from_epoch == 1
+    a, b = adapter_tensors(whole.out_dir), adapter_tensors(resumed.out_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = load_checkpoint(whole.checkpoints[-1]), load_checkpoint(resumed.checkpoints[-1])
+    assert all(torch.equal(ma.exp_avg_sq[k], mb.exp_avg_sq[k]) for k in ma.exp_avg_sq)
+    assert [e["mean_loss"] for e in whole.manifest["epochs"]] == [e["mean_loss"] for e in resumed.manifest["epochs"]]
+
+
+def test_the_update_does_not_depend_on_the_micro_batch_split(tiny, tmp_path):
+    config = TrainConfig.for_tests(batch_size=4, micro_batch_size=1)
+    a = adapter_tensors(train(EXAMPLES, config, tmp_path / "a", loaded=tiny).out_dir)
+    b = adapter_tensors(train(EXAMPLES, config.with_(micro_batch_size=4), tmp_path / "b", loaded=tiny).out_dir)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_full_fine_tuning_saves_a_loadable_model(tiny, tmp_path):
+    result = train(EXAMPLES[:2], TrainConfig.for_tests(method="full", epochs=1, learning_rate=1e-3),
+                   tmp_path / "full", loaded=tiny)
+    assert result.output_dir.name == "model"
+    loaded = load_trained(result.out_dir)
+    assert training_loss(loaded, EXAMPLES[:2]) < training_loss(tiny, EXAMPLES[:2])
+    assert load_checkpoint(result.checkpoints[0]).weights_file.exists()
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_input_gets_a_clear_error(tiny, tmp_path):
+    with pytest.raises(TrainingError, match="no training examples"):
+        train([], TrainConfig.for_tests(), tmp_path / "empty", loaded=tiny)
+    with pytest.raises(TrainingError, match="raise max_length"):
+        train(EXAMPLES, TrainConfig.for_tests(max_length=8), tmp_path / "short", loaded=tiny)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingError, match="not a training run"):
+        train(EXAMPLES, TrainConfig.for_tests(), tmp_path / "busy", loaded=tiny)
+    train(EXAMPLES[:2], TrainConfig.for_tests(epochs=1), tmp_path / "done", loaded=tiny)
+    with pytest.raises(ManifestMismatchError, match="settings.learning_rate"):
+        train(EXAMPLES[:2], TrainConfig.for_tests(epochs=1, learning_rate=0.5), tmp_path / "done", loaded=tiny)
+    with pytest.raises(TrainingError, match="no finished training run"):
+        load_trained(tmp_path / "busy", base=tiny)
+    with pytest.raises(ManifestMismatchError, match="pass the matching base model"):
+        other = LoadedModel(tiny.model, tiny.tokenizer, "other", "other-weights")
+        load_trained(tmp_path / "done", base=other)
+
+
+def test_training_reads_a_selection_file(tiny, tmp_path):
+    path = tmp_path / "selection.jsonl"
+    path.write_text("".join(json.dumps(e.to_record("alpaca")) + "\n" for e in EXAMPLES[:3]))
+    result = train(path, TrainConfig.for_tests(epochs=1), tmp_path / "run", loaded=tiny)
+    assert result.manifest["data"]["source"] == str(path)
+    assert len(result.manifest["data"]["file_sha256"]) == 64
