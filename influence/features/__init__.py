@@ -1,0 +1,19 @@
+"""Per-example LoRA gradient features: exact batched gradients, random projection, featurization.
+
+The math only; where features are stored is the datastore's and the orchestration's business.
+"""
+
+from influence.features.compute import FeatureBatch, FeaturizeStats, featurize, length_batches, normalize_blocks
+from influence.features.grads import (GRAD_TYPES, AdamMoments, LoraGradients, ParameterSlot, adam_update,
+                                      match_moments, per_example_gradients)
+from influence.features.projection import (PROJECTORS, Projector, SJLTProjector, StreamingProjector,
+                                           TrakBasicProjector, TrakCudaProjector, default_projector_name, dim_slices,
+                                           make_projector)
+
+__all__ = [
+    "GRAD_TYPES", "AdamMoments", "LoraGradients", "ParameterSlot", "adam_update", "match_moments",
+    "per_example_gradients",
+    "PROJECTORS", "Projector", "SJLTProjector", "StreamingProjector", "TrakBasicProjector", "TrakCudaProjector",
+    "default_projector_name", "dim_slices", "make_projector",
+    "FeatureBatch", "FeaturizeStats", "featurize", "length_batches", "normalize_blocks",
+]

@@ -1,0 +1,346 @@
+"""Exact per-example gradients of the LoRA parameters, B examples per forward and backward.
+
+For a LoRA layer ``y = W x + s * B A x`` the gradient of a loss with respect to ``A`` and
+``B`` is a sum over token positions of outer products. Hooks capture, per layer, the input
+``x`` of ``lora_A``, its output ``h = A x`` and the gradient ``dy`` at the output of
+``lora_B`` (``s`` is already inside it); then, per example ``i``::
+
+    grad_B_i = sum_t dy_t h_t^T            grad_A_i = sum_t (B^T dy_t) x_t^T
+
+The backward is asked only for the ``dy`` tensors (``torch.autograd.grad``), so no
+batch-summed parameter gradient is ever formed. The loss is the sum over examples of each
+example's own mean NLL over its response tokens, so every example's gradient is exactly
+what a batch-size-1 forward/backward of that example alone gives. LM-head logits are
+computed only at the positions the loss uses.
+
+Vectors are float32, concatenated in ``lora_parameters(model)`` order, each parameter
+flattened row-major. Gradient types: ``sgd`` (raw), ``adam`` (the update AdamW would take
+from a checkpoint's moments, as LESS uses), ``sign``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from influence.data.formatting import IGNORE_INDEX
+from influence.errors import ConfigError, ManifestMismatchError
+from influence.lora import lora_parameters
+
+GRAD_TYPES: dict[str, str] = {
+    "sgd": "raw gradient of the example's mean response NLL (LESS uses it for target examples)",
+    "adam": "Adam-preconditioned update from a checkpoint's AdamW moments (LESS uses it for pool examples)",
+    "sign": "sign of the raw gradient",
+}
+
+
+@dataclass(frozen=True)
+class AdamMoments:
+    """A checkpoint's AdamW state, keyed by LoRA parameter name (as `lora_parameters` names them).
+
+    `step` is the optimizer's step count in the checkpoint; the bias correction uses it as
+    the LESS paper does: ``m_hat = m' / (1 - b1**step)``, ``v_hat = v' / (1 - b2**step)``.
+    """
+
+    exp_avg: Mapping[str, torch.Tensor] = field(metadata={"help": "First moments m, by parameter name."})
+    exp_avg_sq: Mapping[str, torch.Tensor] = field(metadata={"help": "Second moments v, by parameter name."})
+    step: int = field(default=1, metadata={"help": "Optimizer step count of the checkpoint (>= 1)."})
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "AdamW (beta1, beta2)."})
+    eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon, added to sqrt(v_hat)."})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"Adam betas must be two numbers in [0, 1), got {self.betas}")
+        if int(self.step) < 1:
+            raise ConfigError(f"Adam step must be >= 1 (the checkpoint's optimizer step count), got {self.step}")
+        if not self.eps > 0:
+            raise ConfigError(f"Adam eps must be positive, got {self.eps}")
+        if set(self.exp_avg) != set(self.exp_avg_sq):
+            raise ManifestMismatchError("the checkpoint's first and second Adam moments name different parameters; "
+                                        "the optimizer state is corrupt: re-run warmup for this checkpoint")
+
+    def describe(self) -> dict[str, Any]:
+        return {"step": int(self.step), "betas": list(self.betas), "eps": self.eps}
+
+
+def adam_update(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, *, step: int,
+                betas: tuple[float, float], eps: float) -> torch.Tensor:
+    """The Adam update direction for `grad` from moments (broadcast over leading batch dims).
+
+    ``m' = b1 m + (1-b1) g``, ``v' = b2 v + (1-b2) g^2``, bias-corrected with `step`,
+    returns ``m_hat / (sqrt(v_hat) + eps)``.
+    """
+    b1, b2 = betas
+    m = exp_avg * b1 + grad * (1.0 - b1)
+    v = exp_avg_sq * b2 + grad.square() * (1.0 - b2)
+    m_hat = m / (1.0 - b1 ** step)
+    v_hat = v / (1.0 - b2 ** step)
+    return m_hat / (v_hat.sqrt() + eps)
+
+
+@dataclass(frozen=True)
+class ParameterSlot:
+    """Where one LoRA parameter sits in the flat gradient vector."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class _LoraLayer:
+    """One adapter of one peft LoRA Linear layer: its A and B modules and their slots."""
+
+    lora_A: torch.nn.Linear
+    lora_B: torch.nn.Linear
+    slot_A: ParameterSlot
+    slot_B: ParameterSlot
+    captures: list[list[Any]] = field(default_factory=list)  # per call: [x, h, y]
+
+
+def _resolve_layers(model: Any) -> tuple[list[ParameterSlot], list[_LoraLayer]]:
+    """Map every trainable parameter to a (lora_A | lora_B) module of a supported LoRA layer, by name."""
+    try:
+        from peft.tuners.lora import Linear as LoraLinear
+    except ImportError as exc:  # peft is a declared dependency; say so if it is broken
+        raise ConfigError(f"peft is needed for LoRA gradients: {exc}") from None
+
+    slots: list[ParameterSlot] = []
+    offset = 0
+    for name, param in lora_parameters(model):
+        slots.append(ParameterSlot(name, tuple(param.shape), offset))
+        offset += param.numel()
+
+    modules = dict(model.named_modules())
+    pairs: dict[tuple[str, str], dict[str, ParameterSlot]] = {}
+    for slot in slots:
+        parts = slot.name.split(".")
+        if len(parts) < 4 or parts[-1] != "weight" or parts[-3] not in ("lora_A", "lora_B"):
+            raise ConfigError(f"trainable parameter {slot.name!r} is not a LoRA A/B weight; per-example gradients "
+                              "support LoRA adapters only (no modules_to_save, biases or other trainable weights)")
+        layer_name, kind, adapter = ".".join(parts[:-3]), parts[-3], parts[-2]
+        layer = modules.get(layer_name)
+        if not isinstance(layer, LoraLinear):
+            raise ConfigError(f"{layer_name!r} is a {type(layer).__name__}, not a peft LoRA Linear layer; "
+                              "target Linear modules only (e.g. q_proj, k_proj, v_proj, o_proj)")
+        if adapter in getattr(layer, "lora_variant", {}) or getattr(layer, "use_dora", {}).get(adapter, False):
+            raise ConfigError(f"{layer_name!r} uses a LoRA variant (DoRA, ...); only plain LoRA is supported")
+        pairs.setdefault((layer_name, adapter), {})[kind] = slot
+
+    layers = []
+    for (layer_name, adapter), found in pairs.items():
+        if set(found) != {"lora_A", "lora_B"}:
+            raise ConfigError(f"{layer_name!r} adapter {adapter!r}: lora_A and lora_B must both be trainable")
+        layer = modules[layer_name]
+        layers.append(_LoraLayer(layer.lora_A[adapter], layer.lora_B[adapter], found["lora_A"], found["lora_B"]))
+    return slots, layers
+
+
+def match_moments(slots: list[ParameterSlot], moments: AdamMoments,
+                  device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Pair each LoRA parameter with its (m, v) by name, checking shapes.
+
+    Raises:
+        ManifestMismatchError: a parameter has no moment, a moment has no parameter, or shapes differ.
+    """
+    wanted = [s.name for s in slots]
+    missing = [n for n in wanted if n not in moments.exp_avg]
+    extra = sorted(set(moments.exp_avg) - set(wanted))
+    if missing or extra:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} parameter(s) without moments, e.g. {missing[0]!r}")
+        if extra:
+            detail.append(f"{len(extra)} moment(s) for no parameter, e.g. {extra[0]!r}")
+        raise ManifestMismatchError("the checkpoint's Adam moments do not match this model's LoRA parameters ("
+                                    + "; ".join(detail) + "); featurize with the model and LoRA settings the "
+                                    "checkpoint was trained with")
+    out = {}
+    for slot in slots:
+        m, v = moments.exp_avg[slot.name], moments.exp_avg_sq[slot.name]
+        for label, t in (("exp_avg", m), ("exp_avg_sq", v)):
+            if tuple(t.shape) != slot.shape:
+                raise ManifestMismatchError(f"Adam {label} for {slot.name!r} has shape {tuple(t.shape)}, the parameter "
+                                            f"has {slot.shape}; the checkpoint was trained with other LoRA settings "
+                                            "(rank or target modules): use those")
+        out[slot.name] = (m.detach().to(device=device, dtype=torch.float32),
+                          v.detach().to(device=device, dtype=torch.float32))
+    return out
+
+
+def _split_model(model: Any) -> tuple[Any, Any, bool]:
+    """(backbone returning hidden states, LM head, whether head(hidden) equals the model's logits)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    config = getattr(base, "config", None)
+    # Architectures that post-process logits (soft-capping, scaling) take the full forward.
+    plain_head = not (getattr(config, "final_logit_softcapping", None) or
+                      getattr(config, "logit_scale", None) not in (None, 1.0) or
+                      getattr(config, "logits_scaling", None) not in (None, 1.0))
+    direct = backbone is not None and head is not None and plain_head and backbone is not base
+    return (backbone if direct else model), head, direct
+
+
+class LoraGradients:
+    """Computes per-example LoRA gradient vectors for batches of one model.
+
+    Build once per (model, grad type, moments); call with collated batches.
+    """
+
+    def __init__(self, model: Any, grad_type: str = "sgd", moments: AdamMoments | None = None):
+        if grad_type not in GRAD_TYPES:
+            raise ConfigError(f"unknown gradient type {grad_type!r}; choose one of: {', '.join(GRAD_TYPES)}")
+        if grad_type == "adam" and moments is None:
+            raise ConfigError("gradient type 'adam' needs the checkpoint's Adam moments; pass moments or use 'sgd'")
+        if grad_type != "adam" and moments is not None:
+            raise ConfigError(f"Adam moments were given but gradient type is {grad_type!r}; use 'adam' or drop them")
+        self.model = model
+        self.grad_type = grad_type
+        self.slots, self._layers = _resolve_layers(model)
+        self.dim = sum(s.numel for s in self.slots)
+        self.device = lora_parameters(model)[0][1].device
+        self._moments = match_moments(self.slots, moments, self.device) if moments is not None else None
+        self._adam = moments
+        self._backbone, self._head, self._direct = _split_model(model)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"grad_type": self.grad_type, "dim": self.dim}
+        if self._adam is not None:
+            out["adam"] = self._adam.describe()
+        return out
+
+    @contextlib.contextmanager
+    def _hooks(self) -> Iterator[None]:
+        handles = []
+        for layer in self._layers:
+            layer.captures = []
+
+            def on_A(module: Any, args: tuple, output: torch.Tensor, layer: _LoraLayer = layer) -> None:
+                layer.captures.append([args[0].detach(), output.detach(), None])
+
+            def on_B(module: Any, args: tuple, output: torch.Tensor, layer: _LoraLayer = layer) -> None:
+                layer.captures[-1][2] = output
+
+            handles.append(layer.lora_A.register_forward_hook(on_A))
+            handles.append(layer.lora_B.register_forward_hook(on_B))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """Sum over examples of each example's mean NLL over its response tokens (None: no such token)."""
+        targets = labels[:, 1:]
+        mask = targets != IGNORE_INDEX
+        counts = mask.sum(dim=1)
+        if not bool(mask.any()):
+            return None
+        if self._direct:
+            hidden = self._backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+            logits = self._head(hidden[:, :-1][mask])
+        else:
+            logits = self._backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            logits = logits[:, :-1][mask]
+        nll = F.cross_entropy(logits.float(), targets[mask], reduction="none")
+        rows = mask.nonzero()[:, 0]
+        weights = 1.0 / counts.clamp(min=1).to(nll.dtype)
+        return (nll * weights[rows]).sum()
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, *,
+                 sink: Callable[[torch.Tensor, int], None] | None = None) -> torch.Tensor | None:
+        """Per-example gradient vectors [B, dim] float32 of a right-padded batch (see `collate`).
+
+        Examples with no response token get a zero vector (for every gradient type). With
+        `sink`, nothing is returned: each parameter's block [B, numel] is handed to
+        ``sink(block, offset)`` as soon as it is computed, so no [B, dim] buffer is formed.
+        """
+        input_ids = input_ids.to(self.device)
+        attention_mask = attention_mask.to(self.device)
+        labels = labels.to(self.device)
+        batch = input_ids.shape[0]
+        out = None
+        if sink is None:
+            out = torch.zeros(batch, self.dim, dtype=torch.float32, device=self.device)
+
+            def sink(block: torch.Tensor, offset: int) -> None:
+                out[:, offset:offset + block.shape[1]] = block
+
+        keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=1)  # no response token: no gradient
+        was_training = self.model.training
+        self.model.eval()  # dropout off: the gradient of the model as it is
+        try:
+            if not bool(keep.any()):
+                if out is None:
+                    for slot in self.slots:
+                        sink(torch.zeros(batch, slot.numel, device=self.device), slot.offset)
+                return out
+            with torch.enable_grad(), self._hooks():
+                loss = self._loss(input_ids, attention_mask, labels)
+                outputs = [c[2] for layer in self._layers for c in layer.captures]
+                if any(y is None for y in outputs):
+                    raise ConfigError("a LoRA layer's lora_B did not run after its lora_A; unsupported LoRA layer")
+                grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+            with torch.no_grad():
+                self._assemble(batch, iter(grads), keep, sink)
+        finally:
+            for layer in self._layers:
+                layer.captures = []
+            self.model.train(was_training)
+        return out
+
+    def _assemble(self, batch: int, grads: Iterator[torch.Tensor | None], keep: torch.Tensor,
+                  sink: Callable[[torch.Tensor, int], None]) -> None:
+        all_kept = bool(keep.all())
+        for layer in self._layers:
+            grad_A = grad_B = None
+            for x, h, _ in layer.captures:
+                dy = next(grads)
+                if dy is None:
+                    continue
+                x, h, dy = (t.float().reshape(batch, -1, t.shape[-1]) for t in (x, h, dy))
+                g_B = torch.bmm(dy.transpose(1, 2), h)                                   # [B, out, r]
+                g_A = torch.bmm((dy @ layer.lora_B.weight.float()).transpose(1, 2), x)  # [B, r, in]
+                grad_A = g_A if grad_A is None else grad_A + g_A
+                grad_B = g_B if grad_B is None else grad_B + g_B
+            for slot, grad in ((layer.slot_A, grad_A), (layer.slot_B, grad_B)):
+                if grad is None:  # the layer did not reach the loss: zero gradient
+                    grad = torch.zeros((batch, *slot.shape), device=keep.device)
+                block = self._transform(slot, grad).reshape(batch, -1)
+                if not all_kept:
+                    block = block * keep[:, None]
+                sink(block, slot.offset)
+
+    def _transform(self, slot: ParameterSlot, grad: torch.Tensor) -> torch.Tensor:
+        if self.grad_type == "sgd":
+            return grad
+        if self.grad_type == "sign":
+            return torch.sign(grad)
+        m, v = self._moments[slot.name]
+        return adam_update(grad, m, v, step=int(self._adam.step), betas=self._adam.betas, eps=self._adam.eps)
+
+
+def per_example_gradients(model: Any, batch: Mapping[str, torch.Tensor], grad_type: str = "sgd",
+                          moments: AdamMoments | None = None) -> torch.Tensor:
+    """Per-example LoRA gradient vectors [B, P] float32 for one collated batch.
+
+    Args:
+        model: a peft LoRA-wrapped causal LM.
+        batch: `collate` output: input_ids, attention_mask, labels (-100 outside the response).
+        grad_type: "sgd", "adam" or "sign".
+        moments: the checkpoint's AdamW moments, required for "adam".
+    Raises:
+        ConfigError: unsupported adapters or settings. ManifestMismatchError: moments do not fit the model.
+    """
+    return LoraGradients(model, grad_type, moments)(batch["input_ids"], batch["attention_mask"], batch["labels"])
