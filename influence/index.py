@@ -14,6 +14,7 @@ float16 -> float32 copy never exists whole.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from typing import Any, Callable
@@ -24,7 +25,8 @@ from influence.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_ROWS = 65_536
+DEFAULT_CHUNK_BYTES = 256 << 20   # float32 rows converted and added at a time
+TRAIN_BYTES = 1 << 30              # cap on the float32 sample that trains IVF cells (unless 39 per cell need more)
 DEVICES = ("auto", "cpu", "gpu")
 
 
@@ -83,7 +85,7 @@ def _to_gpu(index: Any) -> Any:
     return gpu_index
 
 
-def _build_flat(features: Any, n: int, d: int, *, gpu: bool, chunk_rows: int, **_: Any) -> Any:
+def _build_flat(features: Any, n: int, d: int, *, gpu: bool, chunk_rows: int) -> Any:
     faiss = _faiss()
     index = faiss.IndexFlatIP(d)
     if gpu:
@@ -98,7 +100,7 @@ def default_nlist(n: int) -> int:
 
 
 def _build_ivf_flat(features: Any, n: int, d: int, *, gpu: bool, chunk_rows: int, nlist: int | None = None,
-                    nprobe: int | None = None, seed: int = 0, train_rows: int | None = None, **_: Any) -> Any:
+                    nprobe: int | None = None, seed: int = 0, train_rows: int | None = None) -> Any:
     faiss = _faiss()
     nlist = default_nlist(n) if nlist is None else int(nlist)
     if not 1 <= nlist <= n:
@@ -110,7 +112,9 @@ def _build_ivf_flat(features: Any, n: int, d: int, *, gpu: bool, chunk_rows: int
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed = int(seed)  # k-means initialisation, so a rebuild gives the same cells
     # a seeded sample of rows trains the cells; the whole pool need not fit in memory
-    train_rows = min(n, train_rows or 256 * nlist)
+    if train_rows is None:
+        train_rows = max(39 * nlist, min(256 * nlist, TRAIN_BYTES // (4 * d)))
+    train_rows = min(n, int(train_rows))
     sample = np.sort(np.random.default_rng(seed).choice(n, size=train_rows, replace=False))
     training = np.ascontiguousarray(np.asarray(features[sample]), dtype=np.float32)
     if gpu:
@@ -127,9 +131,10 @@ INDEX_KINDS: dict[str, Callable[..., Any]] = {
     "ivf-flat": _build_ivf_flat,
 }
 EXACT_KINDS = frozenset({"flat"})
+_BUILDER_ARGUMENTS = ("features", "n", "d", "gpu", "chunk_rows")
 
 
-def build_index(features: Any, kind: str = "flat", *, device: str = "auto", chunk_rows: int = DEFAULT_CHUNK_ROWS,
+def build_index(features: Any, kind: str = "flat", *, device: str = "auto", chunk_rows: int | None = None,
                 **options: Any) -> Any:
     """An inner-product FAISS index over `features` [N, d] (float16 or float32 rows).
 
@@ -137,7 +142,7 @@ def build_index(features: Any, kind: str = "flat", *, device: str = "auto", chun
         features: pool features; any row-sliceable [N, d] array (memmaps welcome).
         kind: a key of `INDEX_KINDS` ("flat" is exact; "ivf-flat" is approximate).
         device: "auto" (a GPU when faiss has GPU support and sees one), "cpu" or "gpu".
-        chunk_rows: rows converted to float32 and added at a time.
+        chunk_rows: rows converted to float32 and added at a time (default: 256 MiB of them).
         **options: per kind; for "ivf-flat": nlist, nprobe, seed, train_rows.
 
     Returns:
@@ -149,12 +154,19 @@ def build_index(features: Any, kind: str = "flat", *, device: str = "auto", chun
     """
     if kind not in INDEX_KINDS:
         raise ConfigError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+    builder = INDEX_KINDS[kind]
+    known = [p for p in inspect.signature(builder).parameters if p not in _BUILDER_ARGUMENTS]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"index kind {kind!r} takes no option {', '.join(unknown)}; its options: "
+                          f"{', '.join(known) or 'none'}")
+    n, d = _shape(features)
+    chunk_rows = max(1, DEFAULT_CHUNK_BYTES // (4 * d)) if chunk_rows is None else int(chunk_rows)
     if chunk_rows <= 0:
         raise ConfigError(f"chunk_rows must be positive, got {chunk_rows}")
-    n, d = _shape(features)
     gpu = _use_gpu(device)
     log.info("building a %s index over %s x %d features on %s", kind, f"{n:,}", d, "GPU" if gpu else "CPU")
-    return INDEX_KINDS[kind](features, n, d, gpu=gpu, chunk_rows=chunk_rows, **options)
+    return builder(features, n, d, gpu=gpu, chunk_rows=chunk_rows, **options)
 
 
 def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

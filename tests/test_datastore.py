@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from influence.errors import DatastoreError, ManifestMismatchError
 from influence.features.datastore import FeatureStore, ShardedRows, identity_difference
@@ -53,7 +55,8 @@ def write_all(store, features, batch=5, order=None):
 
 
 def make_clean(path, features):
-    with FeatureStore.create(path, identity=make_identity(), example_ids=make_ids(), dim=D, shard_rows=SHARD) as store:
+    with FeatureStore.create(path, identity=make_identity(), example_ids=make_ids(len(features)), dim=D,
+                             shard_rows=SHARD) as store:
         write_all(store, features)
         store.finalize()
     return path
@@ -330,3 +333,34 @@ def test_bad_writes_are_refused(tmp_path):
         FeatureStore.create(tmp_path / "t", identity={}, example_ids=make_ids(), dim=D)
     with pytest.raises(DatastoreError, match="plain JSON"):
         FeatureStore.create(tmp_path / "t", identity={"x": object()}, example_ids=make_ids(), dim=D)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                        max_size=4), max_leaves=20)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=300), json_values.map(lambda v: json.dumps(v).encode()),
+                      st.just(b"[" * 5000), st.just(b'{"kind": "influence.feature-store", "format": 1, "dim": "x"}')),
+       field=st.sampled_from(["dim", "shard_rows", "num_rows", "example_ids", "identity", "complete", "shards"]),
+       value=json_values)
+def test_damaged_files_fail_with_one_clear_error(tmp_path_factory, data, field, value):
+    path = make_clean(tmp_path_factory.mktemp("fuzz") / "s", make_features(n=20))
+    (path / "shards" / "000001.json").write_bytes(data)   # a damaged sidecar: that shard is recomputed
+    (path / "lock").write_bytes(data)                     # an unreadable lock (fresh): reported, not crashed on
+    with pytest.raises(DatastoreError, match="being written by"):
+        FeatureStore.create(path, identity=make_identity(), example_ids=make_ids(20), dim=D, shard_rows=SHARD)
+    (path / "lock").unlink()
+    with FeatureStore.create(path, identity=make_identity(), example_ids=make_ids(20), dim=D,
+                             shard_rows=SHARD) as store:
+        assert store.pending_shards() == [1]
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_bytes(data)
+    with pytest.raises(DatastoreError, match="manifest.json"):
+        FeatureStore.open(path)
+    (path / "manifest.json").write_text(json.dumps({**manifest, field: value}))
+    try:
+        FeatureStore.open(path).features()
+    except DatastoreError as err:
+        assert "\n" not in str(err)

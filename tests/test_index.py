@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from influence.errors import ConfigError, DataError
-from influence.features.datastore import ShardedRows
 from influence.index import INDEX_KINDS, build_index, default_nlist, describe_index, faiss_gpu_count, search
 
 
@@ -31,11 +30,21 @@ def test_flat_index_finds_the_exact_top_k_from_float16_rows():
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_flat_index_over_a_sharded_view_matches_one_array():
+class RowsOnly:
+    """Only what build_index may use: .shape and row slices (like a datastore's ShardedRows)."""
+
+    def __init__(self, array):
+        self._array, self.shape = array, array.shape
+
+    def __getitem__(self, rows):
+        assert isinstance(rows, slice) or np.asarray(rows).ndim == 1
+        return self._array[rows]
+
+
+def test_flat_index_over_a_row_sliceable_view_matches_one_array():
     pool = unit_rows(300, 16)
-    shards = [pool[i: i + 64] for i in range(0, 300, 64)]
     queries = unit_rows(3, 16, seed=2, dtype=np.float32)
-    a = search(build_index(ShardedRows(shards, 64, 16), chunk_rows=50), queries, 10)
+    a = search(build_index(RowsOnly(pool), chunk_rows=50), queries, 10)
     b = search(build_index(pool), queries, 10)
     np.testing.assert_array_equal(a[1], b[1])
 
@@ -85,6 +94,10 @@ def test_bad_requests_are_clear_errors():
         build_index(pool[0])
     with pytest.raises(DataError, match="empty"):
         build_index(pool[:0])
+    with pytest.raises(ConfigError, match="index kind 'flat' takes no option nprobe; its options: none"):
+        build_index(pool, "flat", nprobe=3)
+    with pytest.raises(ConfigError, match="takes no option nprob; its options: nlist, nprobe, seed, train_rows"):
+        build_index(pool, "ivf-flat", nprob=3)
     with pytest.raises(ConfigError, match="nlist must be in"):
         build_index(pool, "ivf-flat", nlist=100)
     index = build_index(pool)

@@ -138,7 +138,7 @@ class StoreLock:
             info = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         return info if isinstance(info, dict) else {}
 
@@ -191,7 +191,7 @@ class StoreLock:
             return
         try:
             moved = json.loads(aside.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             moved = {}
         if (moved or {}) != dict(held) and moved:
             try:  # not the stale lock: put it back (link fails if a new lock appeared meanwhile)
@@ -477,7 +477,7 @@ class FeatureStore:
             sidecar = json.loads(self._sidecar_file(shard).read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             log.warning("shard %d of %s: unreadable sidecar (%s); recomputing it", shard, self.path, err)
             return None
         expected = self._expected_sidecar(shard)
