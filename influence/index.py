@@ -17,11 +17,14 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from influence.errors import ConfigError, DataError
+from influence.errors import ConfigError, DataError, DatastoreError
+from influence.io import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +125,10 @@ def _build_ivf_flat(features: Any, n: int, d: int, *, gpu: bool, chunk_rows: int
     index.train(training)
     del training
     _add_in_chunks(index, features, n, chunk_rows)
-    faiss.extract_index_ivf(index).nprobe = nprobe
+    if gpu:
+        index.nprobe = nprobe
+    else:
+        faiss.extract_index_ivf(index).nprobe = nprobe
     return index
 
 
@@ -197,15 +203,46 @@ def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
 
 
 def describe_index(index: Any) -> dict[str, Any]:
-    """Settings of an index worth recording in a selection's manifest."""
+    """Settings of an index worth recording in a selection's manifest; "kind" is "other" if not ours."""
     faiss = _faiss()
-    out: dict[str, Any] = {"class": type(index).__name__, "dim": int(index.d), "ntotal": int(index.ntotal),
-                           "gpu": "Gpu" in type(index).__name__}
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        ivf = None
-    out["kind"] = "flat" if ivf is None else "ivf-flat"
-    if ivf is not None:
-        out.update(nlist=int(ivf.nlist), nprobe=int(ivf.nprobe))
+    name = type(index).__name__
+    out: dict[str, Any] = {"class": name, "dim": int(index.d), "ntotal": int(index.ntotal), "gpu": "Gpu" in name}
+    if name in ("IndexFlatIP", "GpuIndexFlatIP"):
+        out["kind"] = "flat"
+    elif name in ("IndexIVFFlat", "GpuIndexIVFFlat") and index.metric_type == faiss.METRIC_INNER_PRODUCT:
+        out["kind"] = "ivf-flat"
+        nlist = getattr(index, "nlist", None)
+        out["nlist"] = int(nlist if nlist is not None else index.getNumLists())
+        out["nprobe"] = int(index.nprobe)
+    else:
+        out["kind"] = "other"
     return out
+
+
+def save_index(index: Any, path: str | os.PathLike) -> Path:
+    """Write `index` (a GPU index is copied to the CPU first) atomically to `path`.
+
+    Building an index over a large pool costs more than searching it, and one pool index
+    serves every target: the orchestration keeps it beside the datastore it was built from.
+    """
+    faiss = _faiss()
+    if "Gpu" in type(index).__name__:
+        index = faiss.index_gpu_to_cpu(index)
+    return write_bytes(path, faiss.serialize_index(index).tobytes())
+
+
+def load_index(path: str | os.PathLike, *, device: str = "auto") -> Any:
+    """Read an index written by `save_index`, onto a GPU when `device` allows.
+
+    Raises:
+        DatastoreError: the file is missing or is not a faiss index.
+    """
+    faiss = _faiss()
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+        index = faiss.deserialize_index(data)
+    except (OSError, RuntimeError) as err:
+        raise DatastoreError(f"cannot read the index {path} ({str(err).strip().splitlines()[0][:200]}); delete it "
+                             f"to rebuild it") from None
+    return _to_gpu(index) if _use_gpu(device) else index

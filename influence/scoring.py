@@ -279,7 +279,11 @@ def less_top_k(pool_features: Any, target_features: Any, learning_rates: Sequenc
         if int(index.d) != total_dim or int(index.ntotal) != n:
             raise DataError(f"the index holds {int(index.ntotal):,} vectors of dimension {int(index.d)}, but the "
                             f"pool has {n:,} of {total_dim} (all checkpoints concatenated); rebuild the index")
-        exact_index = describe_index(index)["kind"] in EXACT_KINDS
+        kind = describe_index(index)["kind"]
+        if kind == "other":
+            raise DataError(f"less_top_k needs an inner-product index from influence.index.build_index, got "
+                            f"{type(index).__name__}")
+        exact_index = kind in EXACT_KINDS
     # Bound on |float32 search score - exact score|, per subtask: rows are concatenations of
     # unit vectors (norm sqrt(C)); rounding grows like sqrt(D) in blocked BLAS sums, and the
     # factor 8 and the observed error keep a wide safety margin.

@@ -112,6 +112,22 @@ def test_rows_in_any_order_and_twice_give_the_same_store(tmp_path):
     assert tree_bytes(tmp_path / "shuffled") == tree_bytes(clean)
 
 
+def test_pending_row_groups_are_whole_shards_and_bounded(tmp_path):
+    features = make_features()
+    with FeatureStore.create(tmp_path / "s", identity=make_identity(), example_ids=make_ids(), dim=D,
+                             shard_rows=SHARD) as store:
+        store.write_rows(np.arange(8, 16), features[8:16])             # shard 1 done
+        groups = store.pending_row_groups(max_rows=20)
+        assert [g.tolist() for g in groups] == [list(range(0, 8)) + list(range(16, 24)), list(range(24, 40)),
+                                                list(range(40, 50))]
+        assert [g.tolist() for g in store.pending_row_groups(max_rows=3, rank=1, world_size=2)] == [
+            list(range(24, 32)), list(range(40, 48))]
+        for rows in groups:                                            # each group completes its shards
+            order = np.random.default_rng(0).permutation(rows)         # as length-sorted batches would be
+            assert store.write_rows(order, features[order]) == sorted(set((rows // SHARD).tolist()))
+        assert store.pending_shards() == []
+
+
 def test_interrupted_then_resumed_equals_one_clean_run(tmp_path):
     features = make_features()
     clean = make_clean(tmp_path / "clean", features)
@@ -144,7 +160,7 @@ for row in store.missing_rows():
     if store.write_rows([row], features[[row]]):
         print("shard", flush=True)
     if row >= 3 * args["shard_rows"]:
-        time.sleep(0.05)
+        time.sleep(0.2)   # slow enough that the kill below always lands before the end
 time.sleep(60)
 """
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from influence.errors import ConfigError, DataError
-from influence.index import INDEX_KINDS, build_index, default_nlist, describe_index, faiss_gpu_count, search
+from influence.errors import ConfigError, DataError, DatastoreError
+from influence.index import (INDEX_KINDS, build_index, default_nlist, describe_index, faiss_gpu_count, load_index,
+                             save_index, search)
 
 
 def unit_rows(n, d, seed=0, dtype=np.float16):
@@ -76,6 +77,22 @@ def test_ivf_flat_recall_against_flat():
     # probing every cell is exact
     _, full = search(build_index(pool, "ivf-flat", nlist=64, nprobe=64), queries, k)
     np.testing.assert_array_equal(np.sort(full, axis=1), np.sort(exact, axis=1))
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf-flat"])
+def test_saved_index_loads_and_answers_the_same(tmp_path, kind):
+    pool, queries = unit_rows(2000, 16), unit_rows(3, 16, seed=1, dtype=np.float32)
+    index = build_index(pool, kind)
+    save_index(index, tmp_path / "pool.faiss")
+    loaded = load_index(tmp_path / "pool.faiss", device="cpu")
+    assert describe_index(loaded) == describe_index(index)
+    for a, b in zip(search(loaded, queries, 20), search(index, queries, 20)):
+        np.testing.assert_array_equal(a, b)
+    (tmp_path / "bad.faiss").write_bytes(b"not an index")
+    with pytest.raises(DatastoreError, match="cannot read the index .*bad.faiss.*delete it"):
+        load_index(tmp_path / "bad.faiss")
+    with pytest.raises(DatastoreError, match="cannot read the index"):
+        load_index(tmp_path / "missing.faiss")
 
 
 def test_default_nlist_keeps_enough_training_points():

@@ -127,6 +127,11 @@ def test_less_top_k_with_a_prebuilt_index_and_ids_for_ties():
         result = less_top_k(pools, targets, lrs, subtasks, k, index=index, ids=ids)
         assert result.exact
         np.testing.assert_array_equal(result.indices, expected[:k])
+    import faiss
+    l2 = faiss.IndexFlatL2(index.d)
+    l2.add(np.asarray(concatenated_pool(pools)[0:110]))
+    with pytest.raises(DataError, match="inner-product index"):
+        less_top_k(pools, targets, lrs, subtasks, 5, index=l2)
     with pytest.raises(DataError, match="rebuild the index"):
         less_top_k(pools, targets, lrs, subtasks, 5, index=build_index(concatenated_pool(pools)[:50]))
 

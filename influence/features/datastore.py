@@ -52,6 +52,7 @@ LOCK_FILE = "lock"
 SHARD_DIR = "shards"
 FEATURE_DTYPE = np.dtype("float16")
 DEFAULT_SHARD_ROWS = 256
+_BUFFERED_SHARDS_WARNING = 64   # partly filled shards held in memory before write_rows warns
 
 _ABSENT = "<absent>"
 
@@ -301,6 +302,7 @@ class FeatureStore:
         self._done: dict[int, dict[str, Any]] = {}   # shard -> its valid sidecar
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # shard -> (rows, filled mask)
         self._verified = False
+        self._warned_scattered = False
 
     # ----------------------------------------------------------------- making and opening
 
@@ -518,6 +520,27 @@ class FeatureStore:
         parts = [np.arange(*self.shard_range(s), dtype=np.int64) for s in self.pending_shards(rank, world_size)]
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
+    def pending_row_groups(self, max_rows: int = 4096, rank: int = 0, world_size: int = 1) -> list[np.ndarray]:
+        """Rows still to compute, as groups of whole pending shards of at most `max_rows` rows (one shard at least).
+
+        Featurize one group at a time (sorting by length inside it): every shard of a group
+        is complete, and written, by the end of the group, so memory is bounded by a group
+        and a kill loses at most one group's work.
+        """
+        groups: list[np.ndarray] = []
+        current: list[np.ndarray] = []
+        size = 0
+        for shard in self.pending_shards(rank, world_size):
+            rows = np.arange(*self.shard_range(shard), dtype=np.int64)
+            if current and size + len(rows) > max_rows:
+                groups.append(np.concatenate(current))
+                current, size = [], 0
+            current.append(rows)
+            size += len(rows)
+        if current:
+            groups.append(np.concatenate(current))
+        return groups
+
     # ----------------------------------------------------------------- writing
 
     def _require_writer(self) -> None:
@@ -562,6 +585,11 @@ class FeatureStore:
                 del self._buffers[shard]
                 self.write_shard(shard, buffer)
                 written.append(shard)
+        if len(self._buffers) > _BUFFERED_SHARDS_WARNING and not self._warned_scattered:
+            self._warned_scattered = True
+            log.warning("datastore %s: %d shards are partly filled in memory; rows arrive scattered over the pool. "
+                        "Featurize one group of shards at a time (pending_row_groups) to bound memory and the work "
+                        "a kill loses", self.path, len(self._buffers))
         return written
 
     def write_shard(self, shard: int, features: np.ndarray) -> dict[str, Any]:
