@@ -87,6 +87,16 @@ def test_round_trip_features_rows_and_manifest(tmp_path):
     assert not (store_path / "lock").exists()
 
 
+def test_memory_mapped_rows_feed_the_scorer_chunk_by_chunk(tmp_path):
+    from influence.scoring import less_scores
+
+    features = make_features()
+    store = FeatureStore.open(make_clean(tmp_path / "store", features))
+    targets, subtasks = make_features(n=4, seed=1), {"a": [0, 1], "b": [2, 3]}
+    np.testing.assert_allclose(less_scores(store.rows(), targets, [1.0], subtasks, memory_bytes=1000),
+                               less_scores(store.features(), targets, [1.0], subtasks), rtol=1e-13, atol=1e-16)
+
+
 def test_single_shard_store_is_memory_mapped(tmp_path):
     features = make_features(n=6)
     with FeatureStore.create(tmp_path / "s", identity=make_identity(), example_ids=make_ids(6), dim=D) as store:
