@@ -68,6 +68,15 @@ class AdamMoments:
     def describe(self) -> dict[str, Any]:
         return {"step": int(self.step), "betas": list(self.betas), "eps": self.eps}
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Any) -> "AdamMoments":
+        """From a warmup checkpoint loaded with its moments (`influence.training.load_checkpoint`)."""
+        if not checkpoint.exp_avg:
+            raise ConfigError(f"checkpoint {getattr(checkpoint, 'path', '')} was loaded without its Adam moments; "
+                              "load it with moments=True")
+        return cls(checkpoint.exp_avg, checkpoint.exp_avg_sq, step=checkpoint.step, betas=tuple(checkpoint.betas),
+                   eps=checkpoint.eps)
+
 
 def adam_update(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, *, step: int,
                 betas: tuple[float, float], eps: float) -> torch.Tensor:
@@ -105,7 +114,14 @@ class _LoraLayer:
     lora_B: torch.nn.Linear
     slot_A: ParameterSlot
     slot_B: ParameterSlot
-    captures: list[list[Any]] = field(default_factory=list)  # per call: [x, h, y]
+    captures: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)  # per call: (x, h)
+    received: int = 0                       # output gradients seen in this backward
+    grad_A: torch.Tensor | None = None      # per-example sums over calls, [B, r, in]
+    grad_B: torch.Tensor | None = None      # [B, out, r]
+    finished: bool = False
+
+    def reset(self) -> None:
+        self.captures, self.received, self.grad_A, self.grad_B, self.finished = [], 0, None, None, False
 
 
 def _resolve_layers(model: Any) -> tuple[list[ParameterSlot], list[_LoraLayer]]:
@@ -195,7 +211,10 @@ def _split_model(model: Any) -> tuple[Any, Any, bool]:
 class LoraGradients:
     """Computes per-example LoRA gradient vectors for batches of one model.
 
-    Build once per (model, grad type, moments); call with collated batches.
+    Build once per (model, grad type, moments); call with collated batches. Each layer's
+    per-example gradients are formed inside the backward pass, as soon as the gradient at
+    its lora_B output is known, then handed on and freed; the only autograd input is the
+    input embedding, so no parameter gradient is accumulated and `.grad` stays untouched.
     """
 
     def __init__(self, model: Any, grad_type: str = "sgd", moments: AdamMoments | None = None):
@@ -210,9 +229,20 @@ class LoraGradients:
         self.slots, self._layers = _resolve_layers(model)
         self.dim = sum(s.numel for s in self.slots)
         self.device = lora_parameters(model)[0][1].device
-        self._moments = match_moments(self.slots, moments, self.device) if moments is not None else None
         self._adam = moments
+        self._scaled_moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if moments is not None:
+            b1, b2 = moments.betas
+            # b1 m and b2 v once, so each batch's update is two fused adds and a division.
+            self._scaled_moments = {name: (m * b1, v * b2)
+                                    for name, (m, v) in match_moments(self.slots, moments, self.device).items()}
         self._backbone, self._head, self._direct = _split_model(model)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._embeddings = base.get_input_embeddings()
+        if self._embeddings is None:
+            raise ConfigError("the model exposes no input embeddings (get_input_embeddings); unsupported model")
+        self._sink: Callable[[torch.Tensor, int], None] | None = None
+        self._keep: torch.Tensor | None = None
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"grad_type": self.grad_type, "dim": self.dim}
@@ -224,13 +254,17 @@ class LoraGradients:
     def _hooks(self) -> Iterator[None]:
         handles = []
         for layer in self._layers:
-            layer.captures = []
+            layer.reset()
 
             def on_A(module: Any, args: tuple, output: torch.Tensor, layer: _LoraLayer = layer) -> None:
-                layer.captures.append([args[0].detach(), output.detach(), None])
+                layer.captures.append((args[0].detach(), output.detach()))
 
             def on_B(module: Any, args: tuple, output: torch.Tensor, layer: _LoraLayer = layer) -> None:
-                layer.captures[-1][2] = output
+                if not layer.captures or not output.requires_grad:
+                    raise ConfigError("a LoRA layer's lora_B ran without its lora_A or without autograd; "
+                                      "unsupported LoRA layer")
+                call = len(layer.captures) - 1
+                output.register_hook(lambda dy, layer=layer, call=call: self._on_output_grad(layer, call, dy))
 
             handles.append(layer.lora_A.register_forward_hook(on_A))
             handles.append(layer.lora_B.register_forward_hook(on_B))
@@ -239,19 +273,48 @@ class LoraGradients:
         finally:
             for handle in handles:
                 handle.remove()
+            for layer in self._layers:
+                layer.reset()
 
-    def _loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
-        """Sum over examples of each example's mean NLL over its response tokens (None: no such token)."""
+    def _on_output_grad(self, layer: _LoraLayer, call: int, dy: torch.Tensor) -> None:
+        """Backward hook at a lora_B output: add this call's per-example gradients to the layer's."""
+        with torch.no_grad():
+            x, h = layer.captures[call]
+            layer.captures[call] = None
+            batch = self._keep.shape[0]
+            x, h, dy = (t.float().reshape(batch, -1, t.shape[-1]) for t in (x, h, dy))
+            g_B = torch.bmm(dy.transpose(1, 2), h)                                   # [B, out, r]
+            g_A = torch.bmm((dy @ layer.lora_B.weight.float()).transpose(1, 2), x)  # [B, r, in]
+            layer.grad_A = g_A if layer.grad_A is None else layer.grad_A + g_A
+            layer.grad_B = g_B if layer.grad_B is None else layer.grad_B + g_B
+            layer.received += 1
+            if layer.received == len(layer.captures):
+                self._finish(layer)
+
+    def _finish(self, layer: _LoraLayer) -> None:
+        """Transform the layer's gradients (sgd/adam/sign) and hand both blocks to the sink."""
+        batch = self._keep.shape[0]
+        for slot, grad in ((layer.slot_A, layer.grad_A), (layer.slot_B, layer.grad_B)):
+            if grad is None:  # the layer did not reach the loss: zero gradient
+                grad = torch.zeros((batch, *slot.shape), device=self._keep.device)
+            block = self._transform(slot, grad).reshape(batch, -1)
+            if not bool(self._keep.all()):
+                block = block * self._keep[:, None]
+            self._sink(block, slot.offset)
+        layer.grad_A = layer.grad_B = None
+        layer.finished = True
+
+    def _loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+              embeds: torch.Tensor) -> torch.Tensor:
+        """Sum over examples of each example's mean NLL over its response tokens."""
         targets = labels[:, 1:]
         mask = targets != IGNORE_INDEX
         counts = mask.sum(dim=1)
-        if not bool(mask.any()):
-            return None
         if self._direct:
-            hidden = self._backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+            hidden = self._backbone(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)[0]
             logits = self._head(hidden[:, :-1][mask])
         else:
-            logits = self._backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            logits = self._backbone(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).logits
             logits = logits[:, :-1][mask]
         nll = F.cross_entropy(logits.float(), targets[mask], reduction="none")
         rows = mask.nonzero()[:, 0]
@@ -264,7 +327,8 @@ class LoraGradients:
 
         Examples with no response token get a zero vector (for every gradient type). With
         `sink`, nothing is returned: each parameter's block [B, numel] is handed to
-        ``sink(block, offset)`` as soon as it is computed, so no [B, dim] buffer is formed.
+        ``sink(block, offset)`` as soon as it is computed (in no fixed order), so no
+        [B, dim] buffer is formed.
         """
         input_ids = input_ids.to(self.device)
         attention_mask = attention_mask.to(self.device)
@@ -277,58 +341,42 @@ class LoraGradients:
             def sink(block: torch.Tensor, offset: int) -> None:
                 out[:, offset:offset + block.shape[1]] = block
 
-        keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=1)  # no response token: no gradient
+        self._keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=1)  # no response token: no gradient
+        self._sink = sink
         was_training = self.model.training
         self.model.eval()  # dropout off: the gradient of the model as it is
         try:
-            if not bool(keep.any()):
-                if out is None:
-                    for slot in self.slots:
-                        sink(torch.zeros(batch, slot.numel, device=self.device), slot.offset)
+            if not bool(self._keep.any()):
+                for slot in self.slots:
+                    sink(torch.zeros(batch, slot.numel, device=self.device), slot.offset)
                 return out
-            with torch.enable_grad(), self._hooks():
-                loss = self._loss(input_ids, attention_mask, labels)
-                outputs = [c[2] for layer in self._layers for c in layer.captures]
-                if any(y is None for y in outputs):
-                    raise ConfigError("a LoRA layer's lora_B did not run after its lora_A; unsupported LoRA layer")
-                grads = torch.autograd.grad(loss, outputs, allow_unused=True)
-            with torch.no_grad():
-                self._assemble(batch, iter(grads), keep, sink)
+            with self._hooks():
+                with torch.enable_grad():
+                    embeds = self._embeddings(input_ids).detach().requires_grad_(True)
+                    loss = self._loss(input_ids, attention_mask, labels, embeds)
+                    torch.autograd.grad(loss, [embeds])
+                with torch.no_grad():
+                    for layer in self._layers:
+                        if not layer.finished:
+                            self._finish(layer)
         finally:
-            for layer in self._layers:
-                layer.captures = []
+            self._sink = self._keep = None
             self.model.train(was_training)
         return out
-
-    def _assemble(self, batch: int, grads: Iterator[torch.Tensor | None], keep: torch.Tensor,
-                  sink: Callable[[torch.Tensor, int], None]) -> None:
-        all_kept = bool(keep.all())
-        for layer in self._layers:
-            grad_A = grad_B = None
-            for x, h, _ in layer.captures:
-                dy = next(grads)
-                if dy is None:
-                    continue
-                x, h, dy = (t.float().reshape(batch, -1, t.shape[-1]) for t in (x, h, dy))
-                g_B = torch.bmm(dy.transpose(1, 2), h)                                   # [B, out, r]
-                g_A = torch.bmm((dy @ layer.lora_B.weight.float()).transpose(1, 2), x)  # [B, r, in]
-                grad_A = g_A if grad_A is None else grad_A + g_A
-                grad_B = g_B if grad_B is None else grad_B + g_B
-            for slot, grad in ((layer.slot_A, grad_A), (layer.slot_B, grad_B)):
-                if grad is None:  # the layer did not reach the loss: zero gradient
-                    grad = torch.zeros((batch, *slot.shape), device=keep.device)
-                block = self._transform(slot, grad).reshape(batch, -1)
-                if not all_kept:
-                    block = block * keep[:, None]
-                sink(block, slot.offset)
 
     def _transform(self, slot: ParameterSlot, grad: torch.Tensor) -> torch.Tensor:
         if self.grad_type == "sgd":
             return grad
         if self.grad_type == "sign":
             return torch.sign(grad)
-        m, v = self._moments[slot.name]
-        return adam_update(grad, m, v, step=int(self._adam.step), betas=self._adam.betas, eps=self._adam.eps)
+        # adam_update's formula, fused in place: m' = b1 m + (1-b1) g, v' = b2 v + (1-b2) g^2.
+        b1, b2 = self._adam.betas
+        step = int(self._adam.step)
+        b1_m, b2_v = self._scaled_moments[slot.name]
+        v = torch.addcmul(b2_v, grad, grad, value=1.0 - b2)
+        v.div_(1.0 - b2 ** step).sqrt_().add_(self._adam.eps)
+        m = grad.mul_(1.0 - b1).add_(b1_m).div_(1.0 - b1 ** step)
+        return m.div_(v)
 
 
 def per_example_gradients(model: Any, batch: Mapping[str, torch.Tensor], grad_type: str = "sgd",
