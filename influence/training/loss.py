@@ -28,6 +28,30 @@ def _forward_accepts_logits_to_keep(model: Any) -> bool:
     return _accepts_logits_to_keep(type(base).forward)
 
 
+def response_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """Logits at the positions that predict a labelled token, and those tokens.
+
+    Args:
+        model: a causal LM (optionally peft-wrapped).
+        batch: `collate` output: input_ids, attention_mask, labels (-100 where no loss).
+
+    Returns:
+        (logits [B, P, V], targets [B, P]): P covers every position some row of the batch
+        needs; targets are -100 where a row has no label there.
+    """
+    import torch
+
+    labels = batch["labels"]
+    targets = labels[:, 1:]
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if _forward_accepts_logits_to_keep(model):
+        positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+        if positions.numel() == 0:
+            positions = torch.zeros(1, dtype=torch.long, device=labels.device)
+        return model(**kwargs, logits_to_keep=positions).logits, targets[:, positions]
+    return model(**kwargs).logits[:, :-1], targets
+
+
 def example_nll(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     """Summed NLL and labelled-token count per row of a right-padded batch.
 
@@ -38,20 +62,8 @@ def example_nll(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     Returns:
         (nll_sum, tokens): float tensor [B] (differentiable) and long tensor [B].
     """
-    import torch
     import torch.nn.functional as F
 
-    labels = batch["labels"]
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-    if _forward_accepts_logits_to_keep(model):
-        positions = mask.any(dim=0).nonzero().squeeze(1)
-        if positions.numel() == 0:
-            positions = torch.zeros(1, dtype=torch.long, device=labels.device)
-        logits = model(**kwargs, logits_to_keep=positions).logits
-        targets = targets[:, positions]
-    else:
-        logits = model(**kwargs).logits[:, :-1]
+    logits, targets = response_logits(model, batch)
     nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
     return nll.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)

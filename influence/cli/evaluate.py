@@ -1,0 +1,58 @@
+"""`influence evaluate`: target loss and the task metric on a target's held-out items."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from influence.evaluation.evaluate import EvalConfig
+
+_DEFAULTS = EvalConfig()
+
+
+def default_results_path(model: str | None, target: str, limit: int | None, cot: bool) -> Path:
+    """<training dir>/eval-<target>[-cot][-limitN].json beside a trained model, else runs/eval/<model>-<...>.json."""
+    from influence.training import is_training_output
+
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name or text).strip("_") or "model"
+
+    suffix = safe(target) + ("-cot" if cot else "") + (f"-limit{limit}" if limit else "") + ".json"
+    if model is not None and is_training_output(model):
+        return Path(model) / f"eval-{suffix}"
+    return Path("runs") / "eval" / f"{safe(model or 'default')}-{suffix}"
+
+
+@click.command("evaluate")
+@click.option("--model", default=None, metavar="DIR_OR_ID",
+              help="A directory written by `influence train`, a model id, directory or .gguf [default: bundled model].")
+@click.option("--target", required=True, metavar="bbh|mmlu|tydiqa|FILE",
+              help="A named target (its held-out split) or a file: question/answers records for QA, "
+                   "instruction/output records for target loss and exact match.")
+@click.option("--limit", type=int, default=None, help="Evaluate a seeded random subset of this many items.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit subset.")
+@click.option("--cot", is_flag=True, help="BBH: use the 3-shot chain-of-thought prompt (slower generations).")
+@click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True,
+              help="Sequences per forward pass or generation batch.")
+@click.option("--max-new-tokens", type=int, default=None,
+              help=f"Greedy answer length [default: {_DEFAULTS.max_new_tokens}, with --cot "
+                   f"{_DEFAULTS.cot_max_new_tokens}].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Results JSON [default: beside a trained model, else runs/eval/<model>-<target>.json].")
+def evaluate_command(model, target, limit, seed, cot, batch_size, max_new_tokens, out) -> None:
+    """Evaluate a model on a target's held-out items; prints a table and writes the results as JSON."""
+    from influence.evaluation import evaluate, format_table, write_results
+
+    changes = {}
+    if max_new_tokens is not None:
+        changes["cot_max_new_tokens" if cot else "max_new_tokens"] = max_new_tokens
+    config = EvalConfig(batch_size=batch_size, **changes)
+    results = evaluate(model, target, limit=limit, seed=seed, cot=cot, config=config)
+    click.echo(format_table(results))
+    path = write_results(results, out or default_results_path(model, target, limit, cot))
+    click.echo(f"wrote {path}")
+
+
+COMMANDS = [evaluate_command]

@@ -1,0 +1,242 @@
+"""Evaluate a model on a target's held-out items: target loss and the task metric.
+
+    from influence.evaluation import evaluate, format_table
+    results = evaluate("runs/my-run", "bbh", limit=200)     # a training output, a model id or a LoadedModel
+    print(format_table(results))
+
+Target loss is the mean NLL per token of the reference answers (token-weighted over all
+items), given the task's prompt: the sensitive metric at small model sizes. The task
+metric is MMLU accuracy by option log-likelihood, BBH exact match, TyDi QA F1 and exact
+match, or exact match for an instruction/output file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from influence.errors import ConfigError, EvaluationError
+from influence.evaluation import metrics
+from influence.evaluation.scoring import generate_answers, reference_scores
+from influence.evaluation.tasks import EvalItem, EvalTask, build_task
+
+RESULTS_FORMAT = 1
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings."""
+
+    batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass or generation batch."})
+    max_length: int = field(default=2048, metadata={
+        "help": "Token budget per sequence; longer prompts lose their oldest few-shot tokens."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Greedy answer length without chain of thought."})
+    cot_max_new_tokens: int = field(default=256, metadata={
+        "help": "Greedy answer length with chain of thought (the reasoning comes first)."})
+    mmlu_shots: int = field(default=5, metadata={"help": "MMLU dev examples before each question (0-5)."})
+    keep_predictions: bool = field(default=True, metadata={"help": "Keep each item's answer in the results."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars on stderr."})
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_length", "max_new_tokens", "cot_max_new_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.mmlu_shots <= 5:
+            raise ConfigError(f"mmlu_shots must be 0 to 5 (MMLU has 5 dev examples per subject), got {self.mmlu_shots}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def for_tests(cls, **changes: Any) -> "EvalConfig":
+        return cls(**{"batch_size": 4, "max_length": 512, "max_new_tokens": 8, "cot_max_new_tokens": 16,
+                      "progress": False, **changes})
+
+
+def resolve_model(model: Any) -> Any:
+    """A LoadedModel from a LoadedModel, a training output directory, or a model spec."""
+    from influence.models import LoadedModel, load_model
+    from influence.training import is_training_output, load_trained
+
+    if isinstance(model, LoadedModel):
+        return model
+    if model is None or isinstance(model, (str, os.PathLike)):
+        if model is not None and is_training_output(model):
+            return load_trained(model)
+        return load_model(None if model is None else str(model))
+    raise EvaluationError(f"expected a model spec, a training output directory or a LoadedModel, "
+                          f"got {type(model).__name__}")
+
+
+def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0, cot: bool = False,
+             config: EvalConfig | None = None) -> dict[str, Any]:
+    """Evaluate `model` on the held-out items of `target`.
+
+    Args:
+        model: a LoadedModel, a directory written by `influence train`, a model id/directory/.gguf, or None
+            for the bundled default model.
+        target: bbh, mmlu, tydiqa, or a file (question/answers records are scored as QA; instruction/output
+            records by target loss and exact match).
+        limit: evaluate a seeded random subset of this many items.
+        seed: picks the subset.
+        cot: BBH with its 3-shot chain-of-thought prompt (longer generations).
+        config: batch size, lengths, shots; None for the defaults.
+
+    Returns:
+        The results: metrics overall and per subtask, notes, settings, and per-item predictions.
+
+    Raises:
+        EvaluationError, UnknownNameError, DataError, ModelError: bad target, file or model.
+    """
+    config = config or EvalConfig()
+    started = time.perf_counter()
+    task = build_task(target, cot=cot, mmlu_shots=config.mmlu_shots)
+    items = task.subset(limit, seed)
+    if not items:
+        raise EvaluationError(f"target {target} has no held-out items to evaluate")
+    loaded = resolve_model(model)
+    loaded.model.eval()
+    common = {"max_length": config.max_length, "batch_size": config.batch_size, "progress": config.progress}
+    scores = reference_scores(loaded.model, loaded.tokenizer, items, **common)
+    predictions, per_item = _task_metric(task, items, scores, loaded, config, cot, common)
+
+    results: dict[str, Any] = {
+        "format": RESULTS_FORMAT,
+        "target": task.name,
+        "kind": task.kind,
+        "model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256},
+        "items": len(items),
+        "available": len(task.items),
+        "limit": limit,
+        "seed": seed,
+        "cot": cot,
+        "metrics": _aggregate(items, scores, per_item),
+        "subtasks": {name: _aggregate([items[i] for i in idx], _pick(scores, idx), {k: [v[i] for i in idx]
+                                      for k, v in per_item.items()})
+                     for name, idx in _by_subtask(items).items()},
+        "notes": list(task.notes),
+        "truncated_prompts": scores.truncated,
+        "settings": config.to_dict(),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    results["primary_metric"] = _PRIMARY[task.kind]
+    if limit is not None and limit < len(task.items):
+        results["notes"].append(f"a seeded subset: {len(items)} of {len(task.items)} items (seed {seed})")
+    if scores.truncated:
+        results["notes"].append(f"{scores.truncated} prompts were longer than max_length={config.max_length} "
+                                "and lost their oldest tokens")
+    if config.keep_predictions:
+        results["predictions"] = [
+            {"subtask": item.subtask, "reference": item.reference, "prediction": predictions[i],
+             "target_loss": scores.nll[i] / max(scores.tokens[i], 1), **{k: v[i] for k, v in per_item.items()}}
+            for i, item in enumerate(items)]
+    from influence.selection import package_versions
+
+    results["versions"] = {"python": sys.version.split()[0], **package_versions()}
+    return results
+
+
+_PRIMARY = {"choice": "accuracy", "bbh": "exact_match", "qa": "f1", "generation": "exact_match"}
+
+
+def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any, config: EvalConfig, cot: bool,
+                 common: dict[str, Any]) -> tuple[list[str], dict[str, list[float]]]:
+    """Each item's prediction and its per-item metric values."""
+    if task.kind == "choice":
+        chosen = [metrics.choose_option(loglik, item.options) for loglik, item in zip(scores.option_loglik, items)]
+        return chosen, {"accuracy": [float(c == item.reference) for c, item in zip(chosen, items)]}
+    if task.kind == "generation":
+        budget = [min(len(loaded.tokenizer(item.reference, add_special_tokens=False)["input_ids"]) + 8,
+                      config.cot_max_new_tokens) for item in items]
+    else:
+        budget = config.cot_max_new_tokens if cot else config.max_new_tokens
+    raw = generate_answers(loaded.model, loaded.tokenizer, items, max_new_tokens=budget, **common)
+    if task.kind == "bbh":
+        answers = [metrics.extract_answer(text) for text in raw]
+        return answers, {"exact_match": [metrics.bbh_match(a, item.reference) for a, item in zip(answers, items)]}
+    if task.kind == "qa":
+        answers = [metrics.extract_answer(text) for text in raw]
+        return answers, {"exact_match": [metrics.exact_match(a, item.answers) for a, item in zip(answers, items)],
+                         "f1": [metrics.token_f1(a, item.answers) for a, item in zip(answers, items)]}
+    answers = [text.strip() for text in raw]
+    return answers, {"exact_match": [metrics.exact_match(a, item.answers) for a, item in zip(answers, items)]}
+
+
+def _by_subtask(items: list[EvalItem]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(item.subtask, []).append(index)
+    return dict(sorted(groups.items()))
+
+
+def _pick(scores: Any, indices: list[int]) -> Any:
+    from influence.evaluation.scoring import ReferenceScores
+
+    return ReferenceScores(nll=[scores.nll[i] for i in indices], tokens=[scores.tokens[i] for i in indices],
+                           option_loglik=None, truncated=0)
+
+
+def _aggregate(items: list[EvalItem], scores: Any, per_item: dict[str, list[float]]) -> dict[str, Any]:
+    tokens = sum(scores.tokens)
+    out: dict[str, Any] = {"n": len(items), "target_loss": sum(scores.nll) / tokens if tokens else math.nan,
+                           "reference_tokens": tokens}
+    for name, values in per_item.items():
+        out[name] = sum(values) / len(values) if values else math.nan
+    return out
+
+
+# ------------------------------------------------------------------ output
+def write_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write the results as JSON (atomically)."""
+    from influence.io import write_json
+
+    return write_json(path, _finite(results))
+
+
+def _finite(value: Any) -> Any:
+    """NaN is not JSON: write null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def format_table(results: dict[str, Any], *, max_rows: int = 15) -> str:
+    """A one-screen summary: the overall metrics, then the subtasks (the worst first past max_rows)."""
+    names = ["target_loss"] + [k for k in ("accuracy", "exact_match", "f1") if k in results["metrics"]]
+    width = max([len("overall")] + [len(s) for s in results["subtasks"]][:200]) + 2
+    width = min(width, 40)
+    lines = [f"{results['target']} ({results['kind']}): {results['items']} of {results['available']} held-out items, "
+             f"model {results['model']['spec']}",
+             f"{'subtask':<{width}}{'n':>6}" + "".join(f"{name:>13}" for name in names)]
+
+    def row(label: str, values: dict[str, Any]) -> str:
+        cells = "".join(f"{_number(values.get(name)):>13}" for name in names)
+        return f"{label[:width - 1]:<{width}}{values['n']:>6}" + cells
+
+    lines.append(row("overall", results["metrics"]))
+    subtasks = results["subtasks"]
+    if len(subtasks) > 1:
+        shown = list(subtasks.items())
+        if len(shown) > max_rows:
+            key = results["primary_metric"]
+            shown = sorted(shown, key=lambda kv: (kv[1].get(key) if kv[1].get(key) is not None else -1))[:max_rows]
+            lines.append(f"(the {max_rows} subtasks with the lowest {key} of {len(subtasks)}; all are in the JSON)")
+        lines += [row(name, values) for name, values in shown]
+    lines += [f"note: {note}" for note in results.get("notes", [])]
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.4f}"

@@ -1,0 +1,84 @@
+"""Task metrics on strings and choices: exact match, SQuAD-style token F1, answer extraction, accuracy.
+
+Answer normalisation follows the SQuAD evaluation script's convention (lower case, drop
+punctuation and the articles a/an/the, collapse whitespace), which TyDi QA GoldP reuses.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections import Counter
+from typing import Sequence
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_ANSWER_IS = re.compile(r"the answer is\s*:?\s*(.+)", re.IGNORECASE | re.DOTALL)
+
+
+def _is_punctuation(char: str) -> bool:
+    return char in string.punctuation or unicodedata.category(char).startswith("P")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, remove punctuation (any script) and English articles, collapse whitespace."""
+    text = "".join(" " if _is_punctuation(c) else c for c in text.lower())
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, references: str | Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals any normalised reference, else 0.0."""
+    references = [references] if isinstance(references, str) else list(references)
+    return float(any(normalize_answer(prediction) == normalize_answer(r) for r in references))
+
+
+def token_f1(prediction: str, references: str | Sequence[str]) -> float:
+    """SQuAD token F1 of the normalised strings, the best over the references."""
+    references = [references] if isinstance(references, str) else list(references)
+    return max((_f1(normalize_answer(prediction).split(), normalize_answer(r).split()) for r in references),
+               default=0.0)
+
+
+def _f1(predicted: list[str], reference: list[str]) -> float:
+    if not predicted or not reference:
+        return float(predicted == reference)
+    common = sum((Counter(predicted) & Counter(reference)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(reference)
+    return 2 * precision * recall / (precision + recall)
+
+
+def extract_answer(generation: str) -> str:
+    """The final answer in a generation: what follows "the answer is" (up to the line's end), else the first line.
+
+    Chain-of-thought exemplars end with "So the answer is X."; a direct answer is its first line.
+    """
+    text = generation.strip()
+    matches = list(_ANSWER_IS.finditer(text))
+    if matches:
+        text = matches[-1].group(1)
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line[:-1].strip() if line.endswith(".") else line
+
+
+def bbh_match(prediction: str, reference: str) -> float:
+    """BBH exact match after light normalisation (case, surrounding space, a final period)."""
+    def clean(text: str) -> str:
+        text = " ".join(text.strip().split()).lower()
+        return text[:-1].rstrip() if text.endswith(".") else text
+
+    return float(clean(prediction) == clean(reference))
+
+
+def accuracy(predicted: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of equal pairs (e.g. MMLU option letters)."""
+    if len(predicted) != len(references):
+        raise ValueError(f"{len(predicted)} predictions for {len(references)} references")
+    return sum(p == r for p, r in zip(predicted, references)) / len(references) if references else float("nan")
+
+
+def choose_option(log_likelihoods: Sequence[float], options: Sequence[str]) -> str:
+    """The option with the highest log-likelihood (the first on ties)."""
+    best = max(range(len(options)), key=lambda i: (log_likelihoods[i], -i))
+    return options[best]

@@ -1,0 +1,204 @@
+"""Evaluation items: each target's held-out questions, with its few-shot prompt, as prompt/reference pairs.
+
+Every prompt is the text of one user turn; the model sees it through the same formatting
+as in training (`influence.data.formatting`), so a chat model is asked in its chat format.
+The few examples a targeted selector scores against are never evaluated on: named
+targets use `load_heldout`, which keeps them apart.
+
+Task kinds decide the metric:
+- choice (MMLU): accuracy, by the log-likelihood of each option letter;
+- bbh: exact match of the greedy answer (after "the answer is" when present, else the first line);
+- qa (TyDi QA, or a question/answers file): SQuAD token F1 and exact match of the greedy answer;
+- generation (any instruction/output file): exact match of the whole greedy answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from influence.errors import EvaluationError
+
+KINDS = ("choice", "bbh", "qa", "generation")
+TYDIQA_NOTE = ("TyDi QA: only {n} held-out items ship with this package (the official tiny dev sample's "
+               "items that have a minimal answer), too few for a verdict; pass the GoldP dev file "
+               "(SQuAD-format JSON, or JSONL with question/context/answers) as --target FILE for a real evaluation")
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One held-out question, ready for the model."""
+
+    subtask: str
+    prompt: str                      # the user turn, few-shot context included
+    reference: str                   # the answer whose NLL is the target loss
+    answers: tuple[str, ...] = ()    # every accepted answer (exact match, F1)
+    options: tuple[str, ...] = ()    # choice tasks: the candidates scored by log-likelihood
+
+
+@dataclass
+class EvalTask:
+    """A target's evaluation items and how to score them."""
+
+    name: str
+    kind: str
+    items: list[EvalItem]
+    notes: list[str] = field(default_factory=list)
+
+    def subset(self, limit: int | None, seed: int) -> list[EvalItem]:
+        """A seeded random subset of `limit` items (all of them when limit is None), in the original order."""
+        if limit is None or limit >= len(self.items):
+            return list(self.items)
+        if limit <= 0:
+            raise EvaluationError(f"--limit must be positive, got {limit}")
+        chosen = np.random.default_rng(seed).choice(len(self.items), size=limit, replace=False)
+        return [self.items[i] for i in sorted(chosen.tolist())]
+
+
+# ------------------------------------------------------------------ named targets
+def mmlu_task(shots: int = 5) -> EvalTask:
+    """MMLU test items, each after `shots` dev examples of its subject (the standard 5-shot prompt)."""
+    from influence.data import load_heldout
+    from influence.data.targets import MMLU_CHOICES, mmlu_dev, mmlu_question
+
+    if not 0 <= shots <= 5:
+        raise EvaluationError(f"MMLU has 5 dev examples per subject; choose 0 to 5 shots, not {shots}")
+    dev = mmlu_dev()
+    items = []
+    for item in load_heldout("mmlu"):
+        context = "".join(mmlu_question(item.subtask, row, with_header=i == 0) + f" {row[5].strip()}\n\n"
+                          for i, row in enumerate(dev.get(item.subtask, [])[:shots]))
+        question = mmlu_question(item.subtask, [item.question, *item.choices], with_header=not context)
+        items.append(EvalItem(subtask=item.subtask, prompt=context + question, reference=item.answer,
+                              answers=(item.answer,), options=MMLU_CHOICES))
+    return EvalTask("mmlu", "choice", items, [f"MMLU: {shots}-shot prompts from the subject's dev examples"])
+
+
+def bbh_task(cot: bool = False) -> EvalTask:
+    """BBH task items: the task description and question; with cot, after its 3 worked exemplars."""
+    from influence.data import load_heldout
+    from influence.data.targets import bbh_cot_prompts
+
+    prompts = bbh_cot_prompts()
+    items = []
+    for item in load_heldout("bbh"):
+        prompt = prompts[item.subtask]
+        context = prompt if cot else prompt.split("\n\nQ: ", 1)[0]
+        items.append(EvalItem(subtask=item.subtask, prompt=f"{context}\n\nQ: {item.question}",
+                              reference=item.answer, answers=(item.answer,)))
+    note = ("BBH: 3-shot chain-of-thought prompts" if cot else
+            "BBH: task description and question, no exemplars (pass cot for the 3-shot chain-of-thought prompt)")
+    return EvalTask("bbh", "bbh", items, [note])
+
+
+def tydiqa_task() -> EvalTask:
+    from influence.data import load_heldout
+    from influence.data.targets import tydiqa_prompt
+
+    items = [EvalItem(subtask=item.subtask, prompt=tydiqa_prompt(item.context, item.question),
+                      reference=item.answers[0] if item.answers else item.answer,
+                      answers=item.answers or (item.answer,))
+             for item in load_heldout("tydiqa")]
+    return EvalTask("tydiqa", "qa", items, [TYDIQA_NOTE.format(n=len(items))])
+
+
+NAMED_TASKS = {"bbh": bbh_task, "mmlu": mmlu_task, "tydiqa": tydiqa_task}
+
+
+def build_task(target: str, *, cot: bool = False, mmlu_shots: int = 5) -> EvalTask:
+    """The evaluation task of a named target, or of a file.
+
+    A file is read as question answering when its records carry `question` and `answers`
+    (JSONL, a JSON list, or SQuAD/TyDi GoldP JSON with data/paragraphs/qas), else as
+    instruction/output records (with an optional `subtask`) scored by exact match.
+
+    Raises:
+        UnknownNameError: neither a named target nor an existing file.
+        EvaluationError, DataError: the file has no usable item.
+    """
+    if target == "bbh":
+        return bbh_task(cot)
+    if target == "mmlu":
+        return mmlu_task(mmlu_shots)
+    if target in NAMED_TASKS:
+        return NAMED_TASKS[target]()
+    path = Path(target)
+    if not path.exists():
+        from influence.errors import UnknownNameError
+
+        raise UnknownNameError("evaluation target (or file)", target, list(NAMED_TASKS))
+    qa = _qa_items(path)
+    if qa is not None:
+        if not qa:
+            raise EvaluationError(f"{path}: no question with an answer found")
+        return EvalTask(str(path), "qa", qa, [f"question answering from {path}: {len(qa)} items"])
+    from influence.data import load_target
+
+    examples = load_target(str(path)).examples
+    items = [EvalItem(subtask=e.subtask or "default", prompt=e.prompt, reference=e.output, answers=(e.output,))
+             for e in examples]
+    return EvalTask(str(path), "generation", items, [f"instruction/output records from {path}: {len(items)} items"])
+
+
+# ------------------------------------------------------------------ question-answering files
+def _qa_items(path: Path) -> list[EvalItem] | None:
+    """QA items from a JSON/JSONL file shaped like SQuAD or question/answers records; None if not that shape."""
+    from influence.data.targets import tydiqa_prompt
+
+    name = path.name.lower()
+    if not name.endswith((".json", ".jsonl")):
+        return None
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvaluationError(f"{path}: cannot read as UTF-8 text ({exc})") from None
+    records = _json_records(path, text)
+    if records is None:
+        return None
+    items = []
+    for record in records:
+        question, answers = record.get("question"), _answer_texts(record.get("answers"))
+        if not isinstance(question, str) or not question.strip() or not answers:
+            continue
+        context = record.get("context") if isinstance(record.get("context"), str) else ""
+        prompt = tydiqa_prompt(context, question) if context else question.strip()
+        subtask = record.get("subtask") or record.get("language") or str(record.get("id", "")).split("-")[0] or "default"
+        items.append(EvalItem(subtask=str(subtask), prompt=prompt, reference=answers[0], answers=tuple(answers)))
+    return items
+
+
+def _json_records(path: Path, text: str) -> list[dict[str, Any]] | None:
+    try:
+        if path.name.lower().endswith(".jsonl"):
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            rows = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise EvaluationError(f"{path}: malformed JSON ({exc})") from None
+    if isinstance(rows, dict) and isinstance(rows.get("data"), list):   # SQuAD / TyDi GoldP layout
+        flat = []
+        for article in rows["data"]:
+            for paragraph in (article.get("paragraphs") or []) if isinstance(article, dict) else []:
+                for qa in (paragraph.get("qas") or []) if isinstance(paragraph, dict) else []:
+                    if isinstance(qa, dict):
+                        flat.append({**qa, "context": paragraph.get("context", "")})
+        return flat
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows) \
+            and any("question" in r and "answers" in r for r in rows):
+        return rows
+    return None
+
+
+def _answer_texts(answers: Any) -> list[str]:
+    if isinstance(answers, str):
+        answers = [answers]
+    if isinstance(answers, dict) and isinstance(answers.get("text"), list):   # datasets' SQuAD columns
+        answers = answers["text"]
+    if not isinstance(answers, list):
+        return []
+    texts = [a.get("text") if isinstance(a, dict) else a for a in answers]
+    return list(dict.fromkeys(t.strip() for t in texts if isinstance(t, str) and t.strip()))
