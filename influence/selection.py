@@ -125,7 +125,7 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
     if selector.requires_target and target is None:
         raise SelectionError(f"selector {selector.name!r} needs a target; pass --target (see `influence targets`)")
     start = time.perf_counter()
-    scores = np.asarray(selector.score(pool, SelectionContext(target=target, seed=seed)), dtype=np.float64)
+    scores = np.asarray(selector.score(pool, SelectionContext(target=target, seed=seed, k=k)), dtype=np.float64)
     if scores.shape != (len(pool),):
         raise SelectionError(f"selector {selector.name!r} returned {scores.shape} scores for {len(pool)} examples")
     indices = top_k(scores, [e.id for e in pool.examples], k)

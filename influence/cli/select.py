@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from influence.cli.less_options import less_options, pop_settings
 from influence.constants import OUTPUT_FORMATS
 from influence.errors import SelectionError
 from influence.selection import check_writable, default_output_path, select, write_selection
@@ -13,31 +14,32 @@ from influence.selectors import SELECTORS, make_selector
 from influence.selectors.baselines import LENGTH_UNITS
 
 
-@click.command("select")
-@click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC",
-              help="A pool name (see `influence pools`), a data file, or hf:ID[:SPLIT]. Repeat to mix pools.")
-@click.option("--k", type=int, default=1000, show_default=True, help="How many examples to select.")
-@click.option("--target", default=None, metavar="SPEC",
-              help="A target name (see `influence targets`) or file, for targeted selectors.")
-@click.option("--selector", type=click.Choice(sorted(SELECTORS)), default=None,
-              help="Scoring method [default: longest without a target, less with one].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
-@click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="alpaca", show_default=True,
-              help="Record layout of the output JSONL.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output JSONL [default: selections/<pool>-<selector>-k<k>.jsonl]; the manifest goes beside it.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-@click.option("--length-unit", type=click.Choice(LENGTH_UNITS), default="chars", show_default=True,
-              help="longest: measure responses in characters or words.")
-def select_command(pools, k, target, selector, seed, fmt, out, overwrite, length_unit) -> None:
-    """Select k examples from a pool and write them, SFT-ready, with a manifest."""
+def selection_options(function):
+    for option in reversed([
+        click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC",
+                     help="A pool name (see `influence pools`), a data file, or hf:ID[:SPLIT]. Repeat to mix."),
+        click.option("--k", type=int, default=1000, show_default=True, help="How many examples to select."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices."),
+        click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="alpaca", show_default=True,
+                     help="Record layout of the output JSONL."),
+        click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Output JSONL [default: selections/<pool>-<selector>-k<k>.jsonl]; "
+                          "the manifest goes beside it."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing output."),
+    ]):
+        function = option(function)
+    return function
+
+
+def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_options):
+    """Shared by `select` and `score`: check, load, select, summarise, write."""
     from influence.data import load_pool, load_target
 
     if k <= 0:
         raise SelectionError(f"k must be positive, got {k}")
-    name = selector or ("less" if target and "less" in SELECTORS else "longest")
-    options = {"unit": length_unit} if name == "longest" else {}
-    chosen = make_selector(name, **options)
+    chosen = make_selector(name, **selector_options)
+    if chosen.requires_target and not target:
+        raise SelectionError(f"selector {name!r} needs a target; pass --target (see `influence targets`)")
     out = out or default_output_path(list(pools), name, k, target if chosen.requires_target else None)
     check_writable(out, overwrite)
     pool = load_pool(pools)
@@ -51,6 +53,27 @@ def select_command(pools, k, target, selector, seed, fmt, out, overwrite, length
         click.echo(line)
     jsonl, manifest = write_selection(selection, out, fmt=fmt, overwrite=overwrite)
     click.echo(f"wrote {jsonl} and {manifest}")
+
+
+@click.command("select")
+@selection_options
+@click.option("--target", default=None, metavar="SPEC",
+              help="A target name (see `influence targets`) or file, for targeted selectors.")
+@click.option("--selector", type=click.Choice(sorted(SELECTORS)), default=None,
+              help="Scoring method [default: longest without a target, less with one].")
+@click.option("--length-unit", type=click.Choice(LENGTH_UNITS), default="chars", show_default=True,
+              help="longest: measure responses in characters or words.")
+@less_options
+def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, **less) -> None:
+    """Select k examples from a pool and write them, SFT-ready, with a manifest.
+
+    With --selector less (the default when --target is given) every LESS step runs here,
+    reusing whatever datastore under --index-root already matches.
+    """
+    name = selector or ("less" if target else "longest")
+    settings = pop_settings(less, seed=seed)
+    options = {"unit": length_unit} if name == "longest" else {"settings": settings} if name == "less" else {}
+    run_selection(pools, k, name, seed, fmt, out, overwrite, target, options)
 
 
 COMMANDS = [select_command]

@@ -9,10 +9,19 @@ from influence.selectors.base import SelectionContext, Selector
 from influence.selectors.baselines import LongestSelector, RandomSelector
 from influence.selectors.topk import top_k
 
+
+def _less(**options: Any) -> Selector:
+    """LESS (arXiv 2402.04333), imported on use: it brings torch and the model stack."""
+    from influence.selectors.less import LessSelector
+
+    return LessSelector(**options)
+
+
 # name -> factory taking the selector's own keyword options
 SELECTORS: dict[str, Callable[..., Selector]] = {
     "longest": LongestSelector,
     "random": RandomSelector,
+    "less": _less,
 }
 
 

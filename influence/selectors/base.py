@@ -17,6 +17,7 @@ class SelectionContext:
 
     target: Target | None = None
     seed: int = 0
+    k: int | None = None  # how many will be kept; a selector may use it to skip hopeless examples (NaN)
 
 
 @runtime_checkable

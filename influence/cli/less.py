@@ -1,0 +1,62 @@
+"""`influence warmup`, `featurize` and `score`: the LESS steps one at a time, for pipelines."""
+
+from __future__ import annotations
+
+import click
+
+from influence.cli.less_options import less_options, pop_settings
+from influence.cli.select import run_selection, selection_options
+
+
+@click.command("warmup")
+@click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC", help="Pool spec(s), as for select.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the warmup sample and the adapter.")
+@less_options
+def warmup_command(pools, seed, **less) -> None:
+    """Train the warmup LoRA on a seeded fraction of the pool (reused or resumed if present)."""
+    from influence.data import load_pool
+    from influence.less import run_warmup
+
+    settings = pop_settings(less, seed=seed)
+    pool = load_pool(pools)
+    for line in pool.describe():
+        click.echo(line)
+    result = run_warmup(pool, settings)
+    for path in result.checkpoints:
+        click.echo(f"checkpoint {path}")
+    click.echo(f"warmup done: {result.out_dir}")
+
+
+@click.command("featurize")
+@click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC", help="Pool spec(s), as for select.")
+@click.option("--target", default=None, metavar="SPEC", help="Also featurize this target.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the warmup and the projection.")
+@less_options
+def featurize_command(pools, target, seed, **less) -> None:
+    """Warm up (or reuse), then write gradient features of the pool (and target) at every checkpoint."""
+    from influence.data import load_pool, load_target
+    from influence.less import build_features
+
+    settings = pop_settings(less, seed=seed)
+    pool = load_pool(pools)
+    for line in pool.describe():
+        click.echo(line)
+    features = build_features(pool, load_target(target) if target else None, settings)
+    for path in features.pool_stores + features.target_stores:
+        click.echo(f"datastore {path}")
+    for role, stats in features.stats["featurized"].items():
+        click.echo(f"{role}: {stats['done']:,} examples featurized now, {stats['truncated']:,} cut at max length")
+
+
+@click.command("score")
+@selection_options
+@click.option("--target", required=True, metavar="SPEC", help="A target name or file.")
+@less_options
+def score_command(pools, k, seed, fmt, out, overwrite, target, **less) -> None:
+    """Select by LESS from datastores already built by `featurize` (never computes features)."""
+    settings = pop_settings(less, seed=seed)
+    run_selection(pools, k, "less", seed, fmt, out, overwrite, target,
+                  {"settings": settings, "existing_only": True})
+
+
+COMMANDS = [warmup_command, featurize_command, score_command]

@@ -1,0 +1,52 @@
+"""Click options shared by the LESS commands (select, warmup, featurize, score), read into LessSettings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from influence.constants import DEFAULT_INDEX_ROOT
+
+_OPTIONS = [
+    click.option("--model", default=None, metavar="M",
+                 help="Model id, local directory or .gguf file [default: bundled SmolLM2-135M-Instruct]."),
+    click.option("--projector", type=click.Choice(["sjlt", "trak-basic", "trak-cuda"]), default=None,
+                 help="Random projection [default: the fastest available, sjlt]."),
+    click.option("--dims", type=int, default=8192, show_default=True, help="Projected feature dimension."),
+    click.option("--lora-r", type=int, default=128, show_default=True, help="Warmup LoRA rank."),
+    click.option("--lora-alpha", type=int, default=512, show_default=True, help="Warmup LoRA alpha."),
+    click.option("--warmup-fraction", type=float, default=0.05, show_default=True,
+                 help="Fraction of the pool the warmup trains on."),
+    click.option("--warmup-epochs", type=int, default=4, show_default=True, help="Warmup epochs (= checkpoints)."),
+    click.option("--warmup-lr", type=float, default=2e-5, show_default=True, help="Warmup learning rate."),
+    click.option("--batch-size", type=int, default=4, show_default=True,
+                 help="Examples per featurization forward/backward."),
+    click.option("--max-length", type=int, default=2048, show_default=True, help="Tokens per example."),
+    click.option("--scoring", type=click.Choice(["faiss", "exact"]), default="faiss", show_default=True,
+                 help="faiss: exact top-k by one FAISS search per subtask; exact: score every example."),
+    click.option("--name", default=None, help="Datastore name under --index-root [default: from pool + settings]."),
+    click.option("--index-root", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_INDEX_ROOT,
+                 show_default=True, help="Where datastores live."),
+    click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+                 help="Device [default: cuda when present]."),
+]
+NAMES = ("model", "projector", "dims", "lora_r", "lora_alpha", "warmup_fraction", "warmup_epochs", "warmup_lr",
+         "batch_size", "max_length", "scoring", "name", "index_root", "device")
+
+
+def less_options(function: Callable) -> Callable:
+    for option in reversed(_OPTIONS):
+        function = option(function)
+    return function
+
+
+def pop_settings(kwargs: dict[str, Any], *, seed: int = 0) -> Any:
+    """Remove the LESS options from a command's kwargs and build LessSettings from them."""
+    from influence.less import LessSettings
+    from influence.lora import LoraSettings
+
+    values = {name: kwargs.pop(name) for name in NAMES}
+    lora = LoraSettings(r=values.pop("lora_r"), alpha=values.pop("lora_alpha"))
+    return LessSettings(lora=lora, seed=seed, **values)

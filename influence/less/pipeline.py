@@ -1,0 +1,230 @@
+"""The LESS run: warmup, featurize pool and target at every checkpoint, score.
+
+Layout of one run, `indexes/<name>/`:
+
+    warmup/                          the warmup LoRA run (influence.training), per-epoch checkpoints
+    features/epoch-N/pool-<grad>/    FeatureStore of the pool at checkpoint N
+    features/epoch-N/target-<fp>-<grad>/   FeatureStore of one target at checkpoint N
+
+Every step is reused when its manifest matches and resumed when it is incomplete, so
+rerunning the same command after a kill, or with another target, redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from influence.data.example import Example
+from influence.data.pools import Pool
+from influence.data.targets import Target
+from influence.features import AdamMoments, FeaturizeStats, LoraGradients, featurize, make_projector
+from influence.features.datastore import FeatureStore
+from influence.io import sha256_file, sha256_json
+from influence.less.settings import LessSettings
+from influence.lora import add_lora, lora_signature
+from influence.scoring import checkpoint_weights, less_scores, less_top_k
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LessRun:
+    """Scores of one LESS run, with where its pieces live and how they were made."""
+
+    workdir: Path
+    scores: np.ndarray                        # one per pool example; NaN where the FAISS search proved it out
+    checkpoints: list[dict[str, Any]]         # epoch, step, avg_lr, weight
+    pool_stores: list[Path]
+    target_stores: list[Path]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def provenance(self) -> dict[str, Any]:
+        return {"datastore": {"workdir": str(self.workdir), "checkpoints": self.checkpoints,
+                              "pool_stores": [str(p) for p in self.pool_stores],
+                              "target_stores": [str(p) for p in self.target_stores], **self.stats}}
+
+
+def run_name(pool: Pool, settings: LessSettings) -> str:
+    """A readable, content-keyed name: the pool's sources plus a hash of pool and warmup settings."""
+    tag = "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(s.spec).stem if Path(s.spec).suffix else s.spec)
+                   for s in pool.sources)[:60] or "pool"
+    digest = sha256_json({"pool": pool.fingerprint, "warmup": settings.warmup_identity()})[:10]
+    return f"{tag}-{digest}"
+
+
+def workdir_for(pool: Pool, settings: LessSettings) -> Path:
+    return settings.index_root / (settings.name or run_name(pool, settings))
+
+
+def warmup_examples(pool: Pool, settings: LessSettings) -> list[Example]:
+    """The seeded random fraction of the pool that the warmup trains on, in pool order."""
+    count = max(1, round(settings.warmup_fraction * len(pool)))
+    chosen = np.random.default_rng(settings.seed).choice(len(pool), size=count, replace=False)
+    return [pool.examples[i] for i in sorted(chosen)]
+
+
+def run_warmup(pool: Pool, settings: LessSettings, *, loaded: Any = None) -> Any:
+    """Train (or reuse, or resume) the warmup LoRA; returns the trainer's `TrainResult`."""
+    from influence.training import TrainConfig, train
+
+    config = TrainConfig.less_warmup(model=settings.model, lora=settings.lora, epochs=settings.warmup_epochs,
+                                     learning_rate=settings.warmup_lr, batch_size=settings.warmup_batch_size,
+                                     micro_batch_size=settings.warmup_micro_batch_size,
+                                     max_length=settings.max_length, seed=settings.seed, progress=settings.progress)
+    return train(warmup_examples(pool, settings), config, workdir_for(pool, settings) / "warmup", loaded=loaded)
+
+
+def featurize_examples(examples: Sequence[Example], store_path: Path, identity: dict[str, Any], *, model: Any,
+                       tokenizer: Any, projector: Any, grad_type: str, moments: AdamMoments | None,
+                       settings: LessSettings, desc: str) -> tuple[FeatureStore, FeaturizeStats]:
+    """Fill (or resume, or reuse) one datastore with the features of `examples`.
+
+    Work goes one group of whole shards at a time, so a kill loses at most one group.
+    """
+    from tqdm.auto import tqdm
+
+    stats = FeaturizeStats()
+    ids = [e.id for e in examples]
+    with FeatureStore.create(store_path, identity=identity, example_ids=ids, dim=settings.dims) as store:
+        groups = store.pending_row_groups()
+        todo = sum(len(rows) for rows in groups)
+        if todo:
+            bar = tqdm(total=todo, desc=desc, unit="ex", disable=not settings.progress, dynamic_ncols=True)
+            for rows in groups:
+                for batch in featurize(model, tokenizer, examples, projector, grad_type=grad_type, moments=moments,
+                                       batch_size=settings.batch_size, max_length=settings.max_length,
+                                       indices=rows.tolist(), stats=stats):
+                    store.write_rows(batch.indices, batch.features.numpy())
+                    bar.update(len(batch.indices))
+            bar.close()
+        store.finalize()
+    if stats.truncated:
+        log.warning("%s: %d of %d examples were cut at max_length=%d", desc, stats.truncated, stats.examples,
+                    settings.max_length)
+    return FeatureStore.open(store_path, identity=identity, example_ids=ids), stats
+
+
+def _load_adapter(model: Any, adapter_dir: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(adapter_dir / "adapter_model.safetensors")))
+
+
+@dataclass
+class FeatureSet:
+    """The datastores of one run: the pool's (and a target's) features at every checkpoint."""
+
+    workdir: Path
+    checkpoints: list[dict[str, Any]]         # epoch, step, avg_lr, weight
+    pool_stores: list[Path]
+    target_stores: list[Path]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def build_features(pool: Pool, target: Target | None, settings: LessSettings, *, loaded: Any = None,
+                   existing_only: bool = False) -> FeatureSet:
+    """Warmup, then the pool's (and the target's) features at each checkpoint; reuses what exists.
+
+    Raises:
+        DataError: the target has no examples.
+        DatastoreError: with existing_only, a datastore is missing or incomplete.
+        ManifestMismatchError: a datastore of that name was made under other settings or pool.
+    """
+    from influence.errors import DataError, DatastoreError
+    from influence.models import load_model
+    from influence.selection import package_versions
+    from influence.training import load_checkpoint
+
+    if target is not None and not len(target):
+        raise DataError(f"target {target.name} has no examples")
+    workdir = workdir_for(pool, settings)
+    if existing_only and not (workdir / "warmup" / "manifest.json").exists():
+        raise DatastoreError(f"no finished warmup under {workdir}; run `influence featurize` with the same "
+                             "pool and settings first")
+    loaded = loaded or load_model(settings.model, device=settings.device)
+    warm = run_warmup(pool, settings, loaded=loaded)
+    checkpoints = [load_checkpoint(path) for path in warm.checkpoints]
+
+    model = add_lora(copy.deepcopy(loaded.model), settings.lora).eval()
+    device = next(model.parameters()).device
+    projector = make_projector(settings.projector, LoraGradients(model).dim, settings.dims, settings.seed,
+                               device=device)
+    common = {"model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256},
+              "lora": settings.lora.to_dict(), "lora_signature": lora_signature(model)["sha256"],
+              "projector": projector.describe(), "max_length": settings.max_length, "dtype": "float16",
+              "versions": {k: v for k, v in package_versions().items() if k in ("influence", "torch")}}
+    roles = [("pool", pool.examples, settings.pool_grad, pool.fingerprint)]
+    if target is not None:
+        roles.append(("target", target.examples, settings.target_grad,
+                      sha256_json([e.id for e in target.examples])))
+    stores: dict[str, list[Path]] = {"pool": [], "target": []}
+    totals = {role: FeaturizeStats() for role, *_ in roles}
+    summary = []
+    for ckpt in checkpoints:
+        _load_adapter(model, ckpt.adapter_dir)
+        checkpoint_id = {"epoch": ckpt.epoch, "step": ckpt.step,
+                         "adapter_sha256": sha256_file(ckpt.adapter_dir / "adapter_model.safetensors")}
+        moments = AdamMoments(ckpt.exp_avg, ckpt.exp_avg_sq, step=ckpt.step, betas=ckpt.betas, eps=ckpt.eps)
+        folder = workdir / "features" / f"epoch-{ckpt.epoch}"
+        for role, examples, grad, fingerprint in roles:
+            path = folder / (f"pool-{grad}" if role == "pool" else f"target-{fingerprint[:12]}-{grad}")
+            if existing_only and not (FeatureStore.exists(path) and FeatureStore.open(path).is_complete):
+                raise DatastoreError(f"{path} is missing or incomplete; run `influence featurize` with the same "
+                                     "pool, target and settings first")
+            identity = {**common, "checkpoint": checkpoint_id, "grad_type": grad, "role": role,
+                        "examples": fingerprint}
+            store, stats = featurize_examples(
+                examples, path, identity, model=model, tokenizer=loaded.tokenizer, projector=projector,
+                grad_type=grad, moments=moments if grad == "adam" else None, settings=settings,
+                desc=f"features epoch {ckpt.epoch} {role} ({grad})")
+            stores[role].append(store.path)
+            for key in ("examples", "done", "truncated", "empty"):
+                setattr(totals[role], key, getattr(totals[role], key) + getattr(stats, key))
+        summary.append({"epoch": ckpt.epoch, "step": ckpt.step, "avg_lr": ckpt.avg_lr})
+    for entry, weight in zip(summary, checkpoint_weights([c["avg_lr"] for c in summary])):
+        entry["weight"] = float(weight)
+    return FeatureSet(workdir=workdir, checkpoints=summary, pool_stores=stores["pool"],
+                      target_stores=stores["target"],
+                      stats={"featurized": {role: s.to_dict() for role, s in totals.items()},
+                             "projector": projector.describe()})
+
+
+def score_features(features: FeatureSet, pool: Pool, target: Target, settings: LessSettings, *,
+                   k: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """LESS scores from a FeatureSet: exact for every example, or NaN outside the FAISS candidates."""
+    pool_rows = [FeatureStore.open(p).rows() for p in features.pool_stores]
+    target_rows = [np.asarray(FeatureStore.open(p).rows()[:]) for p in features.target_stores]
+    lrs = [c["avg_lr"] for c in features.checkpoints]
+    subtasks = target.subtasks()
+    if settings.scoring == "faiss" and k is not None:
+        on_gpu = str(settings.device or "").startswith("cuda")
+        found = less_top_k(pool_rows, target_rows, lrs, subtasks, k, ids=[e.id for e in pool.examples],
+                           device="gpu" if on_gpu else "auto")
+        scores = np.full(len(pool), np.nan)
+        scores[found.candidates] = found.candidate_scores
+        return scores, {"method": "faiss", "candidates": int(len(found.candidates)), "exact": bool(found.exact),
+                        "searched_k": int(found.searched_k), "subtasks": len(subtasks)}
+    return less_scores(pool_rows, target_rows, lrs, subtasks), {"method": "exact", "subtasks": len(subtasks)}
+
+
+def less_run(pool: Pool, target: Target, settings: LessSettings, *, k: int | None = None,
+             loaded: Any = None, existing_only: bool = False) -> LessRun:
+    """Warmup, featurize and score; reuses every piece already on disk.
+
+    With settings.scoring == "faiss" and k given, only the candidates of one FAISS top-k
+    search per subtask are scored (exactly), and every other example gets NaN: the
+    union of those searches provably holds the exact top k.
+    """
+    features = build_features(pool, target, settings, loaded=loaded, existing_only=existing_only)
+    scores, scoring = score_features(features, pool, target, settings, k=k)
+    return LessRun(workdir=features.workdir, scores=scores, checkpoints=features.checkpoints,
+                   pool_stores=features.pool_stores, target_stores=features.target_stores,
+                   stats={**features.stats, "scoring": scoring})

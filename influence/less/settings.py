@@ -1,0 +1,90 @@
+"""Settings of a LESS selection run, defaults as in the LESS paper (arXiv 2402.04333)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from influence.constants import DEFAULT_INDEX_ROOT
+from influence.errors import ConfigError
+from influence.features.grads import GRAD_TYPES
+from influence.lora import LoraSettings
+
+SCORING_METHODS = ("faiss", "exact")
+
+
+@dataclass
+class LessSettings:
+    """Everything that decides LESS scores; stored in manifests and hashed into the run name."""
+
+    model: str | None = field(default=None, metadata={
+        "help": "Model id, directory or .gguf file; None is the bundled SmolLM2-135M-Instruct."})
+    lora: LoraSettings = field(default_factory=LoraSettings.less_default, metadata={
+        "help": "Warmup adapter: LESS uses r=128, alpha=512, dropout 0.1 on q/k/v/o."})
+    warmup_fraction: float = field(default=0.05, metadata={
+        "help": "Seeded random fraction of the pool the warmup trains on (LESS: 5%)."})
+    warmup_epochs: int = field(default=4, metadata={"help": "Warmup epochs; one checkpoint each (LESS: 4)."})
+    warmup_lr: float = field(default=2e-5, metadata={"help": "Warmup peak learning rate (LESS: 2e-5)."})
+    warmup_batch_size: int = field(default=32, metadata={"help": "Examples per warmup optimizer step."})
+    warmup_micro_batch_size: int = field(default=4, metadata={"help": "Examples per warmup forward pass."})
+    projector: str | None = field(default=None, metadata={
+        "help": "sjlt (ours, fastest), trak-basic, trak-cuda; None picks the fastest available."})
+    dims: int = field(default=8192, metadata={"help": "Projected feature dimension (LESS: 8192)."})
+    batch_size: int = field(default=4, metadata={"help": "Examples per featurization forward/backward."})
+    max_length: int = field(default=2048, metadata={"help": "Tokens per example; longer ones are cut and counted."})
+    pool_grad: str = field(default="adam", metadata={"help": "Pool gradient type: adam (LESS), sgd or sign."})
+    target_grad: str = field(default="sgd", metadata={"help": "Target gradient type: sgd (LESS), adam or sign."})
+    scoring: str = field(default="faiss", metadata={
+        "help": "faiss: exact top-k by one FAISS search per subtask; exact: score every pool example."})
+    seed: int = field(default=0, metadata={"help": "Seeds the warmup sample, adapter init and projection."})
+    index_root: Path = field(default=DEFAULT_INDEX_ROOT, metadata={"help": "Where datastores live."})
+    name: str | None = field(default=None, metadata={
+        "help": "Datastore name under index_root; None derives one from the pool and a settings hash."})
+    device: str | None = field(default=None, metadata={"help": "cpu or cuda; None picks cuda when present."})
+    progress: bool = field(default=True, metadata={"help": "Progress bars with an ETA on stderr."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        self.index_root = Path(self.index_root)
+        if not 0.0 < self.warmup_fraction <= 1.0:
+            raise ConfigError(f"warmup_fraction must be in (0, 1], got {self.warmup_fraction} (LESS uses 0.05)")
+        for name in ("warmup_epochs", "warmup_batch_size", "warmup_micro_batch_size", "dims", "batch_size",
+                     "max_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not self.warmup_lr > 0:
+            raise ConfigError(f"warmup_lr must be positive, got {self.warmup_lr}")
+        for name in ("pool_grad", "target_grad"):
+            if getattr(self, name) not in GRAD_TYPES:
+                raise ConfigError(f"{name} must be one of {', '.join(GRAD_TYPES)}, got {getattr(self, name)!r}")
+        if self.scoring not in SCORING_METHODS:
+            raise ConfigError(f"scoring must be one of {', '.join(SCORING_METHODS)}, got {self.scoring!r}")
+
+    @classmethod
+    def less_default(cls, **changes: Any) -> "LessSettings":
+        return cls(**changes)
+
+    @classmethod
+    def for_tests(cls, **changes: Any) -> "LessSettings":
+        """Seconds on a tiny model: small LoRA and projection, 2 short warmup epochs."""
+        return cls(**{"lora": LoraSettings.for_tests(), "warmup_fraction": 0.5, "warmup_epochs": 2,
+                      "warmup_lr": 1e-2, "warmup_batch_size": 2, "warmup_micro_batch_size": 1, "dims": 64,
+                      "batch_size": 4, "max_length": 256, "progress": False, **changes})
+
+    def with_(self, **changes: Any) -> "LessSettings":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["lora"] = self.lora.to_dict()
+        data["index_root"] = str(self.index_root)
+        return data
+
+    def warmup_identity(self) -> dict[str, Any]:
+        """The settings that decide the warmup checkpoints."""
+        return {"model": self.model, "lora": self.lora.to_dict(), "fraction": self.warmup_fraction,
+                "epochs": self.warmup_epochs, "lr": self.warmup_lr, "batch_size": self.warmup_batch_size,
+                "micro_batch_size": self.warmup_micro_batch_size, "max_length": self.max_length, "seed": self.seed}

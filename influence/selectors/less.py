@@ -1,0 +1,44 @@
+"""The LESS selector: targeted selection by LoRA gradient influence (Xia et al., arXiv 2402.04333)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from influence.data.pools import Pool
+from influence.less import LessSettings, less_run
+from influence.selectors.base import SelectionContext
+
+
+class LessSelector:
+    """Scores each pool example by its LESS influence on the target.
+
+    Per warmup checkpoint, the cosine between the example's Adam-preconditioned gradient
+    feature and each target example's SGD gradient feature, weighted by the checkpoint's
+    learning rate and summed; then the mean over each subtask and the max over subtasks.
+    """
+
+    name = "less"
+    requires_target = True
+
+    def __init__(self, settings: LessSettings | None = None, *, loaded: Any = None, existing_only: bool = False,
+                 **changes: Any):
+        """`existing_only`: score from datastores already built, never warm up or featurize."""
+        self.settings = (settings or LessSettings()).with_(**changes) if changes else (settings or LessSettings())
+        self.existing_only = existing_only
+        self._loaded = loaded
+        self._provenance: dict[str, Any] = {}
+
+    def score(self, pool: Pool, context: SelectionContext) -> np.ndarray:
+        run = less_run(pool, context.target, self.settings.with_(seed=context.seed), k=context.k,
+                       loaded=self._loaded, existing_only=self.existing_only)
+        self._provenance = run.provenance()
+        return run.scores
+
+    def params(self) -> dict[str, Any]:
+        return self.settings.to_dict()
+
+    def provenance(self) -> dict[str, Any]:
+        """Where the scores came from (the datastores), for the selection manifest."""
+        return self._provenance
