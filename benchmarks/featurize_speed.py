@@ -82,7 +82,10 @@ def run_reference(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     model, tokenizer, examples, moments = setup(args.rank, args.examples, args.seed)
     params = lora_parameters(model)
     dim = sum(p.numel() for _, p in params)
-    projector = BasicProjector(grad_dim=dim, proj_dim=args.dim, seed=0, proj_type=ProjectionType.rademacher,
+    # BasicProjector draws a fresh P x 128 random block per 128 output dims on every call, so
+    # its cost is linear in d: --reference-projection-dim times fewer dims and scales up.
+    sample_dim = args.reference_projection_dim or args.dim
+    projector = BasicProjector(grad_dim=dim, proj_dim=sample_dim, seed=0, proj_type=ProjectionType.rademacher,
                                device=torch.device("cpu"), block_size=128, dtype=torch.float32)
     m = torch.cat([moments.exp_avg[n].reshape(-1) for n, _ in params])
     v = torch.cat([moments.exp_avg_sq[n].reshape(-1) for n, _ in params])
@@ -113,8 +116,10 @@ def run_reference(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         flush()
     np.save(out_dir / "reference.npy", np.concatenate(features))
     seconds = time.perf_counter() - started
-    return {"examples": len(examples), "seconds": seconds, "projection_seconds": projection_seconds,
-            "gradient_seconds": grad_seconds, "in_dim": dim}
+    scaled = projection_seconds * args.dim / sample_dim
+    return {"examples": len(examples), "seconds": seconds - projection_seconds + scaled,
+            "projection_seconds": scaled, "gradient_seconds": grad_seconds, "in_dim": dim,
+            "projection_extrapolated_from_dim": sample_dim if sample_dim != args.dim else None}
 
 
 def run_ours(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
@@ -132,7 +137,8 @@ def run_ours(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     store = np.zeros((len(examples), args.dim), dtype=np.float16)
     started = time.perf_counter()
     for batch in featurize(model, tokenizer, examples, projector, grad_type="adam", moments=moments,
-                           batch_size=args.batch_size, max_length=args.max_length, stats=stats):
+                           batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens or None,
+                           max_length=args.max_length, stats=stats):
         store[batch.indices] = batch.features.numpy().astype(np.float16)
     np.save(out_dir / "ours.npy", store)
     seconds = time.perf_counter() - started
@@ -210,9 +216,11 @@ def bergson_site(args: argparse.Namespace) -> tuple[Path | None, str]:
 
 def run_one(args: argparse.Namespace, method: str, rank: int, site: Path | None) -> dict[str, Any] | None:
     command = [sys.executable, __file__, "--worker", method, "--rank", str(rank), "--examples", str(args.examples),
-               "--dim", str(args.dim), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+               "--dim", str(args.dim), "--batch-size", str(args.batch_size),
+               "--max-batch-tokens", str(args.max_batch_tokens), "--max-length", str(args.max_length),
                "--sparsity", str(args.sparsity), "--seed", str(args.seed), "--threads", str(args.threads),
-               "--project-interval", str(args.project_interval), "--bergson-tokens", str(args.bergson_tokens)]
+               "--project-interval", str(args.project_interval), "--bergson-tokens", str(args.bergson_tokens),
+               "--reference-projection-dim", str(args.reference_projection_dim)]
     if method == "reference" and args.reference_examples:
         command[command.index("--examples") + 1] = str(min(args.examples, args.reference_examples))
     env = dict(os.environ)
@@ -229,8 +237,10 @@ def run_one(args: argparse.Namespace, method: str, rank: int, site: Path | None)
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print()
-    print(f"examples={args.examples}  d={args.dim}  batch={args.batch_size}  sjlt sparsity={args.sparsity}  "
-          f"threads={args.threads or 'default'}  repeats={args.repeats}")
+    print(f"examples={args.examples}  d={args.dim}  batch={args.batch_size} (<= {args.max_batch_tokens} tokens)  sjlt sparsity={args.sparsity}  "
+          f"threads={args.threads or 'default'}  repeats={args.repeats}  reference: TRAK call every "
+          f"{args.project_interval} examples" + (f", projection timed at d={args.reference_projection_dim} and "
+                                                 f"scaled to d={args.dim}" if args.reference_projection_dim else ""))
     header = f"{'rank':>4}  {'method':<9} {'runs':>4} {'ex/s (median)':>13} {'vs ref':>7} {'proj share':>10} " \
              f"{'peak GB':>8}"
     print(header)
@@ -265,11 +275,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=["reference", "ours", "bergson"], choices=list(METHODS))
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions per method and rank")
     parser.add_argument("--batch-size", type=int, default=8, help="our examples per forward/backward")
+    parser.add_argument("--max-batch-tokens", type=int, default=1024, help="our padded tokens per batch (0: no cap)")
     parser.add_argument("--sparsity", type=int, default=1, help="sjlt nonzeros per input coordinate")
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--project-interval", type=int, default=16, help="reference: gradients per TRAK call")
     parser.add_argument("--reference-examples", type=int, default=0,
                         help="cap the reference's examples (0: all); its rate is per example")
+    parser.add_argument("--reference-projection-dim", type=int, default=0,
+                        help="time the reference's BasicProjector at this d (a multiple of 128) and scale its time "
+                             "to --dim (its cost is linear in d); 0: project to --dim itself")
     parser.add_argument("--bergson-tokens", type=int, default=2048, help="bergson's token batch size")
     parser.add_argument("--bergson-site", default=str(Path(tempfile.gettempdir()) / "influence-bergson-site"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -240,3 +240,39 @@ def test_featurize_refuses_a_projector_of_another_dimension(lora_model):
     model, tokenizer = lora_model
     with pytest.raises(ConfigError, match="in_dim="):
         next(featurize(model, tokenizer, EXAMPLES, SJLTProjector(10, 16)))
+
+
+def test_full_forward_path_gives_the_same_gradients(lora_model):
+    # Models that post-process logits (soft-capping, scaling) go through model(...).logits instead
+    # of backbone + LM head at the loss positions; both must give the reference gradients.
+    model, tokenizer = lora_model
+    encoded = encode(EXAMPLES[:3], tokenizer)
+    compute = LoraGradients(model)
+    compute._backbone, compute._direct = model, False
+    got = compute(**collate(encoded, tokenizer.pad_token_id))
+    assert relative_errors(got, reference_gradients(model, encoded)).max() < 1e-4
+
+
+def test_moments_from_a_checkpoint(lora_model):
+    from types import SimpleNamespace
+
+    model, _ = lora_model
+    moments = fake_moments(model)
+    checkpoint = SimpleNamespace(path="epoch-1", exp_avg=dict(moments.exp_avg), exp_avg_sq=dict(moments.exp_avg_sq),
+                                 step=3, betas=[0.9, 0.999], eps=1e-8)
+    loaded = AdamMoments.from_checkpoint(checkpoint)
+    assert loaded.step == 3 and loaded.betas == (0.9, 0.999) and set(loaded.exp_avg) == set(moments.exp_avg)
+    with pytest.raises(ConfigError, match="moments=True"):
+        AdamMoments.from_checkpoint(SimpleNamespace(path="epoch-1", exp_avg={}, exp_avg_sq={}, step=3,
+                                                    betas=[0.9, 0.999], eps=1e-8))
+
+
+def test_length_batches_sort_and_respect_both_caps():
+    from influence.features.compute import length_batches
+
+    lengths = {0: 50, 1: 10, 2: 30, 3: 10, 4: 200, 5: 30}
+    assert length_batches(lengths, 2) == [[1, 3], [2, 5], [0, 4]]
+    assert length_batches(lengths, 8, max_tokens=60) == [[1, 3], [2, 5], [0], [4]]
+    batches = length_batches({i: 7 + i % 5 for i in range(40)}, 6, max_tokens=40)
+    assert sorted(i for b in batches for i in b) == list(range(40))
+    assert all(len(b) <= 6 and len(b) * max(7 + i % 5 for i in b) <= 40 for b in batches)

@@ -59,15 +59,31 @@ def normalize_blocks(features: torch.Tensor, dims: Sequence[int]) -> torch.Tenso
     return out
 
 
-def length_batches(lengths: dict[int, int], batch_size: int) -> list[list[int]]:
-    """Example indices grouped into batches, shortest first (ties by index), so padding is small."""
+def length_batches(lengths: dict[int, int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Example indices grouped into batches, shortest first (ties by index), so padding is small.
+
+    A batch holds at most `batch_size` examples and, when `max_tokens` is set, at most
+    `max_tokens` padded tokens (an example longer than that goes alone): activation memory
+    grows with the padded token count, not with the number of examples.
+    """
     order = sorted(lengths, key=lambda i: (lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Sorted ascending, so the padded width of `current + [i]` is lengths[i].
+        if current and (len(current) == batch_size or
+                        (max_tokens is not None and (len(current) + 1) * lengths[i] > max_tokens)):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector: Projector, *,
               grad_type: str = "sgd", moments: AdamMoments | None = None, batch_size: int = 8,
-              max_length: int = 2048, indices: Iterable[int] | None = None,
+              max_batch_tokens: int | None = 1024, max_length: int = 2048, indices: Iterable[int] | None = None,
               stats: FeaturizeStats | None = None) -> Iterator[FeatureBatch]:
     """Yield projected, normalised per-example LoRA gradient features, batch by batch.
 
@@ -77,7 +93,9 @@ def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector
         examples: the examples; yielded indices refer to positions in this sequence.
         projector: built with in_dim = the LoRA gradient dimension (`LoraGradients(model).dim`).
         grad_type: "sgd", "adam" (needs `moments`) or "sign".
-        batch_size: examples per forward/backward.
+        batch_size: at most this many examples per forward/backward.
+        max_batch_tokens: at most this many padded tokens per batch (None: no cap); it bounds
+            activation memory (about 1.3 MB per token for SmolLM2-135M in fp32).
         max_length: longer examples are cut (and counted in `stats.truncated`).
         indices: only these examples (e.g. the ones a resumed run has not done); default all.
         stats: filled in as batches are produced (truncations are known before the first batch).
@@ -87,6 +105,8 @@ def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if max_batch_tokens is not None and max_batch_tokens < 1:
+        raise ConfigError(f"max batch tokens must be positive (or None for no cap), got {max_batch_tokens}")
     if max_length < 2:
         raise ConfigError(f"max length must be at least 2 tokens, got {max_length}")
     gradients = LoraGradients(model, grad_type, moments)
@@ -105,7 +125,8 @@ def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector
     stats.truncated += sum(e.truncated for e in encoded.values())
     stats.empty += sum(all(label == IGNORE_INDEX for label in e.labels[1:]) for e in encoded.values())
     streaming = isinstance(projector, StreamingProjector)
-    for batch_indices in length_batches({i: len(e.input_ids) for i, e in encoded.items()}, batch_size):
+    lengths = {i: len(e.input_ids) for i, e in encoded.items()}
+    for batch_indices in length_batches(lengths, batch_size, max_batch_tokens):
         items = [encoded[i] for i in batch_indices]
         batch = collate(items, pad_id)
         started = time.perf_counter()
