@@ -11,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny test models run fastest on one thread; more threads only spin against each other.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

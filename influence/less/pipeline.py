@@ -111,6 +111,18 @@ def featurize_examples(examples: Sequence[Example], store_path: Path, identity: 
     return FeatureStore.open(store_path, identity=identity, example_ids=ids), stats
 
 
+def _score_rates(checkpoints: list[dict[str, Any]]) -> list[float]:
+    """Each checkpoint's average learning rate; equal weights if a warmup was too short to leave zero.
+
+    A linear schedule with warmup starts at 0, so a warmup of a single step records 0.
+    """
+    rates = [float(c["avg_lr"]) for c in checkpoints]
+    if not any(rate > 0 for rate in rates):
+        log.warning("every warmup checkpoint has learning rate 0 (a warmup of one step?); weighting them equally")
+        return [1.0] * len(rates)
+    return rates
+
+
 def _load_adapter(model: Any, adapter_dir: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -189,7 +201,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
             for key in ("examples", "done", "truncated", "empty"):
                 setattr(totals[role], key, getattr(totals[role], key) + getattr(stats, key))
         summary.append({"epoch": ckpt.epoch, "step": ckpt.step, "avg_lr": ckpt.avg_lr})
-    for entry, weight in zip(summary, checkpoint_weights([c["avg_lr"] for c in summary])):
+    for entry, weight in zip(summary, checkpoint_weights(_score_rates(summary))):
         entry["weight"] = float(weight)
     return FeatureSet(workdir=workdir, checkpoints=summary, pool_stores=stores["pool"],
                       target_stores=stores["target"],
@@ -202,7 +214,7 @@ def score_features(features: FeatureSet, pool: Pool, target: Target, settings: L
     """LESS scores from a FeatureSet: exact for every example, or NaN outside the FAISS candidates."""
     pool_rows = [FeatureStore.open(p).rows() for p in features.pool_stores]
     target_rows = [np.asarray(FeatureStore.open(p).rows()[:]) for p in features.target_stores]
-    lrs = [c["avg_lr"] for c in features.checkpoints]
+    lrs = _score_rates(features.checkpoints)
     subtasks = target.subtasks()
     if settings.scoring == "faiss" and k is not None:
         on_gpu = str(settings.device or "").startswith("cuda")

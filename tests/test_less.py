@@ -1,0 +1,110 @@
+"""The LESS pipeline end to end on a tiny random model: it finds planted examples, reuses and
+resumes its datastores, and refuses to mix features made under other settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from influence.data import Example
+from influence.data.pools import Pool, PoolSource
+from influence.data.targets import Target
+from influence.errors import DataError, DatastoreError, ManifestMismatchError
+from influence.less import LessSettings, build_features, less_run
+from influence.models import LoadedModel
+from influence.selection import select
+from influence.selectors.less import LessSelector
+from influence.testing import tiny_model_and_tokenizer
+
+
+def _loaded(seed: int = 0) -> LoadedModel:
+    model, tokenizer = tiny_model_and_tokenizer(seed=seed)
+    return LoadedModel(model=model, tokenizer=tokenizer, spec="tiny", weights_sha256=f"tiny-{seed}")
+
+
+WORDS = ["red", "blue", "green", "apple", "river", "stone", "cloud", "music", "paper", "light", "tiger", "ocean"]
+
+
+def _pool(planted: int = 4, noise: int = 28) -> Pool:
+    """Sums (like the target) hidden among short texts about other things."""
+    rng = np.random.default_rng(1)
+    sums = [Example(f"What is {a} plus {b}?", "", f"{a} plus {b} is {a + b}.")
+            for a, b in zip(range(11, 11 + planted), range(31, 31 + planted))]
+    other = [Example(f"Write about the {rng.choice(WORDS)}.", "", " ".join(rng.choice(WORDS, 10)) + ".")
+             for _ in range(noise)]
+    examples = list({e.id: e for e in other[: noise // 2] + sums + other[noise // 2:]}.values())
+    return Pool(examples=examples, sources=[PoolSource("toy", "test", len(examples), 0, len(examples))])
+
+
+TARGET = Target("sums", [Example("What is 5 plus 7?", "", "5 plus 7 is 12.", subtask="sums"),
+                         Example("What is 8 plus 9?", "", "8 plus 9 is 17.", subtask="sums")])
+
+
+@pytest.fixture
+def settings(tmp_path) -> LessSettings:
+    return LessSettings.for_tests(index_root=tmp_path / "indexes")
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_less_ranks_planted_target_like_examples_first(settings, seed):
+    pool = _pool()
+    selection = select(pool, 4, LessSelector(settings.with_(dims=512), loaded=_loaded(seed)), target=TARGET)
+    assert sorted(e.instruction for e in selection.examples) == sorted(
+        e.instruction for e in pool.examples if "plus" in e.instruction)
+    manifest = selection.manifest("alpaca")
+    assert manifest["selector"]["name"] == "less" and manifest["selector"]["params"]["dims"] == 512
+    assert len(manifest["datastore"]["pool_stores"]) == settings.warmup_epochs
+
+
+def test_faiss_top_k_equals_exact_scoring(settings):
+    pool, loaded = _pool(), _loaded()
+    exact = select(pool, 6, LessSelector(settings.with_(scoring="exact"), loaded=loaded), target=TARGET)
+    fast = select(pool, 6, LessSelector(settings, loaded=loaded), target=TARGET)
+    assert fast.indices.tolist() == exact.indices.tolist()
+    assert np.allclose(fast.scores[fast.indices], exact.scores[exact.indices])
+    assert np.isfinite(exact.scores).all()
+
+
+def test_a_rerun_reuses_warmup_and_features(settings):
+    pool, loaded = _pool(), _loaded()
+    first = less_run(pool, TARGET, settings, k=4, loaded=loaded)
+    assert first.stats["featurized"]["pool"]["done"] == len(pool) * settings.warmup_epochs
+    again = less_run(pool, TARGET, settings, k=4, loaded=loaded)
+    assert again.stats["featurized"]["pool"]["done"] == 0 and again.stats["featurized"]["target"]["done"] == 0
+    assert np.array_equal(np.nan_to_num(first.scores, nan=-9), np.nan_to_num(again.scores, nan=-9))
+
+
+def test_a_lost_shard_is_recomputed_to_the_same_bytes(settings):
+    pool, loaded = _pool(), _loaded()
+    features = build_features(pool, TARGET, settings, loaded=loaded)
+    shard = sorted((features.pool_stores[0] / "shards").glob("*.npy"))[0]
+    original = shard.read_bytes()
+    shard.unlink()
+    resumed = build_features(pool, TARGET, settings, loaded=loaded)
+    assert resumed.stats["featurized"]["pool"]["done"] == len(pool)  # only the lost store redone
+    assert shard.read_bytes() == original
+
+
+def test_score_only_refuses_when_features_are_missing(settings):
+    with pytest.raises(DatastoreError, match="run `influence featurize`"):
+        less_run(_pool(), TARGET, settings, k=2, loaded=_loaded(), existing_only=True)
+
+
+def test_a_target_without_examples_is_refused(settings):
+    with pytest.raises(DataError, match="has no examples"):
+        less_run(_pool(), Target("empty", []), settings, k=2, loaded=_loaded())
+
+
+def test_features_of_another_model_are_never_mixed_in(settings):
+    pool = _pool()
+    named = settings.with_(name="shared")
+    less_run(pool, TARGET, named, k=2, loaded=_loaded(seed=0))
+    with pytest.raises(ManifestMismatchError):
+        less_run(pool, TARGET, named, k=2, loaded=_loaded(seed=1))
+
+
+def test_a_pool_changed_since_featurization_is_refused(settings):
+    named = settings.with_(name="shared")
+    less_run(_pool(), TARGET, named, k=2, loaded=_loaded())
+    with pytest.raises(ManifestMismatchError):
+        less_run(_pool(noise=20), TARGET, named, k=2, loaded=_loaded())
