@@ -34,7 +34,7 @@ def main(verbose: bool) -> None:
 
 
 # One module per command group under influence/cli/, each exposing COMMANDS.
-COMMAND_MODULES = ("select", "catalog", "less", "train", "evaluate")
+COMMAND_MODULES = ("select", "catalog", "less", "train", "evaluate", "compare")
 
 
 def _register() -> None:
