@@ -14,10 +14,14 @@ from influence.cli.select import run_selection, selection_options
 @less_options
 def warmup_command(pools, seed, **less) -> None:
     """Train the warmup LoRA on a seeded fraction of the pool (reused or resumed if present)."""
+    from influence import distributed
     from influence.data import load_pool
     from influence.less import run_warmup
 
     settings = pop_settings(less, seed=seed)
+    if not distributed.init_from_env().is_main:
+        raise click.UsageError("warmup runs on one process; under torchrun, run `influence featurize`, "
+                               "whose rank 0 trains the warmup while the others wait")
     pool = load_pool(pools)
     for line in pool.describe():
         click.echo(line)
@@ -33,15 +37,23 @@ def warmup_command(pools, seed, **less) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the warmup and the projection.")
 @less_options
 def featurize_command(pools, target, seed, **less) -> None:
-    """Warm up (or reuse), then write gradient features of the pool (and target) at every checkpoint."""
+    """Warm up (or reuse), then write gradient features of the pool (and target) at every checkpoint.
+
+    Under `torchrun --nproc_per_node N` (or several nodes), each rank featurizes its own
+    shards of the same datastores; rank 0 trains the warmup first while the others wait.
+    """
+    from influence import distributed
     from influence.data import load_pool, load_target
     from influence.less import build_features
 
     settings = pop_settings(less, seed=seed)
+    job = distributed.init_from_env()
     pool = load_pool(pools)
-    for line in pool.describe():
+    for line in pool.describe() if job.is_main else []:
         click.echo(line)
     features = build_features(pool, load_target(target) if target else None, settings)
+    if not job.is_main:
+        return
     for path in features.pool_stores + features.target_stores:
         click.echo(f"datastore {path}")
     for role, stats in features.stats["featurized"].items():

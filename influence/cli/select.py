@@ -32,8 +32,15 @@ def selection_options(function):
 
 
 def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_options):
-    """Shared by `select` and `score`: check, load, select, summarise, write."""
+    """Shared by `select` and `score`: check, load, select, summarise, write (rank 0 only under torchrun)."""
+    from influence import distributed
     from influence.data import load_pool, load_target
+
+    job = distributed.init_from_env()
+
+    def say(*args, **kwargs) -> None:
+        if job.is_main:  # one voice per job
+            click.echo(*args, **kwargs)
 
     if k <= 0:
         raise SelectionError(f"k must be positive, got {k}")
@@ -44,15 +51,17 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
     check_writable(out, overwrite)
     pool = load_pool(pools)
     for line in pool.describe():
-        click.echo(line)
+        say(line)
     target_set = load_target(target) if target and chosen.requires_target else None
     if target and not chosen.requires_target:
-        click.echo(f"note: selector {name!r} ignores --target", err=True)
+        say(f"note: selector {name!r} ignores --target", err=True)
     selection = select(pool, k, chosen, target=target_set, seed=seed)
+    if not job.is_main:
+        return
     for line in selection.summary():
-        click.echo(line)
+        say(line)
     jsonl, manifest = write_selection(selection, out, fmt=fmt, overwrite=overwrite)
-    click.echo(f"wrote {jsonl} and {manifest}")
+    say(f"wrote {jsonl} and {manifest}")
 
 
 @click.command("select")

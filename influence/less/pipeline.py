@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from influence import distributed
 from influence.data.example import Example
 from influence.data.pools import Pool
 from influence.data.targets import Target
@@ -86,17 +87,30 @@ def featurize_examples(examples: Sequence[Example], store_path: Path, identity: 
                        settings: LessSettings, desc: str) -> tuple[FeatureStore, FeaturizeStats]:
     """Fill (or resume, or reuse) one datastore with the features of `examples`.
 
-    Work goes one group of whole shards at a time, so a kill loses at most one group.
+    Work goes one shard at a time, examples sorted by length inside it, so a kill loses at
+    most one shard, and a shard's bytes do not depend on which process computed it: under
+    torch.distributed each rank takes its own shards of the same store, and the result is
+    identical to a single process's. Rank 0 creates and finalizes the store.
     """
     from tqdm.auto import tqdm
 
+    job = distributed.current()
     stats = FeaturizeStats()
     ids = [e.id for e in examples]
-    with FeatureStore.create(store_path, identity=identity, example_ids=ids, dim=settings.dims) as store:
-        groups = store.pending_row_groups()
+
+    def open_store() -> FeatureStore:
+        return FeatureStore.create(store_path, identity=identity, example_ids=ids, dim=settings.dims,
+                                   shard_rows=settings.shard_rows, group=job.group)
+
+    store = open_store() if job.is_main else None
+    distributed.barrier()
+    store = store or open_store()
+    try:
+        groups = store.pending_row_groups(max_rows=store.shard_rows, rank=job.rank, world_size=job.world_size)
         todo = sum(len(rows) for rows in groups)
         if todo:
-            bar = tqdm(total=todo, desc=desc, unit="ex", disable=not settings.progress, dynamic_ncols=True)
+            bar = tqdm(total=todo, desc=desc + (f" [rank {job.rank}]" if job.world_size > 1 else ""), unit="ex",
+                       disable=not settings.progress, dynamic_ncols=True)
             for rows in groups:
                 for batch in featurize(model, tokenizer, examples, projector, grad_type=grad_type, moments=moments,
                                        batch_size=settings.batch_size, max_length=settings.max_length,
@@ -104,7 +118,12 @@ def featurize_examples(examples: Sequence[Example], store_path: Path, identity: 
                     store.write_rows(batch.indices, batch.features.numpy())
                     bar.update(len(batch.indices))
             bar.close()
-        store.finalize()
+        distributed.barrier()
+        if job.is_main:
+            store.finalize()
+        distributed.barrier()
+    finally:
+        store.close()
     if stats.truncated:
         log.warning("%s: %d of %d examples were cut at max_length=%d", desc, stats.truncated, stats.examples,
                     settings.max_length)
@@ -162,6 +181,10 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         raise DatastoreError(f"no finished warmup under {workdir}; run `influence featurize` with the same "
                              "pool and settings first")
     loaded = loaded or load_model(settings.model, device=settings.device)
+    job = distributed.current()
+    if job.is_main:
+        run_warmup(pool, settings, loaded=loaded)
+    distributed.barrier()  # the other ranks find the finished warmup and reuse it
     warm = run_warmup(pool, settings, loaded=loaded)
     checkpoints = [load_checkpoint(path) for path in warm.checkpoints]
 

@@ -33,6 +33,8 @@ class LessSettings:
     dims: int = field(default=8192, metadata={"help": "Projected feature dimension (LESS: 8192)."})
     batch_size: int = field(default=4, metadata={"help": "Examples per featurization forward/backward."})
     max_length: int = field(default=2048, metadata={"help": "Tokens per example; longer ones are cut and counted."})
+    shard_rows: int = field(default=256, metadata={
+        "help": "Examples per datastore shard: the unit of resume and of work split across ranks."})
     pool_grad: str = field(default="adam", metadata={"help": "Pool gradient type: adam (LESS), sgd or sign."})
     target_grad: str = field(default="sgd", metadata={"help": "Target gradient type: sgd (LESS), adam or sign."})
     scoring: str = field(default="faiss", metadata={
@@ -51,7 +53,7 @@ class LessSettings:
         if not 0.0 < self.warmup_fraction <= 1.0:
             raise ConfigError(f"warmup_fraction must be in (0, 1], got {self.warmup_fraction} (LESS uses 0.05)")
         for name in ("warmup_epochs", "warmup_batch_size", "warmup_micro_batch_size", "dims", "batch_size",
-                     "max_length"):
+                     "max_length", "shard_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
