@@ -63,6 +63,7 @@ def test_answer_extraction_and_bbh_match():
     assert extract_answer("True\nbecause reasons") == "True"
     assert extract_answer("  \nvalid.") == "valid"
     assert bbh_match("true.", "True") == 1.0 and bbh_match("(A)", "(B)") == 0.0
+    assert bbh_match("(B) tiny purple dog", "(B)") == 1.0 and bbh_match("The answer: (C), not (B)", "(B)") == 0.0
     assert accuracy(["A", "B", "C"], ["A", "C", "C"]) == pytest.approx(2 / 3)
 
 

@@ -199,3 +199,57 @@ def test_training_reads_a_selection_file(tiny, tmp_path):
     result = train(path, TrainConfig.for_tests(epochs=1), tmp_path / "run", loaded=tiny)
     assert result.manifest["data"]["source"] == str(path)
     assert len(result.manifest["data"]["file_sha256"]) == 64
+
+
+KILLED_RUN = """
+import sys, time
+from influence.data import Example
+from influence.lora import LoraSettings
+from influence.models import LoadedModel
+from influence.testing import tiny_model_and_tokenizer
+from influence.training import TrainConfig, train
+from influence.training import checkpoint as checkpoint_module
+import influence.training.trainer as trainer
+
+real_save = checkpoint_module.save_checkpoint
+def save_then_stall(directory, **kwargs):
+    real_save(directory, **kwargs)
+    if directory.name == "epoch-1":
+        time.sleep(120)          # the parent kills us here, with SIGKILL
+trainer.save_checkpoint = save_then_stall
+model, tokenizer = tiny_model_and_tokenizer()
+examples = [Example(*map(str, row)) for row in {rows!r}]
+config = TrainConfig.for_tests(epochs=3, lora=LoraSettings(r=4, alpha=16, dropout=0.1))
+train(examples, config, sys.argv[1], loaded=LoadedModel(model, tokenizer, "tiny-llama", "tiny-llama-seed0"))
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and transformers: 10-20 s
+def test_kill_9_during_training_then_rerun_equals_an_uninterrupted_run(tiny, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    rows = [(e.instruction, e.input, e.output) for e in EXAMPLES]
+    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN.format(rows=rows), str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoints" / "epoch-1" / "state.json").exists():
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "the training subprocess never finished epoch 1"
+            time.sleep(0.1)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (out / "manifest.json").exists() and (out / ".lock").exists()   # a dead run's lock
+
+    config = TrainConfig.for_tests(epochs=3, lora=LoraSettings(r=4, alpha=16, dropout=0.1))
+    resumed = train(EXAMPLES, config, out, loaded=tiny)
+    whole = train(EXAMPLES, config, tmp_path / "whole", loaded=tiny)
+    assert resumed.resumed_from_epoch == 1
+    a, b = adapter_tensors(whole.out_dir), adapter_tensors(resumed.out_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)

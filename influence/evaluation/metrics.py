@@ -62,8 +62,19 @@ def extract_answer(generation: str) -> str:
     return line[:-1].strip() if line.endswith(".") else line
 
 
+_OPTION = re.compile(r"\([A-R]\)")
+
+
 def bbh_match(prediction: str, reference: str) -> float:
-    """BBH exact match after light normalisation (case, surrounding space, a final period)."""
+    """BBH exact match after light normalisation (case, surrounding space, a final period).
+
+    For multiple-choice tasks, whose references are option labels such as "(B)", the first
+    label in the prediction is compared, so "(B) the option's text" counts as "(B)".
+    """
+    if _OPTION.fullmatch(reference.strip()):
+        found = _OPTION.search(prediction)
+        return float(found is not None and found.group(0) == reference.strip())
+
     def clean(text: str) -> str:
         text = " ".join(text.strip().split()).lower()
         return text[:-1].rstrip() if text.endswith(".") else text
