@@ -311,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
                     results.append(result)
                     share = (f", projection {result['projection_seconds']:.1f} s"
                              if result.get("projection_seconds") is not None else "")
+                    if result.get("dims"):
+                        share += f", {result['dims']} dims over {result['modules']} modules"
                     print(f"  [{repeat + 1}/{args.repeats}] r={rank:<3} {method:<9} {result['examples']} ex in "
                           f"{result['seconds']:.1f} s{share}, peak {result['peak_mb'] / 1024:.2f} GB", flush=True)
     report(results, args)
