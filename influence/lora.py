@@ -54,12 +54,16 @@ class LoraSettings:
 
 def add_lora(model: Any, settings: LoraSettings) -> Any:
     """Wrap `model` with fresh LoRA adapters (peft); only adapter weights stay trainable."""
+    import warnings
+
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=list(settings.target_modules), bias="none", task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft calls a transformers method that transformers marks deprecated
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing.*")
+            return get_peft_model(model, config)
     except ValueError as exc:
         raise ConfigError(f"cannot add LoRA to this model: {exc}") from None
 

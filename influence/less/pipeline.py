@@ -207,7 +207,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         _load_adapter(model, ckpt.adapter_dir)
         checkpoint_id = {"epoch": ckpt.epoch, "step": ckpt.step,
                          "adapter_sha256": sha256_file(ckpt.adapter_dir / "adapter_model.safetensors")}
-        moments = AdamMoments(ckpt.exp_avg, ckpt.exp_avg_sq, step=ckpt.step, betas=ckpt.betas, eps=ckpt.eps)
+        moments = AdamMoments.from_checkpoint(ckpt)
         folder = workdir / "features" / f"epoch-{ckpt.epoch}"
         for role, examples, grad, fingerprint in roles:
             path = folder / (f"pool-{grad}" if role == "pool" else f"target-{fingerprint[:12]}-{grad}")
