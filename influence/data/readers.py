@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import os
+import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -23,6 +24,9 @@ from influence.errors import DataError
 
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 LIST_KEYS = ("examples", "data", "instances", "rows", "train")
+PARQUET_BATCH_ROWS = 1024  # rows decoded at a time when a parquet file is read
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
+_CR_LINE_END = re.compile(r"(?<=\r)(?!\n)")  # a bare CR ends a CSV line too (old Mac files)
 
 
 @dataclass
@@ -34,6 +38,16 @@ class ReadReport:
     examples: list[Example] = field(default_factory=list)
 
 
+def one_line(text: Any, limit: int = 300) -> str:
+    """`text` as one line of at most `limit` characters, for error messages that quote user data or libraries."""
+    text = _LINE_BREAKS.sub(" ", str(text)).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _error(message: str) -> DataError:
+    return DataError(_LINE_BREAKS.sub(" ", message))
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(".gz"):
@@ -41,96 +55,174 @@ def _suffix(path: Path) -> str:
     return os.path.splitext(name)[1]
 
 
+def _is_gzip(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
+def _open_error(path: Path, exc: OSError) -> DataError:
+    if isinstance(exc, FileNotFoundError):
+        return _error(f"{path}: no such file")
+    if isinstance(exc, IsADirectoryError):
+        return _error(f"{path}: is a directory, not a data file")
+    return _error(f"{path}: cannot read ({one_line(exc.strerror or exc)})")
+
+
+def _gzip_error(path: Path, exc: Exception) -> DataError:
+    return _error(f"{path}: not a valid gzip file ({one_line(exc) or type(exc).__name__})")
+
+
 def _read_text(path: Path) -> str:
+    """The whole file as text (for .json, which is one document)."""
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, not a data file") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    if path.name.lower().endswith(".gz"):
+        raise _open_error(path, exc) from None
+    if _is_gzip(path):
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path}: not a valid gzip file ({exc})") from None
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _gzip_error(path, exc) from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line}: not valid UTF-8 (byte offset {exc.start}); "
-                        "re-encode the file as UTF-8") from None
+        raise _error(f"{path}: line {line}: not valid UTF-8 (byte offset {exc.start}); "
+                     "re-encode the file as UTF-8") from None
 
 
-def _records_json(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text line with its ending) read one line at a time, so memory is bounded by the longest line.
+
+    Lines end at b"\n" only, as JSONL defines them: U+2028 and friends may sit inside JSON strings.
+    """
     try:
-        data = json.loads(text)
+        handle = gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    with handle:
+        offset, lineno = 0, 0
+        lines = iter(handle)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (OSError, EOFError, zlib.error) as exc:  # only a gzip stream fails part-way
+                raise (_gzip_error(path, exc) if _is_gzip(path) else _open_error(path, exc)) from None
+            lineno += 1
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                bom = 3 if lineno == 1 and raw.startswith(b"\xef\xbb\xbf") else 0
+                raise _error(f"{path}: line {lineno}: not valid UTF-8 (byte offset {offset + bom + exc.start}); "
+                             "re-encode the file as UTF-8") from None
+            offset += len(raw)
+            yield lineno, text
+
+
+def _parse_json(text: str, path: Path, lineno: int | None) -> Any:
+    where = f"{path}: line {lineno}" if lineno is not None else str(path)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from None
+        line = lineno if lineno is not None else exc.lineno
+        raise _error(f"{path}: line {line}: malformed JSON ({one_line(exc.msg)})") from None
     except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply") from None
+        raise _error(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer longer than Python converts (4,300 digits)
+        raise _error(f"{where}: malformed JSON ({one_line(exc, 120)})") from None
+
+
+def _records_json(path: Path) -> Iterator[tuple[int, Any]]:
+    data = _parse_json(_read_text(path), path, None)
     if isinstance(data, dict):
         lists = [k for k in LIST_KEYS if isinstance(data.get(k), list)]
         if not lists:
-            raise DataError(f"{path}: expected a JSON list of records, or an object with one of "
-                            f"{', '.join(LIST_KEYS)} holding that list")
+            raise _error(f"{path}: expected a JSON list of records, or an object with one of "
+                         f"{', '.join(LIST_KEYS)} holding that list")
         data = data[lists[0]]
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        raise _error(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     for index, record in enumerate(data):
         yield index + 1, record
 
 
-def _records_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {lineno}: malformed JSON ({exc.msg})") from None
-        except RecursionError:
-            raise DataError(f"{path}: line {lineno}: JSON nested too deeply") from None
+def _records_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    for lineno, line in _iter_lines(path):
+        if line.strip():
+            yield lineno, _parse_json(line, path, lineno)
 
 
-def _records_csv(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+def _csv_lines(path: Path) -> Iterator[str]:
+    for _, line in _iter_lines(path):
+        yield from (_CR_LINE_END.split(line) if "\r" in line.rstrip("\r\n") else (line,))
+
+
+def _records_csv(path: Path) -> Iterator[tuple[int, Any]]:
+    reader = csv.DictReader(_csv_lines(path))
     try:
         for row in reader:
             yield reader.line_num, row
     except csv.Error as exc:
-        raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
+        if "field larger than field limit" in str(exc):
+            raise _error(f"{path}: line {reader.line_num}: a CSV field is longer than {csv.field_size_limit():,} "
+                         "characters (Python's csv limit); store long texts as JSONL or parquet") from None
+        raise _error(f"{path}: line {reader.line_num}: malformed CSV ({one_line(exc)})") from None
 
 
 def _records_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    """Rows a batch at a time, so memory is bounded by the batch (and the file's metadata)."""
     import pyarrow.parquet as pq
 
+    number = 0
     try:
-        table = pq.read_table(path)
+        handle = pq.ParquetFile(path)
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        raise _error(f"{path}: no such file") from None
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
-        raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
-    for index, record in enumerate(table.to_pylist()):
-        yield index + 1, record
+        raise _error(f"{path}: not a readable parquet file ({type(exc).__name__}: {one_line(exc)})") from None
+    with handle:
+        batches = handle.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+        while True:
+            try:
+                rows = next(batches).to_pylist()
+            except StopIteration:
+                return
+            except Exception as exc:  # a corrupt page shows only when its batch is decoded
+                raise _error(f"{path}: row {number + 1}: not a readable parquet file ({type(exc).__name__}: "
+                             f"{one_line(exc)})") from None
+            for record in rows:
+                number += 1
+                yield number, record
 
 
 def iter_file_records(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """Yield (line or row number, raw record) from a local data file."""
+    """Yield (line or row number, raw record) from a local data file.
+
+    JSONL and CSV are read a line at a time and parquet a row batch at a time, so memory stays
+    bounded however large the file; a .json file is one document and is read whole.
+    """
     path = Path(path)
     suffix = _suffix(path)
     if suffix not in FILE_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; "
-                        f"use one of {', '.join(FILE_SUFFIXES)}")
+        raise _error(f"{path}: unsupported file type {one_line(suffix, 40) or '(none)'!r}; "
+                     f"use one of {', '.join(FILE_SUFFIXES)}")
     if suffix == ".parquet":
         if not path.exists():
-            raise DataError(f"{path}: no such file")
+            raise _error(f"{path}: no such file")
         yield from _records_parquet(path)
         return
-    text = _read_text(path)
     reader = {".json": _records_json, ".jsonl": _records_jsonl, ".csv": _records_csv}[suffix]
-    yield from reader(path, text)
+    yield from reader(path)
+
+
+def _check_text(value: str, what: str, where: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _error(f"{where}: {what} holds a lone UTF-16 surrogate ({value[exc.start]!r} at character "
+                     f"{exc.start}), which is not text; fix the escape or the encoding that produced it") from None
+    return value
 
 
 def _text_field(record: dict, key: str, where: str) -> str:
@@ -138,51 +230,66 @@ def _text_field(record: dict, key: str, where: str) -> str:
     if value is None:
         return ""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # an integer too long to print (over 4,300 digits)
+            raise _error(f"{where}: field {key!r} holds a number too long to use as text") from None
     if not isinstance(value, str):
-        raise DataError(f"{where}: field {key!r} must be text, got {type(value).__name__}")
-    return value
+        raise _error(f"{where}: field {key!r} must be text, got {type(value).__name__}")
+    return _check_text(value, f"field {key!r}", where)
 
 
 def _messages(record: dict, where: str) -> list[dict[str, str]]:
     messages = record["messages"]
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+        raise _error(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
     out = []
     for turn, message in enumerate(messages, start=1):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
                 or not isinstance(message.get("content"), str):
-            raise DataError(f"{where}: message {turn} must be an object with text 'role' and 'content'")
+            raise _error(f"{where}: message {turn} must be an object with text 'role' and 'content'")
         if message["role"] not in ROLES:
-            raise DataError(f"{where}: message {turn} has role {message['role']!r}; "
-                            f"use one of {', '.join(ROLES)}")
-        out.append({"role": message["role"], "content": message["content"]})
+            raise _error(f"{where}: message {turn} has role {one_line(repr(message['role']), 60)}; "
+                         f"use one of {', '.join(ROLES)}")
+        out.append({"role": message["role"],
+                    "content": _check_text(message["content"], f"message {turn}'s content", where)})
     if out[-1]["role"] != "assistant":
-        raise DataError(f"{where}: the last message must be the assistant's response")
+        raise _error(f"{where}: the last message must be the assistant's response")
     if len(out) < 2:
-        raise DataError(f"{where}: 'messages' needs at least a user turn and an assistant response")
+        raise _error(f"{where}: 'messages' needs at least a user turn and an assistant response")
     return out
 
 
+def _subtask(record: dict, where: str) -> str | None:
+    if record.get("subtask") is None:
+        return None
+    if isinstance(record["subtask"], bool) or not isinstance(record["subtask"], (str, int, float)):
+        raise _error(f"{where}: field 'subtask' must be text, got {type(record['subtask']).__name__}")
+    return _text_field(record, "subtask", where) or None
+
+
 def record_to_example(record: Any, *, source: str, where: str) -> Example:
-    """Turn one raw record into an `Example`, or raise `DataError` naming what is missing."""
+    """Turn one raw record into an `Example`, or raise `DataError` naming what is missing.
+
+    Text fields take strings (numbers are written out); anything else, and strings that are
+    not valid Unicode (lone surrogates), is a `DataError` with a one-line message.
+    """
     if not isinstance(record, dict):
-        raise DataError(f"{where}: expected an object with fields, got {type(record).__name__}")
-    subtask = record.get("subtask")
-    if subtask is not None and not isinstance(subtask, str):
-        subtask = str(subtask)
+        raise _error(f"{where}: expected an object with fields, got {type(record).__name__}")
+    subtask = _subtask(record, where)
     if "messages" in record and record["messages"] is not None:
-        return Example.from_messages(_messages(record, where), subtask=subtask or None, source=source)
+        return Example.from_messages(_messages(record, where), subtask=subtask, source=source)
     if "instruction" in record and "output" in record:
         return Example(instruction=_text_field(record, "instruction", where),
                        input=_text_field(record, "input", where),
-                       output=_text_field(record, "output", where), subtask=subtask or None, source=source)
+                       output=_text_field(record, "output", where), subtask=subtask, source=source)
     if "prompt" in record and "response" in record:
         return Example(instruction=_text_field(record, "prompt", where), input="",
-                       output=_text_field(record, "response", where), subtask=subtask or None, source=source)
-    keys = ", ".join(sorted(map(str, record))) or "none"
-    raise DataError(f"{where}: missing fields: need 'instruction' and 'output' (optional 'input'), "
-                    f"'prompt' and 'response', or 'messages'; found: {keys}")
+                       output=_text_field(record, "response", where), subtask=subtask, source=source)
+    keys = one_line(", ".join(sorted(one_line(repr(k) if not isinstance(k, str) else k, 40) for k in record))
+                    or "none", 200)
+    raise _error(f"{where}: missing fields: need 'instruction' and 'output' (optional 'input'), "
+                 f"'prompt' and 'response', or 'messages'; found: {keys}")
 
 
 def examples_from_records(records: Iterable[tuple[int, Any]], *, source: str, origin: str) -> ReadReport:
@@ -209,13 +316,13 @@ def read_hf(spec: str, *, source: str | None = None) -> ReadReport:
     body = spec[3:] if spec.startswith("hf:") else spec
     name, _, split = body.partition(":")
     if not name:
-        raise DataError(f"{spec}: give a dataset id, as in hf:tatsu-lab/alpaca[:train]")
+        raise _error(f"{spec}: give a dataset id, as in hf:tatsu-lab/alpaca[:train]")
     import datasets
 
     try:
         dataset = datasets.load_dataset(name, split=split or "train")
     except Exception as exc:  # datasets raises many types; all mean "could not load"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{spec}: could not load dataset ({first})") from None
+        raise _error(f"{spec}: could not load dataset ({one_line(first)})") from None
     return examples_from_records(((i + 1, r) for i, r in enumerate(dataset)),
                                  source=source or name, origin=spec)
