@@ -24,6 +24,8 @@ _OPTIONS = [
     click.option("--batch-size", type=int, default=4, show_default=True,
                  help="Examples per featurization forward/backward."),
     click.option("--max-length", type=int, default=2048, show_default=True, help="Tokens per example."),
+    click.option("--shard-rows", type=int, default=256, show_default=True,
+                 help="Examples per datastore shard: the unit of resume and of work split across ranks."),
     click.option("--scoring", type=click.Choice(["faiss", "exact"]), default="faiss", show_default=True,
                  help="faiss: exact top-k by one FAISS search per subtask; exact: score every example."),
     click.option("--name", default=None, help="Datastore name under --index-root [default: from pool + settings]."),
@@ -33,7 +35,7 @@ _OPTIONS = [
                  help="Device [default: cuda when present]."),
 ]
 NAMES = ("model", "projector", "dims", "lora_r", "lora_alpha", "warmup_fraction", "warmup_epochs", "warmup_lr",
-         "batch_size", "max_length", "scoring", "name", "index_root", "device")
+         "batch_size", "max_length", "shard_rows", "scoring", "name", "index_root", "device")
 
 
 def less_options(function: Callable) -> Callable:
