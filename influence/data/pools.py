@@ -3,22 +3,27 @@
 A pool spec is a registered name (`alpaca`, `flan_cot`), a local file, or
 `hf:<dataset>[:<split>]`. Several specs make one mixed pool in which every example
 keeps its source; exact duplicates (same content hash) are kept once and counted.
+
+`load_pool` holds the whole pool; `stream_pool` yields the same examples in the same
+order without holding them, for pools larger than memory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from influence.data.example import Example
-from influence.data.readers import FILE_SUFFIXES, ReadReport, examples_from_records, read_file, read_hf
+from influence.data.readers import (FILE_SUFFIXES, ReadReport, examples_from_records, iter_examples, iter_file_records,
+                                    iter_hf_records, parse_hf_spec, read_file, read_hf)
 from influence.data.vendored import bundle_files, bundle_text
-from influence.errors import DataError, SelectionError, UnknownNameError
+from influence.errors import ConfigError, DataError, SelectionError, UnknownNameError
 from influence.io import sha256_json
 
 log = logging.getLogger(__name__)
@@ -123,16 +128,58 @@ POOLS: dict[str, NamedPool] = {
 }
 
 
-def read_pool_spec(spec: str) -> tuple[ReadReport, str]:
-    """Read one spec (name, file or hf: id) into examples and an origin description."""
+def pool_spec_kind(spec: str) -> str:
+    """"named", "hf" or "file"; raises UnknownNameError for anything else."""
     if spec in POOLS:
-        return POOLS[spec].load()
+        return "named"
     if spec.startswith("hf:"):
-        return read_hf(spec), f"datasets {spec[3:]}"
+        return "hf"
     path = Path(spec)
     if path.exists() or path.name.lower().removesuffix(".gz").endswith(FILE_SUFFIXES):
-        return read_file(path), f"file {path}"
+        return "file"
     raise UnknownNameError("pool", spec, list(POOLS)) from None
+
+
+def read_pool_spec(spec: str) -> tuple[ReadReport, str]:
+    """Read one spec (name, file or hf: id) into examples and an origin description."""
+    kind = pool_spec_kind(spec)
+    if kind == "named":
+        return POOLS[spec].load()
+    if kind == "hf":
+        return read_hf(spec), f"datasets {spec[3:]}"
+    return read_file(spec), f"file {Path(spec)}"
+
+
+@dataclass
+class SpecReading:
+    """What reading one spec lazily has found so far: counts, and where the examples came from."""
+
+    report: ReadReport = field(default_factory=ReadReport)
+    origin: str = ""
+
+
+def iter_pool_spec(spec: str) -> tuple[Iterator[Example], SpecReading]:
+    """One spec's examples as a lazy iterator, and the counts and origin that reading them fills in.
+
+    Files are read a line (JSONL, CSV) or a row batch (parquet) at a time and hf: ids through
+    datasets streaming; registered pools are small (bundled, or Alpaca's 52k) and are read whole.
+    """
+    kind = pool_spec_kind(spec)
+    reading = SpecReading()
+    if kind == "named":
+        def named() -> Iterator[Example]:
+            whole, reading.origin = POOLS[spec].load()  # bundled or from the hub: known once loaded
+            reading.report.read, reading.report.skipped_empty = whole.read, whole.skipped_empty
+            yield from whole.examples
+
+        return named(), reading
+    if kind == "hf":
+        reading.origin = f"datasets {spec[3:]}"
+        name, _ = parse_hf_spec(spec)
+        return iter_examples(iter_hf_records(spec), source=name, origin=spec, report=reading.report), reading
+    path = Path(spec)
+    reading.origin = f"file {path}"
+    return iter_examples(iter_file_records(path), source=path.name, origin=str(path), report=reading.report), reading
 
 
 def load_pool(specs: str | Iterable[str]) -> Pool:
@@ -163,3 +210,89 @@ def load_pool(specs: str | Iterable[str]) -> Pool:
         raise SelectionError(f"the pool {' + '.join(specs)} has no usable examples "
                              "(empty, or every response is empty)")
     return pool
+
+
+DEFAULT_STREAM_CHUNK = 1024  # examples per chunk from PoolStream.chunks
+
+
+class PoolStream:
+    """The examples of `load_pool(specs)`, in the same order with the same ids, skips and duplicates
+    removed, read lazily: memory holds one chunk of examples (plus one 64-bit key per unique
+    example seen, about 60 bytes, to drop duplicates) however large the pool.
+
+    Iterate it for examples or call `chunks()` for lists of up to `chunk_size`; every pass reads
+    the sources again from the start. After a complete pass, `sources`, `duplicates`, `count`,
+    `fingerprint` and `describe()` equal those of the loaded `Pool`.
+    """
+
+    def __init__(self, specs: str | Iterable[str], *, chunk_size: int = DEFAULT_STREAM_CHUNK):
+        self.specs = [specs] if isinstance(specs, str) else list(specs)
+        if not self.specs:
+            raise SelectionError("no pool given; pass --pool NAME (see `influence pools`) or a file")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+            raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        for spec in self.specs:
+            pool_spec_kind(spec)  # an unknown name fails now, not after reading the specs before it
+        self.chunk_size = chunk_size
+        self.sources: list[PoolSource] = []
+        self.duplicates = 0
+        self.count = 0
+        self._fingerprint: str | None = None
+
+    def __iter__(self) -> Iterator[Example]:
+        self.sources, self.duplicates, self.count, self._fingerprint = [], 0, 0, None
+        seen: set[int] = set()
+        digest = hashlib.sha256(b"[")  # sha256_json of the id list, written as it grows
+        for spec in self.specs:
+            examples, reading = iter_pool_spec(spec)
+            kept = 0
+            for example in examples:
+                key = int(example.id, 16)
+                if key in seen:
+                    self.duplicates += 1
+                    continue
+                seen.add(key)
+                digest.update((b',"' if self.count else b'"') + example.id.encode() + b'"')
+                self.count += 1
+                kept += 1
+                yield example
+            report = reading.report
+            self.sources.append(PoolSource(spec, reading.origin, report.read, report.skipped_empty, kept))
+        if not self.count:
+            raise SelectionError(f"the pool {' + '.join(self.specs)} has no usable examples "
+                                 "(empty, or every response is empty)")
+        digest.update(b"]")
+        self._fingerprint = digest.hexdigest()
+
+    def chunks(self) -> Iterator[list[Example]]:
+        """Lists of up to `chunk_size` examples, in order."""
+        chunk: list[Example] = []
+        for example in self:
+            chunk.append(example)
+            if len(chunk) == self.chunk_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    @property
+    def fingerprint(self) -> str:
+        """`Pool.fingerprint` of the same pool; known once a pass has ended."""
+        if self._fingerprint is None:
+            raise RuntimeError("the fingerprint is known only after a complete pass over the stream")
+        return self._fingerprint
+
+    def describe(self) -> list[str]:
+        """`Pool.describe` lines, after a complete pass."""
+        return Pool(examples=[], sources=self.sources, duplicates=self.duplicates).describe()
+
+
+def stream_pool(specs: str | Iterable[str], *, chunk_size: int = DEFAULT_STREAM_CHUNK) -> PoolStream:
+    """`load_pool`'s examples, read lazily (see `PoolStream`).
+
+    Raises:
+        UnknownNameError: a spec is neither a registered pool, a file nor an hf: id (at once).
+        DataError: a file or dataset cannot be read or holds bad records (when reached).
+        SelectionError: no spec, or (at the end of a pass) no usable example.
+    """
+    return PoolStream(specs, chunk_size=chunk_size)

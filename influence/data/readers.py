@@ -292,16 +292,27 @@ def record_to_example(record: Any, *, source: str, where: str) -> Example:
                  f"'prompt' and 'response', or 'messages'; found: {keys}")
 
 
-def examples_from_records(records: Iterable[tuple[int, Any]], *, source: str, origin: str) -> ReadReport:
-    """Convert numbered records, skipping (and counting) those with an empty response."""
-    report = ReadReport()
+def iter_examples(records: Iterable[tuple[int, Any]], *, source: str, origin: str,
+                  report: ReadReport | None = None) -> Iterator[Example]:
+    """Examples from numbered records, in order, skipping those with an empty response.
+
+    Lazy: one record is held at a time. `report`, when given, counts records read and skipped
+    (its `examples` list is left alone).
+    """
+    report = ReadReport() if report is None else report
     for number, record in records:
         example = record_to_example(record, source=source, where=f"{origin}: record at line/row {number}")
         report.read += 1
         if not example.output.strip():
             report.skipped_empty += 1
             continue
-        report.examples.append(example)
+        yield example
+
+
+def examples_from_records(records: Iterable[tuple[int, Any]], *, source: str, origin: str) -> ReadReport:
+    """Convert numbered records, skipping (and counting) those with an empty response."""
+    report = ReadReport()
+    report.examples.extend(iter_examples(records, source=source, origin=origin, report=report))
     return report
 
 
@@ -311,18 +322,50 @@ def read_file(path: str | os.PathLike, *, source: str | None = None) -> ReadRepo
     return examples_from_records(iter_file_records(path), source=source or path.name, origin=str(path))
 
 
-def read_hf(spec: str, *, source: str | None = None) -> ReadReport:
-    """Read `hf:<dataset>[:<split>]` through the datasets library (default split: train)."""
+def parse_hf_spec(spec: str) -> tuple[str, str]:
+    """`hf:<dataset>[:<split>]` -> (dataset id, split); the split defaults to train."""
     body = spec[3:] if spec.startswith("hf:") else spec
     name, _, split = body.partition(":")
     if not name:
         raise _error(f"{spec}: give a dataset id, as in hf:tatsu-lab/alpaca[:train]")
+    return name, split or "train"
+
+
+def _hf_error(spec: str, exc: Exception) -> DataError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return _error(f"{spec}: could not load dataset ({one_line(first)})")
+
+
+def read_hf(spec: str, *, source: str | None = None) -> ReadReport:
+    """Read `hf:<dataset>[:<split>]` through the datasets library (default split: train)."""
+    name, split = parse_hf_spec(spec)
     import datasets
 
     try:
-        dataset = datasets.load_dataset(name, split=split or "train")
+        dataset = datasets.load_dataset(name, split=split)
     except Exception as exc:  # datasets raises many types; all mean "could not load"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _error(f"{spec}: could not load dataset ({one_line(first)})") from None
+        raise _hf_error(spec, exc) from None
     return examples_from_records(((i + 1, r) for i, r in enumerate(dataset)),
                                  source=source or name, origin=spec)
+
+
+def iter_hf_records(spec: str) -> Iterator[tuple[int, Any]]:
+    """(row number, record) of `hf:<dataset>[:<split>]` streamed by datasets (`streaming=True`): nothing is
+    downloaded or held whole; rows come in the dataset's order, as `read_hf` reads them."""
+    name, split = parse_hf_spec(spec)
+    import datasets
+
+    try:
+        rows = iter(datasets.load_dataset(name, split=split, streaming=True))
+    except Exception as exc:  # datasets raises many types; all mean "could not load"
+        raise _hf_error(spec, exc) from None
+    number = 0
+    while True:
+        try:
+            record = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # a shard that fails to download or parse part-way
+            raise _hf_error(spec, exc) from None
+        number += 1
+        yield number, record
