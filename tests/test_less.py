@@ -3,6 +3,8 @@ resumes its datastores, and refuses to mix features made under other settings.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from influence.data import Example
 from influence.data.pools import Pool, PoolSource
 from influence.data.targets import Target
 from influence.errors import DataError, DatastoreError, ManifestMismatchError
+from influence.features.datastore import FeatureStore
 from influence.less import LessSettings, build_features, less_run
 from influence.models import LoadedModel
 from influence.selection import select
@@ -108,3 +111,16 @@ def test_a_pool_changed_since_featurization_is_refused(settings):
     less_run(_pool(), TARGET, named, k=2, loaded=_loaded())
     with pytest.raises(ManifestMismatchError):
         less_run(_pool(noise=20), TARGET, named, k=2, loaded=_loaded())
+
+
+def test_several_dims_come_from_one_pass_and_the_first_is_scored(settings):
+    pool, loaded = _pool(), _loaded()
+    both = build_features(pool, TARGET, settings.with_(dims=(64, 32), name="both"), loaded=loaded)
+    alone = build_features(pool, TARGET, settings.with_(dims=32, name="alone"), loaded=loaded)
+    assert both.stats["scored_dim"] == 64
+    extra = [Path(p) for p in both.stats["other_dim_stores"]["pool"]]
+    assert [p.name for p in extra] == ["pool-adam-d32"] * settings.warmup_epochs
+    for made_together, made_alone in zip(extra, alone.pool_stores):
+        # the same features up to float summation order (one float16 step at most)
+        np.testing.assert_allclose(FeatureStore.open(made_together).features().astype(np.float32),
+                                   FeatureStore.open(made_alone).features().astype(np.float32), rtol=0, atol=2 ** -10)

@@ -14,7 +14,8 @@ _OPTIONS = [
                  help="Model id, local directory or .gguf file [default: bundled SmolLM2-135M-Instruct]."),
     click.option("--projector", type=click.Choice(["sjlt", "trak-basic", "trak-cuda"]), default=None,
                  help="Random projection [default: the fastest available, sjlt]."),
-    click.option("--dims", type=int, default=8192, show_default=True, help="Projected feature dimension."),
+    click.option("--dims", default="8192", show_default=True, metavar="D[,D...]",
+                 help="Projected feature dimension(s), made in one pass; the first is scored."),
     click.option("--lora-r", type=int, default=128, show_default=True, help="Warmup LoRA rank."),
     click.option("--lora-alpha", type=int, default=512, show_default=True, help="Warmup LoRA alpha."),
     click.option("--warmup-fraction", type=float, default=0.05, show_default=True,
@@ -50,5 +51,10 @@ def pop_settings(kwargs: dict[str, Any], *, seed: int = 0) -> Any:
     from influence.lora import LoraSettings
 
     values = {name: kwargs.pop(name) for name in NAMES}
+    try:
+        values["dims"] = tuple(int(d) for d in str(values["dims"]).split(",") if d.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected integers separated by commas, got {values['dims']!r}",
+                                 param_hint="--dims") from None
     lora = LoraSettings(r=values.pop("lora_r"), alpha=values.pop("lora_alpha"))
     return LessSettings(lora=lora, seed=seed, **values)

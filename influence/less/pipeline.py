@@ -25,7 +25,7 @@ from influence import distributed
 from influence.data.example import Example
 from influence.data.pools import Pool
 from influence.data.targets import Target
-from influence.features import AdamMoments, FeaturizeStats, LoraGradients, featurize, make_projector
+from influence.features import AdamMoments, FeaturizeStats, LoraGradients, dim_slices, featurize, make_projector
 from influence.features.datastore import FeatureStore
 from influence.io import sha256_file, sha256_json
 from influence.less.settings import LessSettings
@@ -82,52 +82,74 @@ def run_warmup(pool: Pool, settings: LessSettings, *, loaded: Any = None) -> Any
     return train(warmup_examples(pool, settings), config, workdir_for(pool, settings) / "warmup", loaded=loaded)
 
 
-def featurize_examples(examples: Sequence[Example], store_path: Path, identity: dict[str, Any], *, model: Any,
-                       tokenizer: Any, projector: Any, grad_type: str, moments: AdamMoments | None,
-                       settings: LessSettings, desc: str) -> tuple[FeatureStore, FeaturizeStats]:
-    """Fill (or resume, or reuse) one datastore with the features of `examples`.
+def store_dir(folder: Path, role: str, grad: str, fingerprint: str, dim: int, settings: LessSettings) -> Path:
+    """`pool-adam` / `target-<hash>-sgd`, with `-d<dim>` for every dimension but the scored one."""
+    name = f"pool-{grad}" if role == "pool" else f"target-{fingerprint[:12]}-{grad}"
+    return folder / (name if dim == settings.score_dim else f"{name}-d{dim}")
 
-    Work goes one shard at a time, examples sorted by length inside it, so a kill loses at
-    most one shard, and a shard's bytes do not depend on which process computed it: under
-    torch.distributed each rank takes its own shards of the same store, and the result is
-    identical to a single process's. Rank 0 creates and finalizes the store.
+
+def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path], identity: dict[str, Any], *,
+                       model: Any, tokenizer: Any, projector: Any, grad_type: str, moments: AdamMoments | None,
+                       settings: LessSettings, desc: str) -> tuple[dict[int, FeatureStore], FeaturizeStats]:
+    """Fill (or resume, or reuse) one datastore per projection dimension with the features of `examples`.
+
+    All dimensions come from one pass. Work goes one shard at a time, examples sorted by
+    length inside it, so a kill loses at most one shard, and a shard's bytes do not depend
+    on which process computed it: under torch.distributed each rank takes its own shards of
+    the same stores, and the result is identical to a single process's. Rank 0 creates and
+    finalizes the stores.
     """
     from tqdm.auto import tqdm
 
     job = distributed.current()
     stats = FeaturizeStats()
     ids = [e.id for e in examples]
+    slices = dim_slices(settings.all_dims)
 
-    def open_store() -> FeatureStore:
-        return FeatureStore.create(store_path, identity=identity, example_ids=ids, dim=settings.dims,
-                                   shard_rows=settings.shard_rows, group=job.group)
+    def open_stores() -> dict[int, FeatureStore]:
+        opened: dict[int, FeatureStore] = {}
+        try:
+            for dim, path in store_paths.items():
+                own = {**identity, "projector": {**identity["projector"], "dims": [dim]}}
+                opened[dim] = FeatureStore.create(path, identity=own, example_ids=ids, dim=dim,
+                                                  shard_rows=settings.shard_rows, group=job.group)
+        except BaseException:
+            for store in opened.values():
+                store.close()
+            raise
+        return opened
 
-    store = open_store() if job.is_main else None
+    stores = open_stores() if job.is_main else {}
     distributed.barrier()
-    store = store or open_store()
+    stores = stores or open_stores()
     try:
-        groups = store.pending_row_groups(max_rows=store.shard_rows, rank=job.rank, world_size=job.world_size)
-        todo = sum(len(rows) for rows in groups)
+        first = next(iter(stores.values()))
+        shards = sorted(set().union(*(s.pending_shards(job.rank, job.world_size) for s in stores.values())))
+        todo = sum(stop - start for start, stop in map(first.shard_range, shards))
         if todo:
-            bar = tqdm(total=todo, desc=desc + (f" [rank {job.rank}]" if job.world_size > 1 else ""), unit="ex",
-                       disable=not settings.progress, dynamic_ncols=True)
-            for rows in groups:
+            bar = tqdm(total=todo, desc=desc + (f" [rank {job.rank}]" if job.world_size > 1 else ""),
+                       unit="ex", disable=not settings.progress, dynamic_ncols=True)
+            for shard in shards:
                 for batch in featurize(model, tokenizer, examples, projector, grad_type=grad_type, moments=moments,
                                        batch_size=settings.batch_size, max_length=settings.max_length,
-                                       indices=rows.tolist(), stats=stats):
-                    store.write_rows(batch.indices, batch.features.numpy())
+                                       indices=range(*first.shard_range(shard)), stats=stats):
+                    features = batch.features.numpy()
+                    for dim, store in stores.items():
+                        store.write_rows(batch.indices, features[:, slices[dim]])
                     bar.update(len(batch.indices))
             bar.close()
         distributed.barrier()
         if job.is_main:
-            store.finalize()
+            for store in stores.values():
+                store.finalize()
         distributed.barrier()
     finally:
-        store.close()
+        for store in stores.values():
+            store.close()
     if stats.truncated:
         log.warning("%s: %d of %d examples were cut at max_length=%d", desc, stats.truncated, stats.examples,
                     settings.max_length)
-    return FeatureStore.open(store_path, identity=identity, example_ids=ids), stats
+    return {dim: FeatureStore.open(path, example_ids=ids) for dim, path in store_paths.items()}, stats
 
 
 def _score_rates(checkpoints: list[dict[str, Any]]) -> list[float]:
@@ -182,15 +204,14 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
                              "pool and settings first")
     loaded = loaded or load_model(settings.model, device=settings.device)
     job = distributed.current()
-    if job.is_main:
-        run_warmup(pool, settings, loaded=loaded)
+    warm = run_warmup(pool, settings, loaded=loaded) if job.is_main else None
     distributed.barrier()  # the other ranks find the finished warmup and reuse it
-    warm = run_warmup(pool, settings, loaded=loaded)
+    warm = warm or run_warmup(pool, settings, loaded=loaded)
     checkpoints = [load_checkpoint(path) for path in warm.checkpoints]
 
     model = add_lora(copy.deepcopy(loaded.model), settings.lora).eval()
     device = next(model.parameters()).device
-    projector = make_projector(settings.projector, LoraGradients(model).dim, settings.dims, settings.seed,
+    projector = make_projector(settings.projector, LoraGradients(model).dim, settings.all_dims, settings.seed,
                                device=device)
     common = {"model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256},
               "lora": settings.lora.to_dict(), "lora_signature": lora_signature(model)["sha256"],
@@ -200,7 +221,9 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
     if target is not None:
         roles.append(("target", target.examples, settings.target_grad,
                       sha256_json([e.id for e in target.examples])))
-    stores: dict[str, list[Path]] = {"pool": [], "target": []}
+    stores: dict[str, list[Path]] = {"pool": [], "target": []}  # the scored dimension's
+    extra: dict[str, list[str]] = {"pool": [], "target": []}       # the other dimensions'
+
     totals = {role: FeaturizeStats() for role, *_ in roles}
     summary = []
     for ckpt in checkpoints:
@@ -210,17 +233,19 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         moments = AdamMoments.from_checkpoint(ckpt)
         folder = workdir / "features" / f"epoch-{ckpt.epoch}"
         for role, examples, grad, fingerprint in roles:
-            path = folder / (f"pool-{grad}" if role == "pool" else f"target-{fingerprint[:12]}-{grad}")
-            if existing_only and not (FeatureStore.exists(path) and FeatureStore.open(path).is_complete):
-                raise DatastoreError(f"{path} is missing or incomplete; run `influence featurize` with the same "
-                                     "pool, target and settings first")
+            paths = {dim: store_dir(folder, role, grad, fingerprint, dim, settings) for dim in settings.all_dims}
+            if existing_only and not all(FeatureStore.exists(p) and FeatureStore.open(p).is_complete
+                                         for p in paths.values()):
+                raise DatastoreError(f"{paths[settings.score_dim]} is missing or incomplete; run `influence "
+                                     "featurize` with the same pool, target and settings first")
             identity = {**common, "checkpoint": checkpoint_id, "grad_type": grad, "role": role,
                         "examples": fingerprint}
-            store, stats = featurize_examples(
-                examples, path, identity, model=model, tokenizer=loaded.tokenizer, projector=projector,
+            made, stats = featurize_examples(
+                examples, paths, identity, model=model, tokenizer=loaded.tokenizer, projector=projector,
                 grad_type=grad, moments=moments if grad == "adam" else None, settings=settings,
                 desc=f"features epoch {ckpt.epoch} {role} ({grad})")
-            stores[role].append(store.path)
+            stores[role].append(made[settings.score_dim].path)
+            extra[role].extend(str(made[dim].path) for dim in settings.all_dims[1:])
             for key in ("examples", "done", "truncated", "empty"):
                 setattr(totals[role], key, getattr(totals[role], key) + getattr(stats, key))
         summary.append({"epoch": ckpt.epoch, "step": ckpt.step, "avg_lr": ckpt.avg_lr})
@@ -229,7 +254,8 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
     return FeatureSet(workdir=workdir, checkpoints=summary, pool_stores=stores["pool"],
                       target_stores=stores["target"],
                       stats={"featurized": {role: s.to_dict() for role, s in totals.items()},
-                             "projector": projector.describe()})
+                             "projector": projector.describe(), "scored_dim": settings.score_dim,
+                             **({"other_dim_stores": extra} if len(settings.all_dims) > 1 else {})})
 
 
 def score_features(features: FeatureSet, pool: Pool, target: Target, settings: LessSettings, *,

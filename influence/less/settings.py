@@ -30,7 +30,8 @@ class LessSettings:
     warmup_micro_batch_size: int = field(default=4, metadata={"help": "Examples per warmup forward pass."})
     projector: str | None = field(default=None, metadata={
         "help": "sjlt (ours, fastest), trak-basic, trak-cuda; None picks the fastest available."})
-    dims: int = field(default=8192, metadata={"help": "Projected feature dimension (LESS: 8192)."})
+    dims: int | tuple[int, ...] = field(default=8192, metadata={
+        "help": "Projected feature dimension(s), all made in one pass; the first is scored (LESS: 8192)."})
     batch_size: int = field(default=4, metadata={"help": "Examples per featurization forward/backward."})
     max_length: int = field(default=2048, metadata={"help": "Tokens per example; longer ones are cut and counted."})
     shard_rows: int = field(default=256, metadata={
@@ -50,9 +51,14 @@ class LessSettings:
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
         self.index_root = Path(self.index_root)
+        dims = (self.dims,) if isinstance(self.dims, int) else tuple(self.dims)
+        if not dims or any(not isinstance(d, int) or isinstance(d, bool) or d <= 0 for d in dims) \
+                or len(set(dims)) != len(dims):
+            raise ConfigError(f"dims must be distinct positive integers, got {self.dims!r}")
+        self.dims = dims[0] if len(dims) == 1 else dims
         if not 0.0 < self.warmup_fraction <= 1.0:
             raise ConfigError(f"warmup_fraction must be in (0, 1], got {self.warmup_fraction} (LESS uses 0.05)")
-        for name in ("warmup_epochs", "warmup_batch_size", "warmup_micro_batch_size", "dims", "batch_size",
+        for name in ("warmup_epochs", "warmup_batch_size", "warmup_micro_batch_size", "batch_size",
                      "max_length", "shard_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -75,6 +81,15 @@ class LessSettings:
         return cls(**{"lora": LoraSettings.for_tests(), "warmup_fraction": 0.5, "warmup_epochs": 2,
                       "warmup_lr": 1e-2, "warmup_batch_size": 2, "warmup_micro_batch_size": 1, "dims": 64,
                       "batch_size": 4, "max_length": 256, "progress": False, **changes})
+
+    @property
+    def all_dims(self) -> tuple[int, ...]:
+        return (self.dims,) if isinstance(self.dims, int) else tuple(self.dims)
+
+    @property
+    def score_dim(self) -> int:
+        """The dimension whose features are scored: the first one given."""
+        return self.all_dims[0]
 
     def with_(self, **changes: Any) -> "LessSettings":
         return replace(self, **changes)
