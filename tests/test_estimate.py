@@ -1,0 +1,141 @@
+"""Dry-run estimates: token counts, model sizes, the arithmetic of time, disk and memory, the device probe."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+
+from influence.data.example import Example
+from influence.data.formatting import encode_example
+from influence.errors import ConfigError
+from influence.estimate import (CHARS_PER_TOKEN, TEMPLATE_CHARS, LessEstimate, ModelShape, TokenStats, estimate_less,
+                                measure_flops, token_stats)
+from influence.less.settings import LessSettings
+from influence.lora import LoraSettings, add_lora, lora_signature
+from influence.testing import tiny_model_and_tokenizer
+
+SHAPE = ModelShape(params=1_000_000_000, lora_params=10_000_000, layers=24, hidden=2048, heads=16, vocab=32000)
+
+
+def examples(n, prompt="Explain the tides.", response="The moon pulls the sea."):
+    return [Example(f"{prompt} ({i})", "", response * (1 + i % 3)) for i in range(n)]
+
+
+def stats(n, tokens_each=200, response_each=100):
+    return TokenStats(examples=n, tokens=n * tokens_each, response_tokens=n * response_each,
+                      squared_tokens=float(n * tokens_each ** 2), longest=tokens_each, truncated=0, method="given")
+
+
+def test_token_stats_without_a_tokenizer_count_characters_over_four():
+    pool = [Example("a" * 100, "", "b" * 400), Example("c" * 4000, "", "d" * 8)]
+    got = token_stats(pool, max_length=512)
+    first = math.ceil((100 + TEMPLATE_CHARS) / CHARS_PER_TOKEN) + 400 // CHARS_PER_TOKEN + 1
+    second_full = math.ceil((4000 + TEMPLATE_CHARS) / CHARS_PER_TOKEN) + 2 + 1
+    assert got.examples == 2 and got.truncated == 1 and got.longest == 512
+    assert got.tokens == first + 512
+    assert got.response_tokens == 101 + max(0, 3 - (second_full - 512))  # the cut takes the response first
+    assert "characters / 4" in got.method
+
+
+def test_token_stats_with_a_tokenizer_match_the_encoder_and_scale_a_sample():
+    _, tokenizer = tiny_model_and_tokenizer()
+    pool = examples(30)
+    whole = token_stats(pool, tokenizer=tokenizer, max_length=40)
+    encoded = [encode_example(e, tokenizer, max_length=40) for e in pool]
+    assert whole.tokens == sum(len(e.input_ids) for e in encoded)
+    assert whole.response_tokens == sum(e.response_tokens for e in encoded)
+    assert whole.truncated == sum(e.truncated for e in encoded) > 0 and whole.method == "tokenizer"
+    sampled = token_stats(pool, tokenizer=tokenizer, max_length=40, sample=10, seed=1)
+    assert "10-example sample" in sampled.method and sampled.examples == 30
+    assert abs(sampled.tokens - whole.tokens) <= 0.25 * whole.tokens
+    assert token_stats(pool, tokenizer=tokenizer, max_length=40, sample=10, seed=1) == sampled  # seeded
+    assert token_stats([]).tokens == 0
+
+
+def test_model_shape_counts_what_lora_will_add():
+    model, _ = tiny_model_and_tokenizer()
+    lora = LoraSettings.for_tests()
+    shape = ModelShape.from_model(model, lora)
+    assert shape.params == sum(p.numel() for p in model.parameters())
+    assert shape.body_params == shape.params - 2 * shape.vocab * shape.hidden  # untied input and output tables
+    assert (shape.layers, shape.hidden, shape.vocab) == (2, 32, model.config.vocab_size)
+    wrapped = add_lora(copy.deepcopy(model), lora)
+    assert shape.lora_params == lora_signature(wrapped)["numel"]
+    assert ModelShape.from_model(wrapped, lora) == shape  # adapters already there are not counted as the base
+    assert ModelShape.from_config(model.config, lora) == shape  # built on the meta device, no weights
+    with pytest.raises(ConfigError, match="no layer of the model matches the LoRA target modules gate"):
+        ModelShape.from_model(model, LoraSettings(r=4, target_modules=("gate",)))
+
+
+def test_estimate_arithmetic_disk_time_and_memory():
+    settings = LessSettings(dims=8192, warmup_epochs=4, warmup_fraction=0.05)
+    pool, target = stats(100_000), stats(300, 400, 300)
+    est = estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, utilization=0.5, subtasks=3)
+    assert isinstance(est, LessEstimate) and est.checkpoints == 4 and est.warmup_examples == 5000
+    assert est.disk_bytes["pool_features"] == 100_000 * 8192 * 2 * 4
+    assert est.disk_bytes["target_features"] == 300 * 8192 * 2 * 4
+    assert est.disk_bytes["total"] == sum(v for k, v in est.disk_bytes.items() if k != "total")
+    for key in ("warmup", "featurize_pool", "featurize_target", "score"):
+        assert est.seconds[key] == pytest.approx(est.flops[key] / 0.5e12)
+    assert est.seconds["total"] == pytest.approx(sum(est.flops.values()) / 0.5e12)
+    # warmup is 5% of the pool for 4 epochs; featurization is the whole pool at 4 checkpoints (and more per example)
+    assert est.flops["warmup"] < 0.06 * est.flops["featurize_pool"]
+    per_token = 4 * SHAPE.body_params + 6 * SHAPE.lora_params
+    assert est.flops["featurize_pool"] >= 4 * per_token * pool.tokens
+    assert est.peak_memory_bytes == max(est.memory_bytes.values()) > SHAPE.params * 2
+    # twice the pool: twice the featurization and the pool's disk
+    double = estimate_less(stats(200_000), target, settings, shape=SHAPE, flops_per_second=1e12, subtasks=3)
+    assert double.flops["featurize_pool"] == pytest.approx(2 * est.flops["featurize_pool"])
+    assert double.disk_bytes["pool_features"] == 2 * est.disk_bytes["pool_features"]
+    # more dims: more disk; a dense TRAK projection costs far more than the sparse one
+    wide = estimate_less(pool, target, settings.with_(dims=16384), shape=SHAPE, flops_per_second=1e12, subtasks=3)
+    assert wide.disk_bytes["pool_features"] == 2 * est.disk_bytes["pool_features"]
+    assert wide.flops["featurize_pool"] == pytest.approx(est.flops["featurize_pool"], rel=1e-3)
+    trak = estimate_less(pool, target, settings.with_(projector="trak-basic"), shape=SHAPE, flops_per_second=1e12)
+    dense_minus_sparse = 4 * 100_000 * 2 * SHAPE.lora_params * (8192 - 1)  # per checkpoint and example
+    assert trak.flops["featurize_pool"] - est.flops["featurize_pool"] == pytest.approx(dense_minus_sparse)
+    # a compressed index needs a fraction of a flat one's memory to score
+    pq = estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, index_kind="ivf-pq")
+    assert pq.memory_bytes["score"] < est.memory_bytes["score"] / 4
+
+
+def test_lines_are_one_line_each_and_say_the_estimate_is_rough():
+    est = estimate_less(stats(52_002), stats(81), LessSettings(), shape=SHAPE, flops_per_second=5e13)
+    lines = est.lines()
+    assert all(isinstance(line, str) and "\n" not in line for line in lines)
+    assert "rough" in lines[0]
+    text = " ".join(lines)
+    for part in ("52,002 examples", "4 checkpoints x 8,192 dims", "50.0 TFLOP/s", "disk:", "peak memory:", "total time"):
+        assert part in text, part
+    assert est.to_dict()["peak_memory_bytes"] == est.peak_memory_bytes
+
+
+def test_estimate_from_examples_probes_the_device_and_writes_nothing(tmp_path):
+    model, tokenizer = tiny_model_and_tokenizer()
+    settings = LessSettings.for_tests(index_root=tmp_path / "indexes")
+    pool = examples(40)
+    target = [Example("Q?", "", "A.", subtask=s) for s in ("x", "y", "y")]
+    est = estimate_less(pool, target, settings, shape=ModelShape.from_model(model, settings.lora),
+                        tokenizer=tokenizer, device="cpu")
+    assert est.device == "cpu" and est.flops_per_second > 0 and est.pool.method == "tokenizer"
+    assert 0 < est.seconds["total"] < math.inf and est.disk_bytes["total"] > 0
+    assert not (tmp_path / "indexes").exists()
+
+
+def test_the_matmul_probe_is_short_and_positive():
+    import time
+
+    started = time.perf_counter()
+    rate = measure_flops("cpu", seconds=0.05)
+    assert 1e6 < rate < 1e16 and time.perf_counter() - started < 5
+
+
+def test_bad_estimate_arguments_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown index kind 'hnsw'"):
+        estimate_less(stats(10), stats(1), LessSettings(), shape=SHAPE, flops_per_second=1e12, index_kind="hnsw")
+    with pytest.raises(ConfigError, match="flops_per_second must be positive"):
+        estimate_less(stats(10), stats(1), LessSettings(), shape=SHAPE, flops_per_second=0.0)
+    with pytest.raises(ConfigError, match="utilization must be in"):
+        estimate_less(stats(10), stats(1), LessSettings(), shape=SHAPE, flops_per_second=1e12, utilization=0)
