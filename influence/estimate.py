@@ -231,8 +231,8 @@ class LessEstimate:
         pool, target, s = self.pool, self.target, self.seconds
         peak_phase = max(self.memory_bytes, key=self.memory_bytes.get)
         lines = [
-            "dry run: a rough estimate (FLOPs / a matmul probe: expect a factor of 2-3 either way); nothing was computed "
-            "or written",
+            "dry run: a rough estimate (FLOPs / a matmul probe: expect a factor of 2-3 either way); "
+            "nothing was computed or written",
             f"  pool: {pool.examples:,} examples, {_count(pool.tokens)} tokens (mean {pool.mean:,.0f}, longest "
             f"{pool.longest:,}, {pool.truncated:,} cut; {pool.method})",
             f"  target: {target.examples:,} examples, {_count(target.tokens)} tokens",

@@ -107,7 +107,8 @@ def test_lines_are_one_line_each_and_say_the_estimate_is_rough():
     assert all(isinstance(line, str) and "\n" not in line for line in lines)
     assert "rough" in lines[0]
     text = " ".join(lines)
-    for part in ("52,002 examples", "4 checkpoints x 8,192 dims", "50.0 TFLOP/s", "disk:", "peak memory:", "total time"):
+    for part in ("52,002 examples", "4 checkpoints x 8,192 dims", "50.0 TFLOP/s", "disk:", "peak memory:",
+                 "total time"):
         assert part in text, part
     assert est.to_dict()["peak_memory_bytes"] == est.peak_memory_bytes
 
