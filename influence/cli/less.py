@@ -35,8 +35,9 @@ def warmup_command(pools, seed, **less) -> None:
 @click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC", help="Pool spec(s), as for select.")
 @click.option("--target", default=None, metavar="SPEC", help="Also featurize this target.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the warmup and the projection.")
+@click.option("--dry-run", is_flag=True, help="Estimate time, disk and memory; compute and write nothing.")
 @less_options
-def featurize_command(pools, target, seed, **less) -> None:
+def featurize_command(pools, target, seed, dry_run, **less) -> None:
     """Warm up (or reuse), then write gradient features of the pool (and target) at every checkpoint.
 
     Under `torchrun --nproc_per_node N` (or several nodes), each rank featurizes its own
@@ -47,6 +48,9 @@ def featurize_command(pools, target, seed, **less) -> None:
     from influence.less import build_features
 
     settings = pop_settings(less, seed=seed)
+    if dry_run:
+        print_estimate(pools, target, settings)
+        return
     job = distributed.init_from_env()
     pool = load_pool(pools)
     for line in pool.describe() if job.is_main else []:
@@ -69,6 +73,19 @@ def score_command(pools, k, seed, fmt, out, overwrite, target, **less) -> None:
     settings = pop_settings(less, seed=seed)
     run_selection(pools, k, "less", seed, fmt, out, overwrite, target,
                   {"settings": settings, "existing_only": True})
+
+
+def print_estimate(pools, target, settings) -> None:
+    """The --dry-run of featurize and select: sizes in, an estimate out, nothing written."""
+    from influence.data import load_pool, load_target
+    from influence.less import dry_run
+
+    pool = load_pool(pools)
+    for line in pool.describe():
+        click.echo(line)
+    estimate = dry_run(pool, load_target(target) if target else None, settings)
+    for line in estimate.lines():
+        click.echo(line)
 
 
 COMMANDS = [warmup_command, featurize_command, score_command]

@@ -72,8 +72,9 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
               help="Scoring method [default: longest without a target, less with one].")
 @click.option("--length-unit", type=click.Choice(LENGTH_UNITS), default="chars", show_default=True,
               help="longest: measure responses in characters or words.")
+@click.option("--dry-run", is_flag=True, help="less: estimate time, disk and memory; compute and write nothing.")
 @less_options
-def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, **less) -> None:
+def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, dry_run, **less) -> None:
     """Select k examples from a pool and write them, SFT-ready, with a manifest.
 
     With --selector less (the default when --target is given) every LESS step runs here,
@@ -81,6 +82,13 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
     """
     name = selector or ("less" if target else "longest")
     settings = pop_settings(less, seed=seed)
+    if dry_run:
+        if name != "less":
+            raise SelectionError(f"--dry-run estimates the less selector; {name!r} takes a second anyway")
+        from influence.cli.less import print_estimate
+
+        print_estimate(pools, target, settings)
+        return
     options = {"unit": length_unit} if name == "longest" else {"settings": settings} if name == "less" else {}
     run_selection(pools, k, name, seed, fmt, out, overwrite, target, options)
 

@@ -289,3 +289,25 @@ def less_run(pool: Pool, target: Target, settings: LessSettings, *, k: int | Non
     return LessRun(workdir=features.workdir, scores=scores, checkpoints=features.checkpoints,
                    pool_stores=features.pool_stores, target_stores=features.target_stores,
                    stats={**features.stats, "scoring": scoring})
+
+
+def dry_run(pool: Pool, target: Target | None, settings: LessSettings) -> Any:
+    """Estimate a LESS run's time, disk and memory from sizes alone: loads the model's config and
+    tokenizer, never its weights, and writes nothing."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from influence.data.pools import hub_reachable
+    from influence.estimate import ModelShape, estimate_less
+    from influence.models import resolve_model
+
+    location, _ = resolve_model(settings.model)
+    local_only = Path(location).is_dir() or not hub_reachable()
+    try:
+        config = AutoConfig.from_pretrained(location, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+    except OSError as exc:
+        from influence.errors import ModelError
+
+        raise ModelError(f"cannot read model {settings.model!r} for an estimate: {str(exc).splitlines()[0]}") from None
+    return estimate_less(pool.examples, target.examples if target is not None else [], settings,
+                         shape=ModelShape.from_config(config, settings.lora), tokenizer=tokenizer)
