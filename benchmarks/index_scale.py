@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also search k x this many hits and keep the k best by exact score (1: off)")
     parser.add_argument("--device", default="auto", help="auto, cpu or gpu (for faiss)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chunk-rows", type=int, default=65536, help="rows per chunk when writing and for exact search")
+    parser.add_argument("--chunk-rows", type=int, default=65536,
+                        help="rows per chunk when writing and for exact search")
     parser.add_argument("--workdir", default="/tmp", help="where the pool .npy (2 bytes x N x d) and results go")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--pool", help=argparse.SUPPRESS)
