@@ -115,7 +115,9 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
         key = _selection_key(pool, target_fp, name, selector, seed, config.k)
         stem = f"{name}-s{seed}-{key}"
         train_key = sha256_json({"selection": key, "train": config.train.identity()})[:10]
-        eval_key = sha256_json({"run": train_key, "target": config.target, "limit": config.limit, "seed": seed,
+        # every cell is evaluated on the same held-out items (the --limit subset drawn with seed 0),
+        # so differences between seeds and selectors come from the selections and training alone
+        eval_key = sha256_json({"run": train_key, "target": config.target, "limit": config.limit, "seed": 0,
                                 "eval": eval_config.to_dict()})[:10]
         cell = Cell(name, seed, out / "selections" / f"{stem}.jsonl", out / "runs" / f"{name}-s{seed}-{train_key}",
                     out / "evals" / f"{name}-s{seed}-{eval_key}.json")
@@ -135,7 +137,7 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
         if cell.cached["evaluation"]:
             results = json.loads(cell.eval.read_text())
         else:
-            results = evaluate(cell.run, config.target, limit=config.limit, seed=seed, config=eval_config)
+            results = evaluate(cell.run, config.target, limit=config.limit, seed=0, config=eval_config)
             write_results(results, cell.eval)
         cell.metric_name = results["primary_metric"]
         cell.target_loss = float(results["metrics"]["target_loss"])
