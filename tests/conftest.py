@@ -34,3 +34,15 @@ def alpaca_records() -> list[dict]:
 @pytest.fixture
 def pool_file(tmp_path: Path, alpaca_records) -> Path:
     return write_jsonl(tmp_path / "pool.jsonl", alpaca_records)
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path) -> Path:
+    """A tiny random Llama and its tokenizer saved as a model directory (what --model takes)."""
+    from influence.testing import tiny_model_and_tokenizer
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    path = tmp_path / "tiny-model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -9,17 +9,9 @@ from click.testing import CliRunner
 
 from influence.cli import main
 from influence.compare import Cell, summarize
-from influence.testing import tiny_model_and_tokenizer
 from tests.conftest import write_jsonl
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path):
-    model, tokenizer = tiny_model_and_tokenizer()
-    path = tmp_path / "tiny-model"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def _files(tmp_path):

@@ -10,20 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import write_jsonl
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path):
-    from influence.testing import tiny_model_and_tokenizer
-
-    model, tokenizer = tiny_model_and_tokenizer()
-    path = tmp_path / "tiny-model"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def _command(pool: Path, model: Path, root: Path) -> list[str]:
