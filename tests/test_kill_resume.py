@@ -13,8 +13,6 @@ from pathlib import Path
 from tests.conftest import write_jsonl
 
 
-
-
 def _command(pool: Path, model: Path, root: Path) -> list[str]:
     return [sys.executable, "-m", "influence.cli", "featurize", "--pool", str(pool), "--model", str(model),
             "--lora-r", "4", "--lora-alpha", "16", "--dims", "64", "--warmup-fraction", "0.1",
