@@ -14,14 +14,12 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from influence.errors import ModelError
-from influence.io import sha256_file, write_json
+from influence.io import atomic_directory, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +84,10 @@ def materialize_gguf(path: Path) -> tuple[Path, str]:
     except Exception as exc:  # transformers raises many types for an unreadable file
         raise ModelError(f"{path}: cannot load GGUF file ({type(exc).__name__}: {exc})") from None
     strip_gguf_flag(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         write_json(staging / "influence-source.json", {"gguf": str(path), "sha256": digest})
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target, digest
 
 

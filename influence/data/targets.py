@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 from influence.data.example import Example
-from influence.data.readers import read_file
 from influence.data.vendored import bundle, bundle_files
 from influence.errors import DataError, UnknownNameError
 

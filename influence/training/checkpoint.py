@@ -16,18 +16,16 @@ moments precondition pool gradients, and `avg_lr` weights each checkpoint's scor
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from influence.errors import ManifestMismatchError, TrainingError
-from influence.io import write_bytes, write_json
+from influence.io import atomic_directory, write_bytes, write_json
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FORMAT = 1
@@ -146,19 +144,7 @@ def _tensor_bytes(tensors: dict[str, Any], kind: str) -> bytes:
                 metadata={"format": f"influence-{kind}"})
 
 
-@contextlib.contextmanager
-def staged_directory(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory that replaces `target` only when the block succeeds."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield staging
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+staged_directory = atomic_directory  # the one way to write a directory whole
 
 
 def remove_stale_staging(directory: Path) -> None:
