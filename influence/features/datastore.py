@@ -41,7 +41,7 @@ import numpy as np
 
 from influence.constants import DATASTORE_MANIFEST
 from influence.errors import DatastoreError, ManifestMismatchError
-from influence.io import sha256_bytes, sha256_file, sha256_json, write_bytes, write_json
+from influence.io import pid_alive, process_start, sha256_bytes, sha256_file, sha256_json, write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -90,30 +90,6 @@ def identity_difference(stored: Mapping[str, Any], wanted: Mapping[str, Any]) ->
 # --------------------------------------------------------------------------- lock
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), to tell a live owner from a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read().decode("ascii", "replace")
-        return stat.rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_alive(pid: int, start: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if start is not None:
-        current = _process_start(pid)
-        if current is not None and current != start:
-            return False  # the pid was reused by another process
-    return True
-
-
 class StoreLock:
     """An exclusive lock file made with O_CREAT|O_EXCL, holding the owner's pid and host.
 
@@ -145,7 +121,7 @@ class StoreLock:
 
     def acquire(self) -> "StoreLock":
         info = {"pid": os.getpid(), "host": socket.gethostname(), "group": self.group,
-                "started": time.time(), "process_start": _process_start(os.getpid()), "nonce": self._nonce}
+                "started": time.time(), "process_start": process_start(os.getpid()), "nonce": self._nonce}
         for _attempt in range(20):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -180,7 +156,7 @@ class StoreLock:
         pid = held.get("pid")
         if held.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool):
             return False  # cannot see processes on other hosts
-        return not _pid_alive(pid, held.get("process_start"))
+        return not pid_alive(pid, held.get("process_start"))
 
     def _take_over(self, held: Mapping[str, Any]) -> None:
         # Move the stale file aside under a unique name, then check it is the one we judged

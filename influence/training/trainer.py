@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence
 
 from influence.data.example import Example
 from influence.errors import ManifestMismatchError, TrainingError
-from influence.io import sha256_file, sha256_json, write_json
+from influence.io import pid_alive, sha256_file, sha256_json, write_json
 from influence.training.batching import epoch_seed, plan_epoch, steps_per_epoch
 from influence.training.checkpoint import (
     ADAPTER_DIR,
@@ -472,7 +472,7 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             holder = _lock_holder(lock)
-            if holder is not None and holder != os.getpid() and _alive(holder):
+            if holder is not None and holder != os.getpid() and pid_alive(holder):
                 raise TrainingError(f"another training run (pid {holder}) is writing to {out_dir}; "
                                     "wait for it or choose another --out") from None
             with contextlib.suppress(FileNotFoundError):
@@ -495,16 +495,6 @@ def _lock_holder(lock: Path) -> int | None:
         return int(lock.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def load_trained(out_dir: str | os.PathLike, *, base: Any = None, merge: bool = True) -> Any:
