@@ -25,7 +25,8 @@ class LessSelector:
     def __init__(self, settings: LessSettings | None = None, *, loaded: Any = None, existing_only: bool = False,
                  **changes: Any):
         """`existing_only`: score from datastores already built, never warm up or featurize."""
-        self.settings = (settings or LessSettings()).with_(**changes) if changes else (settings or LessSettings())
+        settings = settings or LessSettings()
+        self.settings = settings.with_(**changes) if changes else settings
         self.existing_only = existing_only
         self._loaded = loaded
         self._provenance: dict[str, Any] = {}
