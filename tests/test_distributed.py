@@ -1,12 +1,19 @@
-"""Featurization on two torch.distributed processes (gloo, CPU) equals one process, byte for byte."""
+"""torch.distributed on two gloo processes (CPU): featurization equals one process byte for byte,
+and data-parallel training equals one process up to the order of floating-point additions."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import numpy as np
+import torch
 import torch.multiprocessing as mp
 
+from influence.data import Example
 from influence.less import LessSettings, build_features
+from influence.lora import LoraSettings
+from influence.training import TrainConfig, list_checkpoints, read_manifest, train
 from tests.test_less import TARGET, _loaded, _pool
 
 
@@ -14,14 +21,36 @@ def _settings(root: Path, name: str) -> LessSettings:
     return LessSettings.for_tests(index_root=root, name=name, shard_rows=8)
 
 
-def _rank(rank: int, world_size: int, init_file: str, root: str) -> None:
-    import torch
+# 7 examples in steps of 3: micro-batches split 2 + 1 between the ranks, and the last step leaves rank 1 idle
+EXAMPLES = [Example(f"Task {i}: repeat the word {word}.", "", f"{word} " * (1 + i % 3))
+            for i, word in enumerate(["red", "blue", "green", "apple", "river", "stone", "cloud"])]
+TRAIN_CONFIG = TrainConfig.for_tests(lora=LoraSettings(r=4, alpha=16, dropout=0.1), epochs=2, batch_size=3,
+                                     micro_batch_size=1)
+
+
+def _join(rank: int, world_size: int, init_file: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+
+
+def _featurize_rank(rank: int, world_size: int, init_file: str, root: str) -> None:
+    import torch.distributed as dist
+
+    _join(rank, world_size, init_file)
     try:
         build_features(_pool(), TARGET, _settings(Path(root), "run"), loaded=_loaded())
+    finally:
+        dist.destroy_process_group()
+
+
+def _train_rank(rank: int, world_size: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    _join(rank, world_size, init_file)
+    try:
+        train(EXAMPLES, TRAIN_CONFIG, out, loaded=_loaded())
     finally:
         dist.destroy_process_group()
 
@@ -31,12 +60,37 @@ def _store_files(run: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != "lock"}
 
 
+def _adapter(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "adapter" / "adapter_model.safetensors"))
+
+
 def test_two_gloo_ranks_write_the_same_datastore_as_one_process(tmp_path):
     single = build_features(_pool(), TARGET, _settings(tmp_path / "single", "run"), loaded=_loaded())
-    mp.spawn(_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "dist")), nprocs=2, join=True)
+    # the same examples through the same checkpoints: the ranks reuse the single process's warmup
+    shutil.copytree(single.workdir / "warmup", tmp_path / "dist" / "run" / "warmup")
+    mp.spawn(_featurize_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "dist")), nprocs=2, join=True)
 
     one = _store_files(single.workdir)
     two = _store_files(tmp_path / "dist" / "run")
     assert len([name for name in one if name.endswith(".npy")]) >= 8  # several shards per store, split across ranks
     assert one.keys() == two.keys()
     assert all(one[name] == two[name] for name in one)
+
+
+def test_two_gloo_ranks_train_the_same_adapter_as_one_process(tmp_path):
+    single = train(EXAMPLES, TRAIN_CONFIG, tmp_path / "single", loaded=_loaded())
+    mp.spawn(_train_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "dist")), nprocs=2, join=True)
+
+    manifest = read_manifest(tmp_path / "dist")
+    assert manifest["steps"] == single.manifest["steps"] == 6
+    np.testing.assert_allclose([e["mean_loss"] for e in manifest["epochs"]], single.epoch_losses, rtol=1e-5)
+    assert [e["avg_lr"] for e in manifest["epochs"]] == [e["avg_lr"] for e in single.manifest["epochs"]]
+    assert len(list_checkpoints(tmp_path / "dist")) == 2
+    one, two = _adapter(tmp_path / "single"), _adapter(tmp_path / "dist")
+    assert one.keys() == two.keys()
+    assert all(one[name].abs().max() > 0 for name in one if "lora_B" in name)  # B starts at zero: it trained
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
+

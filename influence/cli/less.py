@@ -19,13 +19,13 @@ def warmup_command(pools, seed, **less) -> None:
     from influence.less import run_warmup
 
     settings = pop_settings(less, seed=seed)
-    if not distributed.init_from_env().is_main:
-        raise click.UsageError("warmup runs on one process; under torchrun, run `influence featurize`, "
-                               "whose rank 0 trains the warmup while the others wait")
+    job = distributed.init_from_env()
     pool = load_pool(pools)
-    for line in pool.describe():
+    for line in pool.describe() if job.is_main else []:
         click.echo(line)
     result = run_warmup(pool, settings)
+    if not job.is_main:
+        return
     for path in result.checkpoints:
         click.echo(f"checkpoint {path}")
     click.echo(f"warmup done: {result.out_dir}")
@@ -41,7 +41,7 @@ def featurize_command(pools, target, seed, dry_run, **less) -> None:
     """Warm up (or reuse), then write gradient features of the pool (and target) at every checkpoint.
 
     Under `torchrun --nproc_per_node N` (or several nodes), each rank featurizes its own
-    shards of the same datastores; rank 0 trains the warmup first while the others wait.
+    shards of the same datastores, after training the warmup together (data parallel).
     """
     from influence import distributed
     from influence.data import load_pool, load_target

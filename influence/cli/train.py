@@ -41,7 +41,12 @@ def default_out_dir(data: str, method: str, seed: int) -> Path:
 @click.option("--no-checkpoints", is_flag=True, help="Delete the per-epoch checkpoints after a successful run.")
 def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, max_length, seed, out, overwrite,
                   no_checkpoints) -> None:
-    """Fine-tune a model on DATA; saves the adapter (or model) and manifest.json under --out."""
+    """Fine-tune a model on DATA; saves the adapter (or model) and manifest.json under --out.
+
+    Under `torchrun --nproc_per_node N`, the N processes train data parallel (one gradient
+    all-reduce per step) and rank 0 writes the output.
+    """
+    from influence import distributed
     from influence.training import train
 
     method = "lora" if lora else "full"
@@ -49,7 +54,10 @@ def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, m
                          micro_batch_size=min(micro_batch_size, batch_size), max_length=max_length, seed=seed,
                          keep_checkpoints=not no_checkpoints)
     out = out or default_out_dir(data, method, seed)
+    job = distributed.init_from_env()
     result = train(data, config, out, overwrite=overwrite)
+    if not job.is_main:
+        return
     manifest = result.manifest
     if result.reused:
         click.echo(f"{out} already holds this finished run; nothing to do")

@@ -203,10 +203,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         raise DatastoreError(f"no finished warmup under {workdir}; run `influence featurize` with the same "
                              "pool and settings first")
     loaded = loaded or load_model(settings.model, device=settings.device)
-    job = distributed.current()
-    warm = run_warmup(pool, settings, loaded=loaded) if job.is_main else None
-    distributed.barrier()  # the other ranks find the finished warmup and reuse it
-    warm = warm or run_warmup(pool, settings, loaded=loaded)
+    warm = run_warmup(pool, settings, loaded=loaded)  # under torch.distributed, every rank trains its share
     checkpoints = [load_checkpoint(path) for path in warm.checkpoints]
 
     model = add_lora(copy.deepcopy(loaded.model), settings.lora).eval()

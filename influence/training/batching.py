@@ -18,6 +18,11 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
+def micro_batch_seed(seed: int, epoch: int, step: int, micro_batch: int) -> int:
+    """The dropout seed of one micro-batch: the same whichever process of a distributed job runs it."""
+    return int(np.random.SeedSequence([seed, epoch, step, micro_batch]).generate_state(1)[0])
+
+
 def plan_epoch(lengths: Sequence[int], batch_size: int, micro_batch_size: int, *, seed: int,
                epoch: int) -> list[list[list[int]]]:
     """Steps of micro-batches of example indices for one epoch.

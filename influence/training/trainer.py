@@ -8,8 +8,15 @@ The same prompt formatting and response-only loss as the rest of the toolkit
 (`influence.data.formatting`). Every epoch ends in a checkpoint that keeps AdamW's moments
 by parameter name and the epoch's average learning rate (what LESS's warmup needs); a rerun
 on the same output directory resumes from the last complete epoch and ends with the same
-weights as an uninterrupted run, because each epoch's data order and dropout are seeded
-from (seed, epoch) alone. `manifest.json` is written last: its presence means done.
+weights as an uninterrupted run, because each epoch's data order is seeded from (seed, epoch)
+and each micro-batch's dropout from (seed, epoch, step, micro-batch) alone. `manifest.json`
+is written last: its presence means done.
+
+Under torch.distributed (`torchrun`), every rank runs `train` on the same data: each takes
+its share of every step's micro-batches, the summed gradients are all-reduced once per step,
+and rank 0 alone writes checkpoints and output. Since the dropout seeds belong to the
+micro-batch, not the process, N ranks train the same model as one process, up to the
+order of floating-point additions.
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from influence import distributed
 from influence.data.example import Example
 from influence.errors import ManifestMismatchError, TrainingError
 from influence.io import pid_alive, sha256_file, sha256_json, write_json
-from influence.training.batching import epoch_seed, plan_epoch, steps_per_epoch
+from influence.training.batching import epoch_seed, micro_batch_seed, plan_epoch, steps_per_epoch
 from influence.training.checkpoint import (
     ADAPTER_DIR,
     checkpoint_dir,
@@ -119,15 +127,14 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig |
 
         loaded = load_model(config.model)
     identity = _run_identity(config, data, loaded)
-    with _exclusive(out_dir):
-        if overwrite and out_dir.exists():
-            _clear(out_dir)
-        finished = _finished_run(out_dir, identity)
+    job = distributed.current()
+    with _exclusive(out_dir) if job.is_main else contextlib.nullcontext():
+        finished = _prepare(out_dir, identity, overwrite) if job.is_main else None
+        distributed.barrier()  # the other ranks see the prepared directory
+        if not job.is_main:
+            finished = _finished_run(out_dir, identity)
         if finished is not None:
             return finished
-        _claim(out_dir, identity)
-        remove_stale_staging(out_dir)
-        remove_stale_staging(out_dir / "checkpoints")
 
         encoded, encoding_stats = _encode(data.examples, loaded.tokenizer, config.max_length)
         model, params = _trainable_model(loaded, config)
@@ -146,18 +153,18 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig |
         # ---- train
         lengths = [len(e.input_ids) for e in encoded]
         pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
-        bar = _progress(total_steps, step, config)
+        bar = _progress(total_steps, step, config, job)
         try:
             model.train()
             for epoch in range(resumed_from + 1, config.epochs + 1):
                 started = time.perf_counter()
-                torch.manual_seed(epoch_seed(config.seed, epoch))  # dropout, reproducible per epoch
                 plan = plan_epoch(lengths, config.batch_size, config.micro_batch_size, seed=config.seed, epoch=epoch)
                 losses, lrs, nll_total, token_total = [], [], 0.0, 0
                 for micro_batches in plan:
                     lr = scheduler.get_last_lr()[0]
-                    nll, tokens = _optimizer_step(model, params, optimizer, micro_batches, encoded, pad_id,
-                                                  device, config.max_grad_norm)
+                    seeds = [micro_batch_seed(config.seed, epoch, step, j) for j in range(len(micro_batches))]
+                    nll, tokens = _optimizer_step(model, params, optimizer, micro_batches, seeds, encoded, pad_id,
+                                                  device, config.max_grad_norm, job)
                     scheduler.step()
                     step += 1
                     losses.append(nll / tokens)
@@ -174,22 +181,26 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig |
                          "lora_signature": lora_signature,
                          "seeds": {"seed": config.seed, "epoch_seed": epoch_seed(config.seed, epoch)},
                          "losses": losses, "learning_rates": lrs}
-                save_checkpoint(checkpoint_dir(out_dir, epoch), model=model, params=params, optimizer=optimizer,
-                                method=config.method, state=state)
+                if job.is_main:
+                    save_checkpoint(checkpoint_dir(out_dir, epoch), model=model, params=params,
+                                    optimizer=optimizer, method=config.method, state=state)
+                distributed.barrier()
                 history.append(record)
         finally:
             bar.close()
 
-        # ---- save
+        # ---- save (rank 0), clean up
         model.eval()
-        output_dir = _save_output(out_dir, model, loaded, config)
+        output_dir = out_dir / (ADAPTER_DIR if config.method == "lora" else MODEL_DIR)
         manifest = _manifest(identity, config, data, loaded, encoding_stats, lora_signature, history, output_dir)
-        manifest_path = write_json(out_dir / MANIFEST_FILE, manifest)
-
-        # ---- clean up
-        if not config.keep_checkpoints:
-            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        manifest_path = out_dir / MANIFEST_FILE
+        if job.is_main:
+            _save_output(out_dir, model, loaded, config)
+            write_json(manifest_path, manifest)
+            if not config.keep_checkpoints:
+                shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         del optimizer, scheduler, model
+        distributed.barrier()
     return TrainResult(out_dir=out_dir, output_dir=output_dir, manifest_path=manifest_path, manifest=manifest,
                        checkpoints=list_checkpoints(out_dir), resumed_from_epoch=resumed_from)
 
@@ -210,6 +221,18 @@ def _training_data(examples: Sequence[Example] | str | os.PathLike) -> TrainingD
         raise TrainingError("train() takes Example objects or a data file path; "
                             "read records with influence.data.load_pool")
     return TrainingData(examples)
+
+
+def _prepare(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> TrainResult | None:
+    """Clear (with overwrite), find a finished run, or claim the directory for this run."""
+    if overwrite and out_dir.exists():
+        _clear(out_dir)
+    finished = _finished_run(out_dir, identity)
+    if finished is None:
+        _claim(out_dir, identity)
+        remove_stale_staging(out_dir)
+        remove_stale_staging(out_dir / "checkpoints")
+    return finished
 
 
 def _run_identity(config: TrainConfig, data: TrainingData, loaded: Any) -> dict[str, Any]:
@@ -297,19 +320,22 @@ def _read_state(path: Path) -> dict[str, Any]:
     return json.loads((path / "state.json").read_text(encoding="utf-8"))
 
 
-def _progress(total: int, done: int, config: TrainConfig) -> Any:
+def _progress(total: int, done: int, config: TrainConfig, job: distributed.Dist) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=done, desc="train", unit="step", disable=not config.progress,
+    return tqdm(total=total, initial=done, desc="train", unit="step", disable=not (config.progress and job.is_main),
                 file=sys.stderr, dynamic_ncols=True)
 
 
 # ------------------------------------------------------------------ the step
 def _optimizer_step(model: Any, params: list[tuple[str, Any]], optimizer: Any, micro_batches: list[list[int]],
-                    encoded: list[Any], pad_id: int, device: Any, max_grad_norm: float) -> tuple[float, int]:
+                    seeds: list[int], encoded: list[Any], pad_id: int, device: Any, max_grad_norm: float,
+                    job: distributed.Dist) -> tuple[float, int]:
     """One AdamW step over micro-batches; the loss is the mean NLL over all the step's response tokens.
 
-    Returns the step's summed NLL and its response-token count.
+    Each rank of a job runs micro-batches rank, rank + N, ...; their gradient sums are
+    all-reduced before clipping, so every rank takes the same step. Returns the step's summed
+    NLL and its response-token count.
     """
     import torch
 
@@ -317,19 +343,40 @@ def _optimizer_step(model: Any, params: list[tuple[str, Any]], optimizer: Any, m
 
     step_tokens = sum(encoded[i].response_tokens for batch in micro_batches for i in batch)
     optimizer.zero_grad(set_to_none=True)
-    nll_sum = 0.0
-    for indices in micro_batches:
-        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], pad_id).items()}
+    nll_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for j in range(job.rank, len(micro_batches), job.world_size):
+        torch.manual_seed(seeds[j])  # this micro-batch's dropout, whichever rank runs it
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in micro_batches[j]], pad_id).items()}
         nll, _ = example_nll(model, batch)
         loss = nll.sum() / step_tokens
         loss.backward()
-        nll_sum += float(nll.detach().sum())
-    if not math.isfinite(nll_sum):
-        raise TrainingError(f"the training loss became {nll_sum}; lower the learning rate")
+        nll_sum += nll.detach().sum().double()
+    if job.world_size > 1:
+        nll_sum = _all_reduce_gradients([p for _, p in params], nll_sum)
+    nll_total = float(nll_sum)
+    if not math.isfinite(nll_total):
+        raise TrainingError(f"the training loss became {nll_total}; lower the learning rate")
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_([p for _, p in params], max_grad_norm)
     optimizer.step()
-    return nll_sum, step_tokens
+    return nll_total, step_tokens
+
+
+def _all_reduce_gradients(parameters: list[Any], nll_sum: Any) -> Any:
+    """Sum every rank's gradients (and NLL) in one flat all-reduce; a rank without a micro-batch adds zeros."""
+    import torch
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = torch.cat([g.reshape(-1).to(torch.float32) for g in grads])
+    dist.all_reduce(flat)
+    dist.all_reduce(nll_sum)  # float64: summed token losses need the precision
+    offset = 0
+    for parameter, grad in zip(parameters, grads):
+        size = grad.numel()
+        parameter.grad = flat[offset: offset + size].view_as(grad).to(grad.dtype)
+        offset += size
+    return nll_sum
 
 
 # ------------------------------------------------------------------ saving
