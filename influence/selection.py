@@ -7,6 +7,7 @@ summary look the same whichever selector made them.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib.metadata
 import re
 import statistics
@@ -52,17 +53,17 @@ class Selection:
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # selector-specific provenance (e.g. datastore)
 
-    @property
-    def examples(self):
-        return [self.pool.examples[i] for i in self.indices]
+    @functools.cached_property
+    def examples(self) -> list:
+        """The chosen examples, best first (read once, even from a streamed pool)."""
+        return self.pool.take(self.indices)
 
     def records(self, fmt: str = "alpaca") -> list[dict]:
         """SFT-ready records with id, rank, score and selector."""
         if fmt not in OUTPUT_FORMATS:
             raise SelectionError(f"unknown format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
         out = []
-        for rank, index in enumerate(self.indices, start=1):
-            example = self.pool.examples[index]
+        for rank, (index, example) in enumerate(zip(self.indices, self.examples), start=1):
             out.append({"id": example.id, "rank": rank, "score": float(self.scores[index]),
                         "selector": self.selector.name, **example.to_record(fmt)})
         return out
@@ -87,27 +88,30 @@ class Selection:
                 "subtasks": len(self.target.subtasks()),
                 "fingerprint": sha256_json([e.id for e in self.target.examples])},
             "selection_seconds": round(self.seconds, 3),
-            "selected_ids_sha256": sha256_json([self.pool.examples[i].id for i in self.indices]),
+            "selected_ids_sha256": sha256_json([self.pool.ids[i] for i in self.indices]),
             "versions": package_versions(),
             **self.extra,
         }
 
     def summary(self) -> list[str]:
         """A few lines for the terminal: how many, and lengths against the pool."""
-        def stats(examples) -> str:
-            lengths = [len(e.response) for e in examples]
+        def stats(lengths: list[int]) -> str:
             return (f"mean {statistics.fmean(lengths):,.0f}, median {statistics.median(lengths):,.0f}, "
                     f"max {max(lengths):,}")
 
         chosen = self.examples
+        pool_lengths, pool_sources = [], set()
+        for example in self.pool.examples:  # one pass, for a streamed pool
+            pool_lengths.append(len(example.response))
+            pool_sources.add(example.source)
         lines = [f"selected {len(chosen):,} of {len(self.pool):,} examples with {self.selector.name}"
                  f" in {self.seconds:.1f}s",
-                 f"  response chars, selection: {stats(chosen)}",
-                 f"  response chars, pool:      {stats(self.pool.examples)}"]
+                 f"  response chars, selection: {stats([len(e.response) for e in chosen])}",
+                 f"  response chars, pool:      {stats(pool_lengths)}"]
         sources: dict[str, int] = {}
         for example in chosen:
             sources[example.source] = sources.get(example.source, 0) + 1
-        if len(sources) > 1 or len({e.source for e in self.pool.examples}) > 1:
+        if len(sources) > 1 or len(pool_sources) > 1:
             lines.append("  by source: " + ", ".join(f"{s} {n:,}" for s, n in sorted(sources.items())))
         return lines
 
@@ -128,7 +132,7 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
     scores = np.asarray(selector.score(pool, SelectionContext(target=target, seed=seed, k=k)), dtype=np.float64)
     if scores.shape != (len(pool),):
         raise SelectionError(f"selector {selector.name!r} returned {scores.shape} scores for {len(pool)} examples")
-    indices = top_k(scores, [e.id for e in pool.examples], k)
+    indices = top_k(scores, pool.ids, k)
     extra = dict(getattr(selector, "provenance", lambda: {})())
     return Selection(pool=pool, indices=indices, scores=scores, selector=selector, k=k, seed=seed,
                      target=target, seconds=time.perf_counter() - start, extra=extra)

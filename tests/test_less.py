@@ -124,3 +124,23 @@ def test_several_dims_come_from_one_pass_and_the_first_is_scored(settings):
         # the same features up to float summation order (one float16 step at most)
         np.testing.assert_allclose(FeatureStore.open(made_together).features().astype(np.float32),
                                    FeatureStore.open(made_alone).features().astype(np.float32), rtol=0, atol=2 ** -10)
+
+
+def test_a_streamed_pool_gives_the_same_datastores_and_selection_as_a_loaded_one(tmp_path):
+    from influence.data import load_pool
+    from tests.conftest import write_jsonl
+
+    path = write_jsonl(tmp_path / "pool.jsonl", [e.to_record("alpaca") for e in _pool().examples])
+    loaded = load_pool(str(path))
+    streamed = load_pool(str(path), stream=True)
+    runs = {}
+    for name, pool in (("loaded", loaded), ("streamed", streamed)):
+        settings = LessSettings.for_tests(index_root=tmp_path / name, shard_rows=8)
+        selection = select(pool, 4, LessSelector(settings, loaded=_loaded()), target=TARGET)
+        features = tmp_path / name / selection.extra["datastore"]["workdir"].split("/")[-1] / "features"
+        runs[name] = (selection.records(), {str(p.relative_to(features)): p.read_bytes()
+                                            for p in sorted(features.rglob("*.npy"))})
+    assert runs["streamed"] == runs["loaded"]
+    assert len(runs["loaded"][1]) >= 8
+    # warmup sample, 2 checkpoints x (pool, target) featurized, 1 selection: a handful of passes, not one per row
+    assert streamed.examples.passes <= 8

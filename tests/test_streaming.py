@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from influence.data.pools import PoolStream, load_pool, stream_pool
+from influence.data.pools import PoolStream, StreamedExamples, load_pool, stream_pool
 from influence.errors import ConfigError, DataError, SelectionError, UnknownNameError
 from tests.conftest import write_jsonl
 
@@ -106,12 +106,18 @@ def test_jsonl_is_read_line_by_line_not_whole(tmp_path, alpaca_records, monkeypa
         list(examples)
 
 
-def test_streaming_memory_is_bounded_by_the_chunk_not_the_pool(tmp_path):
-    # 8,000 examples of 3 kB: a 24 MB file; a chunk of 256 holds about 1 MB
+def _big_pool_file(tmp_path: Path, count: int) -> Path:
+    """`count` examples with 3 kB responses."""
     path = tmp_path / "big.jsonl"
     with path.open("w") as handle:
-        for i in range(8_000):
+        for i in range(count):
             handle.write(json.dumps({"instruction": f"Question {i}?", "output": f"{i} " + "y" * 3000}) + "\n")
+    return path
+
+
+def test_streaming_memory_is_bounded_by_the_chunk_not_the_pool(tmp_path):
+    # 8,000 examples of 3 kB: a 24 MB file; a chunk of 256 holds about 1 MB
+    path = _big_pool_file(tmp_path, 8_000)
     size = path.stat().st_size
     stream = stream_pool(str(path), chunk_size=256)
     tracemalloc.start()
@@ -173,3 +179,61 @@ def test_stream_errors_are_clear_and_early(tmp_path, pool_file):
     empty.write_text("")
     with pytest.raises(SelectionError, match="no usable examples"):
         list(stream_pool(str(empty)))
+
+
+# ------------------------------------------------------------------ a pool that keeps ids, not examples
+def test_a_streamed_pool_reads_the_same_examples_as_a_loaded_one(mixed_specs):
+    loaded = load_pool(mixed_specs)
+    streamed = load_pool(mixed_specs, stream=True)
+    assert isinstance(streamed.examples, StreamedExamples)
+    assert len(streamed) == len(loaded) and streamed.ids == loaded.ids
+    assert streamed.fingerprint == loaded.fingerprint
+    assert streamed.sources == loaded.sources and streamed.duplicates == loaded.duplicates
+    assert list(streamed.examples) == loaded.examples
+    n = len(loaded)
+    order = [0, 1, n - 1, 2, 5, -1, n // 2, 3]  # forward, backward and negative steps
+    assert [streamed.examples[i] for i in order] == [loaded.examples[i] for i in order]
+    assert streamed.examples[3:9] == loaded.examples[3:9]
+    picks = [n - 2, 4, 4, 0, n // 3]
+    assert streamed.take(picks) == loaded.take(picks) == [loaded.examples[i] for i in picks]
+    with pytest.raises(IndexError):
+        streamed.examples[n]
+
+
+def test_ascending_access_reads_a_streamed_pool_once(tmp_path, alpaca_records):
+    path = write_jsonl(tmp_path / "p.jsonl", [{**r, "output": f"{r['output']} {i}"}
+                                               for i in range(40) for r in alpaca_records[:1]])
+    examples = StreamedExamples(str(path), chunk_size=7)
+    assert examples.passes == 1  # the one that read the ids
+    for i in range(len(examples)):
+        assert examples[i].id == examples.ids[i]
+    examples.take([39, 0, 20])
+    assert examples.passes == 3  # the ascending sweep, then one more for take's sweep (it starts at 0 again)
+
+
+def test_a_pool_file_changed_between_passes_is_an_error_not_a_mix(tmp_path, alpaca_records):
+    path = write_jsonl(tmp_path / "p.jsonl", alpaca_records)
+    pool = load_pool(str(path), stream=True)
+    write_jsonl(path, [alpaca_records[1], alpaca_records[0], *alpaca_records[2:]])
+    with pytest.raises(DataError, match="changed while it was being read"):
+        list(pool.examples)
+    write_jsonl(path, alpaca_records[:2])  # the haiku is gone: the pool is shorter now
+    with pytest.raises(DataError, match="changed while it was being read"):
+        list(pool.examples)
+
+
+def test_a_streamed_pool_holds_its_ids_and_one_chunk_not_its_text(tmp_path):
+    # 4,000 examples of 3 kB: a 12 MB file; the ids take about 0.3 MB, a chunk of 64 about 0.2 MB
+    path = _big_pool_file(tmp_path, 4_000)
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        examples = StreamedExamples(str(path), chunk_size=64)
+        lengths = [len(examples[i].output) for i in range(0, len(examples), 3)]
+        chosen = examples.take([3_999, 17, 2_000])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(lengths) == 1_334 and [e.instruction for e in chosen] == ["Question 3999?", "Question 17?",
+                                                                          "Question 2000?"]
+    assert peak < size / 8, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB file"

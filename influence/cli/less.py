@@ -20,7 +20,7 @@ def warmup_command(pools, seed, **less) -> None:
 
     settings = pop_settings(less, seed=seed)
     job = distributed.init_from_env()
-    pool = load_pool(pools)
+    pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
     for line in pool.describe() if job.is_main else []:
         click.echo(line)
     result = run_warmup(pool, settings)
@@ -52,7 +52,7 @@ def featurize_command(pools, target, seed, dry_run, **less) -> None:
         print_estimate(pools, target, settings)
         return
     job = distributed.init_from_env()
-    pool = load_pool(pools)
+    pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
     for line in pool.describe() if job.is_main else []:
         click.echo(line)
     features = build_features(pool, load_target(target) if target else None, settings)
@@ -80,7 +80,7 @@ def print_estimate(pools, target, settings) -> None:
     from influence.data import load_pool, load_target
     from influence.less import dry_run
 
-    pool = load_pool(pools)
+    pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
     for line in pool.describe():
         click.echo(line)
     estimate = dry_run(pool, load_target(target) if target else None, settings)

@@ -49,7 +49,7 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
         raise SelectionError(f"selector {name!r} needs a target; pass --target (see `influence targets`)")
     out = out or default_output_path(list(pools), name, k, target if chosen.requires_target else None)
     check_writable(out, overwrite)
-    pool = load_pool(pools)
+    pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
     for line in pool.describe():
         say(line)
     target_set = load_target(target) if target and chosen.requires_target else None

@@ -4,8 +4,9 @@ A pool spec is a registered name (`alpaca`, `flan_cot`), a local file, or
 `hf:<dataset>[:<split>]`. Several specs make one mixed pool in which every example
 keeps its source; exact duplicates (same content hash) are kept once and counted.
 
-`load_pool` holds the whole pool; `stream_pool` yields the same examples in the same
-order without holding them, for pools larger than memory.
+`load_pool` holds the whole pool; `load_pool(..., stream=True)` holds only the ids and reads
+examples from the sources on demand, a chunk at a time; `stream_pool` yields the same
+examples in the same order without holding anything, for pools larger than memory.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 from influence.data.example import Example
 from influence.data.readers import (FILE_SUFFIXES, ReadReport, examples_from_records, iter_examples, iter_file_records,
@@ -46,7 +47,7 @@ class PoolSource:
 class Pool:
     """Unique examples in a fixed order, with what was read, skipped and deduplicated."""
 
-    examples: list[Example]
+    examples: Sequence[Example]      # a list, or StreamedExamples read on demand
     sources: list[PoolSource] = field(default_factory=list)
     duplicates: int = 0
 
@@ -54,9 +55,20 @@ class Pool:
         return len(self.examples)
 
     @property
+    def ids(self) -> list[str]:
+        """Every example's id, in order (without reading a streamed pool again)."""
+        known = getattr(self.examples, "ids", None)
+        return known if known is not None else [e.id for e in self.examples]
+
+    @property
     def fingerprint(self) -> str:
         """Content hash of the pool: its example ids, in order."""
-        return sha256_json([e.id for e in self.examples])
+        return sha256_json(self.ids)
+
+    def take(self, indices: Sequence[int]) -> list[Example]:
+        """The examples at `indices`, in that order; one pass over a streamed pool."""
+        take = getattr(self.examples, "take", None)
+        return take(indices) if take is not None else [self.examples[i] for i in indices]
 
     def describe(self) -> list[str]:
         """One line per source, plus one for duplicates, for the terminal."""
@@ -182,8 +194,13 @@ def iter_pool_spec(spec: str) -> tuple[Iterator[Example], SpecReading]:
     return iter_examples(iter_file_records(path), source=path.name, origin=str(path), report=reading.report), reading
 
 
-def load_pool(specs: str | Iterable[str]) -> Pool:
+def load_pool(specs: str | Iterable[str], *, stream: bool = False) -> Pool:
     """Load one or more pool specs into a single deduplicated pool.
+
+    With stream=True a pool with a file or hf: source keeps only its ids (one pass reads them)
+    and its examples are read from the sources when asked for (see `StreamedExamples`):
+    memory grows with the number of examples by about 70 bytes each, not with their text.
+    Registered pools are bundled or small and are loaded whole either way.
 
     Raises:
         UnknownNameError: a spec is neither a registered pool, a file nor an hf: id.
@@ -191,6 +208,9 @@ def load_pool(specs: str | Iterable[str]) -> Pool:
         SelectionError: the pool has no usable example.
     """
     specs = [specs] if isinstance(specs, str) else list(specs)
+    if stream and any(pool_spec_kind(spec) != "named" for spec in specs):  # registered pools are read whole anyway
+        examples = StreamedExamples(specs)
+        return Pool(examples=examples, sources=examples.sources, duplicates=examples.duplicates)
     if not specs:
         raise SelectionError("no pool given; pass --pool NAME (see `influence pools`) or a file")
     seen: set[str] = set()
@@ -285,6 +305,64 @@ class PoolStream:
     def describe(self) -> list[str]:
         """`Pool.describe` lines, after a complete pass."""
         return Pool(examples=[], sources=self.sources, duplicates=self.duplicates).describe()
+
+
+class StreamedExamples(Sequence[Example]):
+    """A pool's examples, read from its sources on demand with one chunk in memory.
+
+    Construction reads the sources once and keeps every id. Indexing moves a cursor forward
+    through a pass over the sources, so ascending access (a shard's rows, sorted picks)
+    reads them once, and stepping back starts a new pass. Every pass checks the ids it reads
+    against the first one's, so a source that changed on disk is an error, not a silent mix.
+    """
+
+    def __init__(self, specs: str | Iterable[str], *, chunk_size: int = DEFAULT_STREAM_CHUNK):
+        first = PoolStream(specs, chunk_size=chunk_size)
+        self.specs, self.chunk_size = first.specs, chunk_size
+        self.ids: list[str] = [example.id for example in first]
+        self.sources, self.duplicates = first.sources, first.duplicates
+        self.passes = 1
+        self._chunks: Iterator[list[Example]] | None = None
+        self._chunk: list[Example] = []
+        self._start = 0                     # pool index of self._chunk[0]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        position = index + len(self) if index < 0 else index
+        if not 0 <= position < len(self):
+            raise IndexError(f"pool index {index} out of range for {len(self)} examples")
+        if self._chunks is None or position < self._start:
+            self._chunks, self._chunk, self._start = self._checked_chunks(), [], 0
+        while position >= self._start + len(self._chunk):
+            self._start += len(self._chunk)
+            self._chunk = next(self._chunks)
+        return self._chunk[position - self._start]
+
+    def __iter__(self) -> Iterator[Example]:
+        for chunk in self._checked_chunks():
+            yield from chunk
+
+    def take(self, indices: Sequence[int]) -> list[Example]:
+        """The examples at `indices`, in that order, read in one ascending sweep."""
+        found = {i: self[i] for i in sorted(set(indices))}
+        return [found[i] for i in indices]
+
+    def _checked_chunks(self) -> Iterator[list[Example]]:
+        self.passes += 1
+        start = 0
+        for chunk in PoolStream(self.specs, chunk_size=self.chunk_size).chunks():
+            if [e.id for e in chunk] != self.ids[start: start + len(chunk)]:
+                raise DataError(f"pool {' + '.join(self.specs)} changed while it was being read (around example "
+                                f"{start:,}); rerun once the sources stop changing")
+            start += len(chunk)
+            yield chunk
+        if start != len(self.ids):
+            raise DataError(f"pool {' + '.join(self.specs)} changed while it was being read ({start:,} examples "
+                            f"now, {len(self.ids):,} before); rerun once the sources stop changing")
 
 
 def stream_pool(specs: str | Iterable[str], *, chunk_size: int = DEFAULT_STREAM_CHUNK) -> PoolStream:

@@ -68,7 +68,7 @@ def warmup_examples(pool: Pool, settings: LessSettings) -> list[Example]:
     """The seeded random fraction of the pool that the warmup trains on, in pool order."""
     count = max(1, round(settings.warmup_fraction * len(pool)))
     chosen = np.random.default_rng(settings.seed).choice(len(pool), size=count, replace=False)
-    return [pool.examples[i] for i in sorted(chosen)]
+    return pool.take(sorted(chosen))
 
 
 def run_warmup(pool: Pool, settings: LessSettings, *, loaded: Any = None) -> Any:
@@ -93,7 +93,8 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
                        settings: LessSettings, desc: str) -> tuple[dict[int, FeatureStore], FeaturizeStats]:
     """Fill (or resume, or reuse) one datastore per projection dimension with the features of `examples`.
 
-    All dimensions come from one pass. Work goes one shard at a time, examples sorted by
+    All dimensions come from one pass. Work goes one shard at a time (a streamed pool is read
+    shard by shard, so memory holds one shard's examples), examples sorted by
     length inside it, so a kill loses at most one shard, and a shard's bytes do not depend
     on which process computed it: under torch.distributed each rank takes its own shards of
     the same stores, and the result is identical to a single process's. Rank 0 creates and
@@ -103,7 +104,7 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
 
     job = distributed.current()
     stats = FeaturizeStats()
-    ids = [e.id for e in examples]
+    ids = Pool(examples=examples).ids  # a streamed pool knows its ids without a pass
     slices = dim_slices(settings.all_dims)
 
     def open_stores() -> dict[int, FeatureStore]:
@@ -264,7 +265,7 @@ def score_features(features: FeatureSet, pool: Pool, target: Target, settings: L
     subtasks = target.subtasks()
     if settings.scoring == "faiss" and k is not None:
         on_gpu = str(settings.device or "").startswith("cuda")
-        found = less_top_k(pool_rows, target_rows, lrs, subtasks, k, ids=[e.id for e in pool.examples],
+        found = less_top_k(pool_rows, target_rows, lrs, subtasks, k, ids=pool.ids,
                            device="gpu" if on_gpu else "auto")
         scores = np.full(len(pool), np.nan)
         scores[found.candidates] = found.candidate_scores
