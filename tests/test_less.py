@@ -11,7 +11,7 @@ import pytest
 from influence.data import Example
 from influence.data.pools import Pool, PoolSource
 from influence.data.targets import Target
-from influence.errors import DataError, DatastoreError, ManifestMismatchError
+from influence.errors import ConfigError, DataError, DatastoreError, ManifestMismatchError
 from influence.features.datastore import FeatureStore
 from influence.less import LessSettings, build_features, less_run
 from influence.models import LoadedModel
@@ -144,3 +144,39 @@ def test_a_streamed_pool_gives_the_same_datastores_and_selection_as_a_loaded_one
     assert len(runs["loaded"][1]) >= 8
     # warmup sample, 2 checkpoints x (pool, target) featurized, 1 selection: a handful of passes, not one per row
     assert streamed.examples.passes <= 8
+
+
+def test_an_ivf_pq_index_finds_the_planted_examples_by_rescoring_its_hits_exactly(settings):
+    pool = _pool()
+    selection = select(pool, 4, LessSelector(settings.with_(dims=512, index="ivf-pq"), loaded=_loaded()),
+                       target=TARGET)
+    assert sorted(e.instruction for e in selection.examples) == sorted(
+        e.instruction for e in pool.examples if "plus" in e.instruction)
+    scoring = selection.manifest("alpaca")["datastore"]["scoring"]
+    assert scoring["index"] == "ivf-pq" and scoring["exact"] is False  # approximate: never claimed exact
+    assert scoring["searched_k"] >= 4 + 3 * 4
+
+
+def test_a_flat_index_that_would_not_fit_in_memory_falls_back_to_chunked_exact_scoring(settings, caplog):
+    from influence.less.pipeline import build_features, score_features
+
+    pool, loaded = _pool(), _loaded()
+    features = build_features(pool, TARGET, settings, loaded=loaded)
+    fits, fits_info = score_features(features, pool, TARGET, settings, k=4)
+    with caplog.at_level("WARNING"):
+        spills, spills_info = score_features(features, pool, TARGET, settings, k=4, memory_bytes=1_000)
+    assert (fits_info["method"], spills_info["method"]) == ("faiss", "exact")
+    assert "scoring every example exactly in chunks" in caplog.text
+    assert np.isfinite(spills).all()
+    found = np.isfinite(fits)
+    np.testing.assert_allclose(spills[found], fits[found], rtol=1e-6)
+    assert set(np.argsort(-spills, kind="stable")[:4]) == set(np.flatnonzero(found)[np.argsort(-fits[found])[:4]])
+
+
+def test_less_settings_name_the_index_kinds_the_index_module_builds():
+    from influence.index import INDEX_KINDS
+    from influence.less.settings import INDEX_KINDS as SETTINGS_KINDS
+
+    assert set(SETTINGS_KINDS) == set(INDEX_KINDS)
+    with pytest.raises(ConfigError, match="index must be one of"):
+        LessSettings(index="hnsw")

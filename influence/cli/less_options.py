@@ -29,6 +29,9 @@ _OPTIONS = [
                  help="Examples per datastore shard: the unit of resume and of work split across ranks."),
     click.option("--scoring", type=click.Choice(["faiss", "exact"]), default="faiss", show_default=True,
                  help="faiss: exact top-k by one FAISS search per subtask; exact: score every example."),
+    click.option("--index", type=click.Choice(["flat", "ivf-flat", "ivf-pq"]), default="flat", show_default=True,
+                 help="FAISS index for --scoring faiss: flat is exact (chunked exact scoring when it would not "
+                      "fit in memory); ivf-pq is compressed and approximate, its hits rescored exactly."),
     click.option("--name", default=None, help="Datastore name under --index-root [default: from pool + settings]."),
     click.option("--index-root", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_INDEX_ROOT,
                  show_default=True, help="Where datastores live."),
@@ -36,7 +39,7 @@ _OPTIONS = [
                  help="Device [default: cuda when present]."),
 ]
 NAMES = ("model", "projector", "dims", "lora_r", "lora_alpha", "warmup_fraction", "warmup_epochs", "warmup_lr",
-         "batch_size", "max_length", "shard_rows", "scoring", "name", "index_root", "device")
+         "batch_size", "max_length", "shard_rows", "scoring", "index", "name", "index_root", "device")
 
 
 def less_options(function: Callable) -> Callable:

@@ -257,21 +257,51 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
 
 
 def score_features(features: FeatureSet, pool: Pool, target: Target, settings: LessSettings, *,
-                   k: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """LESS scores from a FeatureSet: exact for every example, or NaN outside the FAISS candidates."""
+                   k: int | None = None, memory_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """LESS scores from a FeatureSet: exact for every example, or NaN outside the FAISS candidates.
+
+    A flat index holds the whole pool in float32; when that would take more than
+    `memory_bytes` (default: half the memory available now), scoring falls back to exact
+    chunked scoring over the memory-mapped features, which needs a block at a time.
+    """
     pool_rows = [FeatureStore.open(p).rows() for p in features.pool_stores]
     target_rows = [np.asarray(FeatureStore.open(p).rows()[:]) for p in features.target_stores]
     lrs = _score_rates(features.checkpoints)
     subtasks = target.subtasks()
-    if settings.scoring == "faiss" and k is not None:
+    method = settings.scoring if k is not None else "exact"
+    flat_bytes = len(pool) * sum(int(rows.shape[1]) for rows in pool_rows) * 4
+    budget = available_memory() // 2 if memory_bytes is None else memory_bytes
+    if method == "faiss" and settings.index == "flat" and flat_bytes > budget:
+        log.warning("a flat index of this pool needs %.1f GB, more than the %.1f GB budget; scoring every "
+                    "example exactly in chunks instead (or pass --index ivf-pq)", flat_bytes / 1e9, budget / 1e9)
+        method = "exact"
+    if method == "faiss":
         on_gpu = str(settings.device or "").startswith("cuda")
-        found = less_top_k(pool_rows, target_rows, lrs, subtasks, k, ids=pool.ids,
-                           device="gpu" if on_gpu else "auto")
+        margin = 3 * k if settings.index == "ivf-pq" else None  # PQ codes misorder near the cut: rescore more hits
+        found = less_top_k(pool_rows, target_rows, lrs, subtasks, k, ids=pool.ids, index_kind=settings.index,
+                           margin=margin, device="gpu" if on_gpu else "auto")
         scores = np.full(len(pool), np.nan)
         scores[found.candidates] = found.candidate_scores
-        return scores, {"method": "faiss", "candidates": int(len(found.candidates)), "exact": bool(found.exact),
-                        "searched_k": int(found.searched_k), "subtasks": len(subtasks)}
+        return scores, {"method": "faiss", "index": settings.index, "candidates": int(len(found.candidates)),
+                        "exact": bool(found.exact), "searched_k": int(found.searched_k), "subtasks": len(subtasks)}
     return less_scores(pool_rows, target_rows, lrs, subtasks), {"method": "exact", "subtasks": len(subtasks)}
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux MemAvailable; physical memory elsewhere)."""
+    import os
+
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
 
 
 def less_run(pool: Pool, target: Target, settings: LessSettings, *, k: int | None = None,

@@ -12,6 +12,7 @@ from influence.features.grads import GRAD_TYPES
 from influence.lora import LoraSettings
 
 SCORING_METHODS = ("faiss", "exact")
+INDEX_KINDS = ("flat", "ivf-flat", "ivf-pq")  # influence.index's kinds, named here without importing faiss
 
 
 @dataclass
@@ -40,6 +41,10 @@ class LessSettings:
     target_grad: str = field(default="sgd", metadata={"help": "Target gradient type: sgd (LESS), adam or sign."})
     scoring: str = field(default="faiss", metadata={
         "help": "faiss: exact top-k by one FAISS search per subtask; exact: score every pool example."})
+    index: str = field(default="flat", metadata={
+        "help": "FAISS index for scoring=faiss: flat (exact; falls back to chunked exact scoring when its "
+                "float32 copy would not fit in memory), ivf-flat or ivf-pq (compressed, approximate; "
+                "its hits are rescored exactly)."})
     seed: int = field(default=0, metadata={"help": "Seeds the warmup sample, adapter init and projection."})
     index_root: Path = field(default=DEFAULT_INDEX_ROOT, metadata={"help": "Where datastores live."})
     name: str | None = field(default=None, metadata={
@@ -70,6 +75,8 @@ class LessSettings:
                 raise ConfigError(f"{name} must be one of {', '.join(GRAD_TYPES)}, got {getattr(self, name)!r}")
         if self.scoring not in SCORING_METHODS:
             raise ConfigError(f"scoring must be one of {', '.join(SCORING_METHODS)}, got {self.scoring!r}")
+        if self.index not in INDEX_KINDS:
+            raise ConfigError(f"index must be one of {', '.join(INDEX_KINDS)}, got {self.index!r}")
 
     @classmethod
     def less_default(cls, **changes: Any) -> "LessSettings":
