@@ -253,3 +253,37 @@ def test_kill_9_during_training_then_rerun_equals_an_uninterrupted_run(tiny, tmp
     assert resumed.resumed_from_epoch == 1
     a, b = adapter_tensors(whole.out_dir), adapter_tensors(resumed.out_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ one run per directory
+def test_a_directory_locked_by_a_live_run_is_refused(tmp_path, tiny):
+    import subprocess
+
+    from influence.io import process_start
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / ".lock").write_text(f"{holder.pid} {process_start(holder.pid)}")
+        with pytest.raises(TrainingError, match=f"another training run \\(pid {holder.pid}\\)"):
+            train(EXAMPLES, TrainConfig.for_tests(epochs=1), out, loaded=tiny)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "manifest.json").exists()
+
+
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path, tiny):
+    import subprocess
+
+    out = tmp_path / "run"
+    out.mkdir()
+    stranger = subprocess.Popen(["sleep", "60"])  # alive, but started after the lock's writer
+    try:
+        (out / ".lock").write_text(f"{stranger.pid} 1")
+        result = train(EXAMPLES, TrainConfig.for_tests(epochs=1), out, loaded=tiny)
+    finally:
+        stranger.kill()
+        stranger.wait()
+    assert result.manifest_path.exists() and not (out / ".lock").exists()

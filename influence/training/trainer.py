@@ -37,7 +37,7 @@ from typing import Any, Iterator, Sequence
 from influence import distributed
 from influence.data.example import Example
 from influence.errors import ManifestMismatchError, TrainingError
-from influence.io import pid_alive, sha256_file, sha256_json, write_json
+from influence.io import pid_alive, process_start, sha256_file, sha256_json, write_json
 from influence.training.batching import epoch_seed, micro_batch_seed, plan_epoch, steps_per_epoch
 from influence.training.checkpoint import (
     ADAPTER_DIR,
@@ -518,15 +518,15 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            holder = _lock_holder(lock)
-            if holder is not None and holder != os.getpid() and pid_alive(holder):
+            holder, start = _lock_holder(lock)
+            if holder is not None and holder != os.getpid() and pid_alive(holder, start):
                 raise TrainingError(f"another training run (pid {holder}) is writing to {out_dir}; "
                                     "wait for it or choose another --out") from None
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
             continue
         with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
+            handle.write(f"{os.getpid()} {process_start(os.getpid()) or ''}".strip())
         break
     else:
         raise TrainingError(f"cannot lock {out_dir}; remove {lock} if no training is running")
@@ -537,11 +537,13 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
             lock.unlink()
 
 
-def _lock_holder(lock: Path) -> int | None:
+def _lock_holder(lock: Path) -> tuple[int | None, str | None]:
+    """The pid in a lock file and, when recorded, its start time (a reused pid is not the holder)."""
     try:
-        return int(lock.read_text().strip())
+        pid, *start = lock.read_text().split()
+        return int(pid), (start[0] if start else None)
     except (OSError, ValueError):
-        return None
+        return None, None
 
 
 def load_trained(out_dir: str | os.PathLike, *, base: Any = None, merge: bool = True) -> Any:
