@@ -49,10 +49,12 @@ def _invoke(args: list[str]) -> str:
 
 
 # ------------------------------------------------------------------ featurize
-def _featurize(pool: Path, model: Path, root: Path) -> list[str]:
+def _featurize(pool: Path, model: Path, root: Path, *, warmup_fraction: str = "0.1", warmup_epochs: str = "2",
+               shard_rows: str = "4") -> list[str]:
     return _influence("featurize", "--pool", str(pool), "--model", str(model), "--lora-r", "4", "--lora-alpha", "16",
-                      "--dims", "64", "--warmup-fraction", "0.1", "--warmup-epochs", "2", "--max-length", "64",
-                      "--batch-size", "2", "--shard-rows", "4", "--index-root", str(root), "--name", "run")
+                      "--dims", "64", "--warmup-fraction", warmup_fraction, "--warmup-epochs", warmup_epochs,
+                      "--max-length", "64", "--batch-size", "2", "--shard-rows", shard_rows,
+                      "--index-root", str(root), "--name", "run")
 
 
 def _features(root: Path) -> dict[str, bytes]:
@@ -161,3 +163,27 @@ def test_kill_9_during_compare_then_rerun_reuses_finished_cells_and_equals_an_un
     assert lines["random seed 0"].endswith("(reused selection)")
     assert _results(killed) == _results(clean)
     assert _adapters(killed) == _adapters(clean) and len(_adapters(clean)) == 2
+
+
+# ------------------------------------------------------------------ warmup (inside featurize)
+def test_kill_9_during_the_warmup_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    pool = write_jsonl(tmp_path / "pool.jsonl", [
+        {"instruction": f"Name the square of {i}.", "output": f"The square of {i} is {i * i}."} for i in range(96)])
+
+    def command(root: Path) -> list[str]:  # the whole pool in the warmup, 3 epochs of 3 steps
+        return _featurize(pool, tiny_model_dir, root, warmup_fraction="1.0", warmup_epochs="3", shard_rows="32")
+
+    clean = tmp_path / "clean"
+    _invoke(command(clean)[3:])
+    killed = tmp_path / "killed"
+    process = _start(command(killed), tmp_path / "killed.log")
+    checkpoints = killed / "run" / "warmup" / "checkpoints"
+    _kill_9_when(process, lambda: (checkpoints / "epoch-1").is_dir(), tmp_path / "killed.log")
+    assert not (killed / "run" / "warmup" / "manifest.json").exists(), "the warmup finished before the kill"
+    assert not (killed / "run" / "features").exists()
+
+    resumed = subprocess.run(command(killed), check=True, env=ENV, capture_output=True, text=True)
+    assert "resuming" in resumed.stderr and "after epoch" in resumed.stderr
+    assert _features(killed) == _features(clean)
+    adapter = Path("warmup", "adapter", "adapter_model.safetensors")
+    assert (killed / "run" / adapter).read_bytes() == (clean / "run" / adapter).read_bytes()
