@@ -94,3 +94,38 @@ def test_two_gloo_ranks_train_the_same_adapter_as_one_process(tmp_path):
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
 
+
+
+def test_the_torchrun_commands_of_the_readme_run_on_two_cpu_processes(tmp_path, tiny_model_dir):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import write_jsonl
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", [e.to_record("alpaca") for e in _pool().examples])
+    options = ["--pool", str(pool), "--model", str(tiny_model_dir), "--lora-r", "4", "--lora-alpha", "16",
+               "--dims", "64", "--warmup-fraction", "0.5", "--warmup-epochs", "2", "--max-length", "64",
+               "--shard-rows", "4", "--name", "run"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def influence(*args: str, ranks: int = 1) -> str:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+        command = [*(launcher if ranks > 1 else [sys.executable]), "-m", "influence.cli", *args]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    influence("featurize", *options, "--index-root", str(tmp_path / "one"))
+    # the same checkpoints for both, then featurization on two ranks
+    shutil.copytree(tmp_path / "one" / "run" / "warmup", tmp_path / "two" / "run" / "warmup")
+    out = influence("featurize", *options, "--index-root", str(tmp_path / "two"), ranks=2)
+    assert out.count("datastore ") == 2 and out.count("featurized now") == 1  # 2 checkpoints, said once by rank 0
+    assert _store_files(tmp_path / "two" / "run") == _store_files(tmp_path / "one" / "run")
+
+    # the warmup itself, data parallel on two ranks: the same adapter up to float rounding
+    influence("warmup", *options, "--index-root", str(tmp_path / "dp"), ranks=2)
+    one = _adapter(tmp_path / "one" / "run" / "warmup")
+    two = _adapter(tmp_path / "dp" / "run" / "warmup")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
