@@ -20,6 +20,46 @@ import numpy as np
 from influence.errors import OutputExistsError
 
 
+_SWEPT: set[str] = set()  # directories this process has cleared of dead writers' temporaries
+
+
+def _temporary_prefix(target: Path) -> str:
+    """`.<name>.<pid>.`: a temporary names its writer, so one left by a killed process can be told apart."""
+    return f".{target.name}.{os.getpid()}."
+
+
+def remove_dead_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries (`.<name>.<pid>.*.tmp`) that writers killed mid-write left in `directory`.
+
+    A temporary whose writer still runs is kept. Every write sweeps its directory once per
+    process, so rerunning a killed command leaves no litter where it writes again.
+    """
+    directory = Path(directory)
+    _SWEPT.add(str(directory))
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            name = entry.name
+            if not (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            parts = name[1:-4].rsplit(".", 2)  # <name>, <pid>, <random>
+            if len(parts) != 3 or not parts[1].isdigit() or pid_alive(int(parts[1])):
+                continue
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _sweep_once(directory: Path) -> None:
+    if str(directory) not in _SWEPT:
+        remove_dead_temporaries(directory)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[BinaryIO]:
     """Open a binary handle whose content replaces `path` only when the block succeeds."""
@@ -27,7 +67,8 @@ def atomic_open(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     if not overwrite and path.exists():
         raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _sweep_once(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -45,7 +86,8 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces `target` only when the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _sweep_once(target.parent)
+    staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield staging
         if target.exists():

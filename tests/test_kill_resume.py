@@ -116,6 +116,7 @@ def test_kill_9_during_train_then_rerun_resumes_from_the_last_epoch_and_equals_a
     assert _adapter(killed) == _adapter(clean) and _adapter(clean)
     assert _epochs(killed) == _epochs(clean)
     assert len(_epochs(clean)) == 6
+    assert not list(killed.rglob("*.tmp"))
 
 
 # ------------------------------------------------------------------ compare
@@ -163,6 +164,7 @@ def test_kill_9_during_compare_then_rerun_reuses_finished_cells_and_equals_an_un
     assert lines["random seed 0"].endswith("(reused selection)")
     assert _results(killed) == _results(clean)
     assert _adapters(killed) == _adapters(clean) and len(_adapters(clean)) == 2
+    assert not list(killed.rglob("*.tmp")), "a half-written temporary of the killed run was left behind"
 
 
 # ------------------------------------------------------------------ warmup (inside featurize)
@@ -185,5 +187,6 @@ def test_kill_9_during_the_warmup_then_rerun_equals_an_uninterrupted_run(tmp_pat
     resumed = subprocess.run(command(killed), check=True, env=ENV, capture_output=True, text=True)
     assert "resuming" in resumed.stderr and "after epoch" in resumed.stderr
     assert _features(killed) == _features(clean)
+    assert not list(killed.rglob("*.tmp"))
     adapter = Path("warmup", "adapter", "adapter_model.safetensors")
     assert (killed / "run" / adapter).read_bytes() == (clean / "run" / adapter).read_bytes()

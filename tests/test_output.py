@@ -66,3 +66,31 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, selection, monkeypatch)
     with pytest.raises(RuntimeError):
         write_selection(selection, out_dir / "s.jsonl")
     assert list(out_dir.iterdir()) == []
+
+
+def test_temporaries_of_killed_writers_are_swept_and_live_writers_kept(tmp_path):
+    import subprocess
+
+    from influence import io
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        left = tmp_path / f".results.json.{dead.pid}.k3j9.tmp"
+        left.write_text('{"half": ')
+        staging = tmp_path / f".model.{dead.pid}.x1.tmp"
+        staging.mkdir()
+        busy = tmp_path / f".results.json.{live.pid}.q7.tmp"
+        busy.write_text("being written")
+        other = tmp_path / ".notes.tmp"          # not ours: no writer pid in the name
+        other.write_text("keep")
+        io._SWEPT.discard(str(tmp_path))
+        io.write_json(tmp_path / "results.json", {"done": True})
+    finally:
+        live.kill()
+        live.wait()
+    assert not left.exists() and not staging.exists()
+    assert busy.exists() and other.exists()
+    assert json.loads((tmp_path / "results.json").read_text()) == {"done": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([busy.name, other.name, "results.json"])
