@@ -10,7 +10,7 @@ from influence.cli.less_options import less_options, pop_settings
 from influence.constants import OUTPUT_FORMATS
 from influence.errors import SelectionError
 from influence.selection import check_writable, default_output_path, select, write_selection
-from influence.selectors import SELECTORS, make_selector
+from influence.selectors import SELECTORS, SelectionContext, make_selector
 from influence.selectors.baselines import LENGTH_UNITS
 
 
@@ -55,9 +55,12 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
     target_set = load_target(target) if target and chosen.requires_target else None
     if target and not chosen.requires_target:
         say(f"note: selector {name!r} ignores --target", err=True)
-    selection = select(pool, k, chosen, target=target_set, seed=seed)
-    if not job.is_main:
+    if not job.is_main:  # under torchrun: share the distributed part (LESS: warmup, features); rank 0 selects
+        prepare = getattr(chosen, "prepare", None)
+        if prepare is not None:
+            prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
         return
+    selection = select(pool, k, chosen, target=target_set, seed=seed)
     for line in selection.summary():
         say(line)
     jsonl, manifest = write_selection(selection, out, fmt=fmt, overwrite=overwrite)

@@ -22,7 +22,12 @@ class SelectionContext:
 
 @runtime_checkable
 class Selector(Protocol):
-    """Scores every pool example; higher means more worth selecting."""
+    """Scores every pool example; higher means more worth selecting.
+
+    A selector whose work spreads over torch.distributed ranks may also define
+    `prepare(pool, context)`: under torchrun, the ranks other than 0 call it while rank 0
+    calls `score`, which must run the same collective steps before scoring alone.
+    """
 
     name: str
     requires_target: bool

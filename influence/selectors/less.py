@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from influence.data.pools import Pool
-from influence.less import LessSettings, less_run
+from influence.less import LessSettings, build_features, less_run
 from influence.selectors.base import SelectionContext
 
 
@@ -30,6 +30,13 @@ class LessSelector:
         self.existing_only = existing_only
         self._loaded = loaded
         self._provenance: dict[str, Any] = {}
+
+    def prepare(self, pool: Pool, context: SelectionContext) -> None:
+        """This rank's share of the work that can be spread over torch.distributed ranks: the
+        warmup and the features. Rank 0 calls `score` meanwhile, which does the same steps
+        with it and then scores alone (one index, not one per rank)."""
+        if not self.existing_only:
+            build_features(pool, context.target, self.settings.with_(seed=context.seed), loaded=self._loaded)
 
     def score(self, pool: Pool, context: SelectionContext) -> np.ndarray:
         run = less_run(pool, context.target, self.settings.with_(seed=context.seed), k=context.k,
