@@ -214,7 +214,7 @@ class LessEstimate:
     seconds: dict[str, float]        # the same keys, and total
     disk_bytes: dict[str, int]       # pool_features, target_features, checkpoints, total
     memory_bytes: dict[str, int]     # warmup, featurize, score: peak of each
-    index_kind: str
+    index_kind: str                  # the index scoring builds, or "exact" (chunked, no index)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -245,7 +245,8 @@ class LessEstimate:
             f"{_count(self.flops['warmup'], 'FLOP')}, {_duration(s['warmup'])}",
             f"  featurize: pool x {self.checkpoints} checkpoints {_duration(s['featurize_pool'])}, target x "
             f"{self.checkpoints} {_duration(s['featurize_target'])}",
-            f"  score ({self.index_kind} index): {_duration(s['score'])}",
+            f"  score ({'exact, chunked' if self.index_kind == 'exact' else self.index_kind + ' index'}): "
+            f"{_duration(s['score'])}",
             f"  total time: {_duration(s['total'])}",
             f"  disk: {_bytes(self.disk_bytes['total'])} (pool features {_bytes(self.disk_bytes['pool_features'])}, "
             f"target features {_bytes(self.disk_bytes['target_features'])}, warmup checkpoints "
@@ -293,7 +294,8 @@ def _index_bytes(kind: str, n: int, dim: int) -> int:
 def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example] | TokenStats,
                   settings: LessSettings, *, shape: ModelShape, tokenizer: Any = None, device: str | None = None,
                   flops_per_second: float | None = None, utilization: float = MATMUL_UTILIZATION,
-                  index_kind: str = "flat", subtasks: int | None = None, sample: int = LENGTH_SAMPLE) -> LessEstimate:
+                  index_kind: str | None = None, subtasks: int | None = None, sample: int = LENGTH_SAMPLE,
+                  memory_budget: int | None = None) -> LessEstimate:
     """Estimate what a LESS run with `settings` costs: time on `device`, disk, peak memory.
 
     Args:
@@ -316,6 +318,7 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     """
     import torch
 
+    index_kind = settings.index if index_kind is None else index_kind
     if index_kind not in INDEX_KINDS:
         raise ConfigError(f"unknown index kind {index_kind!r}; choose one of {', '.join(INDEX_KINDS)}")
     if subtasks is None:
@@ -375,9 +378,14 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     if pool_stats.truncated:
         notes.append(f"{pool_stats.truncated:,} pool examples are longer than max_length={settings.max_length:,} "
                      "and will be cut")
-    if settings.scoring == "faiss" and index_kind == "flat" and memory["score"] > 64 << 30:
-        notes.append("a flat index this large holds every feature as float32; index_kind='ivf-pq' needs a small "
-                     "fraction of the memory")
+    budget = available_memory() // 2 if memory_budget is None else memory_budget
+    if settings.scoring == "faiss" and index_kind == "flat" and memory["score"] > budget:
+        notes.append(f"a flat index would need {memory['score'] / 1e9:.1f} GB, more than half the memory available "
+                     f"now: scoring will fall back to exact chunked scoring (--index ivf-pq needs a fraction)")
+        memory["score"] = SCORE_CHUNK_BYTES + t * dims * checkpoints * 8
+        index_kind = "exact"
+    elif settings.scoring == "exact":
+        index_kind = "exact"
     return LessEstimate(pool=pool_stats, target=target_stats, shape=shape, lora=settings.lora.to_dict(),
                         checkpoints=checkpoints, dims=dims, projector=projector, device=device,
                         flops_per_second=float(flops_per_second), utilization=float(utilization),
@@ -412,3 +420,20 @@ def _duration(seconds: float) -> str:
     if seconds < 48 * 3600:
         return f"about {seconds / 3600:.1f} h"
     return f"about {seconds / 86400:.1f} days"
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux MemAvailable; physical memory elsewhere)."""
+    import os
+
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62

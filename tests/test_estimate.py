@@ -72,7 +72,8 @@ def test_model_shape_counts_what_lora_will_add():
 def test_estimate_arithmetic_disk_time_and_memory():
     settings = LessSettings(dims=8192, warmup_epochs=4, warmup_fraction=0.05)
     pool, target = stats(100_000), stats(300, 400, 300)
-    est = estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, utilization=0.5, subtasks=3)
+    est = estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, utilization=0.5, subtasks=3,
+                        memory_budget=1 << 50)
     assert isinstance(est, LessEstimate) and est.checkpoints == 4 and est.warmup_examples == 5000
     assert est.disk_bytes["pool_features"] == 100_000 * 8192 * 2 * 4
     assert est.disk_bytes["target_features"] == 300 * 8192 * 2 * 4
@@ -99,6 +100,16 @@ def test_estimate_arithmetic_disk_time_and_memory():
     # a compressed index needs a fraction of a flat one's memory to score
     pq = estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, index_kind="ivf-pq")
     assert pq.memory_bytes["score"] < est.memory_bytes["score"] / 4
+
+
+def test_a_flat_index_beyond_the_memory_budget_is_estimated_as_the_chunked_exact_fallback():
+    settings, pool, target = LessSettings(), stats(100_000), stats(300)
+    roomy = estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, memory_budget=1 << 50)
+    tight = estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, memory_budget=1 << 30)
+    assert (roomy.index_kind, tight.index_kind) == ("flat", "exact")
+    assert roomy.memory_bytes["score"] >= 100_000 * 8192 * 4 * 4 > 1 << 30 > tight.memory_bytes["score"]
+    assert "score (exact, chunked)" in " ".join(tight.lines()) and "fall back" in " ".join(tight.notes)
+    assert "score (flat index)" in " ".join(roomy.lines()) and not roomy.notes
 
 
 def test_lines_are_one_line_each_and_say_the_estimate_is_rough():

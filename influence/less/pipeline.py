@@ -270,6 +270,8 @@ def score_features(features: FeatureSet, pool: Pool, target: Target, settings: L
     subtasks = target.subtasks()
     method = settings.scoring if k is not None else "exact"
     flat_bytes = len(pool) * sum(int(rows.shape[1]) for rows in pool_rows) * 4
+    from influence.estimate import available_memory
+
     budget = available_memory() // 2 if memory_bytes is None else memory_bytes
     if method == "faiss" and settings.index == "flat" and flat_bytes > budget:
         log.warning("a flat index of this pool needs %.1f GB, more than the %.1f GB budget; scoring every "
@@ -285,23 +287,6 @@ def score_features(features: FeatureSet, pool: Pool, target: Target, settings: L
         return scores, {"method": "faiss", "index": settings.index, "candidates": int(len(found.candidates)),
                         "exact": bool(found.exact), "searched_k": int(found.searched_k), "subtasks": len(subtasks)}
     return less_scores(pool_rows, target_rows, lrs, subtasks), {"method": "exact", "subtasks": len(subtasks)}
-
-
-def available_memory() -> int:
-    """Bytes of memory available now (Linux MemAvailable; physical memory elsewhere)."""
-    import os
-
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
 
 
 def less_run(pool: Pool, target: Target, settings: LessSettings, *, k: int | None = None,
