@@ -131,13 +131,13 @@ def test_the_torchrun_commands_of_the_readme_run_on_two_cpu_processes(tmp_path, 
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
 
-    # select on two ranks: they featurize together, rank 0 alone scores and writes; equal to scoring
-    # the same datastores in one process afterwards
+    # select on two ranks: they featurize together, rank 0 alone scores and writes; then score on two
+    # ranks from those datastores (the others only check them) gives the same records
     target = write_jsonl(tmp_path / "target.jsonl", [{**e.to_record("alpaca"), "subtask": e.subtask}
                                                      for e in TARGET.examples])
     chosen = ["--target", str(target), "--k", "4", "--index-root", str(tmp_path / "dp")]
     said = influence("select", *options, *chosen, "--out", str(tmp_path / "two.jsonl"), ranks=2)
     assert said.count("wrote ") == 1
-    influence("score", *options, *chosen, "--out", str(tmp_path / "one.jsonl"))
+    influence("score", *options, *chosen, "--out", str(tmp_path / "one.jsonl"), ranks=2)
     one, two = ([json.loads(line) for line in (tmp_path / f"{n}.jsonl").read_text().splitlines()] for n in ("one", "two"))
     assert len(one) == 4 and one == two

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from influence.cli import main
 from tests.conftest import write_jsonl
+from tests.test_compare import _files as compare_files
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -141,13 +142,7 @@ def _adapters(out: Path) -> dict[str, bytes]:
 
 def test_kill_9_during_compare_then_rerun_reuses_finished_cells_and_equals_an_uninterrupted_run(
         tmp_path, tiny_model_dir):
-    pool = write_jsonl(tmp_path / "pool.jsonl", [
-        {"instruction": f"What is {a} plus {a}?", "output": f"{a} plus {a} is {2 * a}."} for a in range(8)] + [
-        {"instruction": f"Describe colour {c}.", "output": f"The colour {c} is a colour I like a lot."}
-        for c in ("red", "blue", "green", "pink", "grey", "gold")])
-    target = write_jsonl(tmp_path / "target.jsonl", [
-        {"instruction": "What is 20 plus 20?", "output": "20 plus 20 is 40.", "subtask": "sums"},
-        {"instruction": "What is 30 plus 30?", "output": "30 plus 30 is 60.", "subtask": "sums"}])
+    pool, target = compare_files(tmp_path)  # the pool and target of test_compare
     clean = tmp_path / "clean"
     _invoke(_compare_args(pool, target, tiny_model_dir, clean))
 

@@ -43,6 +43,12 @@ class PoolSource:
     kept: int            # examples added to the pool (after removing duplicates)
 
 
+def example_ids(examples: Sequence[Example]) -> list[str]:
+    """The examples' ids, in order; `StreamedExamples` already holds them, so no pass is read."""
+    known = getattr(examples, "ids", None)
+    return known if known is not None else [e.id for e in examples]
+
+
 @dataclass
 class Pool:
     """Unique examples in a fixed order, with what was read, skipped and deduplicated."""
@@ -57,8 +63,7 @@ class Pool:
     @property
     def ids(self) -> list[str]:
         """Every example's id, in order (without reading a streamed pool again)."""
-        known = getattr(self.examples, "ids", None)
-        return known if known is not None else [e.id for e in self.examples]
+        return example_ids(self.examples)
 
     @property
     def fingerprint(self) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 
 from influence import distributed
 from influence.data.example import Example
-from influence.data.pools import Pool
+from influence.data.pools import Pool, example_ids
 from influence.data.targets import Target
 from influence.features import AdamMoments, FeaturizeStats, LoraGradients, dim_slices, featurize, make_projector
 from influence.features.datastore import FeatureStore
@@ -104,7 +104,7 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
 
     job = distributed.current()
     stats = FeaturizeStats()
-    ids = Pool(examples=examples).ids  # a streamed pool knows its ids without a pass
+    ids = example_ids(examples)
     slices = dim_slices(settings.all_dims)
 
     def open_stores() -> dict[int, FeatureStore]:
@@ -264,14 +264,14 @@ def score_features(features: FeatureSet, pool: Pool, target: Target, settings: L
     `memory_bytes` (default: half the memory available now), scoring falls back to exact
     chunked scoring over the memory-mapped features, which needs a block at a time.
     """
+    from influence.estimate import available_memory
+
     pool_rows = [FeatureStore.open(p).rows() for p in features.pool_stores]
     target_rows = [np.asarray(FeatureStore.open(p).rows()[:]) for p in features.target_stores]
     lrs = _score_rates(features.checkpoints)
     subtasks = target.subtasks()
     method = settings.scoring if k is not None else "exact"
     flat_bytes = len(pool) * sum(int(rows.shape[1]) for rows in pool_rows) * 4
-    from influence.estimate import available_memory
-
     budget = available_memory() // 2 if memory_bytes is None else memory_bytes
     if method == "faiss" and settings.index == "flat" and flat_bytes > budget:
         log.warning("a flat index of this pool needs %.1f GB, more than the %.1f GB budget; scoring every "

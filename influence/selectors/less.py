@@ -33,10 +33,10 @@ class LessSelector:
 
     def prepare(self, pool: Pool, context: SelectionContext) -> None:
         """This rank's share of the work that can be spread over torch.distributed ranks: the
-        warmup and the features. Rank 0 calls `score` meanwhile, which does the same steps
-        with it and then scores alone (one index, not one per rank)."""
-        if not self.existing_only:
-            build_features(pool, context.target, self.settings.with_(seed=context.seed), loaded=self._loaded)
+        warmup and the features (or, with existing_only, their checks). Rank 0 calls `score`
+        meanwhile, which goes through the same steps with it and then scores alone."""
+        build_features(pool, context.target, self.settings.with_(seed=context.seed), loaded=self._loaded,
+                       existing_only=self.existing_only)
 
     def score(self, pool: Pool, context: SelectionContext) -> np.ndarray:
         run = less_run(pool, context.target, self.settings.with_(seed=context.seed), k=context.k,

@@ -352,7 +352,10 @@ def _optimizer_step(model: Any, params: list[tuple[str, Any]], optimizer: Any, m
         loss.backward()
         nll_sum += nll.detach().sum().double()
     if job.world_size > 1:
-        nll_sum = _all_reduce_gradients([p for _, p in params], nll_sum)
+        import torch.distributed as dist
+
+        _all_reduce_gradients([p for _, p in params])
+        dist.all_reduce(nll_sum)  # float64: summed token losses need the precision
     nll_total = float(nll_sum)
     if not math.isfinite(nll_total):
         raise TrainingError(f"the training loss became {nll_total}; lower the learning rate")
@@ -362,21 +365,19 @@ def _optimizer_step(model: Any, params: list[tuple[str, Any]], optimizer: Any, m
     return nll_total, step_tokens
 
 
-def _all_reduce_gradients(parameters: list[Any], nll_sum: Any) -> Any:
-    """Sum every rank's gradients (and NLL) in one flat all-reduce; a rank without a micro-batch adds zeros."""
+def _all_reduce_gradients(parameters: list[Any]) -> None:
+    """Sum every rank's gradients in one flat all-reduce; a rank without a micro-batch adds zeros."""
     import torch
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
     flat = torch.cat([g.reshape(-1).to(torch.float32) for g in grads])
     dist.all_reduce(flat)
-    dist.all_reduce(nll_sum)  # float64: summed token losses need the precision
     offset = 0
     for parameter, grad in zip(parameters, grads):
         size = grad.numel()
         parameter.grad = flat[offset: offset + size].view_as(grad).to(grad.dtype)
         offset += size
-    return nll_sum
 
 
 # ------------------------------------------------------------------ saving
