@@ -23,7 +23,7 @@ from influence.data.pools import Pool
 from influence.data.targets import Target
 from influence.errors import OutputExistsError, SelectionError
 from influence.io import sha256_file, sha256_json, write_json, write_jsonl
-from influence.selectors import SelectionContext, Selector, top_k
+from influence.selectors import Scores, SelectionContext, Selector, top_k
 
 VERSIONED_PACKAGES = ("influence", "numpy", "torch", "transformers", "peft", "datasets", "faiss-cpu", "traker")
 
@@ -129,13 +129,16 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
     if selector.requires_target and target is None:
         raise SelectionError(f"selector {selector.name!r} needs a target; pass --target (see `influence targets`)")
     start = time.perf_counter()
-    scores = np.asarray(selector.score(pool, SelectionContext(target=target, seed=seed, k=k)), dtype=np.float64)
+    result = selector.score(pool, SelectionContext(target=target, seed=seed, k=k))
+    if not isinstance(result, Scores):
+        raise SelectionError(f"selector {selector.name!r} returned {type(result).__name__}; "
+                             "Selector.score must return influence.selectors.Scores")
+    scores = result.values
     if scores.shape != (len(pool),):
         raise SelectionError(f"selector {selector.name!r} returned {scores.shape} scores for {len(pool)} examples")
     indices = top_k(scores, pool.ids, k)
-    extra = dict(getattr(selector, "provenance", lambda: {})())
     return Selection(pool=pool, indices=indices, scores=scores, selector=selector, k=k, seed=seed,
-                     target=target, seconds=time.perf_counter() - start, extra=extra)
+                     target=target, seconds=time.perf_counter() - start, extra=dict(result.provenance))
 
 
 def default_output_path(pool_specs: list[str], selector: str, k: int, target: str | None = None) -> Path:

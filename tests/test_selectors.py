@@ -9,7 +9,8 @@ from influence.data import Example, load_pool
 from influence.data.pools import Pool
 from influence.errors import SelectionError, UnknownNameError
 from influence.selection import select
-from influence.selectors import SELECTORS, LongestSelector, RandomSelector, make_selector, top_k
+from influence.selectors import (SELECTORS, LongestSelector, RandomSelector, Scores, Selector, make_selector,
+                                 top_k)
 
 
 def _pool(outputs: list[str]) -> Pool:
@@ -65,3 +66,43 @@ def test_every_untargeted_selector_returns_k_unique_valid_examples(name):
 def test_unknown_selector_names_the_choices():
     with pytest.raises(UnknownNameError, match="unknown selector 'longer'"):
         make_selector("longer")
+
+
+class _Planted(Selector):
+    """A third-party selector: scores by a planted table, provenance names it."""
+
+    name = "planted"
+
+    def __init__(self, values):
+        self.values = values
+
+    def score(self, pool, context):
+        return Scores(np.asarray(self.values, dtype=float), {"planted": {"table": "v1"}})
+
+    def params(self):
+        return {"table": "v1"}
+
+
+def test_a_declared_selector_ranks_through_top_k_and_its_provenance_reaches_the_manifest():
+    pool = _pool(["a", "b", "c"])
+    selection = select(pool, 2, _Planted([0.1, 0.9, 0.5]))
+    assert selection.indices.tolist() == [1, 2]
+    assert selection.manifest("alpaca")["planted"] == {"table": "v1"}
+    assert _Planted([0, 0, 0]).prepare(pool, None) is None  # nothing to share by default
+
+
+def test_a_selector_returning_a_bare_array_is_refused():
+    class Bare(_Planted):
+        def score(self, pool, context):
+            return np.zeros(len(pool))
+
+    with pytest.raises(SelectionError, match="must return influence.selectors.Scores"):
+        select(_pool(["a", "b"]), 1, Bare([0, 0]))
+
+
+def test_a_selector_must_declare_score_and_params():
+    class Incomplete(Selector):
+        name = "incomplete"
+
+    with pytest.raises(TypeError):
+        Incomplete()

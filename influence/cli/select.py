@@ -56,9 +56,7 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
     if target and not chosen.requires_target:
         say(f"note: selector {name!r} ignores --target", err=True)
     if not job.is_main:  # under torchrun: share the distributed part (LESS: warmup, features); rank 0 selects
-        prepare = getattr(chosen, "prepare", None)
-        if prepare is not None:
-            prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
+        chosen.prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
         return
     selection = select(pool, k, chosen, target=target_set, seed=seed)
     for line in selection.summary():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from influence.errors import UnknownNameError
-from influence.selectors.base import SelectionContext, Selector
+from influence.selectors.base import Scores, SelectionContext, Selector
 from influence.selectors.baselines import LongestSelector, RandomSelector
 from influence.selectors.topk import top_k
 
@@ -36,5 +36,5 @@ def make_selector(name: str, **options: Any) -> Selector:
     return SELECTORS[name](**options)
 
 
-__all__ = ["SELECTORS", "SelectionContext", "Selector", "LongestSelector", "RandomSelector", "make_selector",
+__all__ = ["SELECTORS", "Scores", "SelectionContext", "Selector", "LongestSelector", "RandomSelector", "make_selector",
            "register_selector", "top_k"]

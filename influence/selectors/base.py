@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+import abc
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,22 +21,39 @@ class SelectionContext:
     k: int | None = None  # how many will be kept; a selector may use it to skip hopeless examples (NaN)
 
 
-@runtime_checkable
-class Selector(Protocol):
-    """Scores every pool example; higher means more worth selecting.
+@dataclass(frozen=True)
+class Scores:
+    """One score per pool example (higher is better, NaN never selected) and where they came from.
 
-    A selector whose work spreads over torch.distributed ranks may also define
-    `prepare(pool, context)`: under torchrun, the ranks other than 0 call it while rank 0
-    calls `score`, which must run the same collective steps before scoring alone.
+    `provenance` goes into the selection manifest as it is (for LESS: the datastores used).
+    """
+
+    values: np.ndarray
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", np.asarray(self.values, dtype=np.float64))
+
+
+class Selector(abc.ABC):
+    """Scores every pool example; `top_k` and the writer do the rest, the same for every selector.
+
+    Subclasses set `name` (the registry key) and `requires_target`, and implement `score`
+    and `params`. `prepare` is for selectors whose work spreads over torch.distributed ranks:
+    under torchrun the ranks other than 0 call it while rank 0 calls `score`, which must run
+    the same collective steps before scoring alone. By default there is nothing to share.
     """
 
     name: str
-    requires_target: bool
+    requires_target: bool = False
 
-    def score(self, pool: Pool, context: SelectionContext) -> np.ndarray:
-        """One finite float per pool example, in pool order."""
-        ...
+    @abc.abstractmethod
+    def score(self, pool: Pool, context: SelectionContext) -> Scores:
+        """One float per pool example, in pool order, with its provenance."""
 
+    @abc.abstractmethod
     def params(self) -> dict[str, Any]:
         """The settings that determine the scores, recorded in the manifest."""
-        ...
+
+    def prepare(self, pool: Pool, context: SelectionContext) -> None:
+        """This rank's share of the distributed work (see the class docstring); nothing by default."""

@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 
 from influence.data.pools import Pool
-from influence.selectors.base import SelectionContext
+from influence.selectors.base import Scores, SelectionContext, Selector
 
 LENGTH_UNITS = ("chars", "words")
 
 
 @dataclass
-class LongestSelector:
+class LongestSelector(Selector):
     """"Long Is More for Alignment" (Zhao et al., arXiv 2402.04833): keep the longest responses.
 
     The paper ranks a pool by the length of each example's response and keeps the top
@@ -32,24 +32,24 @@ class LongestSelector:
         if self.unit not in LENGTH_UNITS:
             raise ValueError(f"unit must be one of {LENGTH_UNITS}, got {self.unit!r}")
 
-    def score(self, pool: Pool, context: SelectionContext) -> np.ndarray:
+    def score(self, pool: Pool, context: SelectionContext) -> Scores:
         if self.unit == "words":
-            return np.array([len(e.response.split()) for e in pool.examples], dtype=np.float64)
-        return np.array([len(e.response) for e in pool.examples], dtype=np.float64)
+            return Scores(np.array([len(e.response.split()) for e in pool.examples], dtype=np.float64))
+        return Scores(np.array([len(e.response) for e in pool.examples], dtype=np.float64))
 
     def params(self) -> dict[str, Any]:
         return {"unit": self.unit}
 
 
 @dataclass
-class RandomSelector:
+class RandomSelector(Selector):
     """A uniform random subset, reproducible from the seed alone."""
 
     name: str = "random"
     requires_target: bool = False
 
-    def score(self, pool: Pool, context: SelectionContext) -> np.ndarray:
-        return np.random.default_rng(context.seed).random(len(pool))
+    def score(self, pool: Pool, context: SelectionContext) -> Scores:
+        return Scores(np.random.default_rng(context.seed).random(len(pool)))
 
     def params(self) -> dict[str, Any]:
         return {}

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from influence.data.pools import Pool
 from influence.less import LessSettings, build_features, less_run
-from influence.selectors.base import SelectionContext
+from influence.selectors.base import Scores, SelectionContext, Selector
 
 
-class LessSelector:
+class LessSelector(Selector):
     """Scores each pool example by its LESS influence on the target.
 
     Per warmup checkpoint, the cosine between the example's Adam-preconditioned gradient
@@ -29,7 +27,6 @@ class LessSelector:
         self.settings = settings.with_(**changes) if changes else settings
         self.existing_only = existing_only
         self._loaded = loaded
-        self._provenance: dict[str, Any] = {}
 
     def prepare(self, pool: Pool, context: SelectionContext) -> None:
         """This rank's share of the work that can be spread over torch.distributed ranks: the
@@ -38,15 +35,10 @@ class LessSelector:
         build_features(pool, context.target, self.settings.with_(seed=context.seed), loaded=self._loaded,
                        existing_only=self.existing_only)
 
-    def score(self, pool: Pool, context: SelectionContext) -> np.ndarray:
+    def score(self, pool: Pool, context: SelectionContext) -> Scores:
         run = less_run(pool, context.target, self.settings.with_(seed=context.seed), k=context.k,
                        loaded=self._loaded, existing_only=self.existing_only)
-        self._provenance = run.provenance()
-        return run.scores
+        return Scores(run.scores, run.provenance())
 
     def params(self) -> dict[str, Any]:
         return self.settings.to_dict()
-
-    def provenance(self) -> dict[str, Any]:
-        """Where the scores came from (the datastores), for the selection manifest."""
-        return self._provenance
