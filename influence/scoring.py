@@ -47,6 +47,51 @@ def _per_checkpoint(features: Any, what: str) -> list[Any]:
     return items
 
 
+def subtask_rows(subtasks: Mapping[str, Sequence[int]], num_targets: int) -> list[tuple[str, np.ndarray]]:
+    """Checked (name, sorted target rows) of every subtask.
+
+    Raises:
+        DataError: no subtasks, an empty one, or rows that are not integers in [0, num_targets).
+    """
+    if not isinstance(subtasks, Mapping) or not subtasks:
+        raise DataError("no subtasks given; pass {'all': range(num_targets)} for a target without subtasks")
+    checked = []
+    for name, rows in subtasks.items():
+        rows = np.asarray(list(rows))
+        if rows.size == 0:
+            raise DataError(f"subtask {name!r} has no target examples; drop it or add examples")
+        if not np.issubdtype(rows.dtype, np.integer) or rows.ndim != 1:
+            raise DataError(f"subtask {name!r}: target rows must be a list of integers")
+        if rows.min() < 0 or rows.max() >= num_targets:
+            raise DataError(f"subtask {name!r} refers to target row {int(rows.max() if rows.max() >= num_targets else rows.min())}, "
+                            f"but the target has rows 0..{num_targets - 1}")
+        checked.append((str(name), np.sort(rows)))
+    return checked
+
+
+def mean_max_over_subtasks(per_target: np.ndarray, subtasks: Mapping[str, Sequence[int]]) -> np.ndarray:
+    """LESS's aggregation of any pairwise score: the mean over each subtask's target examples,
+    then the max over subtasks.
+
+    Args:
+        per_target: [N, M], the score of each pool example against each target example.
+        subtasks: subtask name -> target rows (columns of `per_target`).
+
+    Returns:
+        [N] float64.
+
+    Raises:
+        DataError: see `subtask_rows`; `per_target` is not 2-d.
+    """
+    per_target = np.asarray(per_target)
+    if per_target.ndim != 2:
+        raise DataError(f"per-target scores must be a 2-d [pool, target] array, got shape {per_target.shape}")
+    out = np.full(per_target.shape[0], -np.inf)
+    for _, rows in subtask_rows(subtasks, per_target.shape[1]):
+        np.maximum(out, per_target[:, rows].mean(axis=1, dtype=np.float64), out=out)
+    return out
+
+
 def checkpoint_weights(learning_rates: Sequence[float]) -> np.ndarray:
     """w_c = lr_c / sum(lr), float64.
 
@@ -113,20 +158,10 @@ def prepare(pool_features: Any, target_features: Any, learning_rates: Sequence[f
             raise ManifestMismatchError(f"checkpoint {c}: pool features have dimension {p.shape[1]} but target "
                                         f"features {t.shape[1]}; use features made with the same projector")
         dims.append(int(p.shape[1]))
-    if not isinstance(subtasks, Mapping) or not subtasks:
-        raise DataError("no subtasks given; pass {'all': range(num_targets)} for a target without subtasks")
     names, queries = [], []
-    for name, rows in subtasks.items():
-        rows = np.asarray(list(rows))
-        if rows.size == 0:
-            raise DataError(f"subtask {name!r} has no target examples; drop it or add examples")
-        if not np.issubdtype(rows.dtype, np.integer) or rows.ndim != 1:
-            raise DataError(f"subtask {name!r}: target rows must be a list of integers")
-        if rows.min() < 0 or rows.max() >= num_targets:
-            raise DataError(f"subtask {name!r} refers to target row {int(rows.max() if rows.max() >= num_targets else rows.min())}, "
-                            f"but the target has rows 0..{num_targets - 1}")
-        parts = [w * np.asarray(t[np.sort(rows)], dtype=np.float64).mean(axis=0) for w, t in zip(weights, target)]
-        names.append(str(name))
+    for name, rows in subtask_rows(subtasks, num_targets):
+        parts = [w * np.asarray(t[rows], dtype=np.float64).mean(axis=0) for w, t in zip(weights, target)]
+        names.append(name)
         queries.append(np.concatenate(parts))
     queries = np.stack(queries)
     if not np.isfinite(queries).all():
