@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from influence.constants import manifest_path
+from influence.data.contamination import Contamination
 from influence.data.pools import Pool, load_pool
 from influence.data.targets import load_target
 from influence.errors import ConfigError
 from influence.io import sha256_json, write_bytes, write_json, write_text
 from influence.less.settings import LessSettings
-from influence.selection import select, write_selection
+from influence.selection import decontaminate, select, write_selection
 from influence.selectors import SELECTORS, make_selector
 from influence.training.config import TrainConfig
 
@@ -50,6 +51,8 @@ class CompareConfig:
     less: LessSettings = field(default_factory=LessSettings, metadata={"help": "LESS selector settings."})
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
     eval_max_length: int = field(default=2048, metadata={"help": "Evaluation token budget per sequence."})
+    keep_contaminated: bool = field(default=False, metadata={
+        "help": "Keep pool examples that overlap the target's held-out items (dropped before selection by default)."})
 
     def __post_init__(self) -> None:
         if not self.pools:
@@ -89,9 +92,13 @@ class Cell:
     cached: dict[str, bool] = field(default_factory=dict)
 
 
-def _selection_key(pool: Pool, target_fp: str, name: str, selector: Any, seed: int, k: int) -> str:
+def _selection_key(pool: Pool, target_fp: str, name: str, selector: Any, seed: int, k: int,
+                   contamination: Contamination | None) -> str:
+    guard = None if contamination is None else {"target": contamination.target, "ids": contamination.ids,
+                                                 "kept": contamination.kept}
     return sha256_json({"pool": pool.fingerprint, "target": target_fp if selector.requires_target else None,
-                        "selector": name, "params": selector.params(), "seed": seed, "k": k})[:10]
+                        "selector": name, "params": selector.params(), "seed": seed, "k": k,
+                        "contamination": guard})[:10]
 
 
 def _selector_options(name: str, config: CompareConfig) -> dict[str, Any]:
@@ -107,12 +114,16 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
     pool = load_pool(config.pools)
     target = load_target(config.target)
     target_fp = sha256_json([e.id for e in target.examples])
+    # once for every cell, so that no selector (targeted or not) trains on the target's test items
+    scored_pool, contamination = decontaminate(pool, target, keep=config.keep_contaminated)
+    if contamination is not None and contamination.ids:
+        log.warning("%s", contamination.describe())
     eval_config = EvalConfig(batch_size=config.eval_batch_size, max_length=config.eval_max_length,
                              keep_predictions=False, progress=config.train.progress)
     cells: list[Cell] = []
     for name, seed in itertools.product(config.selectors, range(config.seeds)):
         selector = make_selector(name, **_selector_options(name, config))
-        key = _selection_key(pool, target_fp, name, selector, seed, config.k)
+        key = _selection_key(pool, target_fp, name, selector, seed, config.k, contamination)
         stem = f"{name}-s{seed}-{key}"
         train_key = sha256_json({"selection": key, "train": config.train.identity()})[:10]
         # every cell is evaluated on the same held-out items (the --limit subset drawn with seed 0),
@@ -124,8 +135,8 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
         # ---- select
         cell.cached["selection"] = cell.selection.exists() and manifest_path(cell.selection).exists()
         if not cell.cached["selection"]:
-            selection = select(pool, config.k, selector, target=target if selector.requires_target else None,
-                               seed=seed)
+            selection = select(scored_pool, config.k, selector, target=target, seed=seed,
+                               contamination=contamination)
             write_selection(selection, cell.selection, overwrite=True)
         cell.selection_seconds = json.loads(manifest_path(cell.selection).read_text())["selection_seconds"]
         # ---- train
@@ -148,6 +159,7 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
     summary = summarize(cells)
     summary["overlap"] = overlaps(cells)
     summary["lengths"] = length_stats(cells, pool)
+    summary["contamination"] = None if contamination is None else contamination.manifest()
     summary["config"] = config.to_dict()
     write_reports(summary, out)
     return summary
@@ -242,6 +254,10 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary.get("overlap"):
         lines += ["", "| selections | Jaccard overlap |", "|---|---|"]
         lines += [f"| {pair.replace('|', ' vs ')} | {value:.3f} |" for pair, value in summary["overlap"].items()]
+    guard = summary.get("contamination")
+    if guard:
+        lines += ["", f"Contamination guard: {guard['found']:,} pool example(s) share a {guard['ngram_words']}-gram "
+                      f"with {guard['target']}'s held-out items ({guard['action']})."]
     if summary.get("lengths"):
         lines += ["", "| selection | mean response chars | median | max |", "|---|---|---|---|"]
         lines += [f"| {name} | {s['mean']:.0f} | {s['median']:.0f} | {s['max']:.0f} |"

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_path
+from influence.data.contamination import Contamination, find_contaminated, has_heldout, heldout_ngrams
 from influence.data.pools import Pool
 from influence.data.targets import Target
 from influence.errors import OutputExistsError, SelectionError
@@ -52,6 +53,7 @@ class Selection:
     target: Target | None = None
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # selector-specific provenance (e.g. datastore)
+    contamination: Contamination | None = None  # what the guard found in the pool as given
 
     @functools.cached_property
     def examples(self) -> list:
@@ -87,6 +89,7 @@ class Selection:
                 "name": self.target.name, "examples": len(self.target),
                 "subtasks": len(self.target.subtasks()),
                 "fingerprint": sha256_json([e.id for e in self.target.examples])},
+            "contamination": None if self.contamination is None else self.contamination.manifest(),
             "selection_seconds": round(self.seconds, 3),
             "selected_ids_sha256": sha256_json([self.pool.ids[i] for i in self.indices]),
             "versions": package_versions(),
@@ -104,10 +107,11 @@ class Selection:
         for example in self.pool.examples:  # one pass, for a streamed pool
             pool_lengths.append(len(example.response))
             pool_sources.add(example.source)
-        lines = [f"selected {len(chosen):,} of {len(self.pool):,} examples with {self.selector.name}"
-                 f" in {self.seconds:.1f}s",
-                 f"  response chars, selection: {stats([len(e.response) for e in chosen])}",
-                 f"  response chars, pool:      {stats(pool_lengths)}"]
+        lines = [self.contamination.describe()] if self.contamination is not None else []
+        lines += [f"selected {len(chosen):,} of {len(self.pool):,} examples with {self.selector.name}"
+                  f" in {self.seconds:.1f}s",
+                  f"  response chars, selection: {stats([len(e.response) for e in chosen])}",
+                  f"  response chars, pool:      {stats(pool_lengths)}"]
         sources: dict[str, int] = {}
         for example in chosen:
             sources[example.source] = sources.get(example.source, 0) + 1
@@ -116,8 +120,40 @@ class Selection:
         return lines
 
 
-def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = None, seed: int = 0) -> Selection:
+def decontaminate(pool: Pool, target: Target | None, *, keep: bool = False) -> tuple[Pool, Contamination | None]:
+    """The contamination guard: `pool` less the examples that overlap the target's held-out items.
+
+    Runs whenever `target` is a registered target (one with held-out evaluation items), for
+    every selector, before any scoring; a target file has no held-out items and is not checked.
+    With keep=True the overlapping examples are found and recorded but stay in the pool.
+
+    Returns:
+        The pool to score (the same object when nothing is dropped) and what was found, or
+        None when there was nothing to check against.
+    """
+    if target is None or not has_heldout(target.name):
+        return pool, None
+    start = time.perf_counter()
+    ngrams = heldout_ngrams(target.name)
+    found = find_contaminated(pool.examples, ngrams)
+    ids = pool.ids
+    contamination = Contamination(target=target.name, heldout_items=ngrams.items, heldout_skipped=ngrams.skipped,
+                                  indices=found, ids=[ids[i] for i in found], kept=keep, n=ngrams.n,
+                                  min_words=ngrams.min_words, pool_fingerprint=pool.fingerprint)
+    if found and not keep:
+        pool = pool.without(found)
+    contamination.seconds = time.perf_counter() - start
+    return pool, contamination
+
+
+def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = None, seed: int = 0,
+           keep_contaminated: bool = False, contamination: Contamination | None = None) -> Selection:
     """Score `pool` with `selector` and keep the top `k`.
+
+    A registered `target` turns on the contamination guard (`decontaminate`) for every
+    selector, targeted or not: an untargeted selector ignores the target but its selection
+    is still kept clear of the target's test items. A caller that has already run
+    `decontaminate` passes its pool and `contamination`, and the guard is not run again.
 
     Raises:
         SelectionError: bad k, a targeted selector without a target, or bad scores.
@@ -129,6 +165,8 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
     if selector.requires_target and target is None:
         raise SelectionError(f"selector {selector.name!r} needs a target; pass --target (see `influence targets`)")
     start = time.perf_counter()
+    if contamination is None:
+        pool, contamination = decontaminate(pool, target, keep=keep_contaminated)
     result = selector.score(pool, SelectionContext(target=target, seed=seed, k=k))
     if not isinstance(result, Scores):
         raise SelectionError(f"selector {selector.name!r} returned {type(result).__name__}; "
@@ -138,7 +176,8 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
         raise SelectionError(f"selector {selector.name!r} returned {scores.shape} scores for {len(pool)} examples")
     indices = top_k(scores, pool.ids, k)
     return Selection(pool=pool, indices=indices, scores=scores, selector=selector, k=k, seed=seed,
-                     target=target, seconds=time.perf_counter() - start, extra=dict(result.provenance))
+                     target=target, seconds=time.perf_counter() - start, extra=dict(result.provenance),
+                     contamination=contamination)
 
 
 def default_output_path(pool_specs: list[str], selector: str, k: int, target: str | None = None) -> Path:

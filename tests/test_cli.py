@@ -71,18 +71,20 @@ def _bad_inputs(tmp_path):
         (["--pool", str(empty)], "no usable examples"),
         (["--pool", str(small), "--k", "0"], "k must be positive"),
         (["--pool", str(small), "--k", "3"], "larger than the pool (2 examples)"),
-        (["--pool", str(small), "--k", "1", "--selector", "random", "--target", "nosuchtarget"], None),
+        (["--pool", str(small), "--k", "1", "--selector", "random", "--target", "nosuchtarget"],
+         "unknown target 'nosuchtarget'"),  # an untargeted selector's --target sets the contamination guard
+        (["--pool", str(small), "--k", "1", "--selector", "random", "--target", str(small)], None),
     ]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(10))
 def test_bad_input_gives_one_line_error_nonzero_exit_and_no_output(tmp_path, case):
     args, message = _bad_inputs(tmp_path)[case]
     out = tmp_path / "out.jsonl"
     result = CliRunner().invoke(main, ["select", *args, "--k", "1", "--out", str(out)] if "--k" not in args
                                 else ["select", *args, "--out", str(out)])
-    if message is None:  # an untargeted selector ignores --target: it still works, with a note
-        assert result.exit_code == 0 and "ignores --target" in result.output
+    if message is None:  # an untargeted selector does not score against --target: it works, with a note
+        assert result.exit_code == 0 and "does not score against --target" in result.output
         return
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and message in result.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from influence.cli.less_options import less_options, pop_settings
+from influence.cli.select import keep_contaminated_option
 from influence.training.config import TrainConfig
 
 _TRAIN = TrainConfig()
@@ -35,9 +36,10 @@ def default_out_dir(pools: tuple[str, ...], target: str, k: int) -> Path:
               help="Training tokens per example.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: compare/<pool>-<target>-k<k>]; rerun to resume.")
+@keep_contaminated_option
 @less_options
 def compare_command(pools, target, k, selectors, seeds, limit, epochs, lr, train_batch_size, train_max_length, out,
-                    **less) -> None:
+                    keep_contaminated, **less) -> None:
     """For each selector and seed: select, train, evaluate; then a table, a plot and the overlaps."""
     from influence.compare import CompareConfig, compare, markdown
 
@@ -46,7 +48,7 @@ def compare_command(pools, target, k, selectors, seeds, limit, epochs, lr, train
                         micro_batch_size=min(4, train_batch_size), max_length=train_max_length)
     config = CompareConfig(pools=list(pools), target=target, k=k,
                            selectors=[s.strip() for s in selectors.split(",") if s.strip()], seeds=seeds,
-                           limit=limit, train=train, less=settings)
+                           limit=limit, train=train, less=settings, keep_contaminated=keep_contaminated)
     out = out or default_out_dir(pools, target, k)
 
     def report(cell) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from influence.cli.less_options import less_options, pop_settings
-from influence.cli.select import run_selection, selection_options
+from influence.cli.select import keep_contaminated_option, run_selection, selection_options
 
 
 @click.command("warmup")
@@ -36,16 +36,20 @@ def warmup_command(pools, seed, **less) -> None:
 @click.option("--target", default=None, metavar="SPEC", help="Also featurize this target.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the warmup and the projection.")
 @click.option("--dry-run", is_flag=True, help="Estimate time, disk and memory; compute and write nothing.")
+@keep_contaminated_option
 @less_options
-def featurize_command(pools, target, seed, dry_run, **less) -> None:
+def featurize_command(pools, target, seed, dry_run, keep_contaminated, **less) -> None:
     """Warm up (or reuse), then write gradient features of the pool (and target) at every checkpoint.
 
+    With a registered --target the pool is first cleared of the target's held-out items, as
+    `select` and `score` clear it, so that their datastores are the same.
     Under `torchrun --nproc_per_node N` (or several nodes), each rank featurizes its own
     shards of the same datastores, after training the warmup together (data parallel).
     """
     from influence import distributed
     from influence.data import load_pool, load_target
     from influence.less import build_features
+    from influence.selection import decontaminate
 
     settings = pop_settings(less, seed=seed)
     if dry_run:
@@ -55,7 +59,11 @@ def featurize_command(pools, target, seed, dry_run, **less) -> None:
     pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
     for line in pool.describe() if job.is_main else []:
         click.echo(line)
-    features = build_features(pool, load_target(target) if target else None, settings)
+    target_set = load_target(target) if target else None
+    pool, contamination = decontaminate(pool, target_set, keep=keep_contaminated)
+    if contamination is not None and job.is_main:
+        click.echo(contamination.describe())
+    features = build_features(pool, target_set, settings)
     if not job.is_main:
         return
     for path in features.pool_stores + features.target_stores:
@@ -67,12 +75,13 @@ def featurize_command(pools, target, seed, dry_run, **less) -> None:
 @click.command("score")
 @selection_options
 @click.option("--target", required=True, metavar="SPEC", help="A target name or file.")
+@keep_contaminated_option
 @less_options
-def score_command(pools, k, seed, fmt, out, overwrite, target, **less) -> None:
+def score_command(pools, k, seed, fmt, out, overwrite, target, keep_contaminated, **less) -> None:
     """Select by LESS from datastores already built by `featurize` (never computes features)."""
     settings = pop_settings(less, seed=seed)
     run_selection(pools, k, "less", seed, fmt, out, overwrite, target,
-                  {"settings": settings, "existing_only": True})
+                  {"settings": settings, "existing_only": True}, keep_contaminated)
 
 
 def print_estimate(pools, target, settings) -> None:

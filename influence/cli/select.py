@@ -9,7 +9,7 @@ import click
 from influence.cli.less_options import less_options, pop_settings
 from influence.constants import OUTPUT_FORMATS
 from influence.errors import SelectionError
-from influence.selection import check_writable, default_output_path, select, write_selection
+from influence.selection import check_writable, decontaminate, default_output_path, select, write_selection
 from influence.selectors import SELECTORS, SelectionContext, make_selector
 from influence.selectors.baselines import LENGTH_UNITS
 
@@ -31,7 +31,13 @@ def selection_options(function):
     return function
 
 
-def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_options):
+keep_contaminated_option = click.option(
+    "--keep-contaminated", is_flag=True,
+    help="Keep pool examples that share a 13-gram with the target's held-out evaluation items (by default they "
+         "are dropped before scoring; either way the manifest lists them).")
+
+
+def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_options, keep_contaminated=False):
     """Shared by `select` and `score`: check, load, select, summarise, write (rank 0 only under torchrun)."""
     from influence import distributed
     from influence.data import load_pool, load_target
@@ -49,16 +55,18 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
         raise SelectionError(f"selector {name!r} needs a target; pass --target (see `influence targets`)")
     out = out or default_output_path(list(pools), name, k, target if chosen.requires_target else None)
     check_writable(out, overwrite)
+    target_set = load_target(target) if target else None  # before the pool: a bad name fails at once
     pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
     for line in pool.describe():
         say(line)
-    target_set = load_target(target) if target and chosen.requires_target else None
     if target and not chosen.requires_target:
-        say(f"note: selector {name!r} ignores --target", err=True)
+        say(f"note: selector {name!r} does not score against --target; it sets the contamination guard", err=True)
+    # every rank drops the same contaminated examples, so that all of them score the same pool
+    pool, contamination = decontaminate(pool, target_set, keep=keep_contaminated)
     if not job.is_main:  # under torchrun: share the distributed part (LESS: warmup, features); rank 0 selects
         chosen.prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
         return
-    selection = select(pool, k, chosen, target=target_set, seed=seed)
+    selection = select(pool, k, chosen, target=target_set, seed=seed, contamination=contamination)
     for line in selection.summary():
         say(line)
     jsonl, manifest = write_selection(selection, out, fmt=fmt, overwrite=overwrite)
@@ -74,8 +82,10 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
 @click.option("--length-unit", type=click.Choice(LENGTH_UNITS), default="chars", show_default=True,
               help="longest: measure responses in characters or words.")
 @click.option("--dry-run", is_flag=True, help="less: estimate time, disk and memory; compute and write nothing.")
+@keep_contaminated_option
 @less_options
-def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, dry_run, **less) -> None:
+def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, dry_run, keep_contaminated,
+                   **less) -> None:
     """Select k examples from a pool and write them, SFT-ready, with a manifest.
 
     With --selector less (the default when --target is given) every LESS step runs here,
@@ -91,7 +101,7 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
         print_estimate(pools, target, settings)
         return
     options = {"unit": length_unit} if name == "longest" else {"settings": settings} if name == "less" else {}
-    run_selection(pools, k, name, seed, fmt, out, overwrite, target, options)
+    run_selection(pools, k, name, seed, fmt, out, overwrite, target, options, keep_contaminated)
 
 
 COMMANDS = [select_command]

@@ -70,3 +70,8 @@ class Example:
             record["subtask"] = self.subtask
         record["source"] = self.source
         return record
+
+
+def example_text(example: Example) -> str:
+    """The whole example as one text, every turn, the response last: what lexical methods read."""
+    return "\n".join(message["content"] for message in example.chat())

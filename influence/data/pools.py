@@ -75,6 +75,12 @@ class Pool:
         take = getattr(self.examples, "take", None)
         return take(indices) if take is not None else [self.examples[i] for i in indices]
 
+    def without(self, indices: Iterable[int]) -> "Pool":
+        """This pool less the examples at `indices`, in the same order; a streamed pool stays streamed."""
+        dropped = set(indices)
+        keep = [i for i in range(len(self)) if i not in dropped]
+        return Pool(examples=SubsetExamples(self.examples, keep), sources=self.sources, duplicates=self.duplicates)
+
     def describe(self) -> list[str]:
         """One line per source, plus one for duplicates, for the terminal."""
         lines = [f"pool {s.spec}: {s.origin}: {s.kept:,} examples"
@@ -83,6 +89,35 @@ class Pool:
         if self.duplicates:
             lines.append(f"pool: {self.duplicates:,} exact duplicates removed")
         return lines
+
+
+class SubsetExamples(Sequence[Example]):
+    """Some of a sequence's examples, in order, read through it: over a streamed pool, iterating
+    or `take` is still one pass over the sources."""
+
+    def __init__(self, examples: Sequence[Example], keep: Sequence[int]):
+        self._examples, self._keep = examples, list(keep)
+        parent_ids = example_ids(examples)
+        self.ids: list[str] = [parent_ids[i] for i in self._keep]
+
+    def __len__(self) -> int:
+        return len(self._keep)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._examples[self._keep[index]]
+
+    def __iter__(self) -> Iterator[Example]:
+        kept = set(self._keep)
+        for position, example in enumerate(self._examples):
+            if position in kept:
+                yield example
+
+    def take(self, indices: Sequence[int]) -> list[Example]:
+        parent = [self._keep[i] for i in indices]
+        take = getattr(self._examples, "take", None)
+        return take(parent) if take is not None else [self._examples[i] for i in parent]
 
 
 @dataclass(frozen=True)
