@@ -17,11 +17,27 @@ def _less(**options: Any) -> Selector:
     return LessSelector(**options)
 
 
+def _bm25(**options: Any) -> Selector:
+    """BM25 relevance to the target, imported on use: bm25s and PyStemmer are not needed by the others."""
+    from influence.selectors.bm25 import Bm25Selector
+
+    return Bm25Selector(**options)
+
+
+def _dsir(**options: Any) -> Selector:
+    """DSIR importance weights (arXiv 2302.03169), imported on use: data-selection brings nltk."""
+    from influence.selectors.dsir import DsirSelector
+
+    return DsirSelector(**options)
+
+
 # name -> factory taking the selector's own keyword options
 SELECTORS: dict[str, Callable[..., Selector]] = {
     "longest": LongestSelector,
     "random": RandomSelector,
     "less": _less,
+    "bm25": _bm25,
+    "dsir": _dsir,
 }
 
 
