@@ -30,6 +30,7 @@ from influence.io import sha256_json, write_bytes, write_json, write_text
 from influence.less.settings import LessSettings
 from influence.selection import decontaminate, select, write_selection
 from influence.selectors import SELECTORS, make_selector
+from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING
 from influence.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class CompareConfig:
     less: LessSettings = field(default_factory=LessSettings, metadata={"help": "LESS selector settings."})
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
     eval_max_length: int = field(default=2048, metadata={"help": "Evaluation token budget per sequence."})
+    dsir_sampling: str = field(default="gumbel", metadata={
+        "help": "dsir: gumbel (seeded importance resampling, as DSIR) or none (rank by the log weight)."})
     keep_contaminated: bool = field(default=False, metadata={
         "help": "Keep pool examples that overlap the target's held-out items (dropped before selection by default)."})
 
@@ -68,6 +71,8 @@ class CompareConfig:
             raise ConfigError(f"seeds must be positive, got {self.seeds}")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"limit must be positive, got {self.limit}")
+        if self.dsir_sampling not in DSIR_SAMPLING:
+            raise ConfigError(f"dsir_sampling must be one of {', '.join(DSIR_SAMPLING)}, got {self.dsir_sampling!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -102,7 +107,7 @@ def _selection_key(pool: Pool, target_fp: str, name: str, selector: Any, seed: i
 
 
 def _selector_options(name: str, config: CompareConfig) -> dict[str, Any]:
-    return {"settings": config.less} if name == "less" else {}
+    return {"less": {"settings": config.less}, "dsir": {"sampling": config.dsir_sampling}}.get(name, {})
 
 
 def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell], None] | None = None) -> dict[str, Any]:

@@ -166,8 +166,9 @@ def test_lexical_selectors_are_registered_and_offered_by_select_and_compare():
     assert config.selectors == ["bm25", "dsir", "random"]
 
 
-@pytest.mark.parametrize("name", ["bm25", "dsir"])
-def test_select_command_picks_the_planted_examples_and_records_the_settings(tmp_path, name):
+@pytest.mark.parametrize("name, flags, options", [("bm25", [], {}),
+                                                   ("dsir", ["--dsir-sampling", "none"], {"sampling": "none"})])
+def test_select_command_picks_the_planted_examples_and_records_the_settings(tmp_path, name, flags, options):
     import json
 
     pool = write_jsonl(tmp_path / "pool.jsonl", [{"instruction": e.instruction, "output": e.output}
@@ -176,10 +177,10 @@ def test_select_command_picks_the_planted_examples_and_records_the_settings(tmp_
                                                      for q, a in ASTRONOMY])
     out = tmp_path / "sel.jsonl"
     result = CliRunner().invoke(main, ["select", "--pool", str(pool), "--target", str(target), "--selector", name,
-                                       "--k", "2", "--out", str(out)], catch_exceptions=False)
+                                       "--k", "2", "--out", str(out), *flags], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["instruction"] for r in records} == {q for q, _ in ASTRONOMY}
     manifest = json.loads((tmp_path / "sel.manifest.json").read_text())
     assert manifest["selector"]["name"] == name
-    assert manifest["selector"]["params"] == make_selector(name).params()
+    assert manifest["selector"]["params"] == make_selector(name, **options).params()

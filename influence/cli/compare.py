@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from influence.cli.less_options import less_options, pop_settings
-from influence.cli.select import keep_contaminated_option
+from influence.cli.select import dsir_sampling_option, keep_contaminated_option
 from influence.training.config import TrainConfig
 
 _TRAIN = TrainConfig()
@@ -36,10 +36,11 @@ def default_out_dir(pools: tuple[str, ...], target: str, k: int) -> Path:
               help="Training tokens per example.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: compare/<pool>-<target>-k<k>]; rerun to resume.")
+@dsir_sampling_option
 @keep_contaminated_option
 @less_options
 def compare_command(pools, target, k, selectors, seeds, limit, epochs, lr, train_batch_size, train_max_length, out,
-                    keep_contaminated, **less) -> None:
+                    dsir_sampling, keep_contaminated, **less) -> None:
     """For each selector and seed: select, train, evaluate; then a table, a plot and the overlaps."""
     from influence.compare import CompareConfig, compare, markdown
 
@@ -48,7 +49,8 @@ def compare_command(pools, target, k, selectors, seeds, limit, epochs, lr, train
                         micro_batch_size=min(4, train_batch_size), max_length=train_max_length)
     config = CompareConfig(pools=list(pools), target=target, k=k,
                            selectors=[s.strip() for s in selectors.split(",") if s.strip()], seeds=seeds,
-                           limit=limit, train=train, less=settings, keep_contaminated=keep_contaminated)
+                           limit=limit, train=train, less=settings, dsir_sampling=dsir_sampling,
+                           keep_contaminated=keep_contaminated)
     out = out or default_out_dir(pools, target, k)
 
     def report(cell) -> None:

@@ -12,6 +12,7 @@ from influence.errors import SelectionError
 from influence.selection import check_writable, decontaminate, default_output_path, select, write_selection
 from influence.selectors import SELECTORS, SelectionContext, make_selector
 from influence.selectors.baselines import LENGTH_UNITS
+from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING
 
 
 def selection_options(function):
@@ -31,6 +32,10 @@ def selection_options(function):
     return function
 
 
+dsir_sampling_option = click.option(
+    "--dsir-sampling", type=click.Choice(DSIR_SAMPLING), default=DSIR_SAMPLING[0], show_default=True,
+    help="dsir: gumbel resamples in proportion to the importance weights (seeded, as DSIR does); none ranks by "
+         "the log weight.")
 keep_contaminated_option = click.option(
     "--keep-contaminated", is_flag=True,
     help="Keep pool examples that share a 13-gram with the target's held-out evaluation items (by default they "
@@ -76,16 +81,18 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
 @click.command("select")
 @selection_options
 @click.option("--target", default=None, metavar="SPEC",
-              help="A target name (see `influence targets`) or file, for targeted selectors.")
+              help="A target name (see `influence targets`) or file, for targeted selectors. A registered "
+                   "target also keeps its held-out items out of any selector's pool (see --keep-contaminated).")
 @click.option("--selector", type=click.Choice(sorted(SELECTORS)), default=None,
               help="Scoring method [default: longest without a target, less with one].")
 @click.option("--length-unit", type=click.Choice(LENGTH_UNITS), default="chars", show_default=True,
               help="longest: measure responses in characters or words.")
 @click.option("--dry-run", is_flag=True, help="less: estimate time, disk and memory; compute and write nothing.")
+@dsir_sampling_option
 @keep_contaminated_option
 @less_options
-def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, dry_run, keep_contaminated,
-                   **less) -> None:
+def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, dry_run, dsir_sampling,
+                   keep_contaminated, **less) -> None:
     """Select k examples from a pool and write them, SFT-ready, with a manifest.
 
     With --selector less (the default when --target is given) every LESS step runs here,
@@ -100,7 +107,8 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
 
         print_estimate(pools, target, settings)
         return
-    options = {"unit": length_unit} if name == "longest" else {"settings": settings} if name == "less" else {}
+    options = {"longest": {"unit": length_unit}, "less": {"settings": settings},
+               "dsir": {"sampling": dsir_sampling}}.get(name, {})
     run_selection(pools, k, name, seed, fmt, out, overwrite, target, options, keep_contaminated)
 
 

@@ -25,7 +25,7 @@ def _bm25(**options: Any) -> Selector:
 
 
 def _dsir(**options: Any) -> Selector:
-    """DSIR importance weights (arXiv 2302.03169), imported on use: data-selection brings nltk."""
+    """DSIR importance weights (arXiv 2302.03169), imported on use like the others."""
     from influence.selectors.dsir import DsirSelector
 
     return DsirSelector(**options)

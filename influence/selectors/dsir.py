@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
-from data_selection.hashed_ngram_dsir import wpt
 
 from influence.data.example import Example, example_text
 from influence.data.pools import Pool
@@ -31,11 +30,15 @@ class NgramBuckets:
     """
 
     def __init__(self, ngrams: int, buckets: int, memo_size: int = 1 << 20):
+        # the authors' tokenizer object, imported on use: data-selection brings nltk (seconds to import)
+        from data_selection.hashed_ngram_dsir import wpt
+
+        self.tokenize = wpt.tokenize
         self.ngrams, self.buckets, self.memo_size = ngrams, buckets, memo_size
         self._memo: dict[str, int] = {}
 
     def __call__(self, text: str) -> list[int]:
-        words = wpt.tokenize(text.lower())
+        words = self.tokenize(text.lower())
         grams = list(words)
         for n in range(2, self.ngrams + 1):
             grams += [" ".join(words[i: i + n]) for i in range(len(words) - n + 1)]
