@@ -80,6 +80,14 @@ def test_bm25_scores_equal_bm25s_retrieval_scores_aggregated_like_less(monkeypat
     assert selector.params()["k1"] == 1.5 and selector.params()["stemmer"] == "english"
 
 
+def test_bm25_a_query_without_a_known_word_favours_no_example():
+    """Not even the examples with no word at all, which bm25s gives the same empty token."""
+    pool = Pool(examples=[Example("the a", "", "is it"), Example("cats purr", "", "yes they do"), Example("x", "", "y")])
+    target = Target("t", [Example("zebra quux", "", "the", subtask="zoo"), Example("cats", "", "purr", subtask="pets")])
+    scores = make_selector("bm25").score(pool, SelectionContext(target=target)).values
+    assert scores[0] == scores[2] == 0.0 < scores[1]
+
+
 # ------------------------------------------------------------------------------------------ dsir
 def test_dsir_features_are_the_authors_hashed_ngram_counts():
     from influence.selectors.dsir import NgramBuckets

@@ -118,6 +118,9 @@ class Contamination:
                 "pool_fingerprint_before": self.pool_fingerprint, "seconds": round(self.seconds, 3)}
 
     def describe(self) -> str:
+        if not self.ids:
+            return (f"contamination guard: no pool example shares a {self.n}-gram with {self.target}'s "
+                    f"{self.heldout_items:,} held-out items")
         action = "kept (--keep-contaminated)" if self.kept else "dropped before scoring"
         return (f"contamination guard: {len(self.ids):,} pool example(s) share a {self.n}-gram with {self.target}'s "
                 f"{self.heldout_items:,} held-out items: {action}")

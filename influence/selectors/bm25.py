@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,9 @@ STEMMERS = ("english", "none")     # Snowball stemmers through PyStemmer
 STOPWORDS = ("en", "none")         # bm25s's English list
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"   # bm25s's default: words of two or more characters
 CHUNK = 2048                       # pool examples tokenized at a time
+
+# bm25s sets its logger to DEBUG on import; let it follow the root level (-v) like every other logger
+logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
 
 @dataclass
@@ -81,9 +85,13 @@ class Bm25Selector(Selector):
         target = context.target
         queries = tokenizer.tokenize([example_text(e) for e in target.examples], update_vocab="never",
                                      return_as="ids", show_progress=False)
+        # bm25s gives a text with no known word the empty token "", which every empty pool example
+        # holds too: drop it, so that such a query scores 0 everywhere rather than favour empty examples
+        empty = tokenizer.get_vocab_dict().get("")
         per_target = np.zeros((len(pool), len(queries)), dtype=np.float32)
         for column, query in enumerate(queries):
-            if query:  # a query with no word the pool knows scores 0 everywhere
+            query = [token for token in query if token != empty]
+            if query:
                 per_target[:, column] = index.get_scores(query)
         return Scores(mean_max_over_subtasks(per_target, target.subtasks()))
 
