@@ -8,6 +8,7 @@ import click
 
 from influence.cli.less_options import less_options, pop_settings
 from influence.constants import OUTPUT_FORMATS
+from influence.data.contamination import has_heldout
 from influence.errors import SelectionError
 from influence.selection import check_writable, decontaminate, default_output_path, select, write_selection
 from influence.selectors import SELECTORS, SelectionContext, make_selector
@@ -65,7 +66,9 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
     for line in pool.describe():
         say(line)
     if target and not chosen.requires_target:
-        say(f"note: selector {name!r} does not score against --target; it sets the contamination guard", err=True)
+        use = ("its held-out items are still kept out of the pool" if has_heldout(target)
+               else "a target file has no held-out items to keep out")
+        say(f"note: selector {name!r} does not score against --target; {use}", err=True)
     # every rank drops the same contaminated examples, so that all of them score the same pool
     pool, contamination = decontaminate(pool, target_set, keep=keep_contaminated)
     if not job.is_main:  # under torchrun: share the distributed part (LESS: warmup, features); rank 0 selects
