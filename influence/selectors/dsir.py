@@ -97,7 +97,7 @@ class DsirSelector(Selector):
     (`data-selection`'s `get_ngram_counts`, with its tokenizer; a test checks the buckets
     agree), hashed once per distinct n-gram rather than per occurrence. Its `DSIR` class
     is not used: it reads and writes JSONL shard files in a cache directory, splits the
-    pool over worker processes, drops examples under 100 words (most instruction examples),
+    pool over worker processes, drops examples under 100 tokens (most instruction examples),
     and resamples with unseeded numpy noise; here the estimator runs in memory over any
     pool (streamed too), and the resampling is reproducible from --seed.
 
