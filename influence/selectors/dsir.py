@@ -108,6 +108,9 @@ class DsirSelector(Selector):
     target model per subtask and takes the max log weight over subtasks, so that a small
     subtask is not drowned by a large one, as LESS takes its max over subtasks;
     "pooled" fits one model on all target examples, as DSIR with one target.
+
+    Memory: the pool is read once and its n-gram buckets kept, 2 bytes per n-gram occurrence
+    (1.4 MB for the 5k Alpaca sample; about 1.2 GB for a million 300-word examples).
     """
 
     ngrams: int = 2
