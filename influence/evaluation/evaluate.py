@@ -35,10 +35,14 @@ class EvalConfig:
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass or generation batch."})
     max_length: int = field(default=2048, metadata={
         "help": "Token budget per sequence; longer prompts lose their oldest few-shot tokens."})
-    max_new_tokens: int = field(default=32, metadata={"help": "Greedy answer length without chain of thought."})
+    max_new_tokens: int = field(default=32, metadata={
+        "help": "Greedy answer length without chain of thought (at most each subtask's longest answer + 16)."})
     cot_max_new_tokens: int = field(default=256, metadata={
         "help": "Greedy answer length with chain of thought (the reasoning comes first)."})
     mmlu_shots: int = field(default=5, metadata={"help": "MMLU dev examples before each question (0-5)."})
+    reuse_prefix: bool = field(default=True, metadata={
+        "help": "Run the prompt tokens a subtask's items share (the few-shot context) once per subtask and "
+                "model, then only each item's own tokens: the same numbers to float precision, faster."})
     keep_predictions: bool = field(default=True, metadata={"help": "Keep each item's answer in the results."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars on stderr."})
 
@@ -102,7 +106,8 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
         raise EvaluationError(f"target {target} has no held-out items to evaluate")
     loaded = resolve_model(model)
     loaded.model.eval()
-    common = {"max_length": config.max_length, "batch_size": config.batch_size, "progress": config.progress}
+    common = {"max_length": config.max_length, "batch_size": config.batch_size, "progress": config.progress,
+              "reuse_prefix": config.reuse_prefix}
     scores = reference_scores(loaded.model, loaded.tokenizer, items, **common)
     predictions, per_item = _task_metric(task, items, scores, loaded, config, cot, common)
 
@@ -122,6 +127,7 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
                      for name, idx in _by_subtask(items).items()},
         "notes": list(task.notes),
         "truncated_prompts": scores.truncated,
+        "answer_stop": task.stop if task.kind != "choice" else None,
         "settings": config.to_dict(),
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -152,11 +158,14 @@ def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any
         chosen = [metrics.choose_option(loglik, item.options) for loglik, item in zip(scores.option_loglik, items)]
         return chosen, {"accuracy": [float(c == item.reference) for c, item in zip(chosen, items)]}
     if task.kind == "generation":
-        budget = [min(len(loaded.tokenizer(item.reference, add_special_tokens=False)["input_ids"]) + 8,
-                      config.cot_max_new_tokens) for item in items]
+        budget: int | list[int] = [min(_tokens(loaded.tokenizer, item.reference) + 8, config.cot_max_new_tokens)
+                                   for item in items]
+    elif cot:
+        budget = config.cot_max_new_tokens
     else:
-        budget = config.cot_max_new_tokens if cot else config.max_new_tokens
-    raw = generate_answers(loaded.model, loaded.tokenizer, items, max_new_tokens=budget, **common)
+        caps = answer_caps(task, loaded.tokenizer, config.max_new_tokens)
+        budget = [caps[item.subtask] for item in items]
+    raw = generate_answers(loaded.model, loaded.tokenizer, items, max_new_tokens=budget, stop=task.stop, **common)
     if task.kind == "bbh":
         answers = [metrics.extract_answer(text) for text in raw]
         return answers, {"exact_match": [metrics.bbh_match(a, item.reference) for a, item in zip(answers, items)]}
@@ -166,6 +175,23 @@ def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any
                          "f1": [metrics.token_f1(a, item.answers) for a, item in zip(answers, items)]}
     answers = [text.strip() for text in raw]
     return answers, {"exact_match": [metrics.exact_match(a, item.answers) for a, item in zip(answers, items)]}
+
+
+ANSWER_MARGIN = 16  # new tokens allowed beyond a subtask's longest reference answer (a lead-in, a period)
+
+
+def answer_caps(task: EvalTask, tokenizer: Any, limit: int) -> dict[str, int]:
+    """Per subtask, the new tokens a direct answer may take: its longest accepted answer over all the task's
+    held-out items, plus ANSWER_MARGIN, at most `limit` (a property of the task, not of the item asked)."""
+    longest: dict[str, int] = {}
+    for item in task.items:
+        size = max(_tokens(tokenizer, answer) for answer in (item.answers or (item.reference,)))
+        longest[item.subtask] = max(longest.get(item.subtask, 0), size)
+    return {name: min(limit, size + ANSWER_MARGIN) for name, size in longest.items()}
+
+
+def _tokens(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _by_subtask(items: list[EvalItem]) -> dict[str, list[int]]:

@@ -6,8 +6,10 @@ Batched and length-sorted. Prompts longer than the model's budget lose their old
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Any, Sequence
+from functools import lru_cache
+from typing import Any, Iterator, Sequence
 
 from influence.data.example import Example
 from influence.data.formatting import IGNORE_INDEX, Encoded, collate, encode_example, encode_prompt
@@ -43,12 +45,13 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def reference_scores(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, max_length: int, batch_size: int,
-                     progress: bool = False) -> ReferenceScores:
+                     progress: bool = False, reuse_prefix: bool = True) -> ReferenceScores:
     """NLL of each item's reference answer (as a response, end-of-turn marker included) given its prompt.
 
     For items with options (MMLU letters) the same pass also gives each option's
     log-likelihood as the first response token, when every option is one token; otherwise
-    each option is scored as its own continuation of the prompt.
+    each option is scored as its own continuation of the prompt. With `reuse_prefix`, the
+    tokens a subtask's items share (the few-shot context) run once per subtask.
     """
     import torch
 
@@ -61,13 +64,11 @@ def reference_scores(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, m
     option_ids = _single_token_options(tokenizer, items, encoded)
     nll, tokens = [0.0] * len(items), [0] * len(items)
     loglik: list[list[float]] | None = [[] for _ in items] if any(item.options for item in items) else None
-    order = sorted(range(len(items)), key=lambda i: -len(encoded[i].input_ids))
-    device = next(model.parameters()).device
+    groups = _subtask_groups(items) if reuse_prefix else [list(range(len(items)))]
     with torch.no_grad():
-        for batch_indices in _progress(_batches(order, batch_size), progress, "target loss"):
-            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in batch_indices],
-                                                          _pad_id(tokenizer)).items()}
-            logits, targets = _response_logits(model, batch)
+        for batch_indices, logits, targets in _response_batches(model, encoded, groups, batch_size=batch_size,
+                                                                pad_id=_pad_id(tokenizer), reuse_prefix=reuse_prefix,
+                                                                progress=progress, desc="target loss"):
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             mask = targets != IGNORE_INDEX
             picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -80,14 +81,154 @@ def reference_scores(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, m
                     loglik[index] = logprobs[row, first[row], option_ids[index]].tolist()
     if loglik is not None and option_ids is None:
         loglik = option_logliks(model, tokenizer, items, max_length=max_length, batch_size=batch_size,
-                                progress=progress)
+                                progress=progress, reuse_prefix=reuse_prefix)
     return ReferenceScores(nll=nll, tokens=tokens, option_loglik=loglik, truncated=truncated)
 
 
-def _response_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+# ------------------------------------------------------------------ shared prefixes
+MIN_SHARED_PREFIX = 16  # tokens; a shorter common prefix is recomputed with each item
+
+
+@dataclass
+class SharedPrefix:
+    """The first `length` tokens common to a group of sequences, run once: their keys and values per layer."""
+
+    length: int
+    states: list[tuple[Any, Any]]   # per layer: keys and values [1, heads, length, head_dim]
+    config: Any
+    model_type: type                # the model's forward takes the cache by a version-dependent name
+
+    def cache(self, batch: int) -> Any:
+        """A cache holding the prefix for `batch` rows: broadcast views of the one copy, no copy per row."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=self.states, config=self.config)
+        for layer in cache.layers:
+            layer.keys = layer.keys.expand(batch, -1, -1, -1)
+            layer.values = layer.values.expand(batch, -1, -1, -1)
+        return cache
+
+    def forward_kwargs(self, attention_mask: Any) -> dict[str, Any]:
+        """What a forward over a batch continuing the prefix needs: the cache, the mask over both, positions."""
+        import torch
+
+        rows = attention_mask.shape[0]
+        ones = torch.ones((rows, self.length), dtype=attention_mask.dtype, device=attention_mask.device)
+        return {cache_argument(self.model_type): self.cache(rows), "use_cache": True,
+                "attention_mask": torch.cat([ones, attention_mask], dim=1),
+                "position_ids": self.length + (attention_mask.cumsum(dim=1) - 1).clamp(min=0)}
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]], limit: int) -> int:
+    """Length of the longest token prefix common to every sequence, at most `limit`.
+
+    Comparing the finished token ids (not a separately tokenised prefix text) makes the shared
+    tokens exactly those each full sequence starts with, whatever the tokenizer does at the
+    boundary between the few-shot context and the item.
+    """
+    first = sequences[0]
+    length = min([limit, *(len(s) for s in sequences)])
+    for other in sequences[1:]:
+        length = next((i for i in range(length) if other[i] != first[i]), length)
+    return max(length, 0)
+
+
+def encode_prefix(model: Any, ids: Sequence[int]) -> SharedPrefix | None:
+    """Run `ids` once and keep its keys and values; None where the model's cache is not a plain one.
+
+    Sliding-window layers drop old keys, so a prefix cannot be shared there: the caller then
+    runs every item in full (the exact path).
+    """
+    import torch
+    from transformers import DynamicCache
+
+    config = model.config
+    cache = new_cache(config)
+    layers = getattr(cache, "layers", None)
+    if layers is None or any(getattr(layer, "is_sliding", False) for layer in layers):
+        return None
+    device = next(model.parameters()).device
+    base = _base_type(model)
+    model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True, **{cache_argument(base): cache},
+          **_last_logit_only(model))
+    states = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in cache.layers]
+    if not states or any(k is None or k.shape[-2] != len(ids) for k, _ in states):
+        return None
+    return SharedPrefix(length=len(ids), states=states, config=config, model_type=base)
+
+
+def new_cache(config: Any) -> Any:
+    """An empty key/value cache laid out for `config` (older transformers take no config)."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=config)
+    except TypeError:
+        return DynamicCache()
+
+
+@lru_cache(maxsize=32)
+def cache_argument(model_type: type) -> str:
+    """The name under which the model's forward takes its key/value cache ("cache" from transformers 5.x)."""
+    try:
+        return "cache" if "cache" in inspect.signature(model_type.forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
+
+
+def _base_type(model: Any) -> type:
+    return type(model.get_base_model() if hasattr(model, "get_base_model") else model)
+
+
+def _last_logit_only(model: Any) -> dict[str, Any]:
+    from influence.training.loss import accepts_logits_to_keep
+
+    return {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+
+
+def _subtask_groups(items: Sequence[EvalItem], owners: Sequence[int] | None = None) -> list[list[int]]:
+    """Row indices grouped by their item's subtask (rows are items, or belong to items[owners[row]])."""
+    owners = list(range(len(items))) if owners is None else owners
+    groups: dict[str, list[int]] = {}
+    for row, owner in enumerate(owners):
+        groups.setdefault(items[owner].subtask, []).append(row)
+    return list(groups.values())
+
+
+def _group_prefix(model: Any, sequences: list[Sequence[int]], limit: int, enabled: bool) -> SharedPrefix | None:
+    if not enabled or len(sequences) < 2:
+        return None
+    length = shared_prefix_length(sequences, limit)
+    return encode_prefix(model, sequences[0][:length]) if length >= MIN_SHARED_PREFIX else None
+
+
+def _response_batches(model: Any, rows: list[Encoded], groups: list[list[int]], *, batch_size: int, pad_id: int,
+                      reuse_prefix: bool, progress: bool, desc: str) -> Iterator[tuple[list[int], Any, Any]]:
+    """(row indices, logits, targets) as `response_logits` gives them, for every row, batched within groups.
+
+    A group's shared prefix stops before the position that predicts its first labelled token,
+    so every needed logit comes from a row's own tokens.
+    """
+    device = next(model.parameters()).device
+    with _progress_bar(sum(-(-len(group) // batch_size) for group in groups), progress, desc) as bar:
+        for group in groups:
+            first_label = min(next((i for i, label in enumerate(rows[r].labels) if label != IGNORE_INDEX),
+                                   len(rows[r].labels)) for r in group)
+            prefix = _group_prefix(model, [rows[r].input_ids for r in group], first_label - 1, reuse_prefix)
+            for batch in _batches(sorted(group, key=lambda r: -len(rows[r].input_ids)), batch_size):
+                yield batch, *_batch_logits(model, rows, batch, prefix, pad_id, device)
+                bar.update()
+
+
+def _batch_logits(model: Any, rows: list[Encoded], batch: list[int], prefix: SharedPrefix | None, pad_id: int,
+                  device: Any) -> tuple[Any, Any]:
     from influence.training.loss import response_logits
 
-    return response_logits(model, batch)
+    start = prefix.length if prefix is not None else 0
+    tensors = collate([Encoded(rows[r].input_ids[start:], rows[r].labels[start:], False) for r in batch], pad_id)
+    tensors = {k: v.to(device) for k, v in tensors.items()}
+    extra = prefix.forward_kwargs(tensors["attention_mask"]) if prefix is not None else {}
+    return response_logits(model, tensors, **extra)
 
 
 def _single_token_options(tokenizer: Any, items: Sequence[EvalItem], encoded: list[Encoded]) -> list[list[int]] | None:
@@ -108,11 +249,9 @@ def _single_token_options(tokenizer: Any, items: Sequence[EvalItem], encoded: li
 
 
 def option_logliks(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, max_length: int, batch_size: int,
-                   progress: bool = False) -> list[list[float]]:
+                   progress: bool = False, reuse_prefix: bool = True) -> list[list[float]]:
     """Each option's summed log-probability as a continuation of the prompt (the general, slower path)."""
     import torch
-
-    from influence.training.loss import example_nll
 
     rows, owners = [], []
     for index, item in enumerate(items):
@@ -124,12 +263,13 @@ def option_logliks(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, max
             owners.append(index)
     out: list[list[float]] = [[] for _ in items]
     scores = [0.0] * len(rows)
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].input_ids))
-    device = next(model.parameters()).device
+    groups = _subtask_groups(items, owners) if reuse_prefix else [list(range(len(rows)))]
     with torch.no_grad():
-        for batch_indices in _progress(_batches(order, batch_size), progress, "options"):
-            batch = {k: v.to(device) for k, v in collate([rows[i] for i in batch_indices], _pad_id(tokenizer)).items()}
-            nll, _ = example_nll(model, batch)
+        for batch_indices, logits, targets in _response_batches(model, rows, groups, batch_size=batch_size,
+                                                                pad_id=_pad_id(tokenizer), reuse_prefix=reuse_prefix,
+                                                                progress=progress, desc="options"):
+            nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets,
+                                                    ignore_index=IGNORE_INDEX, reduction="none").sum(dim=1)
             for row, index in enumerate(batch_indices):
                 scores[index] = -float(nll[row])
     for index, owner in enumerate(owners):
@@ -138,45 +278,112 @@ def option_logliks(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, max
 
 
 def generate_answers(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, max_new_tokens: int | Sequence[int],
-                     max_length: int, batch_size: int, progress: bool = False) -> list[str]:
-    """Greedy answers, batched with left padding; special tokens dropped from the text.
+                     max_length: int, batch_size: int, progress: bool = False, stop: str | None = None,
+                     reuse_prefix: bool = True) -> list[str]:
+    """Greedy answers, batched, with a key/value cache; special tokens dropped from the text.
 
-    `max_new_tokens` may be one number or one per item (a batch uses its largest).
+    Args:
+        max_new_tokens: one budget, or one per item.
+        stop: a regular expression (case-insensitive) that ends an answer: a row stops at the first
+            new token after which its text matches, and keeps the text up to the match's end. Rows
+            also stop at an end-of-sequence token or at their budget; finished rows leave the batch.
+        reuse_prefix: run the prompt tokens a subtask's items share once per subtask.
     """
+    import re
+
     import torch
 
     budgets = [max_new_tokens] * len(items) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    prompts = []
-    for item, budget in zip(items, budgets):
-        ids = encode_prompt(_as_example(item), tokenizer)
-        prompts.append(ids[-max(1, max_length - budget):])
-    order = sorted(range(len(items)), key=lambda i: -len(prompts[i]))
+    prompts = [encode_prompt(_as_example(item), tokenizer)[-max(1, max_length - budget):]
+               for item, budget in zip(items, budgets)]
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ends = {t for t in [tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])] if isinstance(t, int)}
+    decoder = _Decoder(tokenizer, re.compile(stop, re.IGNORECASE) if stop else None)
+    groups = _subtask_groups(items) if reuse_prefix else [list(range(len(items)))]
     answers = [""] * len(items)
-    pad = _pad_id(tokenizer)
     device = next(model.parameters()).device
-    with torch.no_grad():
-        for batch_indices in _progress(_batches(order, batch_size), progress, "generate"):
-            width = max(len(prompts[i]) for i in batch_indices)
-            input_ids = torch.full((len(batch_indices), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(batch_indices), width), dtype=torch.long)
-            for row, index in enumerate(batch_indices):
-                ids = prompts[index]
-                input_ids[row, width - len(ids):] = torch.tensor(ids)
-                attention[row, width - len(ids):] = 1
-            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                    max_new_tokens=max(budgets[i] for i in batch_indices), do_sample=False,
-                                    pad_token_id=pad, num_beams=1)
-            eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-            stop = {t for t in [tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])]
-                    if isinstance(t, int)}
-            for row, index in enumerate(batch_indices):
-                new = output[row, width:].tolist()
-                end = next((i for i, t in enumerate(new) if t in stop), len(new))
-                answers[index] = tokenizer.decode(new[:end], skip_special_tokens=True)
+    with torch.no_grad(), _progress_bar(sum(-(-len(g) // batch_size) for g in groups), progress, "generate") as bar:
+        for group in groups:
+            prefix = _group_prefix(model, [prompts[i] for i in group], min(len(prompts[i]) for i in group) - 1,
+                                   reuse_prefix)
+            start = prefix.length if prefix is not None else 0
+            for batch in _batches(sorted(group, key=lambda i: -len(prompts[i])), batch_size):
+                texts = _greedy(model, [prompts[i][start:] for i in batch], [budgets[i] for i in batch], prefix,
+                                pad_id=_pad_id(tokenizer), ends=ends, decoder=decoder, device=device)
+                for index, text in zip(batch, texts):
+                    answers[index] = text
+                bar.update()
     return answers
 
 
-def _progress(batches: list[Any], enabled: bool, desc: str) -> Any:
+@dataclass
+class _Decoder:
+    """Token ids to answer text, cut at the stop pattern's first match."""
+
+    tokenizer: Any
+    stop: Any   # a compiled pattern or None
+
+    def text(self, ids: list[int]) -> tuple[str, bool]:
+        """(the text, whether the stop pattern ended it)."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        found = self.stop.search(text) if self.stop is not None else None
+        return (text[:found.end()], True) if found else (text, False)
+
+
+def _greedy(model: Any, prompts: list[list[int]], budgets: list[int], prefix: SharedPrefix | None, *, pad_id: int,
+            ends: set[int], decoder: _Decoder, device: Any) -> list[str]:
+    """Greedy continuations of left-padded prompts (after `prefix` when given), one token per step for every row."""
+    import torch
+
+    rows, width = len(prompts), max(len(p) for p in prompts)
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((rows, width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        mask[row, width - len(ids):] = 1
+    mask = mask.to(device)
+    name = cache_argument(_base_type(model))
+    if prefix is not None:
+        kwargs = prefix.forward_kwargs(mask)
+    else:
+        kwargs = {name: new_cache(model.config), "use_cache": True, "attention_mask": mask,
+                  "position_ids": (mask.cumsum(dim=1) - 1).clamp(min=0)}
+    cache, attention, positions = kwargs[name], kwargs["attention_mask"], kwargs["position_ids"][:, -1:]
+    extra = _last_logit_only(model)
+    logits = model(input_ids=input_ids.to(device), **kwargs, **extra).logits[:, -1]
+    generated: list[list[int]] = [[] for _ in range(rows)]
+    texts = [""] * rows
+    active = list(range(rows))   # the rows still generating, in the cache's batch order
+    for _ in range(max(budgets)):
+        chosen = logits.float().argmax(dim=-1).tolist()
+        keep = []
+        for slot, row in enumerate(active):
+            if chosen[slot] in ends:
+                continue
+            generated[row].append(chosen[slot])
+            stopped = False
+            if decoder.stop is not None:
+                texts[row], stopped = decoder.text(generated[row])
+            if not stopped and len(generated[row]) < budgets[row]:
+                keep.append(slot)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            attention, positions = attention[index], positions[index]
+            active = [active[slot] for slot in keep]
+        attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
+        positions = positions + 1
+        step = torch.tensor([[chosen[slot]] for slot in keep], device=device)
+        logits = model(input_ids=step, attention_mask=attention, position_ids=positions, use_cache=True,
+                       **{name: cache}, **extra).logits[:, -1]
+    if decoder.stop is None:
+        texts = [decoder.text(ids)[0] for ids in generated]
+    return texts
+
+
+def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(batches, desc=desc, unit="batch", disable=not enabled, leave=False)
+    return tqdm(total=total, desc=desc, unit="batch", disable=not enabled, leave=False)

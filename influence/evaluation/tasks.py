@@ -24,6 +24,13 @@ import numpy as np
 from influence.errors import EvaluationError
 
 KINDS = ("choice", "bbh", "qa", "generation")
+# Where a greedy answer ends (regular expressions, case-insensitive; generation stops at the first
+# match and keeps the text up to its end). A direct answer is its first non-empty line, unless that
+# line only leads in ("The answer is:"); a chain of thought ends with the line that gives the answer,
+# or where the model starts a new exemplar ("Q:").
+ANSWER_IS_LINE = r"the answer is\s*:?\s*\S[^\n]*\n"
+ANSWER_LINE = ANSWER_IS_LINE + r"|^\s*(?![^\n]*answer is\s*:?\s*\n)\S[^\n]*\n"
+COT_ANSWER = ANSWER_IS_LINE + r"|\n\s*\nQ:"
 TYDIQA_NOTE = ("TyDi QA: only {n} held-out items ship with this package (the official tiny dev sample's "
                "items that have a minimal answer), too few for a verdict; pass the GoldP dev file "
                "(SQuAD-format JSON, or JSONL with question/context/answers) as --target FILE for a real evaluation")
@@ -48,6 +55,7 @@ class EvalTask:
     kind: str
     items: list[EvalItem]
     notes: list[str] = field(default_factory=list)
+    stop: str | None = None          # where a greedy answer ends (see ANSWER_LINE); None: at end of sequence
 
     def subset(self, limit: int | None, seed: int) -> list[EvalItem]:
         """A seeded random subset of `limit` items (all of them when limit is None), in the original order."""
@@ -92,7 +100,7 @@ def bbh_task(cot: bool = False) -> EvalTask:
                               reference=item.answer, answers=(item.answer,)))
     note = ("BBH: 3-shot chain-of-thought prompts" if cot else
             "BBH: task description and question, no exemplars (pass cot for the 3-shot chain-of-thought prompt)")
-    return EvalTask("bbh", "bbh", items, [note])
+    return EvalTask("bbh", "bbh", items, [note], stop=COT_ANSWER if cot else ANSWER_LINE)
 
 
 def tydiqa_task() -> EvalTask:
@@ -103,7 +111,7 @@ def tydiqa_task() -> EvalTask:
                       reference=item.answers[0] if item.answers else item.answer,
                       answers=item.answers or (item.answer,))
              for item in load_heldout("tydiqa")]
-    return EvalTask("tydiqa", "qa", items, [TYDIQA_NOTE.format(n=len(items))])
+    return EvalTask("tydiqa", "qa", items, [TYDIQA_NOTE.format(n=len(items))], stop=ANSWER_LINE)
 
 
 NAMED_TASKS = {"bbh": bbh_task, "mmlu": mmlu_task, "tydiqa": tydiqa_task}
@@ -135,7 +143,8 @@ def build_task(target: str, *, cot: bool = False, mmlu_shots: int = 5) -> EvalTa
     if qa is not None:
         if not qa:
             raise EvaluationError(f"{path}: no question with an answer found")
-        return EvalTask(str(path), "qa", qa, [f"question answering from {path}: {len(qa)} items"])
+        return EvalTask(str(path), "qa", qa, [f"question answering from {path}: {len(qa)} items"],
+                        stop=ANSWER_LINE)
     from influence.data import load_target
 
     examples = load_target(str(path)).examples

@@ -23,17 +23,20 @@ def _accepts_logits_to_keep(forward: Any) -> bool:
         return False
 
 
-def _forward_accepts_logits_to_keep(model: Any) -> bool:
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the model's forward can compute logits at chosen positions only (transformers >= 4.50)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return _accepts_logits_to_keep(type(base).forward)
 
 
-def response_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+def response_logits(model: Any, batch: dict[str, Any], **forward: Any) -> tuple[Any, Any]:
     """Logits at the positions that predict a labelled token, and those tokens.
 
     Args:
         model: a causal LM (optionally peft-wrapped).
         batch: `collate` output: input_ids, attention_mask, labels (-100 where no loss).
+        forward: extra or replaced arguments of the model's forward (evaluation passes a cached
+            prefix: past_key_values, the attention mask over prefix and batch, position_ids).
 
     Returns:
         (logits [B, P, V], targets [B, P]): P covers every position some row of the batch
@@ -43,8 +46,8 @@ def response_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
 
     labels = batch["labels"]
     targets = labels[:, 1:]
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-    if _forward_accepts_logits_to_keep(model):
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False, **forward}
+    if accepts_logits_to_keep(model):
         positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
         if positions.numel() == 0:
             positions = torch.zeros(1, dtype=torch.long, device=labels.device)
