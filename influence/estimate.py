@@ -21,6 +21,7 @@ adds 12 x layers x hidden x sequence length (PaLM's count).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -194,6 +195,65 @@ def measure_flops(device: str = "cpu", *, seconds: float = 0.25, dtype: Any = No
     return float(np.median(rates))
 
 
+@dataclass(frozen=True)
+class MachineLoad:
+    """How busy the machine's CPUs were while the matmul probe ran: the probe's rate, and with it
+    every time of the estimate, holds only while the machine stays this busy."""
+
+    cpus: int
+    load_average: float | None   # 1-minute load average when the probe started
+    others_busy: float | None    # CPUs' worth of time other processes used during the probe (Linux /proc/stat)
+
+    @property
+    def busy(self) -> bool:
+        """Other processes took at least a quarter of a CPU, or the load average exceeded the CPUs."""
+        if self.others_busy is not None:
+            return self.others_busy >= 0.25
+        return self.load_average is not None and self.load_average > self.cpus
+
+    def describe(self) -> str:
+        parts = []
+        if self.others_busy is not None:
+            parts.append(f"other processes used {self.others_busy:.1f} of {self.cpus} CPUs")
+        if self.load_average is not None:
+            parts.append(f"load average {self.load_average:.2f} on {self.cpus} CPUs")
+        return ", ".join(parts) or f"{self.cpus} CPUs, load unknown"
+
+    @classmethod
+    def unknown(cls) -> "MachineLoad":
+        return cls(cpus=os.cpu_count() or 1, load_average=None, others_busy=None)
+
+
+def _cpu_busy_seconds() -> float | None:
+    """Seconds all CPUs have spent busy since boot (Linux), None elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)   # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def calibrate(device: str = "cpu", *, seconds: float = 0.5) -> tuple[float, MachineLoad]:
+    """`measure_flops` on `device`, and how busy the machine was meanwhile (`MachineLoad`).
+
+    Others' share is the CPUs' busy time during the probe less this process's own CPU time.
+    """
+    try:
+        load_average: float | None = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load_average = None
+    busy, own, wall = _cpu_busy_seconds(), time.process_time(), time.perf_counter()
+    rate = measure_flops(device, seconds=seconds)
+    after = _cpu_busy_seconds()
+    others = None
+    if busy is not None and after is not None:
+        elapsed = max(time.perf_counter() - wall, 1e-9)
+        others = max(0.0, ((after - busy) - (time.process_time() - own)) / elapsed)
+    return rate, MachineLoad(cpus=os.cpu_count() or 1, load_average=load_average, others_busy=others)
+
+
 # ------------------------------------------------------------------------------------ the estimate
 @dataclass
 class LessEstimate:
@@ -216,6 +276,7 @@ class LessEstimate:
     memory_bytes: dict[str, int]     # warmup, featurize, score: peak of each
     index_kind: str                  # the index scoring builds, or "exact" (chunked, no index)
     notes: list[str] = field(default_factory=list)
+    load: MachineLoad | None = None  # how busy the machine was while the probe ran; None: the rate was given
 
     @property
     def peak_memory_bytes(self) -> int:
@@ -239,8 +300,9 @@ class LessEstimate:
             f"  model: {_count(self.shape.params)} parameters; LoRA r={self.lora['r']} on "
             f"{', '.join(self.lora['target_modules'])}: {_count(self.shape.lora_params)} parameters",
             f"  features: {self.checkpoints} checkpoints x {self.dims:,} dims ({self.projector} projection)",
-            f"  device: {self.device}, {_count(self.flops_per_second, 'FLOP/s')} by a matmul probe, of which "
-            f"{self.utilization:.0%} assumed reached",
+            f"  device: {self.device}, {_count(self.flops_per_second, 'FLOP/s')} by a matmul probe"
+            + (f" ({self.load.describe()} meanwhile)" if self.load is not None else " (given)")
+            + f", of which {self.utilization:.0%} assumed reached",
             f"  warmup: {self.warmup_examples:,} examples x {self.checkpoints} epochs, "
             f"{_count(self.flops['warmup'], 'FLOP')}, {_duration(s['warmup'])}",
             f"  featurize: pool x {self.checkpoints} checkpoints {_duration(s['featurize_pool'])}, target x "
@@ -328,8 +390,9 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     target_stats = target if isinstance(target, TokenStats) else token_stats(
         target, tokenizer=tokenizer, max_length=settings.max_length, sample=sample, seed=settings.seed)
     device = device or settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    load = None
     if flops_per_second is None:
-        flops_per_second = measure_flops(device)
+        flops_per_second, load = calibrate(device)
     if not flops_per_second > 0:
         raise ConfigError(f"flops_per_second must be positive, got {flops_per_second}")
     if not 0 < utilization <= 1:
@@ -375,6 +438,10 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
                   else SCORE_CHUNK_BYTES) + t * dims * checkpoints * 8,
     }
     notes = []
+    if load is not None and load.busy and not device.startswith("cuda"):
+        notes.append(f"the machine was busy while the probe ran ({load.describe()}): every time above assumes it "
+                     "stays that busy; on a quiet machine expect them shorter, by up to the share of the CPUs "
+                     "others took")
     if pool_stats.truncated:
         notes.append(f"{pool_stats.truncated:,} pool examples are longer than max_length={settings.max_length:,} "
                      "and will be cut")
@@ -391,7 +458,7 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
                         flops_per_second=float(flops_per_second), utilization=float(utilization),
                         warmup_examples=warmup_examples, flops=flops,
                         seconds=seconds, disk_bytes=disk, memory_bytes={k: int(v) for k, v in memory.items()},
-                        index_kind=index_kind, notes=notes)
+                        index_kind=index_kind, notes=notes, load=load)
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -424,8 +491,6 @@ def _duration(seconds: float) -> str:
 
 def available_memory() -> int:
     """Bytes of memory available now (Linux MemAvailable; physical memory elsewhere)."""
-    import os
-
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
             for line in handle:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import time
 
 import pytest
 
@@ -151,3 +153,36 @@ def test_bad_estimate_arguments_are_config_errors():
         estimate_less(stats(10), stats(1), LessSettings(), shape=SHAPE, flops_per_second=0.0)
     with pytest.raises(ConfigError, match="utilization must be in"):
         estimate_less(stats(10), stats(1), LessSettings(), shape=SHAPE, flops_per_second=1e12, utilization=0)
+
+
+def test_the_dry_run_says_how_busy_the_machine_was_when_it_probed(monkeypatch):
+    import influence.estimate as estimate
+
+    settings = LessSettings()
+    measured = estimate_less(stats(100), stats(1), settings, shape=SHAPE, device="cpu")
+    assert measured.load is not None and "load average" in " ".join(measured.lines())
+    given = estimate_less(stats(100), stats(1), settings, shape=SHAPE, device="cpu", flops_per_second=1e12)
+    assert given.load is None and "(given)" in " ".join(given.lines())
+    for load, busy in ((estimate.MachineLoad(cpus=2, load_average=6.0, others_busy=1.8), True),
+                       (estimate.MachineLoad(cpus=2, load_average=0.1, others_busy=0.02), False)):
+        monkeypatch.setattr(estimate, "calibrate", lambda device, load=load: (1e12, load))
+        text = " ".join(estimate_less(stats(100), stats(1), settings, shape=SHAPE, device="cpu").lines())
+        assert "other processes used 1.8 of 2 CPUs" in text if busy else "0.0 of 2 CPUs" in text
+        assert ("the machine was busy while the probe ran" in text) == busy
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads Linux /proc/stat")
+def test_the_probe_counts_another_process_busy_on_the_cpus():
+    import subprocess
+    import sys
+
+    from influence.estimate import calibrate
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        rate, load = calibrate("cpu", seconds=0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert rate > 0 and load.others_busy is not None and load.others_busy >= 0.25 and load.busy
