@@ -168,3 +168,48 @@ def test_evaluate_gives_the_same_results_with_and_without_prefix_reuse(sharp, pr
     assert fast["answers"] == plain["answers"]
     torch.testing.assert_close(torch.tensor(fast["loss"]), torch.tensor(plain["loss"]), rtol=1e-5, atol=1e-5)
     assert runs[0]["answer_stop"] == ANSWER_LINE and runs[0]["settings"]["reuse_prefix"] is True
+
+
+def test_a_lora_wrapped_model_shares_prefixes_too(sharp, prefixes_run):
+    import copy
+
+    from influence.lora import LoraSettings, add_lora, lora_parameters
+
+    model = add_lora(copy.deepcopy(sharp.model), LoraSettings(r=4, alpha=8, dropout=0.0))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():                                            # a trained-looking adapter, not a no-op
+        for _, param in lora_parameters(model):
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    model.eval()
+    items = mmlu_items(per_subject=3, subjects=1, shots=1)
+    common = {"max_length": 2048, "batch_size": 2}
+    plain = scoring.reference_scores(model, sharp.tokenizer, items, reuse_prefix=False, **common)
+    fast = scoring.reference_scores(model, sharp.tokenizer, items, reuse_prefix=True, **common)
+    torch.testing.assert_close(torch.tensor(fast.nll), torch.tensor(plain.nll), rtol=1e-5, atol=1e-5)
+    answers = [scoring.generate_answers(model, sharp.tokenizer, items, max_new_tokens=6, max_length=2048,
+                                        batch_size=2, reuse_prefix=reuse) for reuse in (True, False)]
+    assert answers[0] == answers[1] and len(prefixes_run) == 2
+
+
+def test_cli_evaluate_with_and_without_prefix_reuse(tiny_model_dir, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from influence.cli import main
+
+    records = [{"question": f"In the long shared passage about rivers and hills, what is item {i}?",
+                "answers": [f"item {i}"], "subtask": "rivers"} for i in range(4)]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    losses = {}
+    for flag in ("--reuse-prefix", "--no-reuse-prefix"):
+        out = tmp_path / f"{flag}.json"
+        result = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_model_dir), "--target", str(data),
+                                           "--batch-size", "3", "--max-new-tokens", "4", flag, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        saved = json.loads(out.read_text())
+        assert saved["settings"]["reuse_prefix"] is (flag == "--reuse-prefix")
+        losses[flag] = [p["target_loss"] for p in saved["predictions"]]
+    torch.testing.assert_close(torch.tensor(losses["--reuse-prefix"]), torch.tensor(losses["--no-reuse-prefix"]),
+                               rtol=1e-5, atol=1e-5)

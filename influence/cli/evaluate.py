@@ -39,16 +39,19 @@ def default_results_path(model: str | None, target: str, limit: int | None, cot:
 @click.option("--max-new-tokens", type=int, default=None,
               help=f"Greedy answer length [default: {_DEFAULTS.max_new_tokens}, with --cot "
                    f"{_DEFAULTS.cot_max_new_tokens}].")
+@click.option("--reuse-prefix/--no-reuse-prefix", default=_DEFAULTS.reuse_prefix, show_default=True,
+              help="Run the prompt tokens a subtask's items share (the few-shot context) once per subtask; "
+                   "the same numbers to float precision, faster.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Results JSON [default: beside a trained model, else runs/eval/<model>-<target>.json].")
-def evaluate_command(model, target, limit, seed, cot, batch_size, max_new_tokens, out) -> None:
+def evaluate_command(model, target, limit, seed, cot, batch_size, max_new_tokens, reuse_prefix, out) -> None:
     """Evaluate a model on a target's held-out items; prints a table and writes the results as JSON."""
     from influence.evaluation import evaluate, format_table, write_results
 
     changes = {}
     if max_new_tokens is not None:
         changes["cot_max_new_tokens" if cot else "max_new_tokens"] = max_new_tokens
-    config = EvalConfig(batch_size=batch_size, **changes)
+    config = EvalConfig(batch_size=batch_size, reuse_prefix=reuse_prefix, **changes)
     results = evaluate(model, target, limit=limit, seed=seed, cot=cot, config=config)
     click.echo(format_table(results))
     path = write_results(results, out or default_results_path(model, target, limit, cot))
