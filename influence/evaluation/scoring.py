@@ -7,6 +7,7 @@ Batched and length-sorted. Prompts longer than the model's budget lose their old
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterator, Sequence
@@ -14,6 +15,8 @@ from typing import Any, Iterator, Sequence
 from influence.data.example import Example
 from influence.data.formatting import IGNORE_INDEX, Encoded, collate, encode_example, encode_prompt
 from influence.evaluation.tasks import EvalItem
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -140,12 +143,13 @@ def encode_prefix(model: Any, ids: Sequence[int]) -> SharedPrefix | None:
     runs every item in full (the exact path).
     """
     import torch
-    from transformers import DynamicCache
 
     config = model.config
     cache = new_cache(config)
     layers = getattr(cache, "layers", None)
     if layers is None or any(getattr(layer, "is_sliding", False) for layer in layers):
+        _log.info("prefix reuse is off for %s (sliding-window layers, or a transformers without cache layers): "
+                  "every item runs in full", type(model).__name__)
         return None
     device = next(model.parameters()).device
     base = _base_type(model)
