@@ -10,6 +10,7 @@ load during both, and the utilization constant that would have made them equal.
 
     python benchmarks/estimate_check.py                    # 64 examples, the CLI defaults (r=128, 4 checkpoints)
     python benchmarks/estimate_check.py --examples 16      # a quicker look
+    python benchmarks/estimate_check.py --tiny --examples 8   # a smoke test of the script (tiny random model)
 
 Exit status 0 when the estimate is within --tolerance (30%) of the measured time, 1 otherwise.
 """
@@ -47,13 +48,23 @@ def write_inputs(workdir: Path, examples: int, seed: int) -> tuple[Path, Path]:
     return pool_path, target_path
 
 
-def cli_settings(seed: int) -> Any:
-    """LessSettings exactly as `influence featurize` builds them from its default options."""
+def cli_settings(seed: int, model: str | None) -> Any:
+    """LessSettings exactly as `influence featurize` builds them from its default options (and --model)."""
     from influence.cli.less import featurize_command
     from influence.cli.less_options import pop_settings
 
     defaults = {param.name: param.default for param in featurize_command.params}
-    return pop_settings(defaults, seed=seed)
+    return pop_settings({**defaults, "model": model}, seed=seed)
+
+
+def tiny_model(into: Path) -> str:
+    """A tiny random model saved as a directory (for a smoke test of this script, not for figures)."""
+    from influence.testing import tiny_model_and_tokenizer
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    model.save_pretrained(into)
+    tokenizer.save_pretrained(into)
+    return str(into)
 
 
 def timed(command: list[str], cwd: Path) -> float:
@@ -70,6 +81,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=64, help="pool examples to featurize")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=0.30, help="largest relative error that passes")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model: a smoke test of the script")
     args = parser.parse_args()
 
     from influence.data import load_pool, load_target
@@ -79,20 +91,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="estimate_check_") as tmp:
         work = Path(tmp)
         pool_path, target_path = write_inputs(work, args.examples, args.seed)
-        settings = cli_settings(args.seed)
+        model = tiny_model(work / "tiny") if args.tiny else None
+        settings = cli_settings(args.seed, model)
         estimate = dry_run(load_pool(str(pool_path)), load_target(str(target_path)), settings)
+        print("\n".join(estimate.lines()), flush=True)
         phases = {name: estimate.seconds[name] for name in ("warmup", "featurize_pool", "featurize_target")}
         predicted = sum(phases.values())
-        loading = timed([sys.executable, "-c", "import influence.cli; from influence.models import load_model; "
-                         "load_model()"], work)
+        loading = timed([sys.executable, "-c", "import sys, influence.cli; from influence.models import load_model; "
+                         "load_model(sys.argv[1] if len(sys.argv) > 1 else None)", *([model] if model else [])], work)
+        print(f"model loading and start-up: {loading:.1f} s", flush=True)
         wall = timed([sys.executable, "-m", "influence.cli", "featurize", "--pool", str(pool_path), "--target",
-                      str(target_path), "--seed", str(args.seed)], work)
+                      str(target_path), "--seed", str(args.seed), *(["--model", model] if model else [])], work)
         end_load = os.getloadavg()[0]
 
     measured = max(wall - loading, 1e-9)
     ratio = predicted / measured
     checkpoints = estimate.checkpoints
-    print("\n".join(estimate.lines()))
     print(f"\nestimate: warmup {phases['warmup']:.1f} s + pool {phases['featurize_pool']:.1f} s + target "
           f"{phases['featurize_target']:.1f} s = {predicted:.1f} s "
           f"({args.examples * checkpoints / max(phases['featurize_pool'], 1e-9):.2f} pool examples/s over "
