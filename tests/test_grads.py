@@ -98,25 +98,58 @@ def test_example_without_response_tokens_gets_zero_vector(lora_model):
     assert torch.count_nonzero(alone) == 0
 
 
-def fake_moments(model, *, step=3, reverse=False) -> AdamMoments:
+def fake_moments(model, *, step=3, reverse=False, form="less") -> AdamMoments:
     generator = torch.Generator().manual_seed(7)
     named = lora_parameters(model)
     if reverse:  # a different key order must not matter: moments are matched by name
         named = named[::-1]
     m = {name: torch.randn(p.shape, generator=generator) * 1e-3 for name, p in named}
     v = {name: torch.rand(p.shape, generator=generator) * 1e-6 for name, p in named}
-    return AdamMoments(m, v, step=step, betas=(0.9, 0.999), eps=1e-8)
+    return AdamMoments(m, v, step=step, betas=(0.9, 0.999), eps=1e-8, form=form)
 
 
-def test_adam_update_on_known_numbers():
+def written_out_adam(g, m, v, *, form, step=3, b1=0.9, b2=0.999, eps=1e-8):
+    """Both Adam forms, spelled out: LESS's released code and the LESS paper."""
+    m_new = b1 * m + (1 - b1) * g
+    v_new = b2 * v + (1 - b2) * g * g
+    if form == "less":  # no bias correction, eps under the square root
+        return m_new / torch.sqrt(v_new + eps)
+    return (m_new / (1 - b1 ** step)) / (torch.sqrt(v_new / (1 - b2 ** step)) + eps)
+
+
+def test_adam_update_paper_form_on_known_numbers():
     # m' = .5*1 + .5*2 = 1.5, m_hat = 1.5/(1-.5) = 3; v' = .75*4 + .25*4 = 4, v_hat = 4/(1-.75) = 16
     got = adam_update(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([4.0]), step=1, betas=(0.5, 0.75),
-                      eps=1.0)
+                      eps=1.0, form="paper")
     assert got.item() == pytest.approx(3.0 / (4.0 + 1.0))
     # step 2: m_hat = 1.5/(1-.25) = 2, v_hat = 4/(1-.5625) = 9.142857
     got = adam_update(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([4.0]), step=2, betas=(0.5, 0.75),
-                      eps=0.0)
+                      eps=0.0, form="paper")
     assert got.item() == pytest.approx(2.0 / (4.0 / 0.4375) ** 0.5)
+
+
+def test_adam_update_less_form_on_known_numbers_is_the_default():
+    # m' = 1.5, v' = 4: LESS's code returns m' / sqrt(v' + eps), whatever the step
+    for step in (1, 5):
+        got = adam_update(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([4.0]), step=step,
+                          betas=(0.5, 0.75), eps=5.0)
+        assert got.item() == pytest.approx(1.5 / 3.0)
+    # eps inside the root floors the denominator at sqrt(eps): a zero second moment gives m' / 1e-4
+    got = adam_update(torch.tensor([0.0]), torch.tensor([1e-6]), torch.tensor([0.0]), step=3, betas=(0.9, 0.999),
+                      eps=1e-8)
+    assert got.item() == pytest.approx(0.9e-6 / 1e-4)
+    with pytest.raises(ConfigError, match="unknown Adam form"):
+        adam_update(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([4.0]), step=1, betas=(0.5, 0.75),
+                    eps=1.0, form="adamw")
+
+
+@pytest.mark.parametrize("form", ["less", "paper"])
+def test_adam_update_equals_the_written_out_formula(form):
+    generator = torch.Generator().manual_seed(3)
+    g, m = torch.randn(2, 50, generator=generator) * 1e-3
+    v = torch.rand(50, generator=generator) * 1e-7  # many below eps, where the forms part ways most
+    got = adam_update(g, m, v, step=3, betas=(0.9, 0.999), eps=1e-8, form=form)
+    torch.testing.assert_close(got, written_out_adam(g, m, v, form=form), rtol=1e-6, atol=0)
 
 
 def test_adam_and_sign_transform_the_sgd_gradients(lora_model):
@@ -126,15 +159,21 @@ def test_adam_and_sign_transform_the_sgd_gradients(lora_model):
     sign = LoraGradients(model, "sign")(**batch)
     assert torch.equal(sign, torch.sign(sgd))
 
-    moments = fake_moments(model)
-    adam = LoraGradients(model, "adam", moments)(**batch)
-    offset, expected = 0, []
-    for name, param in lora_parameters(model):
-        g = sgd[:, offset:offset + param.numel()].reshape(len(EXAMPLES), *param.shape)
-        expected.append(adam_update(g, moments.exp_avg[name], moments.exp_avg_sq[name], step=3,
-                                    betas=(0.9, 0.999), eps=1e-8).reshape(len(EXAMPLES), -1))
-        offset += param.numel()
-    torch.testing.assert_close(adam, torch.cat(expected, dim=1), rtol=1e-5, atol=1e-5)
+    by_form = {}
+    for form in ("less", "paper"):
+        moments = fake_moments(model, form=form)
+        adam = LoraGradients(model, "adam", moments)(**batch)
+        offset, expected = 0, []
+        for name, param in lora_parameters(model):
+            g = sgd[:, offset:offset + param.numel()].reshape(len(EXAMPLES), *param.shape)
+            expected.append(written_out_adam(g, moments.exp_avg[name], moments.exp_avg_sq[name],
+                                             form=form).reshape(len(EXAMPLES), -1))
+            offset += param.numel()
+        torch.testing.assert_close(adam, torch.cat(expected, dim=1), rtol=1e-5, atol=1e-5)
+        by_form[form] = adam
+    assert not torch.allclose(by_form["less"], by_form["paper"], rtol=1e-2)
+    assert LoraGradients(model, "adam", fake_moments(model)).describe()["adam"]["form"] == "less"
+    moments, adam = fake_moments(model), by_form["less"]
     reordered = LoraGradients(model, "adam", fake_moments(model, reverse=True))(**batch)
     assert not torch.allclose(reordered, adam)  # different random moments per name, drawn in another order
     same_keys_other_order = AdamMoments(dict(reversed(list(moments.exp_avg.items()))),
@@ -262,6 +301,9 @@ def test_moments_from_a_checkpoint(lora_model):
                                  step=3, betas=[0.9, 0.999], eps=1e-8)
     loaded = AdamMoments.from_checkpoint(checkpoint)
     assert loaded.step == 3 and loaded.betas == (0.9, 0.999) and set(loaded.exp_avg) == set(moments.exp_avg)
+    assert loaded.form == "less" and AdamMoments.from_checkpoint(checkpoint, form="paper").form == "paper"
+    with pytest.raises(ConfigError, match="unknown Adam form"):
+        AdamMoments.from_checkpoint(checkpoint, form="bias-corrected")
     with pytest.raises(ConfigError, match="moments=True"):
         AdamMoments.from_checkpoint(SimpleNamespace(path="epoch-1", exp_avg={}, exp_avg_sq={}, step=3,
                                                     betas=[0.9, 0.999], eps=1e-8))

@@ -106,6 +106,24 @@ def test_features_of_another_model_are_never_mixed_in(settings):
         less_run(pool, TARGET, named, k=2, loaded=_loaded(seed=1))
 
 
+def test_the_two_adam_forms_are_stored_apart_and_never_mixed(settings):
+    pool, loaded = _pool(), _loaded()
+    assert settings.adam_form == "less"
+    less = build_features(pool, TARGET, settings.with_(name="forms"), loaded=loaded)
+    paper = build_features(pool, TARGET, settings.with_(name="forms", adam_form="paper"), loaded=loaded)
+    assert [p.name for p in less.pool_stores] == ["pool-adam-less"] * settings.warmup_epochs
+    assert [p.name for p in paper.pool_stores] == ["pool-adam-paper"] * settings.warmup_epochs
+    assert less.target_stores == paper.target_stores  # sgd target features do not depend on the Adam form
+    stored = FeatureStore.open(less.pool_stores[0])
+    assert stored.identity["adam_form"] == "less"
+    assert FeatureStore.open(paper.pool_stores[0]).identity["adam_form"] == "paper"
+    assert "adam_form" not in FeatureStore.open(less.target_stores[0]).identity
+    assert not np.allclose(stored.features(), FeatureStore.open(paper.pool_stores[0]).features(), atol=1e-2)
+    with pytest.raises(ManifestMismatchError, match="adam_form"):
+        FeatureStore.create(less.pool_stores[0], identity={**stored.identity, "adam_form": "paper"},
+                            example_ids=pool.ids, dim=stored.dim, shard_rows=settings.shard_rows)
+
+
 def test_a_pool_changed_since_featurization_is_refused(settings):
     named = settings.with_(name="shared")
     less_run(_pool(), TARGET, named, k=2, loaded=_loaded())
@@ -119,7 +137,7 @@ def test_several_dims_come_from_one_pass_and_the_first_is_scored(settings):
     alone = build_features(pool, TARGET, settings.with_(dims=32, name="alone"), loaded=loaded)
     assert both.stats["scored_dim"] == 64
     extra = [Path(p) for p in both.stats["other_dim_stores"]["pool"]]
-    assert [p.name for p in extra] == ["pool-adam-d32"] * settings.warmup_epochs
+    assert [p.name for p in extra] == ["pool-adam-less-d32"] * settings.warmup_epochs
     for made_together, made_alone in zip(extra, alone.pool_stores):
         # the same features up to float summation order (one float16 step at most)
         np.testing.assert_allclose(FeatureStore.open(made_together).features().astype(np.float32),

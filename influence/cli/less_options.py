@@ -22,6 +22,9 @@ _OPTIONS = [
                  help="Fraction of the pool the warmup trains on."),
     click.option("--warmup-epochs", type=int, default=4, show_default=True, help="Warmup epochs (= checkpoints)."),
     click.option("--warmup-lr", type=float, default=2e-5, show_default=True, help="Warmup learning rate."),
+    click.option("--adam-form", type=click.Choice(["less", "paper"]), default="less", show_default=True,
+                 help="Adam update of pool features: less = LESS's released code (m'/sqrt(v'+eps), no bias "
+                      "correction; produced its published results), paper = the paper's bias-corrected formula."),
     click.option("--batch-size", type=int, default=4, show_default=True,
                  help="Examples per featurization forward/backward."),
     click.option("--max-length", type=int, default=2048, show_default=True, help="Tokens per example."),
@@ -39,7 +42,7 @@ _OPTIONS = [
                  help="Device [default: cuda when present]."),
 ]
 NAMES = ("model", "projector", "dims", "lora_r", "lora_alpha", "warmup_fraction", "warmup_epochs", "warmup_lr",
-         "batch_size", "max_length", "shard_rows", "scoring", "index", "name", "index_root", "device")
+         "adam_form", "batch_size", "max_length", "shard_rows", "scoring", "index", "name", "index_root", "device")
 
 
 def less_options(function: Callable) -> Callable:

@@ -15,7 +15,8 @@ computed only at the positions the loss uses.
 
 Vectors are float32, concatenated in ``lora_parameters(model)`` order, each parameter
 flattened row-major. Gradient types: ``sgd`` (raw), ``adam`` (the update AdamW would take
-from a checkpoint's moments, as LESS uses), ``sign``.
+from a checkpoint's moments, as LESS uses), ``sign``. The Adam update has two forms
+(`ADAM_FORMS`): LESS's released code and the LESS paper's formula.
 """
 
 from __future__ import annotations
@@ -38,22 +39,35 @@ GRAD_TYPES: dict[str, str] = {
     "sign": "sign of the raw gradient",
 }
 
+ADAM_FORMS: dict[str, str] = {
+    "less": "LESS's released code (which produced its published results): m' / sqrt(v' + eps), "
+            "no bias correction",
+    "paper": "the LESS paper's formula: m_hat / (sqrt(v_hat) + eps), bias-corrected with the step count",
+}
+DEFAULT_ADAM_FORM = "less"
+
 
 @dataclass(frozen=True)
 class AdamMoments:
-    """A checkpoint's AdamW state, keyed by LoRA parameter name (as `lora_parameters` names them).
+    """A checkpoint's AdamW state, keyed by LoRA parameter name (as `lora_parameters` names them),
+    and the form of the update made from it (`ADAM_FORMS`).
 
-    `step` is the optimizer's step count in the checkpoint; the bias correction uses it as
-    the LESS paper does: ``m_hat = m' / (1 - b1**step)``, ``v_hat = v' / (1 - b2**step)``.
+    `step` is the optimizer's step count in the checkpoint; the paper form's bias correction
+    uses it: ``m_hat = m' / (1 - b1**step)``, ``v_hat = v' / (1 - b2**step)``.
     """
 
     exp_avg: Mapping[str, torch.Tensor] = field(metadata={"help": "First moments m, by parameter name."})
     exp_avg_sq: Mapping[str, torch.Tensor] = field(metadata={"help": "Second moments v, by parameter name."})
     step: int = field(default=1, metadata={"help": "Optimizer step count of the checkpoint (>= 1)."})
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "AdamW (beta1, beta2)."})
-    eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon, added to sqrt(v_hat)."})
+    eps: float = field(default=1e-8, metadata={
+        "help": "AdamW epsilon: added to v' under the square root (less form) or to sqrt(v_hat) (paper form)."})
+    form: str = field(default=DEFAULT_ADAM_FORM, metadata={
+        "help": "Which Adam update: " + "; ".join(f"{k}: {v}" for k, v in ADAM_FORMS.items())})
 
     def __post_init__(self) -> None:
+        if self.form not in ADAM_FORMS:
+            raise ConfigError(f"unknown Adam form {self.form!r}; choose one of: {', '.join(ADAM_FORMS)}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"Adam betas must be two numbers in [0, 1), got {self.betas}")
@@ -66,28 +80,34 @@ class AdamMoments:
                                         "the optimizer state is corrupt: re-run warmup for this checkpoint")
 
     def describe(self) -> dict[str, Any]:
-        return {"step": int(self.step), "betas": list(self.betas), "eps": self.eps}
+        return {"step": int(self.step), "betas": list(self.betas), "eps": self.eps, "form": self.form}
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Any) -> "AdamMoments":
+    def from_checkpoint(cls, checkpoint: Any, form: str = DEFAULT_ADAM_FORM) -> "AdamMoments":
         """From a warmup checkpoint loaded with its moments (`influence.training.load_checkpoint`)."""
         if not checkpoint.exp_avg:
             raise ConfigError(f"checkpoint {getattr(checkpoint, 'path', '')} was loaded without its Adam moments; "
                               "load it with moments=True")
         return cls(checkpoint.exp_avg, checkpoint.exp_avg_sq, step=checkpoint.step, betas=tuple(checkpoint.betas),
-                   eps=checkpoint.eps)
+                   eps=checkpoint.eps, form=form)
 
 
 def adam_update(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, *, step: int,
-                betas: tuple[float, float], eps: float) -> torch.Tensor:
+                betas: tuple[float, float], eps: float, form: str = DEFAULT_ADAM_FORM) -> torch.Tensor:
     """The Adam update direction for `grad` from moments (broadcast over leading batch dims).
 
-    ``m' = b1 m + (1-b1) g``, ``v' = b2 v + (1-b2) g^2``, bias-corrected with `step`,
-    returns ``m_hat / (sqrt(v_hat) + eps)``.
+    ``m' = b1 m + (1-b1) g``, ``v' = b2 v + (1-b2) g^2``; form ``less`` returns
+    ``m' / sqrt(v' + eps)``, form ``paper`` bias-corrects with `step` and returns
+    ``m_hat / (sqrt(v_hat) + eps)``. With eps = 1e-8 the less form floors the denominator
+    at 1e-4, so coordinates with a tiny second moment weigh far less than in the paper form.
     """
+    if form not in ADAM_FORMS:
+        raise ConfigError(f"unknown Adam form {form!r}; choose one of: {', '.join(ADAM_FORMS)}")
     b1, b2 = betas
     m = exp_avg * b1 + grad * (1.0 - b1)
     v = exp_avg_sq * b2 + grad.square() * (1.0 - b2)
+    if form == "less":
+        return m / (v + eps).sqrt()
     m_hat = m / (1.0 - b1 ** step)
     v_hat = v / (1.0 - b2 ** step)
     return m_hat / (v_hat.sqrt() + eps)
@@ -371,12 +391,14 @@ class LoraGradients:
             return torch.sign(grad)
         # adam_update's formula, fused in place: m' = b1 m + (1-b1) g, v' = b2 v + (1-b2) g^2.
         b1, b2 = self._adam.betas
-        step = int(self._adam.step)
         b1_m, b2_v = self._scaled_moments[slot.name]
         v = torch.addcmul(b2_v, grad, grad, value=1.0 - b2)
+        m = grad.mul_(1.0 - b1).add_(b1_m)
+        if self._adam.form == "less":
+            return m.div_(v.add_(self._adam.eps).sqrt_())
+        step = int(self._adam.step)
         v.div_(1.0 - b2 ** step).sqrt_().add_(self._adam.eps)
-        m = grad.mul_(1.0 - b1).add_(b1_m).div_(1.0 - b1 ** step)
-        return m.div_(v)
+        return m.div_(1.0 - b1 ** step).div_(v)
 
 
 def per_example_gradients(model: Any, batch: Mapping[str, torch.Tensor], grad_type: str = "sgd",

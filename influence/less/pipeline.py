@@ -83,8 +83,12 @@ def run_warmup(pool: Pool, settings: LessSettings, *, loaded: Any = None) -> Any
 
 
 def store_dir(folder: Path, role: str, grad: str, fingerprint: str, dim: int, settings: LessSettings) -> Path:
-    """`pool-adam` / `target-<hash>-sgd`, with `-d<dim>` for every dimension but the scored one."""
-    name = f"pool-{grad}" if role == "pool" else f"target-{fingerprint[:12]}-{grad}"
+    """`pool-adam-less` / `target-<hash>-sgd`, with `-d<dim>` for every dimension but the scored one.
+
+    Adam features name their form, so both forms of one warmup live side by side and never mix.
+    """
+    label = settings.grad_label(grad)
+    name = f"pool-{label}" if role == "pool" else f"target-{fingerprint[:12]}-{label}"
     return folder / (name if dim == settings.score_dim else f"{name}-d{dim}")
 
 
@@ -228,7 +232,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         _load_adapter(model, ckpt.adapter_dir)
         checkpoint_id = {"epoch": ckpt.epoch, "step": ckpt.step,
                          "adapter_sha256": sha256_file(ckpt.adapter_dir / "adapter_model.safetensors")}
-        moments = AdamMoments.from_checkpoint(ckpt)
+        moments = AdamMoments.from_checkpoint(ckpt, form=settings.adam_form)
         folder = workdir / "features" / f"epoch-{ckpt.epoch}"
         for role, examples, grad, fingerprint in roles:
             paths = {dim: store_dir(folder, role, grad, fingerprint, dim, settings) for dim in settings.all_dims}
@@ -237,11 +241,11 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
                 raise DatastoreError(f"{paths[settings.score_dim]} is missing or incomplete; run `influence "
                                      "featurize` with the same pool, target and settings first")
             identity = {**common, "checkpoint": checkpoint_id, "grad_type": grad, "role": role,
-                        "examples": fingerprint}
+                        "examples": fingerprint, **({"adam_form": settings.adam_form} if grad == "adam" else {})}
             made, stats = featurize_examples(
                 examples, paths, identity, model=model, tokenizer=loaded.tokenizer, projector=projector,
                 grad_type=grad, moments=moments if grad == "adam" else None, settings=settings,
-                desc=f"features epoch {ckpt.epoch} {role} ({grad})")
+                desc=f"features epoch {ckpt.epoch} {role} ({settings.grad_label(grad)})")
             stores[role].append(made[settings.score_dim].path)
             extra[role].extend(str(made[dim].path) for dim in settings.all_dims[1:])
             for key in ("examples", "done", "truncated", "empty"):

@@ -8,7 +8,7 @@ from typing import Any
 
 from influence.constants import DEFAULT_INDEX_ROOT
 from influence.errors import ConfigError
-from influence.features.grads import GRAD_TYPES
+from influence.features.grads import ADAM_FORMS, DEFAULT_ADAM_FORM, GRAD_TYPES
 from influence.lora import LoraSettings
 
 SCORING_METHODS = ("faiss", "exact")
@@ -39,6 +39,10 @@ class LessSettings:
         "help": "Examples per datastore shard: the unit of resume and of work split across ranks."})
     pool_grad: str = field(default="adam", metadata={"help": "Pool gradient type: adam (LESS), sgd or sign."})
     target_grad: str = field(default="sgd", metadata={"help": "Target gradient type: sgd (LESS), adam or sign."})
+    adam_form: str = field(default=DEFAULT_ADAM_FORM, metadata={
+        "help": "The Adam update of adam features: less (LESS's released code, m'/sqrt(v'+eps), no bias "
+                "correction: what produced its published results) or paper (the paper's bias-corrected "
+                "m_hat/(sqrt(v_hat)+eps))."})
     scoring: str = field(default="faiss", metadata={
         "help": "faiss: exact top-k by one FAISS search per subtask; exact: score every pool example."})
     index: str = field(default="flat", metadata={
@@ -73,6 +77,9 @@ class LessSettings:
         for name in ("pool_grad", "target_grad"):
             if getattr(self, name) not in GRAD_TYPES:
                 raise ConfigError(f"{name} must be one of {', '.join(GRAD_TYPES)}, got {getattr(self, name)!r}")
+        if self.adam_form not in ADAM_FORMS:
+            raise ConfigError(f"adam_form must be one of {', '.join(ADAM_FORMS)}, got {self.adam_form!r} "
+                              "(LESS's code: less)")
         if self.scoring not in SCORING_METHODS:
             raise ConfigError(f"scoring must be one of {', '.join(SCORING_METHODS)}, got {self.scoring!r}")
         if self.index not in INDEX_KINDS:
@@ -97,6 +104,10 @@ class LessSettings:
     def score_dim(self) -> int:
         """The dimension whose features are scored: the first one given."""
         return self.all_dims[0]
+
+    def grad_label(self, grad: str) -> str:
+        """A gradient type as datastores are named: adam features carry their form (`adam-less`)."""
+        return f"{grad}-{self.adam_form}" if grad == "adam" else grad
 
     def with_(self, **changes: Any) -> "LessSettings":
         return replace(self, **changes)
