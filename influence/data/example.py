@@ -14,6 +14,8 @@ ROLES = ("system", "user", "assistant")
 class Example:
     """One instruction/response pair, or one chat whose last turn is the response.
 
+    `response_prefix` opens the response turn as part of the prompt (e.g. "A:" before a
+    few-shot answer): the model reads it, the loss falls only on `output` after it.
     `id` is a hash of the conversation's content alone (not of its source or subtask),
     so the same example met in two pools has the same id and is caught as a duplicate.
     """
@@ -24,11 +26,15 @@ class Example:
     messages: tuple[tuple[str, str], ...] | None = None  # (role, content), as given in chat form
     subtask: str | None = None
     source: str = ""
+    response_prefix: str = ""
     id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not self.id:
-            object.__setattr__(self, "id", sha256_json(self.chat())[:ID_LENGTH])
+            # Without a prefix the id is the hash of the chat alone, as it always was.
+            content = ({"chat": self.chat(), "response_prefix": self.response_prefix} if self.response_prefix
+                       else self.chat())
+            object.__setattr__(self, "id", sha256_json(content)[:ID_LENGTH])
 
     @property
     def prompt(self) -> str:
@@ -40,10 +46,14 @@ class Example:
         return self.output
 
     def chat(self) -> list[dict[str, str]]:
-        """The example as chat messages, the response last."""
+        """The example as chat messages, the response last (its prefix included)."""
         if self.messages is not None:
-            return [{"role": role, "content": content} for role, content in self.messages]
-        return [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": self.output}]
+            chat = [{"role": role, "content": content} for role, content in self.messages]
+        else:
+            chat = [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": self.output}]
+        if self.response_prefix:
+            chat[-1] = {**chat[-1], "content": self.response_prefix + chat[-1]["content"]}
+        return chat
 
     @classmethod
     def from_messages(cls, messages: list[dict[str, str]], *, subtask: str | None = None,
@@ -66,6 +76,8 @@ class Example:
             record = {"messages": self.chat()}
         else:
             raise ValueError(f"unknown output format {fmt!r}")
+        if self.response_prefix:
+            record["response_prefix"] = self.response_prefix
         if self.subtask is not None:
             record["subtask"] = self.subtask
         record["source"] = self.source

@@ -1,7 +1,8 @@
 """Prompt formatting and response-only labels, shared by warmup, featurize, train and evaluate.
 
 With a chat template the example is rendered through it; otherwise a plain instruction
-template is used. Loss falls only on the response tokens (labels -100 elsewhere).
+template is used. Loss falls only on the response tokens (labels -100 elsewhere); an
+example's `response_prefix` opens the response turn but belongs to the prompt.
 Sequences longer than `max_length` are cut at the end, and the cut is reported.
 """
 
@@ -38,22 +39,24 @@ def _plain_context(chat: list[dict[str, str]]) -> str:
 
 
 def prompt_text(example: Example, tokenizer: Any) -> str:
-    """The text a model sees before its response (generation starts right after it)."""
+    """The text a model sees before its response (generation starts right after it), ending
+    with the example's response prefix."""
     chat = example.chat()
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(chat[:-1], tokenize=False, add_generation_prompt=True)
-    return _plain_context(chat)
+        context = tokenizer.apply_chat_template(chat[:-1], tokenize=False, add_generation_prompt=True)
+    else:
+        context = _plain_context(chat)
+    return context + example.response_prefix
 
 
 def response_text(example: Example, tokenizer: Any) -> str:
-    """The response as the template closes it (end-of-turn marker or EOS included)."""
-    chat = example.chat()
+    """The response after its prefix, as the template closes it (end-of-turn marker or EOS included)."""
     if getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template(chat[:-1], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(chat, tokenize=False)
+        prompt = prompt_text(example, tokenizer)
+        full = tokenizer.apply_chat_template(example.chat(), tokenize=False)
         if full.startswith(prompt):
             return full[len(prompt):]
-    return chat[-1]["content"] + (tokenizer.eos_token or "")
+    return example.output + (tokenizer.eos_token or "")
 
 
 def encode_prompt(example: Example, tokenizer: Any) -> list[int]:

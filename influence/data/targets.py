@@ -2,8 +2,11 @@
 
 The named targets are the few-shot sets LESS selects against, built from the bundled
 real data: BBH (3 chain-of-thought exemplars per task), MMLU (the 5 dev examples per
-subject), TyDi QA (one example per language). Their held-out splits, for evaluation,
-are kept apart in `load_heldout` and never mixed into the selection target.
+subject), TyDi QA (one example per language). Each is worded exactly as LESS's released
+code words its validation examples (`get_validation_dataset.py`): the user turn is LESS's
+query, the response turn opens with LESS's answer prefix ("A:", "The answer is:", the
+language's "Answer:"), which the model reads but is not scored on. Their held-out splits,
+for evaluation, are kept apart in `load_heldout` and never mixed into the selection target.
 """
 
 from __future__ import annotations
@@ -73,13 +76,23 @@ def _bbh_exemplars(prompt: str) -> tuple[str, list[tuple[str, str]]]:
     return description.strip(), pairs
 
 
+BBH_ANSWER_PREFIX = "A:"
+
+
 def _bbh_target() -> list[Example]:
+    """LESS's BBH examples: the task prompt, the other two exemplars in full, the question; "A:" opens
+    the answer. Read from LESS's own `bbh-three-shot.json`, split as LESS splits it."""
     examples = []
-    for task, prompt in bbh_cot_prompts().items():
-        description, pairs = _bbh_exemplars(prompt)
-        for question, answer in pairs:
-            examples.append(Example(instruction=f"{description}\n\nQ: {question}", input="", output=answer,
-                                    subtask=task, source="bbh"))
+    for task, text in json.loads(bundle("bbh")["targets/bbh/less/bbh-three-shot.json"]).items():
+        blocks = text.split("\n\n")
+        description, shots = "\n\n".join(blocks[:-3]).strip(), blocks[-3:]
+        pairs = [shot.split("\n" + BBH_ANSWER_PREFIX) for shot in shots]
+        if any(len(pair) != 2 for pair in pairs):
+            raise DataError(f"LESS's BBH prompt for {task!r} does not end in three 'Q: ... \\nA: ...' exemplars")
+        for index, (question, answer) in enumerate(pairs):
+            others = "".join(f"{q}\n{BBH_ANSWER_PREFIX}{a}\n\n" for j, (q, a) in enumerate(pairs) if j != index)
+            examples.append(Example(instruction=f"{description}\n\n{others}{question}", input="", output=answer,
+                                    subtask=task, source="bbh", response_prefix=BBH_ANSWER_PREFIX))
     return examples
 
 
@@ -100,12 +113,19 @@ def _mmlu_rows(split: str) -> dict[str, list[list[str]]]:
             for subject, data in bundle_files("mmlu", f"targets/mmlu/{split}/", suffix).items()}
 
 
+MMLU_HEADER = "The following are multiple choice questions (with answers) about {}.\n\n"
+MMLU_ANSWER_PREFIX = "The answer is:"
+
+
+def _mmlu_body(question: str, options: list[str]) -> str:
+    return question + "".join(f"\n{letter}. {option}" for letter, option in zip(MMLU_CHOICES, options)) + "\nAnswer:"
+
+
 def mmlu_question(subject: str, row: list[str], *, with_header: bool = True) -> str:
     """One MMLU item as a prompt ending in 'Answer:'; the header names the subject."""
     question, *options = row[:5]
-    body = question.strip() + "".join(f"\n{letter}. {option}" for letter, option in zip(MMLU_CHOICES, options))
-    header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-    return (header if with_header else "") + body + "\nAnswer:"
+    header = MMLU_HEADER.format(subject.replace("_", " "))
+    return (header if with_header else "") + _mmlu_body(question.strip(), options)
 
 
 def mmlu_dev() -> dict[str, list[list[str]]]:
@@ -114,8 +134,12 @@ def mmlu_dev() -> dict[str, list[list[str]]]:
 
 
 def _mmlu_target() -> list[Example]:
-    return [Example(instruction=mmlu_question(subject, row), input="", output=row[5].strip(),
-                    subtask=subject, source="mmlu")
+    """LESS's MMLU examples: zero-shot, its subject header (each word of the subject after a space,
+    hence two spaces after "about"), question, options, "Answer:"; the response turn opens with
+    "The answer is:" and the scored answer is " X"."""
+    return [Example(instruction=MMLU_HEADER.format("".join(f" {word}" for word in subject.split("_")))
+                    + _mmlu_body(row[0], row[1:5]), input="", output=" " + row[5],
+                    subtask=subject, source="mmlu", response_prefix=MMLU_ANSWER_PREFIX)
             for subject, rows in mmlu_dev().items() for row in rows]
 
 
@@ -132,11 +156,44 @@ def tydiqa_prompt(context: str, question: str) -> str:
     return f"{TYDIQA_INSTRUCTION}\n\nPassage: {context.strip()}\nQuestion: {question.strip()}\nAnswer:"
 
 
+# LESS's per-language wording: (instruction, passage label, question label, answer label).
+TYDIQA_TEMPLATES: dict[str, tuple[str, str, str, str]] = {
+    "english": ("Answer the following question based on the information in the given passage.",
+                "Passage:", "Question:", "Answer:"),
+    "arabic": ("أجب على السؤال التالي بناءً على المعلومات في المقطع المعطى.",
+               "المقطع:", "السؤال:", "الإجابة:"),
+    "bengali": ("প্রদত্ত অধ্যায়ের তথ্যের উপর ভিত্তি করে নিম্নলিখিত প্রশ্নের উত্তর দিন।",
+                "অধ্যায়:", "প্রশ্ন:", "উত্তর:"),
+    "finnish": ("Vastaa seuraavaan kysymykseen annetun kappaleen tiedon perusteella.",
+                "Kappale:", "Kysymys:", "Vastaus:"),
+    "indonesian": ("Jawab pertanyaan berikut berdasarkan informasi di bagian yang diberikan.",
+                   "Bagian:", "Pertanyaan:", "Jawaban:"),
+    "korean": ("주어진 문단의 정보에 기반하여 다음 질문에 답하십시오.",
+               "문단:", "질문:", "답변:"),
+    "russian": ("Ответьте на следующий вопрос на основе информации в данном отрывке.",
+                "Отрывок:", "Вопрос:", "Ответ:"),
+    "swahili": ("Jibu swali lifuatalo kulingana na habari kwenye kifungu kilichotolewa.",
+                "Kifungu:", "Swali:", "Jibu:"),
+    "telugu": ("ఇచ్చిన పేరాలోని సమాచారం ఆధారంగా కింది ప్రశ్నకు సమాధానం ఇవ్వండి.",
+               "పేరా:", "ప్రశ్న:", "సమాధానం:"),
+}
+
+
 def _tydiqa_target() -> list[Example]:
+    """LESS's TyDi QA examples in the language's own wording: instruction, then (with no separator,
+    as LESS joins them) the passage and the question; the answer label opens the response turn and
+    the scored answer is " <answer>"."""
     data = json.loads(bundle("tydiqa")["targets/tydiqa/tydiqa-one-shot.json"])
-    return [Example(instruction=tydiqa_prompt(item["context"], item["question"]), input="",
-                    output=item["answers"][0]["text"], subtask=language, source="tydiqa")
-            for language, items in data.items() for item in items]
+    examples = []
+    for language, items in data.items():
+        if language not in TYDIQA_TEMPLATES:
+            raise DataError(f"LESS has no TyDi QA template for language {language!r}")
+        instruction, passage, question, answer = TYDIQA_TEMPLATES[language]
+        item = items[0]  # LESS takes the first example of each language
+        examples.append(Example(
+            instruction=f"{instruction}{passage} {item['context']}\n{question} {item['question']}", input="",
+            output=" " + item["answers"][0]["text"], subtask=language, source="tydiqa", response_prefix=answer))
+    return examples
 
 
 def _tydiqa_heldout() -> list[HeldOutItem]:
