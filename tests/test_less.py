@@ -124,6 +124,21 @@ def test_the_two_adam_forms_are_stored_apart_and_never_mixed(settings):
                             example_ids=pool.ids, dim=stored.dim, shard_rows=settings.shard_rows)
 
 
+def test_a_checkpoint_with_learning_rate_zero_is_not_featurized_and_the_skip_is_recorded(settings, caplog):
+    # 3 warmup examples in one step per epoch: epoch 1's only step is the schedule's first, at rate 0
+    short = settings.with_(warmup_fraction=0.1, warmup_batch_size=4, warmup_epochs=2)
+    pool = _pool()
+    with caplog.at_level("WARNING", logger="influence.less.pipeline"):
+        selection = select(pool, 4, LessSelector(short, loaded=_loaded()), target=TARGET)
+    assert "skipping warmup checkpoint of epoch 1" in caplog.text
+    datastore = selection.manifest("alpaca")["datastore"]
+    assert [c["epoch"] for c in datastore["checkpoints"]] == [2] and datastore["checkpoints"][0]["weight"] == 1.0
+    assert datastore["skipped_checkpoints"] == [{"epoch": 1, "step": 1, "avg_lr": 0.0,
+                                                 "reason": "learning rate 0: weight 0 in every score"}]
+    assert [Path(p).parent.name for p in datastore["pool_stores"]] == ["epoch-2"]
+    assert not any((Path(datastore["workdir"]) / "features" / "epoch-1").glob("*"))
+
+
 def test_a_pool_changed_since_featurization_is_refused(settings):
     named = settings.with_(name="shared")
     less_run(_pool(), TARGET, named, k=2, loaded=_loaded())

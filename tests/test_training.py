@@ -287,3 +287,30 @@ def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path,
         stranger.kill()
         stranger.wait()
     assert result.manifest_path.exists() and not (out / ".lock").exists()
+
+
+def test_an_adapter_that_does_not_fit_the_model_exactly_is_refused(tmp_path):
+    from influence.lora import add_lora
+    from influence.training import load_adapter_weights
+    from influence.training.checkpoint import save_adapter
+
+    def lora_model(**changes):
+        model, _ = tiny_model_and_tokenizer()
+        return add_lora(model, LoraSettings(**{**LoraSettings.for_tests().to_dict(), **changes}))
+
+    saved = lora_model()
+    with torch.no_grad():
+        for _, param in lora_parameters(saved):
+            param.normal_()
+    save_adapter(saved, tmp_path / "adapter")
+    same = lora_model()
+    load_adapter_weights(same, tmp_path / "adapter")
+    for (name, want), (_, got) in zip(lora_parameters(saved), lora_parameters(same)):
+        assert torch.equal(want, got), name
+    with pytest.raises(ManifestMismatchError, match="shape|size"):
+        load_adapter_weights(lora_model(r=8), tmp_path / "adapter")
+    with pytest.raises(ManifestMismatchError, match="missing .*gate_proj"):
+        load_adapter_weights(lora_model(target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj")),
+                             tmp_path / "adapter")
+    with pytest.raises(ManifestMismatchError, match="unexpected .*v_proj"):
+        load_adapter_weights(lora_model(target_modules=("q_proj", "k_proj")), tmp_path / "adapter")

@@ -169,11 +169,25 @@ def _score_rates(checkpoints: list[dict[str, Any]]) -> list[float]:
     return rates
 
 
-def _load_adapter(model: Any, adapter_dir: Path) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+def _weighted_checkpoints(checkpoints: list[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The checkpoints worth featurizing, and a record of those skipped.
 
-    set_peft_model_state_dict(model, load_file(str(adapter_dir / "adapter_model.safetensors")))
+    A checkpoint with learning rate 0 (a short warmup's first epoch: one step at the
+    schedule's start) weighs 0 in every score, so its features would be work for nothing;
+    it is skipped unless every checkpoint has rate 0 (then all are weighted equally).
+    """
+    if not any(float(c.avg_lr) > 0 for c in checkpoints):
+        return checkpoints, []
+    kept, skipped = [], []
+    for ckpt in checkpoints:
+        if float(ckpt.avg_lr) > 0:
+            kept.append(ckpt)
+            continue
+        log.warning("skipping warmup checkpoint of epoch %d (step %d): its learning rate is 0, so its scores "
+                    "would weigh 0", ckpt.epoch, ckpt.step)
+        skipped.append({"epoch": ckpt.epoch, "step": ckpt.step, "avg_lr": float(ckpt.avg_lr),
+                        "reason": "learning rate 0: weight 0 in every score"})
+    return kept, skipped
 
 
 @dataclass
@@ -181,10 +195,10 @@ class FeatureSet:
     """The datastores of one run: the pool's (and a target's) features at every checkpoint."""
 
     workdir: Path
-    checkpoints: list[dict[str, Any]]         # epoch, step, avg_lr, weight
+    checkpoints: list[dict[str, Any]]         # epoch, step, avg_lr, weight (featurized ones only)
     pool_stores: list[Path]
     target_stores: list[Path]
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # featurized counts, skipped checkpoints, projector
 
 
 def build_features(pool: Pool, target: Target | None, settings: LessSettings, *, loaded: Any = None,
@@ -199,7 +213,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
     from influence.errors import DataError, DatastoreError
     from influence.models import load_model
     from influence.selection import package_versions
-    from influence.training import load_checkpoint
+    from influence.training import load_adapter_weights, load_checkpoint
 
     if target is not None and not len(target):
         raise DataError(f"target {target.name} has no examples")
@@ -228,8 +242,9 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
 
     totals = {role: FeaturizeStats() for role, *_ in roles}
     summary = []
+    checkpoints, skipped = _weighted_checkpoints(checkpoints)
     for ckpt in checkpoints:
-        _load_adapter(model, ckpt.adapter_dir)
+        load_adapter_weights(model, ckpt.adapter_dir)
         checkpoint_id = {"epoch": ckpt.epoch, "step": ckpt.step,
                          "adapter_sha256": sha256_file(ckpt.adapter_dir / "adapter_model.safetensors")}
         moments = AdamMoments.from_checkpoint(ckpt, form=settings.adam_form)
@@ -256,6 +271,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
     return FeatureSet(workdir=workdir, checkpoints=summary, pool_stores=stores["pool"],
                       target_stores=stores["target"],
                       stats={"featurized": {role: s.to_dict() for role, s in totals.items()},
+                             **({"skipped_checkpoints": skipped} if skipped else {}),
                              "projector": projector.describe(), "scored_dim": settings.score_dim,
                              **({"other_dim_stores": extra} if len(settings.all_dims) > 1 else {})})
 

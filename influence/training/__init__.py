@@ -6,7 +6,7 @@
         ckpt = load_checkpoint(path)     # ckpt.avg_lr, ckpt.exp_avg[name], ckpt.exp_avg_sq[name], ckpt.adapter_dir
 """
 
-from influence.training.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
+from influence.training.checkpoint import Checkpoint, list_checkpoints, load_adapter_weights, load_checkpoint
 from influence.training.config import TrainConfig
 from influence.training.loss import example_nll
 from influence.training.trainer import (
@@ -18,4 +18,4 @@ from influence.training.trainer import (
 )
 
 __all__ = ["TrainConfig", "TrainResult", "train", "Checkpoint", "list_checkpoints", "load_checkpoint",
-           "load_trained", "read_manifest", "is_training_output", "example_nll"]
+           "load_adapter_weights", "load_trained", "read_manifest", "is_training_output", "example_nll"]

@@ -199,7 +199,7 @@ def restore_checkpoint(checkpoint: Checkpoint, *, model: Any, params: list[tuple
                                     f"(missing {missing}, unexpected {extra}); use a new output directory")
     with torch.no_grad():
         if checkpoint.method == "lora":
-            _load_adapter_weights(model, checkpoint.path / ADAPTER_DIR)
+            load_adapter_weights(model, checkpoint.path / ADAPTER_DIR)
         else:
             weights = _read_tensors(checkpoint.path / WEIGHTS_FILE)
             for name, param in params:
@@ -222,12 +222,31 @@ def _check_shape(path: Path, name: str, tensor: Any, param: Any) -> None:
                                     f"{tuple(param.shape)} in the model; use a new output directory")
 
 
-def _load_adapter_weights(model: Any, adapter_dir: Path) -> None:
+def load_adapter_weights(model: Any, adapter_dir: str | os.PathLike) -> None:
+    """Load a saved LoRA adapter into `model`'s adapter, refusing one that does not fit it exactly.
+
+    Raises:
+        ManifestMismatchError: the adapter names a weight the model lacks, lacks one of the model's
+            LoRA weights, or a shape differs (another rank, target modules or model).
+        TrainingError: the adapter file is missing or unreadable.
+    """
     from peft import set_peft_model_state_dict
 
+    from influence.lora import lora_parameters
+
+    adapter_dir = Path(adapter_dir)
     weights = _read_tensors(adapter_dir / "adapter_model.safetensors")
-    result = set_peft_model_state_dict(model, weights)
+    try:
+        result = set_peft_model_state_dict(model, weights)
+    except RuntimeError as exc:  # torch's load_state_dict reports shape mismatches this way
+        raise ManifestMismatchError(f"{adapter_dir}: adapter weights do not fit the model ("
+                                    f"{str(exc).strip().splitlines()[-1].strip()}); use the LoRA settings "
+                                    "the adapter was trained with") from None
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
-    if unexpected:
-        raise ManifestMismatchError(f"{adapter_dir}: adapter weights do not fit the model "
-                                    f"(unexpected {unexpected[:3]}); use a new output directory")
+    missing_keys = set(getattr(result, "missing_keys", []) or [])
+    missing = [name for name, _ in lora_parameters(model) if name in missing_keys]
+    if unexpected or missing:
+        detail = [f"{label} {names[:3]}" for label, names in (("unexpected", unexpected), ("missing", missing))
+                  if names]
+        raise ManifestMismatchError(f"{adapter_dir}: adapter weights do not fit the model ({'; '.join(detail)}); "
+                                    "use the model and LoRA settings the adapter was trained with")
