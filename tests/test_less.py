@@ -137,6 +137,10 @@ def test_a_checkpoint_with_learning_rate_zero_is_not_featurized_and_the_skip_is_
                                                  "reason": "learning rate 0: weight 0 in every score"}]
     assert [Path(p).parent.name for p in datastore["pool_stores"]] == ["epoch-2"]
     assert not any((Path(datastore["workdir"]) / "features" / "epoch-1").glob("*"))
+    from influence.training import read_manifest
+
+    warmup = read_manifest(Path(datastore["workdir"]) / "warmup")
+    assert warmup["config"]["loss_reduction"] == "example"  # LESS's warmup loss, recorded
 
 
 def test_a_pool_changed_since_featurization_is_refused(settings):

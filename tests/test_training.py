@@ -164,6 +164,55 @@ def test_the_update_does_not_depend_on_the_micro_batch_split(tiny, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("reduction", ["token", "example"])
+def test_each_loss_reduction_takes_the_step_its_plain_loss_gives(reduction):
+    import torch.nn.functional as F
+
+    from influence.data.formatting import IGNORE_INDEX, encode_example
+    from influence.distributed import Dist
+    from influence.lora import add_lora
+    from influence.training.trainer import _optimizer_step
+
+    base, tokenizer = tiny_model_and_tokenizer()
+    model = add_lora(base, LoraSettings.for_tests())
+    params = lora_parameters(model)
+    with torch.no_grad():
+        for _, param in params:
+            param.normal_(std=0.1)
+    encoded = [encode_example(e, tokenizer, 256) for e in EXAMPLES]
+    assert len({e.response_tokens for e in encoded}) > 2  # responses of different lengths
+
+    # the plain loss: each example alone, its token losses written out
+    per_example = []
+    for item in encoded:
+        ids, labels = torch.tensor([item.input_ids]), torch.tensor(item.labels[1:])
+        logits = model(input_ids=ids).logits[0, :-1]
+        keep = labels != IGNORE_INDEX
+        per_example.append(F.cross_entropy(logits[keep], labels[keep], reduction="none"))
+    by_token = torch.cat(per_example).sum() / sum(len(t) for t in per_example)
+    by_example = torch.stack([t.mean() for t in per_example]).mean()
+    assert abs(float(by_token) - float(by_example)) > 1e-3  # the test tells the two apart
+    plain = by_token if reduction == "token" else by_example
+    want = torch.autograd.grad(plain, [p for _, p in params])
+
+    before = [p.detach().clone() for _, p in params]
+    optimizer = torch.optim.SGD([p for _, p in params], lr=1.0)  # the step is minus the gradient
+    _, tokens, step_loss = _optimizer_step(model, params, optimizer, [[0, 1], [2], [3, 4]], [0, 1, 2], encoded,
+                                           tokenizer.pad_token_id, "cpu", 0.0, Dist(), reduction)
+    assert tokens == sum(len(t) for t in per_example)
+    assert step_loss == pytest.approx(float(plain.detach()), rel=1e-5)
+    for (name, param), old, grad in zip(params, before, want):
+        torch.testing.assert_close(old - param.detach(), grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_less_warmup_averages_per_example_and_plain_training_per_token():
+    assert TrainConfig().loss_reduction == "token"
+    assert TrainConfig.less_warmup().loss_reduction == "example"
+    assert TrainConfig.less_warmup().identity()["loss_reduction"] == "example"
+    with pytest.raises(ConfigError, match="loss_reduction"):
+        TrainConfig(loss_reduction="sequence")
+
+
 def test_full_fine_tuning_saves_a_loadable_model(tiny, tmp_path):
     result = train(EXAMPLES[:2], TrainConfig.for_tests(method="full", epochs=1, learning_rate=1e-3),
                    tmp_path / "full", loaded=tiny)

@@ -22,6 +22,9 @@ _OPTIONS = [
                  help="Fraction of the pool the warmup trains on."),
     click.option("--warmup-epochs", type=int, default=4, show_default=True, help="Warmup epochs (= checkpoints)."),
     click.option("--warmup-lr", type=float, default=2e-5, show_default=True, help="Warmup learning rate."),
+    click.option("--warmup-loss-reduction", type=click.Choice(["example", "token"]), default="example",
+                 show_default=True, help="Warmup loss: example = mean of each example's mean token loss (LESS); "
+                                         "token = every response token of a step weighs the same."),
     click.option("--adam-form", type=click.Choice(["less", "paper"]), default="less", show_default=True,
                  help="Adam update of pool features: less = LESS's released code (m'/sqrt(v'+eps), no bias "
                       "correction; produced its published results), paper = the paper's bias-corrected formula."),
@@ -42,7 +45,7 @@ _OPTIONS = [
                  help="Device [default: cuda when present]."),
 ]
 NAMES = ("model", "projector", "dims", "lora_r", "lora_alpha", "warmup_fraction", "warmup_epochs", "warmup_lr",
-         "adam_form", "batch_size", "max_length", "shard_rows", "scoring", "index", "name", "index_root", "device")
+         "warmup_loss_reduction", "adam_form", "batch_size", "max_length", "shard_rows", "scoring", "index", "name", "index_root", "device")
 
 
 def less_options(function: Callable) -> Callable:

@@ -32,6 +32,9 @@ def default_out_dir(data: str, method: str, seed: int) -> Path:
               help="Examples per optimizer step.")
 @click.option("--micro-batch-size", type=int, default=_DEFAULTS.micro_batch_size, show_default=True,
               help="Examples per forward/backward pass (gradient accumulation makes up the rest).")
+@click.option("--loss-reduction", type=click.Choice(["token", "example"]), default=_DEFAULTS.loss_reduction,
+              show_default=True, help="token: every response token of a step weighs the same; example: the mean "
+                                      "of each example's mean token loss (as LESS's Trainer computed it).")
 @click.option("--max-length", type=int, default=_DEFAULTS.max_length, show_default=True,
               help="Tokens per example; longer ones are cut and counted.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds adapter init, data order and dropout.")
@@ -39,8 +42,8 @@ def default_out_dir(data: str, method: str, seed: int) -> Path:
               help="Output directory [default: runs/<data>-<lora|full>-s<seed>]; rerun to resume.")
 @click.option("--overwrite", is_flag=True, help="Delete what --out holds and start again.")
 @click.option("--no-checkpoints", is_flag=True, help="Delete the per-epoch checkpoints after a successful run.")
-def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, max_length, seed, out, overwrite,
-                  no_checkpoints) -> None:
+def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, loss_reduction, max_length, seed, out,
+                  overwrite, no_checkpoints) -> None:
     """Fine-tune a model on DATA; saves the adapter (or model) and manifest.json under --out.
 
     Under `torchrun --nproc_per_node N`, the N processes train data parallel (one gradient
@@ -51,8 +54,8 @@ def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, m
 
     method = "lora" if lora else "full"
     config = TrainConfig(model=model, method=method, epochs=epochs, learning_rate=lr, batch_size=batch_size,
-                         micro_batch_size=min(micro_batch_size, batch_size), max_length=max_length, seed=seed,
-                         keep_checkpoints=not no_checkpoints)
+                         micro_batch_size=min(micro_batch_size, batch_size), loss_reduction=loss_reduction,
+                         max_length=max_length, seed=seed, keep_checkpoints=not no_checkpoints)
     out = out or default_out_dir(data, method, seed)
     job = distributed.init_from_env()
     result = train(data, config, out, overwrite=overwrite)

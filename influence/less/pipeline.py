@@ -78,6 +78,7 @@ def run_warmup(pool: Pool, settings: LessSettings, *, loaded: Any = None) -> Any
     config = TrainConfig.less_warmup(model=settings.model, lora=settings.lora, epochs=settings.warmup_epochs,
                                      learning_rate=settings.warmup_lr, batch_size=settings.warmup_batch_size,
                                      micro_batch_size=settings.warmup_micro_batch_size,
+                                     loss_reduction=settings.warmup_loss_reduction,
                                      max_length=settings.max_length, seed=settings.seed, progress=settings.progress)
     return train(warmup_examples(pool, settings), config, workdir_for(pool, settings) / "warmup", loaded=loaded)
 

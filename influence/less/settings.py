@@ -10,6 +10,7 @@ from influence.constants import DEFAULT_INDEX_ROOT
 from influence.errors import ConfigError
 from influence.features.grads import ADAM_FORMS, DEFAULT_ADAM_FORM, GRAD_TYPES
 from influence.lora import LoraSettings
+from influence.training.config import LOSS_REDUCTIONS
 
 SCORING_METHODS = ("faiss", "exact")
 INDEX_KINDS = ("flat", "ivf-flat", "ivf-pq")  # influence.index's kinds, named here without importing faiss
@@ -29,6 +30,10 @@ class LessSettings:
     warmup_lr: float = field(default=2e-5, metadata={"help": "Warmup peak learning rate (LESS: 2e-5)."})
     warmup_batch_size: int = field(default=32, metadata={"help": "Examples per warmup optimizer step."})
     warmup_micro_batch_size: int = field(default=4, metadata={"help": "Examples per warmup forward pass."})
+    warmup_loss_reduction: str = field(default="example", metadata={
+        "help": "Warmup loss: example (LESS: the mean of each example's mean token loss, as its Trainer "
+                "computed with batch 1 per device and gradient accumulation) or token (every response "
+                "token of a step weighs the same)."})
     projector: str | None = field(default=None, metadata={
         "help": "sjlt (ours, fastest), trak-basic, trak-cuda; None picks the fastest available."})
     dims: int | tuple[int, ...] = field(default=8192, metadata={
@@ -77,6 +82,9 @@ class LessSettings:
         for name in ("pool_grad", "target_grad"):
             if getattr(self, name) not in GRAD_TYPES:
                 raise ConfigError(f"{name} must be one of {', '.join(GRAD_TYPES)}, got {getattr(self, name)!r}")
+        if self.warmup_loss_reduction not in LOSS_REDUCTIONS:
+            raise ConfigError(f"warmup_loss_reduction must be one of {', '.join(LOSS_REDUCTIONS)}, got "
+                              f"{self.warmup_loss_reduction!r} (LESS: example)")
         if self.adam_form not in ADAM_FORMS:
             raise ConfigError(f"adam_form must be one of {', '.join(ADAM_FORMS)}, got {self.adam_form!r} "
                               "(LESS's code: less)")
@@ -122,4 +130,5 @@ class LessSettings:
         """The settings that decide the warmup checkpoints."""
         return {"model": self.model, "lora": self.lora.to_dict(), "fraction": self.warmup_fraction,
                 "epochs": self.warmup_epochs, "lr": self.warmup_lr, "batch_size": self.warmup_batch_size,
-                "micro_batch_size": self.warmup_micro_batch_size, "max_length": self.max_length, "seed": self.seed}
+                "micro_batch_size": self.warmup_micro_batch_size, "loss_reduction": self.warmup_loss_reduction,
+                "max_length": self.max_length, "seed": self.seed}

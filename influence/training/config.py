@@ -12,7 +12,10 @@ Why the defaults (`TrainConfig()`, what `influence train` uses):
 - Micro-batches of 4 with gradient accumulation: on a CPU, bigger micro-batches mostly
   add padding and memory (the issue-3 measurements: batching did not speed up the gradient
   on this machine); on a GPU raise `micro_batch_size`. The loss is the mean over every
-  response token of the whole optimizer step, so the update does not depend on the split.
+  response token of the whole optimizer step (`loss_reduction="token"`), so the update does
+  not depend on the split. LESS's warmup (`less_warmup`) instead averages each example's
+  mean token loss (`"example"`): what the transformers Trainer it ran with (4.36, batch 1
+  per device with gradient accumulation) computes; that too is independent of the split.
 - `max_length` 2048, as everywhere in the toolkit (LESS used 2048 as well); cuts are counted.
 - Gradient clipping at norm 1.0, AdamW betas (0.9, 0.999) and eps 1e-8: the transformers
   Trainer defaults that LESS ran with. The warmup step of LESS reads betas and eps from each
@@ -28,6 +31,10 @@ from influence.errors import ConfigError
 from influence.lora import LoraSettings
 
 METHODS = ("lora", "full")
+LOSS_REDUCTIONS: dict[str, str] = {
+    "token": "mean NLL over every response token of the optimizer step (long responses weigh more)",
+    "example": "mean over the step's examples of each example's mean response-token NLL (LESS's warmup)",
+}
 
 # Settings that change where or how loudly a run goes, not what it computes; two runs that
 # differ only in these may resume one another.
@@ -51,6 +58,9 @@ class TrainConfig:
         "help": "Examples per forward/backward pass; batch_size must be a multiple of it."})
     warmup_ratio: float = field(default=0.03, metadata={
         "help": "Fraction of all steps spent warming the learning rate up from 0."})
+    loss_reduction: str = field(default="token", metadata={
+        "help": "How a step's loss averages token losses: " + "; ".join(f"{k}: {v}" for k, v in
+                                                                         LOSS_REDUCTIONS.items())})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay."})
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "AdamW betas."})
     eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
@@ -76,6 +86,9 @@ class TrainConfig:
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
                               f"({self.micro_batch_size}); e.g. set micro_batch_size to a divisor of it")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ConfigError(f"loss_reduction must be one of {', '.join(LOSS_REDUCTIONS)}, "
+                              f"got {self.loss_reduction!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.weight_decay < 0:
@@ -120,13 +133,14 @@ class TrainConfig:
 
     @classmethod
     def less_warmup(cls, **changes: Any) -> "TrainConfig":
-        """LESS's warmup run: 4 epochs, lr 2e-5, linear, 3% warmup, LoRA r=128/alpha=512/dropout 0.1.
+        """LESS's warmup run: 4 epochs, lr 2e-5, linear, 3% warmup, LoRA r=128/alpha=512/dropout 0.1,
+        the loss averaged per example as LESS's Trainer did.
 
         The paper's effective batch was 128 (4 GPUs x 32 accumulation steps); on the 5% warmup
         slice of a LIMA-scale or bundled pool that leaves a handful of steps per epoch, so this
         keeps the default 32. Pass batch_size=128 for the paper's exact setting.
         """
-        return cls(**{"epochs": 4, "learning_rate": 2e-5, "warmup_ratio": 0.03,
+        return cls(**{"epochs": 4, "learning_rate": 2e-5, "warmup_ratio": 0.03, "loss_reduction": "example",
                       "lora": LoraSettings.less_default(), **changes})
 
     @classmethod

@@ -163,11 +163,12 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig |
                 for micro_batches in plan:
                     lr = scheduler.get_last_lr()[0]
                     seeds = [micro_batch_seed(config.seed, epoch, step, j) for j in range(len(micro_batches))]
-                    nll, tokens = _optimizer_step(model, params, optimizer, micro_batches, seeds, encoded, pad_id,
-                                                  device, config.max_grad_norm, job)
+                    nll, tokens, step_loss = _optimizer_step(model, params, optimizer, micro_batches, seeds, encoded,
+                                                             pad_id, device, config.max_grad_norm, job,
+                                                             config.loss_reduction)
                     scheduler.step()
                     step += 1
-                    losses.append(nll / tokens)
+                    losses.append(step_loss)
                     lrs.append(lr)
                     nll_total += nll
                     token_total += tokens
@@ -330,39 +331,46 @@ def _progress(total: int, done: int, config: TrainConfig, job: distributed.Dist)
 # ------------------------------------------------------------------ the step
 def _optimizer_step(model: Any, params: list[tuple[str, Any]], optimizer: Any, micro_batches: list[list[int]],
                     seeds: list[int], encoded: list[Any], pad_id: int, device: Any, max_grad_norm: float,
-                    job: distributed.Dist) -> tuple[float, int]:
-    """One AdamW step over micro-batches; the loss is the mean NLL over all the step's response tokens.
+                    job: distributed.Dist, loss_reduction: str = "token") -> tuple[float, int, float]:
+    """One AdamW step over micro-batches.
 
-    Each rank of a job runs micro-batches rank, rank + N, ...; their gradient sums are
-    all-reduced before clipping, so every rank takes the same step. Returns the step's summed
-    NLL and its response-token count.
+    The loss is the mean NLL over all the step's response tokens (`loss_reduction` "token"),
+    or the mean over its examples of each example's mean token NLL ("example"). Each rank
+    of a job runs micro-batches rank, rank + N, ...; their gradient sums are all-reduced
+    before clipping, so every rank takes the same step. Returns the step's summed NLL, its
+    response-token count and the loss it minimised.
     """
     import torch
 
     from influence.data.formatting import collate
 
     step_tokens = sum(encoded[i].response_tokens for batch in micro_batches for i in batch)
+    step_examples = sum(len(batch) for batch in micro_batches)
     optimizer.zero_grad(set_to_none=True)
-    nll_sum = torch.zeros((), dtype=torch.float64, device=device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed NLL, the minimised loss
     for j in range(job.rank, len(micro_batches), job.world_size):
         torch.manual_seed(seeds[j])  # this micro-batch's dropout, whichever rank runs it
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in micro_batches[j]], pad_id).items()}
-        nll, _ = example_nll(model, batch)
-        loss = nll.sum() / step_tokens
+        nll, tokens = example_nll(model, batch)
+        if loss_reduction == "example":
+            loss = (nll / tokens.clamp(min=1)).sum() / step_examples
+        else:
+            loss = nll.sum() / step_tokens
         loss.backward()
-        nll_sum += nll.detach().sum().double()
+        sums += torch.stack([nll.detach().sum(), loss.detach()]).double()
     if job.world_size > 1:
         import torch.distributed as dist
 
         _all_reduce_gradients([p for _, p in params])
-        dist.all_reduce(nll_sum)  # float64: summed token losses need the precision
-    nll_total = float(nll_sum)
+        dist.all_reduce(sums)  # float64: summed token losses need the precision
+    nll_total = float(sums[0])
+    step_loss = float(sums[1]) if loss_reduction == "example" else nll_total / step_tokens
     if not math.isfinite(nll_total):
         raise TrainingError(f"the training loss became {nll_total}; lower the learning rate")
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_([p for _, p in params], max_grad_norm)
     optimizer.step()
-    return nll_total, step_tokens
+    return nll_total, step_tokens, step_loss
 
 
 def _all_reduce_gradients(parameters: list[Any]) -> None:
