@@ -134,3 +134,18 @@ def test_a_response_prefix_is_read_not_scored_and_ordinary_ids_do_not_change():
     encoded = encode_example(prefixed, plain)
     scored = [t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
     assert plain.decode(scored) == " 4</s>"
+
+
+@pytest.mark.parametrize("fmt", ["alpaca", "messages"])
+def test_a_target_file_can_give_a_response_prefix_and_round_trips(tmp_path, fmt):
+    from influence.data import Example
+
+    example = Example("What is 2+2?", "", " 4", subtask="sums", response_prefix="The answer is:")
+    path = write_jsonl(tmp_path / "t.jsonl", [example.to_record(fmt)])
+    read = load_target(str(path)).examples[0]
+    assert (read.id, read.response_prefix, read.output, read.chat()) == (
+        example.id, "The answer is:", " 4", example.chat())
+    broken = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+              "response_prefix": "A:"}
+    with pytest.raises(DataError, match="does not start with its response prefix"):
+        load_target(str(write_jsonl(tmp_path / "b.jsonl", [broken])))

@@ -57,16 +57,23 @@ class Example:
 
     @classmethod
     def from_messages(cls, messages: list[dict[str, str]], *, subtask: str | None = None,
-                      source: str = "") -> "Example":
-        """Build from chat messages; the alpaca view flattens earlier turns into the instruction."""
+                      source: str = "", response_prefix: str = "") -> "Example":
+        """Build from chat messages; the alpaca view flattens earlier turns into the instruction.
+
+        With `response_prefix`, the last message's content starts with it (as `chat()` gives it).
+        """
         pairs = tuple((m["role"], m["content"]) for m in messages)
+        if response_prefix:
+            if not pairs or not pairs[-1][1].startswith(response_prefix):
+                raise ValueError(f"the last message does not start with its response prefix {response_prefix!r}")
+            pairs = (*pairs[:-1], (pairs[-1][0], pairs[-1][1][len(response_prefix):]))
         *context, (_, output) = pairs
         if len(context) == 1 and context[0][0] == "user":
             instruction = context[0][1]
         else:
             instruction = "\n\n".join(f"{role.capitalize()}: {content}" for role, content in context)
         return cls(instruction=instruction, input="", output=output, messages=pairs,
-                   subtask=subtask, source=source)
+                   subtask=subtask, source=source, response_prefix=response_prefix)
 
     def to_record(self, fmt: str) -> dict:
         """The SFT-ready record: alpaca (instruction/input/output) or messages."""

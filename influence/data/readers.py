@@ -277,15 +277,22 @@ def record_to_example(record: Any, *, source: str, where: str) -> Example:
     if not isinstance(record, dict):
         raise _error(f"{where}: expected an object with fields, got {type(record).__name__}")
     subtask = _subtask(record, where)
+    prefix = _text_field(record, "response_prefix", where)  # opens the response, read but not scored
     if "messages" in record and record["messages"] is not None:
-        return Example.from_messages(_messages(record, where), subtask=subtask, source=source)
+        messages = _messages(record, where)
+        try:
+            return Example.from_messages(messages, subtask=subtask, source=source, response_prefix=prefix)
+        except ValueError as exc:
+            raise _error(f"{where}: {exc}") from None
     if "instruction" in record and "output" in record:
         return Example(instruction=_text_field(record, "instruction", where),
                        input=_text_field(record, "input", where),
-                       output=_text_field(record, "output", where), subtask=subtask, source=source)
+                       output=_text_field(record, "output", where), subtask=subtask, source=source,
+                       response_prefix=prefix)
     if "prompt" in record and "response" in record:
         return Example(instruction=_text_field(record, "prompt", where), input="",
-                       output=_text_field(record, "response", where), subtask=subtask, source=source)
+                       output=_text_field(record, "response", where), subtask=subtask, source=source,
+                       response_prefix=prefix)
     keys = one_line(", ".join(sorted(one_line(repr(k) if not isinstance(k, str) else k, 40) for k in record))
                     or "none", 200)
     raise _error(f"{where}: missing fields: need 'instruction' and 'output' (optional 'input'), "
