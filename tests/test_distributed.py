@@ -106,7 +106,7 @@ def test_the_torchrun_commands_of_the_readme_run_on_two_cpu_processes(tmp_path, 
 
     pool = write_jsonl(tmp_path / "pool.jsonl", [e.to_record("alpaca") for e in _pool().examples])
     options = ["--pool", str(pool), "--model", str(tiny_model_dir), "--lora-r", "4", "--lora-alpha", "16",
-               "--dims", "64", "--warmup-fraction", "0.5", "--warmup-epochs", "2", "--max-length", "64",
+               "--dims", "64", "--warmup-fraction", "0.5", "--warmup-epochs", "3", "--max-length", "64",
                "--shard-rows", "4", "--name", "run"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -121,7 +121,8 @@ def test_the_torchrun_commands_of_the_readme_run_on_two_cpu_processes(tmp_path, 
     # the same checkpoints for both, then featurization on two ranks
     shutil.copytree(tmp_path / "one" / "run" / "warmup", tmp_path / "two" / "run" / "warmup")
     out = influence("featurize", *options, "--index-root", str(tmp_path / "two"), ranks=2)
-    assert out.count("datastore ") == 2 and out.count("featurized now") == 1  # 2 checkpoints, said once by rank 0
+    # 3 one-step epochs: the first, at learning rate 0, is skipped; 2 checkpoints, said once by rank 0
+    assert out.count("datastore ") == 2 and out.count("featurized now") == 1
     assert _store_files(tmp_path / "two" / "run") == _store_files(tmp_path / "one" / "run")
 
     # the warmup itself, data parallel on two ranks: the same adapter up to float rounding
