@@ -263,13 +263,14 @@ class LessEstimate:
     target: TokenStats
     shape: ModelShape
     lora: dict[str, Any]
-    checkpoints: int
+    checkpoints: int                 # featurized: a first epoch of one step, at learning rate 0, is skipped
     dims: int
     projector: str
     device: str
     flops_per_second: float          # the probe's matmul rate
     utilization: float               # share of it the run is assumed to reach
     warmup_examples: int
+    warmup_epochs: int
     flops: dict[str, float]          # warmup, featurize_pool, featurize_target, score
     seconds: dict[str, float]        # the same keys, and total
     disk_bytes: dict[str, int]       # pool_features, target_features, checkpoints, total
@@ -303,7 +304,7 @@ class LessEstimate:
             f"  device: {self.device}, {_count(self.flops_per_second, 'FLOP/s')} by a matmul probe"
             + (f" ({self.load.describe()} meanwhile)" if self.load is not None else " (given)")
             + f", of which {self.utilization:.0%} assumed reached",
-            f"  warmup: {self.warmup_examples:,} examples x {self.checkpoints} epochs, "
+            f"  warmup: {self.warmup_examples:,} examples x {self.warmup_epochs} epochs, "
             f"{_count(self.flops['warmup'], 'FLOP')}, {_duration(s['warmup'])}",
             f"  featurize: pool x {self.checkpoints} checkpoints {_duration(s['featurize_pool'])}, target x "
             f"{self.checkpoints} {_duration(s['featurize_target'])}",
@@ -398,14 +399,17 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     if not 0 < utilization <= 1:
         raise ConfigError(f"utilization must be in (0, 1], got {utilization}")
     projector = settings.projector or default_projector_name(device)
-    checkpoints, dims, n, t = settings.warmup_epochs, settings.dims, pool_stats.examples, target_stats.examples
+    epochs, dims, n, t = settings.warmup_epochs, settings.dims, pool_stats.examples, target_stats.examples
     width = 2 if device.startswith("cuda") else 4  # bf16 on CUDA, fp32 on CPU, as load_model loads
 
     warmup_examples = max(1, round(settings.warmup_fraction * n)) if n else 0
     warmup_fraction = warmup_examples / n if n else 0.0
+    # The schedule's first step is at learning rate 0: an epoch of that one step is not featurized.
+    first_epoch_skipped = epochs > 1 and 0 < warmup_examples <= settings.warmup_batch_size
+    checkpoints = epochs - 1 if first_epoch_skipped else epochs
     projection = _projection_flops(projector, shape, dims)
     flops = {
-        "warmup": warmup_fraction * checkpoints * _forward_backward_flops(pool_stats, shape),
+        "warmup": warmup_fraction * epochs * _forward_backward_flops(pool_stats, shape),
         "featurize_pool": checkpoints * (_forward_backward_flops(pool_stats, shape)
                                          + n * (projection + ADAM_TRANSFORM_FLOPS * shape.lora_params)),
         "featurize_target": checkpoints * (_forward_backward_flops(target_stats, shape) + t * projection),
@@ -416,7 +420,7 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
 
     row = dims * 2  # float16 features
     disk = {"pool_features": n * row * checkpoints, "target_features": t * row * checkpoints,
-            "checkpoints": shape.lora_params * 4 * 3 * checkpoints}  # adapter + two Adam moments, float32
+            "checkpoints": shape.lora_params * 4 * 3 * epochs}  # adapter + two Adam moments, float32
     disk["total"] = sum(disk.values())
 
     weights = shape.params * width
@@ -438,6 +442,9 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
                   else SCORE_CHUNK_BYTES) + t * dims * checkpoints * 8,
     }
     notes = []
+    if first_epoch_skipped:
+        notes.append(f"the warmup's first epoch is one step at learning rate 0 ({warmup_examples:,} examples, "
+                     f"batch {settings.warmup_batch_size}): that checkpoint weighs 0 and is not featurized")
     if load is not None and load.busy and not device.startswith("cuda"):
         notes.append(f"the machine was busy while the probe ran ({load.describe()}): every time above assumes it "
                      "stays that busy; on a quiet machine expect them shorter, by up to the share of the CPUs "
@@ -456,7 +463,7 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     return LessEstimate(pool=pool_stats, target=target_stats, shape=shape, lora=settings.lora.to_dict(),
                         checkpoints=checkpoints, dims=dims, projector=projector, device=device,
                         flops_per_second=float(flops_per_second), utilization=float(utilization),
-                        warmup_examples=warmup_examples, flops=flops,
+                        warmup_examples=warmup_examples, warmup_epochs=epochs, flops=flops,
                         seconds=seconds, disk_bytes=disk, memory_bytes={k: int(v) for k, v in memory.items()},
                         index_kind=index_kind, notes=notes, load=load)
 

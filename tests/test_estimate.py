@@ -88,6 +88,14 @@ def test_estimate_arithmetic_disk_time_and_memory():
     per_token = 4 * SHAPE.body_params + 6 * SHAPE.lora_params
     assert est.flops["featurize_pool"] >= 4 * per_token * pool.tokens
     assert est.peak_memory_bytes == max(est.memory_bytes.values()) > SHAPE.params * 2
+    # a warmup of one step per epoch: the first checkpoint (learning rate 0) is not featurized
+    short = estimate_less(stats(200), target, settings, shape=SHAPE, flops_per_second=1e12, subtasks=3,
+                          memory_budget=1 << 50)
+    assert (short.warmup_examples, short.warmup_epochs, short.checkpoints) == (10, 4, 3)
+    assert short.disk_bytes["pool_features"] == 200 * 8192 * 2 * 3
+    assert short.disk_bytes["checkpoints"] == SHAPE.lora_params * 4 * 3 * 4
+    assert any("learning rate 0" in note for note in short.notes)
+    assert est.warmup_epochs == 4 and not any("learning rate 0" in note for note in est.notes)
     # twice the pool: twice the featurization and the pool's disk
     double = estimate_less(stats(200_000), target, settings, shape=SHAPE, flops_per_second=1e12, subtasks=3)
     assert double.flops["featurize_pool"] == pytest.approx(2 * est.flops["featurize_pool"])
