@@ -11,7 +11,9 @@ The score is linear in the target side, so for each subtask it is one inner prod
 u_s = [w_1 mean_{j in s} T_1[j], ..., w_C mean_{j in s} T_C[j]] (the weights sit on the
 target side). `less_scores` uses this in float64, chunk by chunk over pool rows;
 `less_top_k` searches an inner-product index once per subtask and rescores the union of
-the hits exactly. The code here takes arrays and returns arrays: no paths, no settings files.
+the hits exactly. `unprojected_scores` takes the same score from cosines of unprojected
+gradients with the subtask queries (`influence.features.subtask_queries`), computed during
+the pool's backward. The code here takes arrays and returns arrays: no paths, no settings files.
 """
 
 from __future__ import annotations
@@ -225,6 +227,41 @@ def less_scores(pool_features: Any, target_features: Any, learning_rates: Sequen
     out = np.empty(problem.num_rows, dtype=np.float64)
     for start, block in _iter_subtask_scores(problem, memory_bytes):
         out[start: start + len(block)] = block.max(axis=1)
+    return out
+
+
+def unprojected_scores(cosines: Sequence[Sequence[Any]], learning_rates: Sequence[float], *,
+                       memory_bytes: int = DEFAULT_MEMORY_BYTES) -> np.ndarray:
+    """The exact LESS score from precomputed subtask cosines, float64 [N].
+
+    ``cosines[c][g]`` is [N, S_g]: at checkpoint c, each pool example's cosine with the
+    queries of the subtasks in group g (the same groups, in the same order, at every
+    checkpoint). The score is ``max_s sum_c w_c cos_c[:, s]``: the definition above with
+    unprojected gradients, the mean over a subtask already inside its query.
+
+    Raises:
+        ManifestMismatchError: checkpoints, groups or row counts disagree.
+        ConfigError: bad learning rates.
+    """
+    weights = checkpoint_weights(learning_rates)
+    if len(cosines) != len(weights):
+        raise ManifestMismatchError(f"cosines for {len(cosines)} checkpoint(s) but {len(weights)} learning rate(s); "
+                                    "take them at the same checkpoints")
+    shapes = [[tuple(int(x) for x in group.shape) for group in groups] for groups in cosines]
+    if not shapes or not shapes[0] or any(s != shapes[0] for s in shapes) or len({s[0] for s in shapes[0]}) != 1:
+        raise ManifestMismatchError(f"the cosine arrays disagree across checkpoints or groups ({shapes}); take every "
+                                    "checkpoint over the same pool and subtasks")
+    num_rows = shapes[0][0][0]
+    if num_rows == 0:
+        raise DataError("the pool has no examples to score")
+    width = sum(s[1] for s in shapes[0])
+    step = max(1, int(memory_bytes) // (16 * width + 8))
+    out = np.empty(num_rows, dtype=np.float64)
+    for start in range(0, num_rows, step):
+        rows = slice(start, min(start + step, num_rows))
+        total = sum(w * np.concatenate([np.asarray(g[rows], dtype=np.float64) for g in groups], axis=1)
+                    for w, groups in zip(weights, cosines))
+        out[rows] = total.max(axis=1)
     return out
 
 

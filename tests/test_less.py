@@ -45,18 +45,25 @@ TARGET = Target("sums", [Example("What is 5 plus 7?", "", "5 plus 7 is 12.", sub
 
 @pytest.fixture
 def settings(tmp_path) -> LessSettings:
-    return LessSettings.for_tests(index_root=tmp_path / "indexes")
+    """Projected scoring, whose datastores most tests here exercise; unprojected runs ask for it."""
+    return LessSettings.for_tests(index_root=tmp_path / "indexes", scoring="faiss")
 
 
-@pytest.mark.parametrize("seed", [0, 2])
-def test_less_ranks_planted_target_like_examples_first(settings, seed):
+@pytest.mark.parametrize("seed,scoring", [(0, "unprojected"), (2, "unprojected"), (0, "faiss")])
+def test_less_ranks_planted_target_like_examples_first(settings, seed, scoring):
     pool = _pool()
-    selection = select(pool, 4, LessSelector(settings.with_(dims=512), loaded=_loaded(seed)), target=TARGET)
+    selection = select(pool, 4, LessSelector(settings.with_(dims=512, scoring=scoring), loaded=_loaded(seed)),
+                       target=TARGET)
     assert sorted(e.instruction for e in selection.examples) == sorted(
         e.instruction for e in pool.examples if "plus" in e.instruction)
     manifest = selection.manifest("alpaca")
     assert manifest["selector"]["name"] == "less" and manifest["selector"]["params"]["dims"] == 512
-    assert len(manifest["datastore"]["pool_stores"]) == settings.warmup_epochs
+    assert manifest["datastore"]["scoring"]["method"] == scoring
+    if scoring == "unprojected":  # no projected datastore unless asked: cosines only
+        assert manifest["datastore"]["pool_stores"] == []
+        assert len(manifest["datastore"]["cosine_stores"]) == settings.warmup_epochs
+    else:
+        assert len(manifest["datastore"]["pool_stores"]) == settings.warmup_epochs
 
 
 def test_faiss_top_k_equals_exact_scoring(settings):

@@ -1,23 +1,31 @@
-"""Featurization math: examples -> L2-normalised projected per-example gradient features.
+"""Featurization math: examples -> L2-normalised projected per-example gradient features,
+and exact cosines of the unprojected gradients with fixed query vectors.
 
 No file-system policy here: `featurize` is a generator of batches, so the orchestration
 layer decides where each batch is written, and resumes by passing the example indices
 that are not done yet. Examples are processed shortest first to cut padding; because the
 per-example gradients are exact, the features do not depend on batch size or order
 (beyond float rounding).
+
+The unprojected LESS score needs, per pool example, only the cosines of its full-dimension
+gradient with one query per target subtask (`subtask_queries`: the mean of the subtask's
+L2-normalised target gradients). `featurize(..., queries=Q)` takes them inside the backward,
+parameter block by parameter block (a [B, n] @ [n, S] product and the block's squared
+norms), so no [B, dim] gradient is ever formed and the projection, when also asked for,
+comes from the same pass.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
 from influence.data.example import Example
 from influence.data.formatting import IGNORE_INDEX, collate, encode_example
-from influence.errors import ConfigError
+from influence.errors import ConfigError, DataError
 from influence.features.grads import AdamMoments, LoraGradients
 from influence.features.projection import Projector, StreamingProjector, dim_slices
 
@@ -44,10 +52,13 @@ class FeatureBatch:
 
     `features` is float32 [b, sum(dims)], one block per projection dim (see `dim_slices`),
     each block L2-normalised per row; an example without response tokens has zeros.
+    None when no projector was given. `cosines` (with queries) is float64 [b, S]: the
+    cosine of each example's unprojected gradient with each query (0 for a zero gradient).
     """
 
     indices: list[int]
-    features: torch.Tensor
+    features: torch.Tensor | None
+    cosines: torch.Tensor | None = None
 
 
 def normalize_blocks(features: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
@@ -81,17 +92,60 @@ def length_batches(lengths: dict[int, int], batch_size: int, max_tokens: int | N
     return batches
 
 
-def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector: Projector, *,
+class _QueryDots:
+    """Accumulates, block by block, each example's inner products with the queries and its squared norm."""
+
+    def __init__(self, queries: torch.Tensor, batch: int):
+        self.queries = queries
+        self.dots = torch.zeros(batch, queries.shape[0], dtype=torch.float64, device=queries.device)
+        self.squares = torch.zeros(batch, dtype=torch.float64, device=queries.device)
+
+    def add(self, block: torch.Tensor, offset: int) -> None:
+        block = block.to(self.queries.device, torch.float32)
+        self.dots += (block @ self.queries[:, offset:offset + block.shape[1]].T).double()
+        self.squares += block.double().square().sum(dim=1)
+
+    def cosines(self) -> torch.Tensor:
+        """[B, S] float64 on the CPU; 0 where the gradient is zero."""
+        return (self.dots / self.squares.sqrt().clamp(min=1e-300)[:, None]).cpu()
+
+
+def _encode(examples: Sequence[Example], tokenizer: Any, wanted: list[int], max_length: int,
+            stats: FeaturizeStats) -> tuple[dict[int, Any], int]:
+    """Encoded examples by index (counted into `stats`) and the pad id."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ConfigError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+    if wanted and not 0 <= wanted[0] <= wanted[-1] < len(examples):
+        raise ConfigError(f"example indices must lie in [0, {len(examples)}), got {wanted[0]}..{wanted[-1]}")
+    encoded = {i: encode_example(examples[i], tokenizer, max_length) for i in wanted}
+    stats.examples += len(encoded)
+    stats.truncated += sum(e.truncated for e in encoded.values())
+    stats.empty += sum(all(label == IGNORE_INDEX for label in e.labels[1:]) for e in encoded.values())
+    return encoded, pad_id
+
+
+def _check_sizes(batch_size: int, max_batch_tokens: int | None, max_length: int) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    if max_batch_tokens is not None and max_batch_tokens < 1:
+        raise ConfigError(f"max batch tokens must be positive (or None for no cap), got {max_batch_tokens}")
+    if max_length < 2:
+        raise ConfigError(f"max length must be at least 2 tokens, got {max_length}")
+
+
+def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector: Projector | None, *,
               grad_type: str = "sgd", moments: AdamMoments | None = None, batch_size: int = 8,
               max_batch_tokens: int | None = 1024, max_length: int = 2048, indices: Iterable[int] | None = None,
-              stats: FeaturizeStats | None = None) -> Iterator[FeatureBatch]:
-    """Yield projected, normalised per-example LoRA gradient features, batch by batch.
+              stats: FeaturizeStats | None = None, queries: torch.Tensor | None = None) -> Iterator[FeatureBatch]:
+    """Yield projected, normalised per-example LoRA gradient features (and/or exact query cosines), batch by batch.
 
     Args:
         model: a peft LoRA-wrapped causal LM (the checkpoint's adapter loaded).
         tokenizer: its tokenizer (padding uses `pad_token_id`, else `eos_token_id`).
         examples: the examples; yielded indices refer to positions in this sequence.
-        projector: built with in_dim = the LoRA gradient dimension (`LoraGradients(model).dim`).
+        projector: built with in_dim = the LoRA gradient dimension (`LoraGradients(model).dim`);
+            None for no projected features (then `queries` is required).
         grad_type: "sgd", "adam" (needs `moments`) or "sign".
         batch_size: at most this many examples per forward/backward.
         max_batch_tokens: at most this many padded tokens per batch (None: no cap); it bounds
@@ -99,45 +153,44 @@ def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector
         max_length: longer examples are cut (and counted in `stats.truncated`).
         indices: only these examples (e.g. the ones a resumed run has not done); default all.
         stats: filled in as batches are produced (truncations are known before the first batch).
+        queries: float32 [S, dim] on the model's device (`subtask_queries`): each batch then
+            carries the exact cosine of every example's unprojected gradient with each query.
     Raises:
-        ConfigError: bad settings, or a projector built for another gradient dimension.
+        ConfigError: bad settings, or a projector or queries built for another gradient dimension.
         ManifestMismatchError: Adam moments that do not fit the model's LoRA parameters.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    if max_batch_tokens is not None and max_batch_tokens < 1:
-        raise ConfigError(f"max batch tokens must be positive (or None for no cap), got {max_batch_tokens}")
-    if max_length < 2:
-        raise ConfigError(f"max length must be at least 2 tokens, got {max_length}")
+    _check_sizes(batch_size, max_batch_tokens, max_length)
+    if projector is None and queries is None:
+        raise ConfigError("featurize needs a projector, queries, or both")
     gradients = LoraGradients(model, grad_type, moments)
-    if projector.in_dim != gradients.dim:
+    if projector is not None and projector.in_dim != gradients.dim:
         raise ConfigError(f"the projector expects vectors of length {projector.in_dim} but this model's LoRA "
                           f"gradients have {gradients.dim}; build the projector with in_dim={gradients.dim}")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ConfigError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+    if queries is not None and (queries.ndim != 2 or queries.shape[1] != gradients.dim):
+        raise ConfigError(f"queries must be [subtasks, {gradients.dim}] (this model's LoRA gradient dimension), "
+                          f"got {tuple(queries.shape)}")
     stats = stats if stats is not None else FeaturizeStats()
     wanted = sorted(set(range(len(examples)) if indices is None else indices))
-    if wanted and not 0 <= wanted[0] <= wanted[-1] < len(examples):
-        raise ConfigError(f"example indices must lie in [0, {len(examples)}), got {wanted[0]}..{wanted[-1]}")
-    encoded = {i: encode_example(examples[i], tokenizer, max_length) for i in wanted}
-    stats.examples += len(encoded)
-    stats.truncated += sum(e.truncated for e in encoded.values())
-    stats.empty += sum(all(label == IGNORE_INDEX for label in e.labels[1:]) for e in encoded.values())
-    streaming = isinstance(projector, StreamingProjector)
+    encoded, pad_id = _encode(examples, tokenizer, wanted, max_length, stats)
+    streaming = projector is None or isinstance(projector, StreamingProjector)
     lengths = {i: len(e.input_ids) for i, e in encoded.items()}
     for batch_indices in length_batches(lengths, batch_size, max_batch_tokens):
         items = [encoded[i] for i in batch_indices]
         batch = collate(items, pad_id)
         started = time.perf_counter()
         projection_seconds = 0.0
+        features = None
+        dots = _QueryDots(queries, len(items)) if queries is not None else None
         if streaming:
-            features = projector.zeros(len(items))
+            features = projector.zeros(len(items)) if projector is not None else None
 
             def sink(block: torch.Tensor, offset: int) -> None:
                 nonlocal projection_seconds
                 tick = time.perf_counter()
-                projector.accumulate(features, block, offset)
+                if features is not None:
+                    projector.accumulate(features, block, offset)
+                if dots is not None:
+                    dots.add(block, offset)
                 projection_seconds += time.perf_counter() - tick
 
             gradients(batch["input_ids"], batch["attention_mask"], batch["labels"], sink=sink)
@@ -145,13 +198,71 @@ def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector
             grads = gradients(batch["input_ids"], batch["attention_mask"], batch["labels"])
             tick = time.perf_counter()
             features = projector.project(grads)
+            if dots is not None:
+                dots.add(grads, 0)
             del grads
             projection_seconds = time.perf_counter() - tick
         tick = time.perf_counter()
-        features = normalize_blocks(features.float().cpu(), projector.dims)
+        if features is not None:
+            features = normalize_blocks(features.float().cpu(), projector.dims)
+        cosines = dots.cosines() if dots is not None else None
         projection_seconds += time.perf_counter() - tick
         stats.gradient_seconds += time.perf_counter() - started - projection_seconds
         stats.projection_seconds += projection_seconds
         stats.done += len(items)
         stats.tokens += sum(len(e.input_ids) for e in items)
-        yield FeatureBatch(list(batch_indices), features)
+        yield FeatureBatch(list(batch_indices), features, cosines)
+
+
+def subtask_queries(model: Any, tokenizer: Any, examples: Sequence[Example], subtasks: Mapping[str, Sequence[int]],
+                    *, grad_type: str = "sgd", moments: AdamMoments | None = None, batch_size: int = 8,
+                    max_batch_tokens: int | None = 1024, max_length: int = 2048,
+                    stats: FeaturizeStats | None = None) -> torch.Tensor:
+    """Per subtask, the mean of its examples' L2-normalised, unprojected gradients: float32 [S, dim].
+
+    The LESS score of a pool example for subtask s at one checkpoint is the mean over the
+    subtask's target examples of cosines, which is the inner product of the example's
+    normalised gradient with this query. Rows follow the order of `subtasks`; an example
+    with no response token adds a zero vector (and still counts in its subtask's mean), as
+    it does in the projected score. Memory: S x dim x 4 bytes, plus one batch of gradients.
+
+    Raises:
+        DataError: an empty subtask or one naming an example that does not exist.
+        ConfigError, ManifestMismatchError: as for `featurize`.
+    """
+    _check_sizes(batch_size, max_batch_tokens, max_length)
+    rows = {}
+    for name, members in subtasks.items():
+        members = [int(i) for i in members]
+        if not members:
+            raise DataError(f"subtask {name!r} has no target examples; drop it or add examples")
+        if min(members) < 0 or max(members) >= len(examples):
+            raise DataError(f"subtask {name!r} refers to target example {max(members)}, but there are "
+                            f"{len(examples)}")
+        rows[str(name)] = members
+    if not rows:
+        raise DataError("no subtasks given; pass {'all': range(len(examples))} for a target without subtasks")
+    gradients = LoraGradients(model, grad_type, moments)
+    # example -> [(subtask row, weight 1/|subtask|)]
+    shares: dict[int, list[tuple[int, float]]] = {}
+    for s, members in enumerate(rows.values()):
+        for i in members:
+            shares.setdefault(i, []).append((s, 1.0 / len(members)))
+    stats = stats if stats is not None else FeaturizeStats()
+    encoded, pad_id = _encode(examples, tokenizer, sorted(shares), max_length, stats)
+    queries = torch.zeros(len(rows), gradients.dim, dtype=torch.float32, device=gradients.device)
+    lengths = {i: len(e.input_ids) for i, e in encoded.items()}
+    for batch_indices in length_batches(lengths, batch_size, max_batch_tokens):
+        items = [encoded[i] for i in batch_indices]
+        batch = collate(items, pad_id)
+        started = time.perf_counter()
+        grads = gradients(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        grads /= grads.norm(dim=1, keepdim=True).clamp(min=1e-30)
+        for row, i in enumerate(batch_indices):
+            for s, weight in shares[i]:
+                queries[s].add_(grads[row], alpha=weight)
+        del grads
+        stats.gradient_seconds += time.perf_counter() - started
+        stats.done += len(items)
+        stats.tokens += sum(len(e.input_ids) for e in items)
+    return queries

@@ -9,6 +9,7 @@ under another. Layout of ``indexes/<name>/``::
                            sha256 once every shard is there ("complete": true)
     lock                   present while a writer holds the store (pid, host, group)
     shards/000000.npy      float16 [rows, dim], rows [0, shard_rows) of the example ids
+                           (float32 for stores made with dtype="float32", e.g. exact cosines)
     shards/000000.json     the shard's sidecar: its rows, byte size and sha256
 
 Rows are grouped in fixed shards. A shard file is written atomically and only when all of
@@ -51,6 +52,7 @@ STORE_FORMAT = 1
 LOCK_FILE = "lock"
 SHARD_DIR = "shards"
 FEATURE_DTYPE = np.dtype("float16")
+STORE_DTYPES = ("float16", "float32")  # float16 for projected features, float32 for values needing its precision
 DEFAULT_SHARD_ROWS = 256
 _BUFFERED_SHARDS_WARNING = 64   # partly filled shards held in memory before write_rows warns
 
@@ -203,7 +205,7 @@ class ShardedRows:
         self._shards = list(shards)
         self._shard_rows = shard_rows
         self.shape = (sum(len(s) for s in self._shards), dim)
-        self.dtype = FEATURE_DTYPE
+        self.dtype = self._shards[0].dtype if self._shards else FEATURE_DTYPE
         self.ndim = 2
 
     def __len__(self) -> int:
@@ -274,6 +276,7 @@ class FeatureStore:
         self.shard_rows: int = manifest["shard_rows"]
         self.num_rows: int = manifest["num_rows"]
         self.num_shards: int = manifest["num_shards"]
+        self.dtype = np.dtype(manifest["dtype"])
         self._lock = lock
         self._done: dict[int, dict[str, Any]] = {}   # shard -> its valid sidecar
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # shard -> (rows, filled mask)
@@ -285,7 +288,7 @@ class FeatureStore:
     @classmethod
     def create(cls, path: str | os.PathLike, *, identity: Mapping[str, Any], example_ids: Sequence[str], dim: int,
                shard_rows: int = DEFAULT_SHARD_ROWS, overwrite: bool = False, group: str | None = None,
-               verify: bool = True) -> "FeatureStore":
+               verify: bool = True, dtype: str = FEATURE_DTYPE.name) -> "FeatureStore":
         """Make a store, or resume the one at `path` if it was made under the same identity.
 
         Takes the store's lock first. Shards already there are checked (size and, with
@@ -302,13 +305,14 @@ class FeatureStore:
             group: share the lock with processes passing the same group (distributed ranks).
                 In a distributed run, let one rank create the store, barrier, then the rest.
             verify: hash existing shards on resume (else only their sizes are checked).
+            dtype: "float16" (features) or "float32".
 
         Raises:
             ManifestMismatchError: the store at `path` was made differently and not `overwrite`.
             DatastoreError: another run holds the lock, or the arguments are invalid.
         """
         path = Path(path)
-        wanted = cls._new_manifest(identity, example_ids, dim, shard_rows)
+        wanted = cls._new_manifest(identity, example_ids, dim, shard_rows, dtype)
         path.mkdir(parents=True, exist_ok=True)
         lock = StoreLock(path / LOCK_FILE, group).acquire()
         try:
@@ -376,7 +380,7 @@ class FeatureStore:
 
     @staticmethod
     def _new_manifest(identity: Mapping[str, Any], example_ids: Sequence[str], dim: int,
-                      shard_rows: int) -> dict[str, Any]:
+                      shard_rows: int, dtype: str = FEATURE_DTYPE.name) -> dict[str, Any]:
         if not isinstance(identity, Mapping) or not identity:
             raise DatastoreError("a datastore needs a non-empty identity dict (model, LoRA, checkpoint, projector, ...)")
         identity = _canonical(dict(identity), "datastore identity")
@@ -389,13 +393,15 @@ class FeatureStore:
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
                 raise DatastoreError(f"{name} must be a positive integer, got {value!r}")
         dim, shard_rows = int(dim), int(shard_rows)
+        if dtype not in STORE_DTYPES:
+            raise DatastoreError(f"dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
         return {
             "kind": STORE_KIND,
             "format": STORE_FORMAT,
             "identity_sha256": sha256_json(identity),
             "identity": identity,
             "dim": dim,
-            "dtype": FEATURE_DTYPE.name,
+            "dtype": dtype,
             "num_rows": len(ids),
             "shard_rows": shard_rows,
             "num_shards": -(-len(ids) // shard_rows),
@@ -445,7 +451,7 @@ class FeatureStore:
 
     def _expected_sidecar(self, shard: int) -> dict[str, Any]:
         start, stop = self.shard_range(shard)
-        return {"shard": shard, "start": start, "stop": stop, "dim": self.dim, "dtype": FEATURE_DTYPE.name,
+        return {"shard": shard, "start": start, "stop": stop, "dim": self.dim, "dtype": self.dtype.name,
                 "identity_sha256": self._manifest["identity_sha256"],
                 "example_ids_sha256": sha256_json(self.example_ids[start:stop])}
 
@@ -542,7 +548,7 @@ class FeatureStore:
             raise DatastoreError(f"expected features of shape ({len(indices)}, {self.dim}), got {features.shape}")
         if indices.size and (indices.min() < 0 or indices.max() >= self.num_rows):
             raise DatastoreError(f"row index out of range [0, {self.num_rows})")
-        rows = _to_feature_dtype(features)
+        rows = _to_feature_dtype(features, self.dtype)
         written = []
         shards = indices // self.shard_rows
         for shard in np.unique(shards):
@@ -552,7 +558,7 @@ class FeatureStore:
             where = np.flatnonzero(shards == shard)
             start, stop = self.shard_range(shard)
             if shard not in self._buffers:
-                self._buffers[shard] = (np.zeros((stop - start, self.dim), dtype=FEATURE_DTYPE),
+                self._buffers[shard] = (np.zeros((stop - start, self.dim), dtype=self.dtype),
                                         np.zeros(stop - start, dtype=bool))
             buffer, filled = self._buffers[shard]
             buffer[indices[where] - start] = rows[where]
@@ -580,7 +586,7 @@ class FeatureStore:
         if features.shape != (stop - start, self.dim):
             raise DatastoreError(f"shard {shard} holds rows [{start}, {stop}): expected shape "
                                  f"({stop - start}, {self.dim}), got {features.shape}")
-        rows = np.ascontiguousarray(_to_feature_dtype(features))
+        rows = np.ascontiguousarray(_to_feature_dtype(features, self.dtype))
         buffer = io.BytesIO()
         np.save(buffer, rows, allow_pickle=False)
         data = buffer.getvalue()
@@ -680,7 +686,7 @@ class FeatureStore:
                                      f"(shards {head}); rerun featurize with the same settings to recompute them")
 
     def read_shard(self, shard: int, *, verify: bool = True) -> np.ndarray:
-        """One shard, memory-mapped read-only, [rows, dim] float16."""
+        """One shard, memory-mapped read-only, [rows, dim] of the store's dtype (float16 for features)."""
         self._check_before_read(verify)
         start, stop = self.shard_range(shard)
         file = self._shard_file(shard)
@@ -688,8 +694,8 @@ class FeatureStore:
             array = np.load(file, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as err:
             raise DatastoreError(f"cannot read {file}: {err}; rerun featurize to recompute it") from None
-        if array.shape != (stop - start, self.dim) or array.dtype != FEATURE_DTYPE:
-            raise DatastoreError(f"{file} holds {array.dtype} {array.shape}, expected float16 "
+        if array.shape != (stop - start, self.dim) or array.dtype != self.dtype:
+            raise DatastoreError(f"{file} holds {array.dtype} {array.shape}, expected {self.dtype} "
                                  f"({stop - start}, {self.dim}); rerun featurize to recompute it")
         return array
 
@@ -708,7 +714,7 @@ class FeatureStore:
         self._check_before_read(verify)
         if self.num_shards == 1:
             return self.read_shard(0, verify=False)
-        out = np.empty((self.num_rows, self.dim), dtype=FEATURE_DTYPE)
+        out = np.empty((self.num_rows, self.dim), dtype=self.dtype)
         for s in range(self.num_shards):
             start, stop = self.shard_range(s)
             out[start:stop] = self.read_shard(s, verify=False)
@@ -722,13 +728,13 @@ class FeatureStore:
 # --------------------------------------------------------------------------- helpers
 
 
-def _to_feature_dtype(features: np.ndarray) -> np.ndarray:
+def _to_feature_dtype(features: np.ndarray, dtype: np.dtype = FEATURE_DTYPE) -> np.ndarray:
     if not np.issubdtype(features.dtype, np.floating):
         raise DatastoreError(f"features must be floating point, got {features.dtype}")
     with np.errstate(over="ignore"):
-        rows = features.astype(FEATURE_DTYPE, copy=False)
+        rows = features.astype(dtype, copy=False)
     if not np.isfinite(rows).all():
-        raise DatastoreError("features contain NaN or values beyond float16's range; features are expected "
+        raise DatastoreError(f"features contain NaN or values beyond {dtype.name}'s range; features are expected "
                              "L2-normalised, check the gradients and the projection")
     return rows
 
@@ -788,7 +794,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     ids = manifest["example_ids"]
     if (manifest["dim"] <= 0 or manifest["shard_rows"] <= 0 or manifest["num_rows"] != len(ids)
             or manifest["num_shards"] != -(-len(ids) // manifest["shard_rows"]) or not ids
-            or manifest["dtype"] != FEATURE_DTYPE.name or not all(isinstance(i, str) for i in ids)
+            or manifest["dtype"] not in STORE_DTYPES or not all(isinstance(i, str) for i in ids)
             or sha256_json(ids) != manifest["example_ids_sha256"]
             or sha256_json(manifest["identity"]) != manifest["identity_sha256"]):
         raise DatastoreError(f"{file} is inconsistent (sizes, dtype or hashes disagree); {fix}")

@@ -17,7 +17,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -25,12 +25,13 @@ from influence import distributed
 from influence.data.example import Example
 from influence.data.pools import Pool, example_ids
 from influence.data.targets import Target
-from influence.features import AdamMoments, FeaturizeStats, LoraGradients, dim_slices, featurize, make_projector
+from influence.features import (AdamMoments, FeaturizeStats, LoraGradients, dim_slices, featurize, make_projector,
+                                subtask_queries)
 from influence.features.datastore import FeatureStore
 from influence.io import sha256_file, sha256_json
 from influence.less.settings import LessSettings
 from influence.lora import add_lora, lora_signature
-from influence.scoring import checkpoint_weights, less_scores, less_top_k
+from influence.scoring import checkpoint_weights, less_scores, less_top_k, unprojected_scores
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,14 @@ class LessRun:
     pool_stores: list[Path]
     target_stores: list[Path]
     stats: dict[str, Any] = field(default_factory=dict)
+    cosine_stores: list[list[Path]] = field(default_factory=list)
 
     def provenance(self) -> dict[str, Any]:
+        cosines = {"cosine_stores": [[str(p) for p in group] for group in self.cosine_stores]} \
+            if self.cosine_stores else {}
         return {"datastore": {"workdir": str(self.workdir), "checkpoints": self.checkpoints,
                               "pool_stores": [str(p) for p in self.pool_stores],
-                              "target_stores": [str(p) for p in self.target_stores], **self.stats}}
+                              "target_stores": [str(p) for p in self.target_stores], **cosines, **self.stats}}
 
 
 def run_name(pool: Pool, settings: LessSettings) -> str:
@@ -93,12 +97,28 @@ def store_dir(folder: Path, role: str, grad: str, fingerprint: str, dim: int, se
     return folder / (name if dim == settings.score_dim else f"{name}-d{dim}")
 
 
+@dataclass(frozen=True)
+class CosineJob:
+    """The unprojected pass's share of a featurization: exact cosines with some target subtasks' queries.
+
+    `queries` is called (once, and only if some shard is still to compute) to build the
+    float32 [S, dim] subtask queries on the model's device (`subtask_queries`).
+    """
+
+    path: Path
+    identity: dict[str, Any]
+    subtasks: list[str]
+    queries: Callable[[], Any]
+
+
 def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path], identity: dict[str, Any], *,
                        model: Any, tokenizer: Any, projector: Any, grad_type: str, moments: AdamMoments | None,
-                       settings: LessSettings, desc: str) -> tuple[dict[int, FeatureStore], FeaturizeStats]:
-    """Fill (or resume, or reuse) one datastore per projection dimension with the features of `examples`.
+                       settings: LessSettings, desc: str, cosines: CosineJob | None = None,
+                       ) -> tuple[dict[int, FeatureStore], FeatureStore | None, FeaturizeStats]:
+    """Fill (or resume, or reuse) one datastore per projection dimension with the features of `examples`,
+    and with `cosines`, a float32 store of their exact cosines with the subtask queries.
 
-    All dimensions come from one pass. Work goes one shard at a time (a streamed pool is read
+    All of it comes from one pass. Work goes one shard at a time (a streamed pool is read
     shard by shard, so memory holds one shard's examples), examples sorted by
     length inside it, so a kill loses at most one shard, and a shard's bytes do not depend
     on which process computed it: under torch.distributed each rank takes its own shards of
@@ -111,13 +131,17 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
     stats = FeaturizeStats()
     ids = example_ids(examples)
     slices = dim_slices(settings.all_dims)
+    wanted: dict[Any, tuple[Path, dict[str, Any], int, str]] = {
+        dim: (path, {**identity, "projector": {**identity["projector"], "dims": [dim]}}, dim, "float16")
+        for dim, path in store_paths.items()}
+    if cosines is not None:
+        wanted["cosines"] = (cosines.path, cosines.identity, len(cosines.subtasks), "float32")
 
-    def open_stores() -> dict[int, FeatureStore]:
-        opened: dict[int, FeatureStore] = {}
+    def open_stores() -> dict[Any, FeatureStore]:
+        opened: dict[Any, FeatureStore] = {}
         try:
-            for dim, path in store_paths.items():
-                own = {**identity, "projector": {**identity["projector"], "dims": [dim]}}
-                opened[dim] = FeatureStore.create(path, identity=own, example_ids=ids, dim=dim,
+            for key, (path, own, dim, dtype) in wanted.items():
+                opened[key] = FeatureStore.create(path, identity=own, example_ids=ids, dim=dim, dtype=dtype,
                                                   shard_rows=settings.shard_rows, group=job.group)
         except BaseException:
             for store in opened.values():
@@ -130,20 +154,28 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
     stores = stores or open_stores()
     try:
         first = next(iter(stores.values()))
-        shards = sorted(set().union(*(s.pending_shards(job.rank, job.world_size) for s in stores.values())))
+        pending = {key: set(store.pending_shards(job.rank, job.world_size)) for key, store in stores.items()}
+        shards = sorted(set().union(*pending.values()))
         todo = sum(stop - start for start, stop in map(first.shard_range, shards))
+        queries = cosines.queries() if cosines is not None and pending["cosines"] else None
         if todo:
             bar = tqdm(total=todo, desc=desc + (f" [rank {job.rank}]" if job.world_size > 1 else ""),
                        unit="ex", disable=not settings.progress, dynamic_ncols=True)
             for shard in shards:
-                for batch in featurize(model, tokenizer, examples, projector, grad_type=grad_type, moments=moments,
-                                       batch_size=settings.batch_size, max_length=settings.max_length,
-                                       indices=range(*first.shard_range(shard)), stats=stats):
-                    features = batch.features.numpy()
-                    for dim, store in stores.items():
-                        store.write_rows(batch.indices, features[:, slices[dim]])
+                project = any(shard in pending[dim] for dim in store_paths)
+                for batch in featurize(model, tokenizer, examples, projector if project else None,
+                                       grad_type=grad_type, moments=moments, batch_size=settings.batch_size,
+                                       max_length=settings.max_length, indices=range(*first.shard_range(shard)),
+                                       stats=stats, queries=queries if shard in pending.get("cosines", ()) else None):
+                    if batch.features is not None:
+                        features = batch.features.numpy()
+                        for dim in store_paths:
+                            stores[dim].write_rows(batch.indices, features[:, slices[dim]])
+                    if batch.cosines is not None:
+                        stores["cosines"].write_rows(batch.indices, batch.cosines.numpy())
                     bar.update(len(batch.indices))
             bar.close()
+        del queries
         distributed.barrier()
         if job.is_main:
             for store in stores.values():
@@ -155,7 +187,44 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
     if stats.truncated:
         log.warning("%s: %d of %d examples were cut at max_length=%d", desc, stats.truncated, stats.examples,
                     settings.max_length)
-    return {dim: FeatureStore.open(path, example_ids=ids) for dim, path in store_paths.items()}, stats
+    made = {dim: FeatureStore.open(path, example_ids=ids) for dim, path in store_paths.items()}
+    return made, FeatureStore.open(cosines.path, example_ids=ids) if cosines is not None else None, stats
+
+
+def query_memory_bytes(subtasks: int, lora_params: int) -> int:
+    """Memory the unprojected score holds during the pool pass: one float32 query per subtask."""
+    return int(subtasks) * int(lora_params) * 4
+
+
+def subtask_groups(names: Sequence[str], lora_params: int, budget_bytes: int) -> list[list[str]]:
+    """Subtasks split into as few groups as fit `budget_bytes` of queries each: one pool pass per group.
+
+    Raises:
+        ConfigError: a single subtask's query does not fit.
+    """
+    from influence.errors import ConfigError
+
+    per_pass = budget_bytes // query_memory_bytes(1, lora_params)
+    if per_pass < 1:
+        raise ConfigError(f"the unprojected LESS score holds one {lora_params:,}-parameter float32 vector per target "
+                          f"subtask ({query_memory_bytes(1, lora_params) / 1e9:.2f} GB), more than the "
+                          f"{budget_bytes / 1e9:.2f} GB it may use; use --scoring faiss (projected features) or a "
+                          "smaller LoRA rank")
+    names = list(names)
+    passes = -(-len(names) // per_pass)
+    size = -(-len(names) // passes)  # balanced groups
+    return [names[i:i + size] for i in range(0, len(names), size)]
+
+
+def query_budget(device: Any) -> int:
+    """Half the memory free now where the queries live: the GPU's on CUDA, else the machine's."""
+    import torch
+
+    from influence.estimate import available_memory
+
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0]) // 2
+    return available_memory() // 2
 
 
 def _score_rates(checkpoints: list[dict[str, Any]]) -> list[float]:
@@ -193,23 +262,38 @@ def _weighted_checkpoints(checkpoints: list[Any]) -> tuple[list[Any], list[dict[
 
 @dataclass
 class FeatureSet:
-    """The datastores of one run: the pool's (and a target's) features at every checkpoint."""
+    """The datastores of one run: the pool's (and a target's) features at every checkpoint, and with
+    scoring=unprojected, the pool's exact cosines with the target's subtask queries (per checkpoint,
+    one store per group of subtasks)."""
 
     workdir: Path
     checkpoints: list[dict[str, Any]]         # epoch, step, avg_lr, weight (featurized ones only)
     pool_stores: list[Path]
     target_stores: list[Path]
     stats: dict[str, Any] = field(default_factory=dict)  # featurized counts, skipped checkpoints, projector
+    cosine_stores: list[list[Path]] = field(default_factory=list)
+
+
+def cosine_dir(folder: Path, pool_grad: str, target_grad: str, target_fp: str, group: Sequence[str]) -> Path:
+    """`cosines-<pool grad>-<target hash>-<target grad>-<subtasks hash>`: one group's exact cosines."""
+    return folder / f"cosines-{pool_grad}-{target_fp[:12]}-{target_grad}-{sha256_json(list(group))[:8]}"
 
 
 def build_features(pool: Pool, target: Target | None, settings: LessSettings, *, loaded: Any = None,
                    existing_only: bool = False) -> FeatureSet:
     """Warmup, then the pool's (and the target's) features at each checkpoint; reuses what exists.
 
+    With scoring=unprojected and a target, the pool pass takes the exact cosines with the
+    target's subtask queries (full dimension, no projection) and writes projected features
+    only with settings.store_features. The queries are held in memory during the pool pass;
+    when all of them would take more than half the memory free, the subtasks are split
+    into groups, one pool pass each (a warning says how many).
+
     Raises:
         DataError: the target has no examples.
         DatastoreError: with existing_only, a datastore is missing or incomplete.
         ManifestMismatchError: a datastore of that name was made under other settings or pool.
+        ConfigError: with scoring=unprojected, a single subtask's query does not fit in memory.
     """
     from influence.errors import DataError, DatastoreError
     from influence.models import load_model
@@ -223,23 +307,34 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         raise DatastoreError(f"no finished warmup under {workdir}; run `influence featurize` with the same "
                              "pool and settings first")
     loaded = loaded or load_model(settings.model, device=settings.device)
+    model = add_lora(copy.deepcopy(loaded.model), settings.lora).eval()
+    device = next(model.parameters()).device
+    dim = LoraGradients(model).dim
+    unprojected = settings.scoring == "unprojected" and target is not None
+    write_features = not unprojected or settings.store_features
+    groups: list[list[str]] = []
+    if unprojected:
+        names = list(target.subtasks())
+        groups = subtask_groups(names, dim, query_budget(device))  # before any work: fails fast
+        if len(groups) > 1:
+            log.warning("the %d subtask queries of the unprojected score need %.1f GB, more than half the memory "
+                        "free: the pool is passed %d times, %d subtasks each", len(names),
+                        query_memory_bytes(len(names), dim) / 1e9, len(groups), len(groups[0]))
     warm = run_warmup(pool, settings, loaded=loaded)  # under torch.distributed, every rank trains its share
     checkpoints = [load_checkpoint(path) for path in warm.checkpoints]
 
-    model = add_lora(copy.deepcopy(loaded.model), settings.lora).eval()
-    device = next(model.parameters()).device
-    projector = make_projector(settings.projector, LoraGradients(model).dim, settings.all_dims, settings.seed,
-                               device=device)
+    projector = make_projector(settings.projector, dim, settings.all_dims, settings.seed, device=device)
     common = {"model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256},
               "lora": settings.lora.to_dict(), "lora_signature": lora_signature(model)["sha256"],
               "projector": projector.describe(), "max_length": settings.max_length, "dtype": "float16",
               "versions": {k: v for k, v in package_versions().items() if k in ("influence", "torch")}}
+    target_fp = sha256_json([e.id for e in target.examples]) if target is not None else ""
     roles = [("pool", pool.examples, settings.pool_grad, pool.fingerprint)]
     if target is not None:
-        roles.append(("target", target.examples, settings.target_grad,
-                      sha256_json([e.id for e in target.examples])))
+        roles.append(("target", target.examples, settings.target_grad, target_fp))
     stores: dict[str, list[Path]] = {"pool": [], "target": []}  # the scored dimension's
     extra: dict[str, list[str]] = {"pool": [], "target": []}       # the other dimensions'
+    cosine_stores: list[list[Path]] = []
 
     totals = {role: FeaturizeStats() for role, *_ in roles}
     summary = []
@@ -250,48 +345,100 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
                          "adapter_sha256": sha256_file(ckpt.adapter_dir / "adapter_model.safetensors")}
         moments = AdamMoments.from_checkpoint(ckpt, form=settings.adam_form)
         folder = workdir / "features" / f"epoch-{ckpt.epoch}"
+        jobs = [_cosine_job(folder, group, common, checkpoint_id, pool, target, target_fp, model, loaded.tokenizer,
+                            moments, settings) for group in groups]
+        if existing_only:
+            _require_complete([p for role, _, grad, fp in roles for p in
+                               ([store_dir(folder, role, grad, fp, d, settings) for d in settings.all_dims]
+                                if write_features else [])] + [job.path for job in jobs])
+        cosine_stores.append([job.path for job in jobs])
         for role, examples, grad, fingerprint in roles:
-            paths = {dim: store_dir(folder, role, grad, fingerprint, dim, settings) for dim in settings.all_dims}
-            if existing_only and not all(FeatureStore.exists(p) and FeatureStore.open(p).is_complete
-                                         for p in paths.values()):
-                raise DatastoreError(f"{paths[settings.score_dim]} is missing or incomplete; run `influence "
-                                     "featurize` with the same pool, target and settings first")
-            identity = {**common, "checkpoint": checkpoint_id, "grad_type": grad, "role": role,
-                        "examples": fingerprint, **({"adam_form": settings.adam_form} if grad == "adam" else {})}
-            made, stats = featurize_examples(
-                examples, paths, identity, model=model, tokenizer=loaded.tokenizer, projector=projector,
-                grad_type=grad, moments=moments if grad == "adam" else None, settings=settings,
-                desc=f"features epoch {ckpt.epoch} {role} ({settings.grad_label(grad)})")
-            stores[role].append(made[settings.score_dim].path)
-            extra[role].extend(str(made[dim].path) for dim in settings.all_dims[1:])
-            for key in ("examples", "done", "truncated", "empty"):
-                setattr(totals[role], key, getattr(totals[role], key) + getattr(stats, key))
+            passes = [None] if write_features else []
+            if role == "pool":  # the first group's cosines come from the pass that writes features
+                passes = jobs if not write_features else [jobs[0] if jobs else None] + jobs[1:]
+            for n, job in enumerate(passes):
+                with_features = write_features and n == 0
+                paths = {dim: store_dir(folder, role, grad, fingerprint, dim, settings)
+                         for dim in settings.all_dims} if with_features else {}
+                identity = {**common, "checkpoint": checkpoint_id, "grad_type": grad, "role": role,
+                            "examples": fingerprint, **({"adam_form": settings.adam_form} if grad == "adam" else {})}
+                made, _, stats = featurize_examples(
+                    examples, paths, identity, model=model, tokenizer=loaded.tokenizer, projector=projector,
+                    grad_type=grad, moments=moments if grad == "adam" else None, settings=settings,
+                    desc=f"features epoch {ckpt.epoch} {role} ({settings.grad_label(grad)})" + (" and exact cosines" if job else ""),
+                    cosines=job)
+                if with_features:
+                    stores[role].append(made[settings.score_dim].path)
+                    extra[role].extend(str(made[dim].path) for dim in settings.all_dims[1:])
+                for key in ("examples", "done", "truncated", "empty"):
+                    setattr(totals[role], key, getattr(totals[role], key) + getattr(stats, key))
         summary.append({"epoch": ckpt.epoch, "step": ckpt.step, "avg_lr": ckpt.avg_lr})
     for entry, weight in zip(summary, checkpoint_weights(_score_rates(summary))):
         entry["weight"] = float(weight)
     return FeatureSet(workdir=workdir, checkpoints=summary, pool_stores=stores["pool"],
-                      target_stores=stores["target"],
+                      target_stores=stores["target"], cosine_stores=cosine_stores if unprojected else [],
                       stats={"featurized": {role: s.to_dict() for role, s in totals.items()},
                              **({"skipped_checkpoints": skipped} if skipped else {}),
                              "projector": projector.describe(), "scored_dim": settings.score_dim,
-                             **({"other_dim_stores": extra} if len(settings.all_dims) > 1 else {})})
+                             **({"other_dim_stores": extra} if len(settings.all_dims) > 1 else {}),
+                             **({"unprojected": {"subtask_groups": len(groups), "lora_params": dim,
+                                                 "query_bytes": query_memory_bytes(len(groups[0]), dim)}}
+                                if unprojected else {})})
+
+
+def _require_complete(paths: Sequence[Path]) -> None:
+    from influence.errors import DatastoreError
+
+    for path in paths:
+        if not (FeatureStore.exists(path) and FeatureStore.open(path).is_complete):
+            raise DatastoreError(f"{path} is missing or incomplete; run `influence featurize` with the same pool, "
+                                 "target and settings first")
+
+
+def _cosine_job(folder: Path, group: list[str], common: dict[str, Any], checkpoint_id: dict[str, Any], pool: Pool,
+                target: Target, target_fp: str, model: Any, tokenizer: Any, moments: AdamMoments,
+                settings: LessSettings) -> CosineJob:
+    """One group of subtasks' share of the unprojected pool pass at one checkpoint."""
+    rows = target.subtasks()
+    identity = {key: value for key, value in common.items() if key not in ("projector", "dtype")}
+    identity.update({"checkpoint": checkpoint_id, "role": "pool-cosines", "grad_type": settings.pool_grad,
+                     "target_grad_type": settings.target_grad, "examples": pool.fingerprint, "target": target_fp,
+                     "subtasks": list(group), "dtype": "float32"})
+    if "adam" in (settings.pool_grad, settings.target_grad):
+        identity["adam_form"] = settings.adam_form
+
+    def queries() -> Any:
+        return subtask_queries(model, tokenizer, target.examples, {name: rows[name] for name in group},
+                               grad_type=settings.target_grad,
+                               moments=moments if settings.target_grad == "adam" else None,
+                               batch_size=settings.batch_size, max_length=settings.max_length)
+
+    path = cosine_dir(folder, settings.grad_label(settings.pool_grad), settings.grad_label(settings.target_grad),
+                      target_fp, group)
+    return CosineJob(path=path, identity=identity, subtasks=list(group), queries=queries)
 
 
 def score_features(features: FeatureSet, pool: Pool, target: Target, settings: LessSettings, *,
                    k: int | None = None, memory_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """LESS scores from a FeatureSet: exact for every example, or NaN outside the FAISS candidates.
 
-    A flat index holds the whole pool in float32; when that would take more than
-    `memory_bytes` (default: half the memory available now), scoring falls back to exact
-    chunked scoring over the memory-mapped features, which needs a block at a time.
+    With cosine stores (scoring=unprojected), the scores are the exact unprojected ones,
+    computed from them for every example. A flat index holds the whole pool in float32;
+    when that would take more than `memory_bytes` (default: half the memory available now),
+    scoring falls back to exact chunked scoring over the memory-mapped features, which needs
+    a block at a time.
     """
     from influence.estimate import available_memory
 
-    pool_rows = [FeatureStore.open(p).rows() for p in features.pool_stores]
-    target_rows = [np.asarray(FeatureStore.open(p).rows()[:]) for p in features.target_stores]
     lrs = _score_rates(features.checkpoints)
     subtasks = target.subtasks()
-    method = settings.scoring if k is not None else "exact"
+    if settings.scoring == "unprojected" and features.cosine_stores:
+        cosines = [[FeatureStore.open(p).rows() for p in group] for group in features.cosine_stores]
+        return unprojected_scores(cosines, lrs), {"method": "unprojected", "subtasks": len(subtasks),
+                                                  "passes": len(features.cosine_stores[0])}
+    pool_rows = [FeatureStore.open(p).rows() for p in features.pool_stores]
+    target_rows = [np.asarray(FeatureStore.open(p).rows()[:]) for p in features.target_stores]
+    method = settings.scoring if k is not None and settings.scoring != "unprojected" else "exact"
     flat_bytes = len(pool) * sum(int(rows.shape[1]) for rows in pool_rows) * 4
     budget = available_memory() // 2 if memory_bytes is None else memory_bytes
     if method == "faiss" and settings.index == "flat" and flat_bytes > budget:
@@ -322,7 +469,7 @@ def less_run(pool: Pool, target: Target, settings: LessSettings, *, k: int | Non
     scores, scoring = score_features(features, pool, target, settings, k=k)
     return LessRun(workdir=features.workdir, scores=scores, checkpoints=features.checkpoints,
                    pool_stores=features.pool_stores, target_stores=features.target_stores,
-                   stats={**features.stats, "scoring": scoring})
+                   cosine_stores=features.cosine_stores, stats={**features.stats, "scoring": scoring})
 
 
 def dry_run(pool: Pool, target: Target | None, settings: LessSettings) -> Any:

@@ -12,7 +12,7 @@ from influence.features.grads import ADAM_FORMS, DEFAULT_ADAM_FORM, GRAD_TYPES
 from influence.lora import LoraSettings
 from influence.training.config import LOSS_REDUCTIONS
 
-SCORING_METHODS = ("faiss", "exact")
+SCORING_METHODS = ("unprojected", "faiss", "exact")
 INDEX_KINDS = ("flat", "ivf-flat", "ivf-pq")  # influence.index's kinds, named here without importing faiss
 
 
@@ -48,8 +48,14 @@ class LessSettings:
         "help": "The Adam update of adam features: less (LESS's released code, m'/sqrt(v'+eps), no bias "
                 "correction: what produced its published results) or paper (the paper's bias-corrected "
                 "m_hat/(sqrt(v_hat)+eps))."})
-    scoring: str = field(default="faiss", metadata={
-        "help": "faiss: exact top-k by one FAISS search per subtask; exact: score every pool example."})
+    scoring: str = field(default="unprojected", metadata={
+        "help": "unprojected: the exact LESS score from full-dimension gradients, taken during the pool's "
+                "backward (needs the target then; no projection noise, no feature datastore); faiss: top-k of "
+                "the projected features by one FAISS search per subtask; exact: every pool example scored from "
+                "the projected features."})
+    store_features: bool = field(default=False, metadata={
+        "help": "With scoring=unprojected, also write the projected feature datastores (pool and target) in "
+                "the same pass, for FAISS scoring or later targets. The other scorings always write them."})
     index: str = field(default="flat", metadata={
         "help": "FAISS index for scoring=faiss: flat (exact; falls back to chunked exact scoring when its "
                 "float32 copy would not fit in memory), ivf-flat or ivf-pq (compressed, approximate; "
