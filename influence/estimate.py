@@ -30,6 +30,7 @@ import numpy as np
 
 from influence.data.example import Example
 from influence.errors import ConfigError
+from influence.features.compute import query_memory_bytes
 from influence.features.projection import default_projector_name
 from influence.less.settings import LessSettings
 from influence.lora import LoraSettings
@@ -275,9 +276,12 @@ class LessEstimate:
     seconds: dict[str, float]        # the same keys, and total
     disk_bytes: dict[str, int]       # pool_features, target_features, checkpoints, total
     memory_bytes: dict[str, int]     # warmup, featurize, score: peak of each
-    index_kind: str                  # the index scoring builds, or "exact" (chunked, no index)
+    index_kind: str                  # the index scoring builds, "exact" (chunked, no index) or "unprojected"
     notes: list[str] = field(default_factory=list)
     load: MachineLoad | None = None  # how busy the machine was while the probe ran; None: the rate was given
+    subtasks: int = 1
+    query_bytes: int = 0             # unprojected: the subtask queries held during a pool pass
+    passes: int = 1                  # unprojected: pool passes (subtask groups that fit the memory)
 
     @property
     def peak_memory_bytes(self) -> int:
@@ -308,8 +312,7 @@ class LessEstimate:
             f"{_count(self.flops['warmup'], 'FLOP')}, {_duration(s['warmup'])}",
             f"  featurize: pool x {self.checkpoints} checkpoints {_duration(s['featurize_pool'])}, target x "
             f"{self.checkpoints} {_duration(s['featurize_target'])}",
-            f"  score ({'exact, chunked' if self.index_kind == 'exact' else self.index_kind + ' index'}): "
-            f"{_duration(s['score'])}",
+            f"  score ({_scoring_words(self.index_kind)}): {_duration(s['score'])}",
             f"  total time: {_duration(s['total'])}",
             f"  disk: {_bytes(self.disk_bytes['total'])} (pool features {_bytes(self.disk_bytes['pool_features'])}, "
             f"target features {_bytes(self.disk_bytes['target_features'])}, warmup checkpoints "
@@ -318,6 +321,11 @@ class LessEstimate:
             f"{_bytes(self.memory_bytes['warmup'])}, featurize {_bytes(self.memory_bytes['featurize'])}, score "
             f"{_bytes(self.memory_bytes['score'])})",
         ]
+        if self.index_kind == "unprojected":
+            lines.insert(5, f"  unprojected: {self.subtasks} subtask queries x {_count(self.shape.lora_params)} LoRA "
+                            f"parameters x 4 B = {_bytes(self.subtasks * self.shape.lora_params * 4)} held during the "
+                            f"pool pass ({self.passes} pass{'es' if self.passes > 1 else ''} of the pool; the queries "
+                            f"of a pass must fit in half the memory free)")
         return lines + [f"  note: {note}" for note in self.notes]
 
 
@@ -408,18 +416,32 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     first_epoch_skipped = epochs > 1 and 0 < warmup_examples <= settings.warmup_batch_size
     checkpoints = epochs - 1 if first_epoch_skipped else epochs
     projection = _projection_flops(projector, shape, dims)
+    unprojected = settings.scoring == "unprojected" and t > 0
+    store = not unprojected or settings.store_features
+    budget = available_memory() // 2 if memory_budget is None else memory_budget
+    passes, query_bytes = 1, 0
+    if unprojected:
+        from influence.less.pipeline import subtask_groups
+
+        groups = subtask_groups([str(s) for s in range(subtasks)], shape.lora_params, budget)
+        passes, query_bytes = len(groups), query_memory_bytes(len(groups[0]), shape.lora_params)
+    pool_pass = _forward_backward_flops(pool_stats, shape) + n * ADAM_TRANSFORM_FLOPS * shape.lora_params
     flops = {
         "warmup": warmup_fraction * epochs * _forward_backward_flops(pool_stats, shape),
-        "featurize_pool": checkpoints * (_forward_backward_flops(pool_stats, shape)
-                                         + n * (projection + ADAM_TRANSFORM_FLOPS * shape.lora_params)),
-        "featurize_target": checkpoints * (_forward_backward_flops(target_stats, shape) + t * projection),
-        "score": 2.0 * n * dims * checkpoints * (subtasks if settings.scoring == "faiss" else t),
+        "featurize_pool": checkpoints * (passes * pool_pass + n * (projection if store else 0.0)
+                                         + (2.0 * n * subtasks * shape.lora_params if unprojected else 0.0)),
+        "featurize_target": checkpoints * (_forward_backward_flops(target_stats, shape)
+                                           * (1 + (unprojected and store)) + t * projection * store),
+        "score": (2.0 * n * dims * checkpoints * (subtasks if settings.scoring == "faiss" else t)
+                  if not unprojected else 2.0 * n * subtasks * checkpoints),
     }
     seconds = {key: value / (flops_per_second * utilization) for key, value in flops.items()}
     seconds["total"] = sum(seconds.values())
 
     row = dims * 2  # float16 features
-    disk = {"pool_features": n * row * checkpoints, "target_features": t * row * checkpoints,
+    disk = {"pool_features": (n * row * checkpoints if store else 0)
+            + (n * subtasks * 4 * checkpoints if unprojected else 0),  # float32 cosines per subtask
+            "target_features": t * row * checkpoints * store,
             "checkpoints": shape.lora_params * 4 * 3 * epochs}  # adapter + two Adam moments, float32
     disk["total"] = sum(disk.values())
 
@@ -436,10 +458,10 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     memory = {
         "warmup": weights + warmup_state + _activation_bytes(shape, settings.warmup_micro_batch_size, longest, share,
                                                              width),
-        "featurize": weights + warmup_state + projector_bytes + featurize_batch * shape.lora_params * 4 * 2
-        + _activation_bytes(shape, featurize_batch, longest, share, width),
+        "featurize": weights + warmup_state + projector_bytes * store + featurize_batch * shape.lora_params * 4 * 2
+        + query_bytes + _activation_bytes(shape, featurize_batch, longest, share, width),
         "score": (_index_bytes(index_kind, n, dims * checkpoints) if settings.scoring == "faiss"
-                  else SCORE_CHUNK_BYTES) + t * dims * checkpoints * 8,
+                  else SCORE_CHUNK_BYTES) + (t * dims * checkpoints * 8 if not unprojected else 0),
     }
     notes = []
     if first_epoch_skipped:
@@ -452,8 +474,12 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     if pool_stats.truncated:
         notes.append(f"{pool_stats.truncated:,} pool examples are longer than max_length={settings.max_length:,} "
                      "and will be cut")
-    budget = available_memory() // 2 if memory_budget is None else memory_budget
-    if settings.scoring == "faiss" and index_kind == "flat" and memory["score"] > budget:
+    if unprojected:
+        index_kind = "unprojected"
+        if passes > 1:
+            notes.append(f"the {subtasks} subtask queries ({_bytes(query_memory_bytes(subtasks, shape.lora_params))}) "
+                         f"exceed half the memory free: the pool is passed {passes} times")
+    elif settings.scoring == "faiss" and index_kind == "flat" and memory["score"] > budget:
         notes.append(f"a flat index would need {memory['score'] / 1e9:.1f} GB, more than half the memory available "
                      f"now: scoring will fall back to exact chunked scoring (--index ivf-pq needs a fraction)")
         memory["score"] = SCORE_CHUNK_BYTES + t * dims * checkpoints * 8
@@ -465,7 +491,8 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
                         flops_per_second=float(flops_per_second), utilization=float(utilization),
                         warmup_examples=warmup_examples, warmup_epochs=epochs, flops=flops,
                         seconds=seconds, disk_bytes=disk, memory_bytes={k: int(v) for k, v in memory.items()},
-                        index_kind=index_kind, notes=notes, load=load)
+                        index_kind=index_kind, notes=notes, load=load, subtasks=subtasks, query_bytes=query_bytes,
+                        passes=passes)
 
 
 # ------------------------------------------------------------------------------------ formatting
@@ -475,6 +502,14 @@ def _count(value: float, unit: str = "") -> str:
         if value >= size:
             return f"{value / size:,.1f} {'B' if prefix == 'G' and not unit else prefix}{unit}"
     return f"{value:,.0f} {unit}".rstrip()
+
+
+def _scoring_words(index_kind: str) -> str:
+    if index_kind == "exact":
+        return "exact, chunked"
+    if index_kind == "unprojected":
+        return "unprojected, from the cosines the pool pass took"
+    return index_kind + " index"
 
 
 def _bytes(value: float) -> str:

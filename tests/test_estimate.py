@@ -72,7 +72,7 @@ def test_model_shape_counts_what_lora_will_add():
 
 
 def test_estimate_arithmetic_disk_time_and_memory():
-    settings = LessSettings(dims=8192, warmup_epochs=4, warmup_fraction=0.05)
+    settings = LessSettings(dims=8192, warmup_epochs=4, warmup_fraction=0.05, scoring="faiss")
     pool, target = stats(100_000), stats(300, 400, 300)
     est = estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, utilization=0.5, subtasks=3,
                         memory_budget=1 << 50)
@@ -113,13 +113,37 @@ def test_estimate_arithmetic_disk_time_and_memory():
 
 
 def test_a_flat_index_beyond_the_memory_budget_is_estimated_as_the_chunked_exact_fallback():
-    settings, pool, target = LessSettings(), stats(100_000), stats(300)
+    settings, pool, target = LessSettings(scoring="faiss"), stats(100_000), stats(300)
     roomy = estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, memory_budget=1 << 50)
     tight = estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, memory_budget=1 << 30)
     assert (roomy.index_kind, tight.index_kind) == ("flat", "exact")
     assert roomy.memory_bytes["score"] >= 100_000 * 8192 * 4 * 4 > 1 << 30 > tight.memory_bytes["score"]
     assert "score (exact, chunked)" in " ".join(tight.lines()) and "fall back" in " ".join(tight.notes)
     assert "score (flat index)" in " ".join(roomy.lines()) and not roomy.notes
+
+
+def test_the_unprojected_estimate_holds_one_query_per_subtask_and_splits_them_past_the_budget():
+    settings, pool, target = LessSettings(), stats(100_000), stats(81)
+    queries = 27 * SHAPE.lora_params * 4
+    roomy = estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, subtasks=27,
+                          memory_budget=1 << 50)
+    projected = estimate_less(pool, target, settings.with_(scoring="faiss"), shape=SHAPE, flops_per_second=1e12,
+                              subtasks=27, memory_budget=1 << 50)
+    assert (roomy.index_kind, roomy.passes, roomy.query_bytes) == ("unprojected", 1, queries)
+    assert roomy.memory_bytes["featurize"] - projected.memory_bytes["featurize"] == \
+        queries - SHAPE.lora_params * 12  # the queries instead of the sjlt tables
+    assert roomy.disk_bytes["pool_features"] == 100_000 * 27 * 4 * 4  # float32 cosines, no features
+    assert roomy.disk_bytes["target_features"] == 0
+    text = " ".join(roomy.lines())
+    assert "27 subtask queries x 10.0 M LoRA parameters x 4 B = 1.1 GB" in text and "1 pass of the pool" in text
+    tight = estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, subtasks=27,
+                          memory_budget=queries // 3)
+    assert (tight.passes, tight.query_bytes) == (3, 9 * SHAPE.lora_params * 4)
+    assert tight.flops["featurize_pool"] > 2.5 * roomy.flops["featurize_pool"]
+    assert "passed 3 times" in " ".join(tight.notes)
+    with pytest.raises(ConfigError, match="--scoring faiss"):
+        estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, subtasks=27,
+                      memory_budget=SHAPE.lora_params)
 
 
 def test_lines_are_one_line_each_and_say_the_estimate_is_rough():

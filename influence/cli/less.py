@@ -51,7 +51,8 @@ def featurize_command(pools, target, seed, dry_run, keep_contaminated, **less) -
     from influence.less import build_features
     from influence.selection import decontaminate
 
-    settings = pop_settings(less, seed=seed)
+    # featurize exists to write features: with a target, the unprojected cosines come from the same pass
+    settings = pop_settings(less, seed=seed).with_(store_features=True)
     if dry_run:
         print_estimate(pools, target, settings)
         return
@@ -66,7 +67,7 @@ def featurize_command(pools, target, seed, dry_run, keep_contaminated, **less) -
     features = build_features(pool, target_set, settings)
     if not job.is_main:
         return
-    for path in features.pool_stores + features.target_stores:
+    for path in features.pool_stores + features.target_stores + [p for c in features.cosine_stores for p in c]:
         click.echo(f"datastore {path}")
     for role, stats in features.stats["featurized"].items():
         click.echo(f"{role}: {stats['done']:,} examples featurized now, {stats['truncated']:,} cut at max length")
@@ -78,8 +79,11 @@ def featurize_command(pools, target, seed, dry_run, keep_contaminated, **less) -
 @keep_contaminated_option
 @less_options
 def score_command(pools, k, seed, fmt, out, overwrite, target, keep_contaminated, **less) -> None:
-    """Select by LESS from datastores already built by `featurize` (never computes features)."""
-    settings = pop_settings(less, seed=seed)
+    """Select by LESS from datastores already built by `featurize` (never computes features).
+
+    --scoring unprojected reads the exact cosines that `featurize --target` took for this target.
+    """
+    settings = pop_settings(less, seed=seed, scoring="faiss")
     run_selection(pools, k, "less", seed, fmt, out, overwrite, target,
                   {"settings": settings, "existing_only": True}, keep_contaminated)
 

@@ -33,8 +33,14 @@ _OPTIONS = [
     click.option("--max-length", type=int, default=2048, show_default=True, help="Tokens per example."),
     click.option("--shard-rows", type=int, default=256, show_default=True,
                  help="Examples per datastore shard: the unit of resume and of work split across ranks."),
-    click.option("--scoring", type=click.Choice(["faiss", "exact"]), default="faiss", show_default=True,
-                 help="faiss: exact top-k by one FAISS search per subtask; exact: score every example."),
+    click.option("--scoring", type=click.Choice(["unprojected", "faiss", "exact"]), default=None,
+                 help="unprojected: the exact LESS score from full-dimension gradients, taken during the pool's "
+                      "pass (no projection noise; needs the target then); faiss: top-k of the projected features "
+                      "by one FAISS search per subtask; exact: every example from the projected features "
+                      "[default: unprojected; faiss for `score`, which reads stored features]."),
+    click.option("--store-features", is_flag=True,
+                 help="With --scoring unprojected, also write the projected feature datastores in the same "
+                      "pass (for FAISS scoring or later targets)."),
     click.option("--index", type=click.Choice(["flat", "ivf-flat", "ivf-pq"]), default="flat", show_default=True,
                  help="FAISS index for --scoring faiss: flat is exact (chunked exact scoring when it would not "
                       "fit in memory); ivf-pq is compressed and approximate, its hits rescored exactly."),
@@ -45,7 +51,8 @@ _OPTIONS = [
                  help="Device [default: cuda when present]."),
 ]
 NAMES = ("model", "projector", "dims", "lora_r", "lora_alpha", "warmup_fraction", "warmup_epochs", "warmup_lr",
-         "warmup_loss_reduction", "adam_form", "batch_size", "max_length", "shard_rows", "scoring", "index", "name", "index_root", "device")
+         "warmup_loss_reduction", "adam_form", "batch_size", "max_length", "shard_rows", "scoring", "store_features",
+         "index", "name", "index_root", "device")
 
 
 def less_options(function: Callable) -> Callable:
@@ -54,8 +61,9 @@ def less_options(function: Callable) -> Callable:
     return function
 
 
-def pop_settings(kwargs: dict[str, Any], *, seed: int = 0) -> Any:
-    """Remove the LESS options from a command's kwargs and build LessSettings from them."""
+def pop_settings(kwargs: dict[str, Any], *, seed: int = 0, scoring: str = "unprojected") -> Any:
+    """Remove the LESS options from a command's kwargs and build LessSettings from them
+    (`scoring` is the command's default when --scoring is not given)."""
     from influence.less import LessSettings
     from influence.lora import LoraSettings
 
@@ -65,5 +73,6 @@ def pop_settings(kwargs: dict[str, Any], *, seed: int = 0) -> Any:
     except ValueError:
         raise click.BadParameter(f"expected integers separated by commas, got {values['dims']!r}",
                                  param_hint="--dims") from None
+    values["scoring"] = values["scoring"] or scoring
     lora = LoraSettings(r=values.pop("lora_r"), alpha=values.pop("lora_alpha"))
     return LessSettings(lora=lora, seed=seed, **values)

@@ -214,6 +214,11 @@ def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector
         yield FeatureBatch(list(batch_indices), features, cosines)
 
 
+def query_memory_bytes(subtasks: int, lora_params: int) -> int:
+    """Memory the unprojected score holds during the pool pass: one float32 query per subtask."""
+    return int(subtasks) * int(lora_params) * 4
+
+
 def subtask_queries(model: Any, tokenizer: Any, examples: Sequence[Example], subtasks: Mapping[str, Sequence[int]],
                     *, grad_type: str = "sgd", moments: AdamMoments | None = None, batch_size: int = 8,
                     max_batch_tokens: int | None = 1024, max_length: int = 2048,

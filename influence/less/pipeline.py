@@ -26,7 +26,7 @@ from influence.data.example import Example
 from influence.data.pools import Pool, example_ids
 from influence.data.targets import Target
 from influence.features import (AdamMoments, FeaturizeStats, LoraGradients, dim_slices, featurize, make_projector,
-                                subtask_queries)
+                                query_memory_bytes, subtask_queries)
 from influence.features.datastore import FeatureStore
 from influence.io import sha256_file, sha256_json
 from influence.less.settings import LessSettings
@@ -189,11 +189,6 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
                     settings.max_length)
     made = {dim: FeatureStore.open(path, example_ids=ids) for dim, path in store_paths.items()}
     return made, FeatureStore.open(cosines.path, example_ids=ids) if cosines is not None else None, stats
-
-
-def query_memory_bytes(subtasks: int, lora_params: int) -> int:
-    """Memory the unprojected score holds during the pool pass: one float32 query per subtask."""
-    return int(subtasks) * int(lora_params) * 4
 
 
 def subtask_groups(names: Sequence[str], lora_params: int, budget_bytes: int) -> list[list[str]]:
