@@ -14,6 +14,9 @@ Methods (the same model, LoRA settings, examples, Adam moments and output dimens
   project_interval), L2 normalisation, float16 storage.
 - ours: `influence.features.featurize` with the sjlt projector (batched exact gradients, logits
   only at response positions, projection streamed per parameter block), float16 storage.
+- unprojected: `influence.features.featurize` with no projector and `--subtasks` query vectors
+  (bbh has 27): the exact cosines of the unprojected LESS score, a [B, n] @ [n, S] product per
+  parameter block inside the backward; the queries (S x P float32) are held throughout.
 - bergson: EleutherAI's bergson (`collect_gradients`, per-module factored projection sized to
   about d dims, mean loss per example, no optimizer normalisation), installed with
   `pip install --no-deps` plus its light dependencies into a side directory, never into
@@ -147,6 +150,31 @@ def run_ours(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
             "truncated": stats.truncated}
 
 
+def run_unprojected(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from influence.features import FeaturizeStats, LoraGradients, featurize
+
+    model, tokenizer, examples, moments = setup(args.rank, args.examples, args.seed)
+    dim = LoraGradients(model).dim
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    queries = torch.randn(args.subtasks, dim, generator=generator)  # unit rows, like subtask means of unit vectors
+    queries /= queries.norm(dim=1, keepdim=True)
+    stats = FeaturizeStats()
+    cosines = np.zeros((len(examples), args.subtasks), dtype=np.float32)
+    started = time.perf_counter()
+    for batch in featurize(model, tokenizer, examples, None, grad_type="adam", moments=moments,
+                           batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens or None,
+                           max_length=args.max_length, stats=stats, queries=queries):
+        cosines[batch.indices] = batch.cosines.numpy()
+    np.save(out_dir / "unprojected.npy", cosines)
+    seconds = time.perf_counter() - started
+    return {"examples": len(examples), "seconds": seconds, "projection_seconds": stats.projection_seconds,
+            "gradient_seconds": stats.gradient_seconds, "in_dim": dim, "subtasks": args.subtasks,
+            "query_mb": queries.numel() * 4 / 2 ** 20}
+
+
 def run_bergson(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     import math
 
@@ -178,7 +206,7 @@ def run_bergson(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
             "dims": side * side * len(target_modules), "modules": len(target_modules)}
 
 
-METHODS = {"reference": run_reference, "ours": run_ours, "bergson": run_bergson}
+METHODS = {"reference": run_reference, "ours": run_ours, "unprojected": run_unprojected, "bergson": run_bergson}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -220,7 +248,7 @@ def run_one(args: argparse.Namespace, method: str, rank: int, site: Path | None)
                "--max-batch-tokens", str(args.max_batch_tokens), "--max-length", str(args.max_length),
                "--sparsity", str(args.sparsity), "--seed", str(args.seed), "--threads", str(args.threads),
                "--project-interval", str(args.project_interval), "--bergson-tokens", str(args.bergson_tokens),
-               "--reference-projection-dim", str(args.reference_projection_dim)]
+               "--reference-projection-dim", str(args.reference_projection_dim), "--subtasks", str(args.subtasks)]
     if method == "reference" and args.reference_examples:
         command[command.index("--examples") + 1] = str(min(args.examples, args.reference_examples))
     env = dict(os.environ)
@@ -241,7 +269,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
           f"threads={args.threads or 'default'}  repeats={args.repeats}  reference: TRAK call every "
           f"{args.project_interval} examples" + (f", projection timed at d={args.reference_projection_dim} and "
                                                  f"scaled to d={args.dim}" if args.reference_projection_dim else ""))
-    header = f"{'rank':>4}  {'method':<9} {'runs':>4} {'ex/s (median)':>13} {'vs ref':>7} {'proj share':>10} " \
+    header = f"{'rank':>4}  {'method':<11} {'runs':>4} {'ex/s (median)':>13} {'vs ref':>7} {'proj share':>10} " \
              f"{'peak GB':>8}"
     print(header)
     print("-" * len(header))
@@ -260,10 +288,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             share = f"{100 * statistics.median(shares):.1f}%" if shares else "n/a"
             ratio = f"{rate / ref:.1f}x" if ref else "n/a"
             peak = max(r["peak_mb"] for r in runs) / 1024
-            print(f"{rank:>4}  {method:<9} {len(runs):>4} {rate:>13.3f} {ratio:>7} {share:>10} {peak:>8.2f}")
+            print(f"{rank:>4}  {method:<11} {len(runs):>4} {rate:>13.3f} {ratio:>7} {share:>10} {peak:>8.2f}")
     print()
-    print("proj share: projection (and normalisation) seconds / featurization seconds; peak: max ru_maxrss of the "
-          "run's process (model included).")
+    print("proj share: projection (and normalisation) seconds / featurization seconds (unprojected: the query "
+          "products); peak: max ru_maxrss of the run's process (model included; unprojected: with "
+          f"{args.subtasks} float32 queries of P parameters).")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples", type=int, default=16, help="Alpaca examples per run")
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 128], help="LoRA ranks (alpha = 4 r)")
     parser.add_argument("--dim", type=int, default=8192, help="projection dimension")
-    parser.add_argument("--methods", nargs="+", default=["reference", "ours", "bergson"], choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=["reference", "ours", "unprojected", "bergson"],
+                        choices=list(METHODS))
+    parser.add_argument("--subtasks", type=int, default=27, help="unprojected: query vectors (bbh: 27 subtasks)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions per method and rank")
     parser.add_argument("--batch-size", type=int, default=8, help="our examples per forward/backward")
     parser.add_argument("--max-batch-tokens", type=int, default=1024, help="our padded tokens per batch (0: no cap)")
@@ -313,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
                              if result.get("projection_seconds") is not None else "")
                     if result.get("dims"):
                         share += f", {result['dims']} dims over {result['modules']} modules"
-                    print(f"  [{repeat + 1}/{args.repeats}] r={rank:<3} {method:<9} {result['examples']} ex in "
+                    print(f"  [{repeat + 1}/{args.repeats}] r={rank:<3} {method:<11} {result['examples']} ex in "
                           f"{result['seconds']:.1f} s{share}, peak {result['peak_mb'] / 1024:.2f} GB", flush=True)
     report(results, args)
 
