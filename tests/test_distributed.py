@@ -139,6 +139,7 @@ def test_the_torchrun_commands_of_the_readme_run_on_two_cpu_processes(tmp_path, 
     chosen = ["--target", str(target), "--k", "4", "--index-root", str(tmp_path / "dp")]
     said = influence("select", *options, *chosen, "--out", str(tmp_path / "two.jsonl"), ranks=2)
     assert said.count("wrote ") == 1
-    influence("score", *options, *chosen, "--out", str(tmp_path / "one.jsonl"), ranks=2)
+    # select scored unprojected (the default): score reads the exact cosines select stored
+    influence("score", *options, *chosen, "--scoring", "unprojected", "--out", str(tmp_path / "one.jsonl"), ranks=2)
     one, two = ([json.loads(line) for line in (tmp_path / f"{n}.jsonl").read_text().splitlines()] for n in ("one", "two"))
     assert len(one) == 4 and one == two

@@ -13,8 +13,9 @@ class LessSelector(Selector):
     """Scores each pool example by its LESS influence on the target.
 
     Per warmup checkpoint, the cosine between the example's Adam-preconditioned gradient
-    feature and each target example's SGD gradient feature, weighted by the checkpoint's
-    learning rate and summed; then the mean over each subtask and the max over subtasks.
+    and each target example's SGD gradient, weighted by the checkpoint's learning rate and
+    summed; then the mean over each subtask and the max over subtasks. The gradients are
+    the full ones by default (scoring="unprojected"), projected features otherwise.
     """
 
     name = "less"
