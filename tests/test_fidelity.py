@@ -5,7 +5,9 @@ loads each warmup checkpoint with peft's own `PeftModel.from_pretrained`, reads 
 moments straight from the checkpoint's safetensors, takes one `loss.backward()` per example,
 applies LESS's released Adam transform m' / sqrt(v' + eps) (no bias correction), normalises,
 averages each subtask's target gradients and takes the LR-weighted sum and the max over
-subtasks. Our unprojected score must equal it to float32 precision; our projected features
+subtasks. Its target examples are two BBH tasks worded here from LESS's own three-shot file
+as LESS's `get_bbh_dataset` words them (task prompt, the other two exemplars in full, the
+question; "A:" opens the answer, which alone is scored), inside the model's chat template. Our unprojected score must equal it to float32 precision; our projected features
 must be its gradients pushed through our projector, and our projected scores must lie within
 the Johnson-Lindenstrauss error of the projection.
 """
@@ -23,7 +25,8 @@ import torch
 from influence.data import Example
 from influence.data.formatting import encode_example
 from influence.data.pools import Pool, PoolSource
-from influence.data.targets import Target
+from influence.data.targets import Target, load_target
+from influence.data.vendored import bundle
 from influence.features.datastore import FeatureStore
 from influence.less import LessSettings, less_run
 from influence.models import LoadedModel
@@ -45,29 +48,60 @@ def _pool() -> Pool:
     return Pool(examples=examples, sources=[PoolSource("toy", "test", len(examples), 0, len(examples))])
 
 
-TARGET = Target("mixed", [Example("What is 5 plus 7?", "", "5 plus 7 is 12.", subtask="sums"),
-                          Example("What is 8 plus 9?", "", "8 plus 9 is 17.", subtask="sums"),
-                          Example("What is 21 plus 2?", "", "21 plus 2 is 23.", subtask="sums"),
-                          Example("Name a word that rhymes with pen.", "", "Pen rhymes with ten.",
-                                  subtask="rhymes"),
-                          Example("Name a word that rhymes with cake.", "", "Cake rhymes with lake.",
-                                  subtask="rhymes")])
+BBH_TASKS = ("sports_understanding", "date_understanding")  # the two shortest prompts: seconds on the tiny model
+MAX_LENGTH = 2048
 
 
-def _reference_gradients(model, tokenizer, examples, max_length):
+def _bbh_target() -> Target:
+    """The toolkit's bbh target, cut to BBH_TASKS."""
+    target = load_target("bbh")
+    return Target("bbh", [e for e in target.examples if e.subtask in BBH_TASKS])
+
+
+def _less_bbh_texts(tokenizer) -> dict[str, list[tuple[str, str]]]:
+    """Per task, (prompt, scored completion) as LESS's get_bbh_dataset builds them from its three-shot
+    file, its tulu "<|user|>...<|assistant|>" wrapping replaced by this tokenizer's chat template."""
+    raw = json.loads(bundle("bbh")["targets/bbh/less/bbh-three-shot.json"])
+    out = {}
+    for task in BBH_TASKS:
+        blocks = raw[task].split("\n\n")
+        task_prompt, shots = "\n\n".join(blocks[:-3]), blocks[-3:]
+        texts = []
+        for i, shot in enumerate(shots):
+            icl = "".join(other + "\n\n" for j, other in enumerate(shots) if j != i)
+            question, answer = shot.split("\nA:")
+            query = task_prompt.strip() + "\n\n" + icl + question
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": query}], tokenize=False,
+                                                   add_generation_prompt=True) + "A:"
+            full = tokenizer.apply_chat_template([{"role": "user", "content": query},
+                                                  {"role": "assistant", "content": "A:" + answer}], tokenize=False)
+            assert full.startswith(prompt)
+            texts.append((prompt, full[len(prompt):]))  # the answer and the template's end of turn
+        out[task] = texts
+    return out
+
+
+def _tokens(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """Token ids and labels: -100 on the prompt, the completion scored."""
+    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    tail = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    assert len(head) + len(tail) <= MAX_LENGTH
+    return head + tail, [-100] * len(head) + tail
+
+
+def _reference_gradients(model, encoded):
     """One forward/backward per example through peft's model: [N, P] float64 raw gradients."""
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     rows = []
-    for example in examples:
-        encoded = encode_example(example, tokenizer, max_length)
+    for ids, labels in encoded:
         model.zero_grad(set_to_none=True)
-        loss = model(input_ids=torch.tensor([encoded.input_ids]), labels=torch.tensor([encoded.labels])).loss
+        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
         loss.backward()
         rows.append(torch.cat([p.grad.reshape(-1) for _, p in params]).double())
     return [name for name, _ in params], torch.stack(rows)
 
 
-def _reference(workdir: Path, base_model, tokenizer, pool: Pool, target: Target, max_length: int):
+def _reference(workdir: Path, base_model, tokenizer, pool: Pool):
     """The LESS score, computed plainly: (scores [N], per checkpoint the Adam pool gradients [N, P])."""
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -77,15 +111,21 @@ def _reference(workdir: Path, base_model, tokenizer, pool: Pool, target: Target,
     states = [json.loads((c / "state.json").read_text()) for c in checkpoints]
     lrs = np.array([s["avg_lr"] for s in states])
     weights = lrs / lrs.sum()
-    subtasks = {}
-    for j, example in enumerate(target.examples):
-        subtasks.setdefault(example.subtask, []).append(j)
+    pool_tokens = []
+    for example in pool.examples:  # the pool's wording is not in question: the toolkit's encoding
+        encoded = encode_example(example, tokenizer, MAX_LENGTH)
+        pool_tokens.append((encoded.input_ids, encoded.labels))
+    target_tokens, subtasks = [], {}
+    for task, texts in _less_bbh_texts(tokenizer).items():
+        for prompt, completion in texts:
+            subtasks.setdefault(task, []).append(len(target_tokens))
+            target_tokens.append(_tokens(tokenizer, prompt, completion))
     total, pool_updates = 0.0, []
     for checkpoint, state, weight in zip(checkpoints, states, weights):
         model = PeftModel.from_pretrained(copy.deepcopy(base_model), str(checkpoint / "adapter"),
                                           is_trainable=True).eval()
-        names, pool_grads = _reference_gradients(model, tokenizer, pool.examples, max_length)
-        _, target_grads = _reference_gradients(model, tokenizer, target.examples, max_length)
+        names, pool_grads = _reference_gradients(model, pool_tokens)
+        _, target_grads = _reference_gradients(model, target_tokens)
         m_file, v_file = load_file(str(checkpoint / "exp_avg.safetensors")), load_file(
             str(checkpoint / "exp_avg_sq.safetensors"))
         m = torch.cat([m_file[n].reshape(-1) for n in names]).double()
@@ -110,15 +150,17 @@ def run(tmp_path_factory):
     model, tokenizer = tiny_model_and_tokenizer(seed=3)
     loaded = LoadedModel(model=model, tokenizer=tokenizer, spec="tiny", weights_sha256="tiny-3")
     settings = LessSettings.for_tests(index_root=tmp_path_factory.mktemp("fidelity") / "indexes", dims=DIMS,
-                                      scoring="unprojected", store_features=True, projector="sjlt")
-    pool = _pool()
-    ours = less_run(pool, TARGET, settings, loaded=loaded)
-    reference, updates = _reference(ours.workdir, model, tokenizer, pool, TARGET, settings.max_length)
-    return settings, pool, ours, reference, updates
+                                      scoring="unprojected", store_features=True, projector="sjlt",
+                                      max_length=MAX_LENGTH)
+    assert settings.adam_form == "less" and LessSettings().adam_form == "less"  # the default, as LESS's code
+    pool, target = _pool(), _bbh_target()
+    ours = less_run(pool, target, settings, loaded=loaded)
+    reference, updates = _reference(ours.workdir, model, tokenizer, pool)
+    return settings, pool, target, ours, reference, updates
 
 
 def test_the_unprojected_score_equals_a_plain_batch_size_one_computation(run):
-    _, _, ours, reference, _ = run
+    _, _, _, ours, reference, _ = run
     assert ours.stats["scoring"]["method"] == "unprojected"
     assert np.ptp(reference) > 0.05  # the examples differ: a bug that scrambled rows would show
     np.testing.assert_allclose(ours.scores, reference, rtol=1e-5, atol=1e-6)
@@ -127,7 +169,7 @@ def test_the_unprojected_score_equals_a_plain_batch_size_one_computation(run):
 def test_projected_features_are_the_plain_adam_gradients_through_the_projector(run):
     from influence.features import make_projector
 
-    settings, pool, ours, _, updates = run
+    settings, _, _, ours, _, updates = run
     assert len(ours.pool_stores) == len(updates) == settings.warmup_epochs
     for store_path, update in zip(ours.pool_stores, updates):
         store = FeatureStore.open(store_path)
@@ -139,10 +181,10 @@ def test_projected_features_are_the_plain_adam_gradients_through_the_projector(r
 
 
 def test_projected_scores_lie_within_the_projection_error_of_the_exact_ones(run):
-    settings, pool, ours, reference, _ = run
+    _, _, target, ours, reference, _ = run
     pool_rows = [FeatureStore.open(p).features() for p in ours.pool_stores]
     target_rows = [FeatureStore.open(p).features() for p in ours.target_stores]
-    projected = less_scores(pool_rows, target_rows, [c["avg_lr"] for c in ours.checkpoints], TARGET.subtasks())
+    projected = less_scores(pool_rows, target_rows, [c["avg_lr"] for c in ours.checkpoints], target.subtasks())
     # A projected cosine errs by about sqrt(2 / d) (one standard deviation); allow six of them.
     bound = 6 * np.sqrt(2.0 / DIMS)
     assert np.abs(projected - reference).max() < bound
