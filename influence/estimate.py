@@ -304,7 +304,10 @@ class LessEstimate:
             f"  target: {target.examples:,} examples, {_count(target.tokens)} tokens",
             f"  model: {_count(self.shape.params)} parameters; LoRA r={self.lora['r']} on "
             f"{', '.join(self.lora['target_modules'])}: {_count(self.shape.lora_params)} parameters",
-            f"  features: {self.checkpoints} checkpoints x {self.dims:,} dims ({self.projector} projection)",
+            f"  features: {self.checkpoints} checkpoints x {self.dims:,} dims ({self.projector} projection)"
+            if self.disk_bytes["target_features"] or self.index_kind != "unprojected" else
+            f"  features: none projected or stored ({self.checkpoints} checkpoints; --store-features adds "
+            f"{self.dims:,}-dim ones from the same pass)",
             f"  device: {self.device}, {_count(self.flops_per_second, 'FLOP/s')} by a matmul probe"
             + (f" ({self.load.describe()} meanwhile)" if self.load is not None else " (given)")
             + f", of which {self.utilization:.0%} assumed reached",

@@ -136,6 +136,11 @@ def test_the_unprojected_estimate_holds_one_query_per_subtask_and_splits_them_pa
     assert roomy.disk_bytes["target_features"] == 0
     text = " ".join(roomy.lines())
     assert "27 subtask queries x 10.0 M LoRA parameters x 4 B = 1.1 GB" in text and "1 pass of the pool" in text
+    assert "features: none projected or stored" in text
+    stored = estimate_less(pool, target, settings.with_(store_features=True), shape=SHAPE, flops_per_second=1e12,
+                           subtasks=27, memory_budget=1 << 50)
+    assert "4 checkpoints x 8,192 dims" in " ".join(stored.lines())
+    assert stored.disk_bytes["pool_features"] == roomy.disk_bytes["pool_features"] + 100_000 * 8192 * 2 * 4
     tight = estimate_less(pool, target, settings, shape=SHAPE, flops_per_second=1e12, subtasks=27,
                           memory_budget=queries // 3)
     assert (tight.passes, tight.query_bytes) == (3, 9 * SHAPE.lora_params * 4)
@@ -147,7 +152,7 @@ def test_the_unprojected_estimate_holds_one_query_per_subtask_and_splits_them_pa
 
 
 def test_lines_are_one_line_each_and_say_the_estimate_is_rough():
-    est = estimate_less(stats(52_002), stats(81), LessSettings(), shape=SHAPE, flops_per_second=5e13)
+    est = estimate_less(stats(52_002), stats(81), LessSettings(scoring="faiss"), shape=SHAPE, flops_per_second=5e13)
     lines = est.lines()
     assert all(isinstance(line, str) and "\n" not in line for line in lines)
     assert "rough" in lines[0]
