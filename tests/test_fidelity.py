@@ -7,9 +7,10 @@ applies LESS's released Adam transform m' / sqrt(v' + eps) (no bias correction),
 averages each subtask's target gradients and takes the LR-weighted sum and the max over
 subtasks. Its target examples are two BBH tasks worded here from LESS's own three-shot file
 as LESS's `get_bbh_dataset` words them (task prompt, the other two exemplars in full, the
-question; "A:" opens the answer, which alone is scored), inside the model's chat template. Our unprojected score must equal it to float32 precision; our projected features
-must be its gradients pushed through our projector, and our projected scores must lie within
-the Johnson-Lindenstrauss error of the projection.
+question; "A:" opens the answer, which alone is scored), inside the model's chat template.
+Our unprojected score must equal it to float32 precision; our projected features must be its
+gradients pushed through our projector, and our projected scores must lie within the
+Johnson-Lindenstrauss error of the projection.
 """
 
 from __future__ import annotations

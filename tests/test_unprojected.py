@@ -10,7 +10,7 @@ import torch
 from influence.data import Example
 from influence.data.formatting import collate
 from influence.errors import ConfigError, DatastoreError
-from influence.features import (AdamMoments, FeaturizeStats, LoraGradients, SJLTProjector, featurize,
+from influence.features import (AdamMoments, LoraGradients, SJLTProjector, SubtaskQueries, featurize,
                                 per_example_gradients, subtask_queries)
 from influence.features.datastore import FeatureStore
 from influence.less import LessSettings, build_features, less_run
@@ -60,6 +60,20 @@ def test_featurize_cosines_equal_full_gradient_cosines_with_or_without_a_project
     torch.testing.assert_close(torch.stack([got[i] for i in range(len(EXAMPLES))]), want, rtol=1e-5, atol=1e-7)
 
 
+def test_the_queries_formed_inside_a_projecting_pass_equal_those_of_their_own_pass(lora_model):
+    model, tokenizer = lora_model
+    projector = SJLTProjector(LoraGradients(model).dim, 32, seed=0)
+    found = SubtaskQueries(SUBTASKS, len(EXAMPLES), projector.in_dim)
+    for _ in featurize(model, tokenizer, EXAMPLES, projector, batch_size=3, indices=[0, 1, 2],
+                       on_gradients=found.add):
+        pass
+    assert not found.complete  # a resumed pass sees some examples only; the rest added once each below
+    batches = list(featurize(model, tokenizer, EXAMPLES, projector, batch_size=3, on_gradients=found.add))
+    assert found.complete and all(b.features is not None for b in batches)
+    torch.testing.assert_close(found.queries, subtask_queries(model, tokenizer, EXAMPLES, SUBTASKS),
+                               rtol=1e-5, atol=1e-7)
+
+
 def test_featurize_needs_a_projector_or_queries_of_the_gradient_dimension(lora_model):
     model, tokenizer = lora_model
     with pytest.raises(ConfigError, match="projector, queries, or both"):
@@ -104,11 +118,21 @@ def test_subtasks_past_the_memory_budget_go_in_several_passes_with_the_same_scor
         less_run(pool, TWO_SUBTASKS, settings.with_(name="none"), loaded=loaded)
 
 
-def test_one_pass_writes_cosines_and_projected_features_and_a_rerun_reuses_them(settings):
+def test_one_pass_writes_cosines_and_projected_features_and_a_rerun_reuses_them(settings, monkeypatch):
+    import shutil
+
+    import influence.less.pipeline as pipeline
+
+    calls = []
+    real = pipeline.subtask_queries
+    monkeypatch.setattr(pipeline, "subtask_queries", lambda *a, **k: calls.append(1) or real(*a, **k))
     pool, loaded = _pool(), _loaded()
     both = settings.with_(store_features=True)
     first = less_run(pool, TARGET, both, k=4, loaded=loaded)
-    assert first.stats["featurized"]["pool"]["done"] == len(pool) * settings.warmup_epochs  # one pass, not two
+    assert calls == []  # the queries came from the target pass that projected it
+    # one pass each: the pool's gives cosines and features, the target's features and queries
+    assert first.stats["featurized"]["pool"]["done"] == len(pool) * settings.warmup_epochs
+    assert first.stats["featurized"]["target"]["done"] == len(TARGET) * settings.warmup_epochs
     assert len(first.pool_stores) == len(first.cosine_stores) == settings.warmup_epochs
     again = less_run(pool, TARGET, both, k=4, loaded=loaded)
     assert again.stats["featurized"]["pool"]["done"] == again.stats["featurized"]["target"]["done"] == 0
@@ -120,6 +144,11 @@ def test_one_pass_writes_cosines_and_projected_features_and_a_rerun_reuses_them(
     # and the stored cosines serve the unprojected score (what `influence score --scoring unprojected` reads)
     stored = less_run(pool, TARGET, settings, k=4, loaded=loaded, existing_only=True)
     np.testing.assert_array_equal(stored.scores, first.scores)
+    # the target's features are there, a checkpoint's cosines are not: its queries are formed anew
+    shutil.rmtree(first.cosine_stores[-1][0])
+    redone = less_run(pool, TARGET, both, k=4, loaded=loaded)
+    assert calls == [1] and redone.stats["featurized"]["target"]["done"] == 0
+    np.testing.assert_allclose(redone.scores, first.scores, rtol=1e-5, atol=1e-7)
 
 
 def test_a_killed_run_keeps_the_finished_checkpoints_cosines(settings, monkeypatch):

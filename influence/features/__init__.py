@@ -4,7 +4,7 @@ The math only; where features are stored is the datastore's and the orchestratio
 """
 
 from influence.features.compute import (FeatureBatch, FeaturizeStats, featurize, length_batches, normalize_blocks,
-                                       query_memory_bytes, subtask_queries)
+                                       query_memory_bytes, SubtaskQueries, subtask_queries)
 from influence.features.grads import (ADAM_FORMS, DEFAULT_ADAM_FORM, GRAD_TYPES, AdamMoments, LoraGradients,
                                       ParameterSlot, adam_update, match_moments, per_example_gradients)
 from influence.features.projection import (PROJECTORS, Projector, SJLTProjector, StreamingProjector,
@@ -17,5 +17,6 @@ __all__ = [
     "PROJECTORS", "Projector", "SJLTProjector", "StreamingProjector", "TrakBasicProjector", "TrakCudaProjector",
     "default_projector_name", "dim_slices", "make_projector",
     "FeatureBatch", "FeaturizeStats", "featurize", "length_batches", "normalize_blocks", "subtask_queries",
+    "SubtaskQueries",
     "query_memory_bytes",
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -137,7 +137,8 @@ def _check_sizes(batch_size: int, max_batch_tokens: int | None, max_length: int)
 def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector: Projector | None, *,
               grad_type: str = "sgd", moments: AdamMoments | None = None, batch_size: int = 8,
               max_batch_tokens: int | None = 1024, max_length: int = 2048, indices: Iterable[int] | None = None,
-              stats: FeaturizeStats | None = None, queries: torch.Tensor | None = None) -> Iterator[FeatureBatch]:
+              stats: FeaturizeStats | None = None, queries: torch.Tensor | None = None,
+              on_gradients: Callable[[list[int], torch.Tensor], None] | None = None) -> Iterator[FeatureBatch]:
     """Yield projected, normalised per-example LoRA gradient features (and/or exact query cosines), batch by batch.
 
     Args:
@@ -155,12 +156,15 @@ def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector
         stats: filled in as batches are produced (truncations are known before the first batch).
         queries: float32 [S, dim] on the model's device (`subtask_queries`): each batch then
             carries the exact cosine of every example's unprojected gradient with each query.
+        on_gradients: called with each batch's indices and gradient vectors [b, dim] (of
+            `grad_type`, unnormalised); they are formed whole, so use it for small sets, e.g. to
+            build a target's `SubtaskQueries` in the pass that projects it.
     Raises:
         ConfigError: bad settings, or a projector or queries built for another gradient dimension.
         ManifestMismatchError: Adam moments that do not fit the model's LoRA parameters.
     """
     _check_sizes(batch_size, max_batch_tokens, max_length)
-    if projector is None and queries is None:
+    if projector is None and queries is None and on_gradients is None:
         raise ConfigError("featurize needs a projector, queries, or both")
     gradients = LoraGradients(model, grad_type, moments)
     if projector is not None and projector.in_dim != gradients.dim:
@@ -172,7 +176,7 @@ def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector
     stats = stats if stats is not None else FeaturizeStats()
     wanted = sorted(set(range(len(examples)) if indices is None else indices))
     encoded, pad_id = _encode(examples, tokenizer, wanted, max_length, stats)
-    streaming = projector is None or isinstance(projector, StreamingProjector)
+    streaming = on_gradients is None and (projector is None or isinstance(projector, StreamingProjector))
     lengths = {i: len(e.input_ids) for i, e in encoded.items()}
     for batch_indices in length_batches(lengths, batch_size, max_batch_tokens):
         items = [encoded[i] for i in batch_indices]
@@ -196,8 +200,10 @@ def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector
             gradients(batch["input_ids"], batch["attention_mask"], batch["labels"], sink=sink)
         else:
             grads = gradients(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            if on_gradients is not None:
+                on_gradients(list(batch_indices), grads)
             tick = time.perf_counter()
-            features = projector.project(grads)
+            features = projector.project(grads) if projector is not None else None
             if dots is not None:
                 dots.add(grads, 0)
             del grads
@@ -219,55 +225,78 @@ def query_memory_bytes(subtasks: int, lora_params: int) -> int:
     return int(subtasks) * int(lora_params) * 4
 
 
-def subtask_queries(model: Any, tokenizer: Any, examples: Sequence[Example], subtasks: Mapping[str, Sequence[int]],
-                    *, grad_type: str = "sgd", moments: AdamMoments | None = None, batch_size: int = 8,
-                    max_batch_tokens: int | None = 1024, max_length: int = 2048,
-                    stats: FeaturizeStats | None = None) -> torch.Tensor:
-    """Per subtask, the mean of its examples' L2-normalised, unprojected gradients: float32 [S, dim].
+class SubtaskQueries:
+    """Per subtask, the mean of its examples' L2-normalised, unprojected gradients, built batch by batch.
 
     The LESS score of a pool example for subtask s at one checkpoint is the mean over the
     subtask's target examples of cosines, which is the inner product of the example's
     normalised gradient with this query. Rows follow the order of `subtasks`; an example
     with no response token adds a zero vector (and still counts in its subtask's mean), as
-    it does in the projected score. Memory: S x dim x 4 bytes, plus one batch of gradients.
+    it does in the projected score. Memory: S x dim x 4 bytes.
+
+    Raises:
+        DataError: an empty subtask or one naming an example that does not exist.
+    """
+
+    def __init__(self, subtasks: Mapping[str, Sequence[int]], num_examples: int, dim: int,
+                 device: torch.device | str = "cpu"):
+        self.shares: dict[int, list[tuple[int, float]]] = {}  # example -> [(query row, 1 / subtask size)]
+        for s, (name, members) in enumerate(subtasks.items()):
+            members = [int(i) for i in members]
+            if not members:
+                raise DataError(f"subtask {name!r} has no target examples; drop it or add examples")
+            if min(members) < 0 or max(members) >= num_examples:
+                raise DataError(f"subtask {name!r} refers to target example {max(members)}, but there are "
+                                f"{num_examples}")
+            for i in members:
+                self.shares.setdefault(i, []).append((s, 1.0 / len(members)))
+        if not subtasks:
+            raise DataError("no subtasks given; pass {'all': range(len(examples))} for a target without subtasks")
+        self.shape, self.device = (len(subtasks), int(dim)), device
+        self.queries: torch.Tensor | None = None  # allocated by the first add
+        self.seen: set[int] = set()
+
+    def add(self, indices: Sequence[int], grads: torch.Tensor) -> None:
+        """Take a batch's gradient vectors [b, dim] of examples `indices` (an example is counted once)."""
+        if self.queries is None:
+            self.queries = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
+        norms = grads.norm(dim=1).clamp(min=1e-30)
+        for row, i in enumerate(indices):
+            if i in self.shares and i not in self.seen:
+                self.seen.add(i)
+                for s, weight in self.shares[i]:
+                    self.queries[s].add_(grads[row].to(self.queries.device), alpha=weight / float(norms[row]))
+
+    @property
+    def complete(self) -> bool:
+        """Every example of every subtask has been added."""
+        return self.queries is not None and self.seen == set(self.shares)
+
+
+def subtask_queries(model: Any, tokenizer: Any, examples: Sequence[Example], subtasks: Mapping[str, Sequence[int]],
+                    *, grad_type: str = "sgd", moments: AdamMoments | None = None, batch_size: int = 8,
+                    max_batch_tokens: int | None = 1024, max_length: int = 2048,
+                    stats: FeaturizeStats | None = None) -> torch.Tensor:
+    """The subtask queries (`SubtaskQueries`) of `examples`: float32 [S, dim] on the model's device.
+
+    Memory: the queries, plus one batch of gradients.
 
     Raises:
         DataError: an empty subtask or one naming an example that does not exist.
         ConfigError, ManifestMismatchError: as for `featurize`.
     """
     _check_sizes(batch_size, max_batch_tokens, max_length)
-    rows = {}
-    for name, members in subtasks.items():
-        members = [int(i) for i in members]
-        if not members:
-            raise DataError(f"subtask {name!r} has no target examples; drop it or add examples")
-        if min(members) < 0 or max(members) >= len(examples):
-            raise DataError(f"subtask {name!r} refers to target example {max(members)}, but there are "
-                            f"{len(examples)}")
-        rows[str(name)] = members
-    if not rows:
-        raise DataError("no subtasks given; pass {'all': range(len(examples))} for a target without subtasks")
     gradients = LoraGradients(model, grad_type, moments)
-    # example -> [(subtask row, weight 1/|subtask|)]
-    shares: dict[int, list[tuple[int, float]]] = {}
-    for s, members in enumerate(rows.values()):
-        for i in members:
-            shares.setdefault(i, []).append((s, 1.0 / len(members)))
+    found = SubtaskQueries(subtasks, len(examples), gradients.dim, gradients.device)
     stats = stats if stats is not None else FeaturizeStats()
-    encoded, pad_id = _encode(examples, tokenizer, sorted(shares), max_length, stats)
-    queries = torch.zeros(len(rows), gradients.dim, dtype=torch.float32, device=gradients.device)
+    encoded, pad_id = _encode(examples, tokenizer, sorted(found.shares), max_length, stats)
     lengths = {i: len(e.input_ids) for i, e in encoded.items()}
     for batch_indices in length_batches(lengths, batch_size, max_batch_tokens):
         items = [encoded[i] for i in batch_indices]
         batch = collate(items, pad_id)
         started = time.perf_counter()
-        grads = gradients(batch["input_ids"], batch["attention_mask"], batch["labels"])
-        grads /= grads.norm(dim=1, keepdim=True).clamp(min=1e-30)
-        for row, i in enumerate(batch_indices):
-            for s, weight in shares[i]:
-                queries[s].add_(grads[row], alpha=weight)
-        del grads
+        found.add(batch_indices, gradients(batch["input_ids"], batch["attention_mask"], batch["labels"]))
         stats.gradient_seconds += time.perf_counter() - started
         stats.done += len(items)
         stats.tokens += sum(len(e.input_ids) for e in items)
-    return queries
+    return found.queries if found.queries is not None else torch.zeros(found.shape, device=gradients.device)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,7 +26,7 @@ from influence.data.example import Example
 from influence.data.pools import Pool, example_ids
 from influence.data.targets import Target
 from influence.features import (AdamMoments, FeaturizeStats, LoraGradients, dim_slices, featurize, make_projector,
-                                query_memory_bytes, subtask_queries)
+                                query_memory_bytes, SubtaskQueries, subtask_queries)
 from influence.features.datastore import FeatureStore
 from influence.io import sha256_file, sha256_json
 from influence.less.settings import LessSettings
@@ -114,9 +114,11 @@ class CosineJob:
 def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path], identity: dict[str, Any], *,
                        model: Any, tokenizer: Any, projector: Any, grad_type: str, moments: AdamMoments | None,
                        settings: LessSettings, desc: str, cosines: CosineJob | None = None,
+                       on_gradients: Callable[[list[int], Any], None] | None = None,
                        ) -> tuple[dict[int, FeatureStore], FeatureStore | None, FeaturizeStats]:
     """Fill (or resume, or reuse) one datastore per projection dimension with the features of `examples`,
     and with `cosines`, a float32 store of their exact cosines with the subtask queries.
+    `on_gradients` sees the gradient vectors of every batch computed (see `featurize`).
 
     All of it comes from one pass. Work goes one shard at a time (a streamed pool is read
     shard by shard, so memory holds one shard's examples), examples sorted by
@@ -166,7 +168,8 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
                 for batch in featurize(model, tokenizer, examples, projector if project else None,
                                        grad_type=grad_type, moments=moments, batch_size=settings.batch_size,
                                        max_length=settings.max_length, indices=range(*first.shard_range(shard)),
-                                       stats=stats, queries=queries if shard in pending.get("cosines", ()) else None):
+                                       stats=stats, queries=queries if shard in pending.get("cosines", ()) else None,
+                                       on_gradients=on_gradients):
                     if batch.features is not None:
                         features = batch.features.numpy()
                         for dim in store_paths:
@@ -325,8 +328,8 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
               "versions": {k: v for k, v in package_versions().items() if k in ("influence", "torch")}}
     target_fp = sha256_json([e.id for e in target.examples]) if target is not None else ""
     roles = [("pool", pool.examples, settings.pool_grad, pool.fingerprint)]
-    if target is not None:
-        roles.append(("target", target.examples, settings.target_grad, target_fp))
+    if target is not None:  # the target first: its pass can also form the unprojected score's queries
+        roles.insert(0, ("target", target.examples, settings.target_grad, target_fp))
     stores: dict[str, list[Path]] = {"pool": [], "target": []}  # the scored dimension's
     extra: dict[str, list[str]] = {"pool": [], "target": []}       # the other dimensions'
     cosine_stores: list[list[Path]] = []
@@ -342,6 +345,10 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         folder = workdir / "features" / f"epoch-{ckpt.epoch}"
         jobs = [_cosine_job(folder, group, common, checkpoint_id, pool, target, target_fp, model, loaded.tokenizer,
                             moments, settings) for group in groups]
+        found = None
+        if write_features and len(jobs) == 1:  # the target pass that projects also forms the queries
+            found = SubtaskQueries(target.subtasks(), len(target), dim, device)
+            jobs[0] = _reuse_queries(jobs[0], found)
         if existing_only:
             _require_complete([p for role, _, grad, fp in roles for p in
                                ([store_dir(folder, role, grad, fp, d, settings) for d in settings.all_dims]
@@ -360,8 +367,9 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
                 made, _, stats = featurize_examples(
                     examples, paths, identity, model=model, tokenizer=loaded.tokenizer, projector=projector,
                     grad_type=grad, moments=moments if grad == "adam" else None, settings=settings,
-                    desc=f"features epoch {ckpt.epoch} {role} ({settings.grad_label(grad)})" + (" and exact cosines" if job else ""),
-                    cosines=job)
+                    desc=f"features epoch {ckpt.epoch} {role} ({settings.grad_label(grad)})"
+                    + (" and exact cosines" if job else ""),
+                    cosines=job, on_gradients=found.add if found is not None and role == "target" else None)
                 if with_features:
                     stores[role].append(made[settings.score_dim].path)
                     extra[role].extend(str(made[dim].path) for dim in settings.all_dims[1:])
@@ -411,6 +419,18 @@ def _cosine_job(folder: Path, group: list[str], common: dict[str, Any], checkpoi
     path = cosine_dir(folder, settings.grad_label(settings.pool_grad), settings.grad_label(settings.target_grad),
                       target_fp, group)
     return CosineJob(path=path, identity=identity, subtasks=list(group), queries=queries)
+
+
+def _reuse_queries(job: CosineJob, found: SubtaskQueries) -> CosineJob:
+    """`job`, taking its queries from `found` when the target pass formed them all (a resumed or
+    distributed target pass sees only some examples: then they are computed anew)."""
+    def queries() -> Any:
+        if found.complete:
+            return found.queries
+        found.queries = None  # free the partial sums before forming the queries anew
+        return job.queries()
+
+    return replace(job, queries=queries)
 
 
 def score_features(features: FeatureSet, pool: Pool, target: Target, settings: LessSettings, *,
