@@ -428,13 +428,15 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
 
         groups = subtask_groups([str(s) for s in range(subtasks)], shape.lora_params, budget)
         passes, query_bytes = len(groups), query_memory_bytes(len(groups[0]), shape.lora_params)
+    # the target pass that projects also forms the queries, unless they come in several groups
+    target_passes = 1 if not unprojected else passes if not store else 1 if passes == 1 else 1 + passes
     pool_pass = _forward_backward_flops(pool_stats, shape) + n * ADAM_TRANSFORM_FLOPS * shape.lora_params
     flops = {
         "warmup": warmup_fraction * epochs * _forward_backward_flops(pool_stats, shape),
         "featurize_pool": checkpoints * (passes * pool_pass + n * (projection if store else 0.0)
                                          + (2.0 * n * subtasks * shape.lora_params if unprojected else 0.0)),
-        "featurize_target": checkpoints * (_forward_backward_flops(target_stats, shape)
-                                           * (1 + (unprojected and store)) + t * projection * store),
+        "featurize_target": checkpoints * (_forward_backward_flops(target_stats, shape) * target_passes
+                                           + t * projection * store),
         "score": (2.0 * n * dims * checkpoints * (subtasks if settings.scoring == "faiss" else t)
                   if not unprojected else 2.0 * n * subtasks * checkpoints),
     }
