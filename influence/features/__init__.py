@@ -3,8 +3,8 @@
 The math only; where features are stored is the datastore's and the orchestration's business.
 """
 
-from influence.features.compute import (FeatureBatch, FeaturizeStats, featurize, length_batches, normalize_blocks,
-                                       query_memory_bytes, SubtaskQueries, subtask_queries)
+from influence.features.compute import (FeatureBatch, FeaturizeStats, SubtaskQueries, featurize, length_batches,
+                                       normalize_blocks, query_memory_bytes, subtask_queries)
 from influence.features.grads import (ADAM_FORMS, DEFAULT_ADAM_FORM, GRAD_TYPES, AdamMoments, LoraGradients,
                                       ParameterSlot, adam_update, match_moments, per_example_gradients)
 from influence.features.projection import (PROJECTORS, Projector, SJLTProjector, StreamingProjector,
@@ -16,7 +16,6 @@ __all__ = [
     "match_moments", "per_example_gradients",
     "PROJECTORS", "Projector", "SJLTProjector", "StreamingProjector", "TrakBasicProjector", "TrakCudaProjector",
     "default_projector_name", "dim_slices", "make_projector",
-    "FeatureBatch", "FeaturizeStats", "featurize", "length_batches", "normalize_blocks", "subtask_queries",
-    "SubtaskQueries",
-    "query_memory_bytes",
+    "FeatureBatch", "FeaturizeStats", "SubtaskQueries", "featurize", "length_batches", "normalize_blocks",
+    "query_memory_bytes", "subtask_queries",
 ]

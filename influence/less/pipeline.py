@@ -25,8 +25,8 @@ from influence import distributed
 from influence.data.example import Example
 from influence.data.pools import Pool, example_ids
 from influence.data.targets import Target
-from influence.features import (AdamMoments, FeaturizeStats, LoraGradients, dim_slices, featurize, make_projector,
-                                query_memory_bytes, SubtaskQueries, subtask_queries)
+from influence.features import (AdamMoments, FeaturizeStats, LoraGradients, SubtaskQueries, dim_slices, featurize,
+                                make_projector, query_memory_bytes, subtask_queries)
 from influence.features.datastore import FeatureStore
 from influence.io import sha256_file, sha256_json
 from influence.less.settings import LessSettings
