@@ -13,8 +13,9 @@ top k keeps, and the mean and largest |projected - exact| score.
     python benchmarks/projection_noise.py --pool-size 16 --rank 4 --dims 64 256 --subtasks 2 \\
         --target-per-subtask 1 --warmup-examples 8 --warmup-batch-size 2 --max-length 1024   # smoke test
 
-The default run takes about 10 minutes on 2 quiet CPU cores: the bbh target in LESS's
-wording (81 examples, 70k tokens) is most of it; --target-per-subtask 1 takes a third.
+The default run should take about 12 minutes on 2 quiet CPU cores (about 95k tokens through
+the r=128 model at the ~125 tokens/s of featurize_speed.py); the bbh target in LESS's wording
+(81 examples, 70k tokens) is most of it, and --target-per-subtask 1 takes about half as long.
 
 trak-basic (TRAK's BasicProjector, as LESS on CPU) regenerates its dense P x d matrix on
 every call: at r=128 (P = 14.7M) and d = 32768 that is hours per call on a CPU, so on a CPU
