@@ -74,10 +74,7 @@ def _less_bbh_texts(tokenizer) -> dict[str, list[tuple[str, str]]]:
             query = task_prompt.strip() + "\n\n" + icl + question
             prompt = tokenizer.apply_chat_template([{"role": "user", "content": query}], tokenize=False,
                                                    add_generation_prompt=True) + "A:"
-            full = tokenizer.apply_chat_template([{"role": "user", "content": query},
-                                                  {"role": "assistant", "content": "A:" + answer}], tokenize=False)
-            assert full.startswith(prompt)
-            texts.append((prompt, full[len(prompt):]))  # the answer and the template's end of turn
+            texts.append((prompt, answer))  # LESS scores the answer alone: no end of turn, no EOS
         out[task] = texts
     return out
 

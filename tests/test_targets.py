@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from influence.data import load_heldout, load_target
+from influence.data import Example, load_heldout, load_target
 from influence.errors import DataError, UnknownNameError
 from tests.conftest import write_jsonl
 
@@ -48,7 +48,7 @@ def test_bbh_target_is_lesss_format_the_other_two_exemplars_then_the_question():
     assert (example.instruction, example.response_prefix, example.output) == (query, "A:", answer)
     prompt, response, scored = _rendered(example)
     assert prompt == f"<|user|>{query}<|end|><|assistant|>A:"
-    assert response == scored == f"{answer}<|end|>"  # "A:" is read, not scored
+    assert response == scored == answer  # "A:" is read, not scored; no end-of-turn marker, as in LESS
 
 
 def test_mmlu_target_is_lesss_zero_shot_format():
@@ -65,7 +65,7 @@ def test_mmlu_target_is_lesss_zero_shot_format():
     assert (example.instruction, example.response_prefix, example.output) == (query, "The answer is:", " B")
     prompt, response, scored = _rendered(example)
     assert prompt == f"<|user|>{query}<|end|><|assistant|>The answer is:"
-    assert response == scored == " B<|end|>"
+    assert response == scored == " B"
 
 
 def test_tydiqa_target_is_lesss_per_language_format():
@@ -79,7 +79,7 @@ def test_tydiqa_target_is_lesss_per_language_format():
     assert (english.instruction, english.response_prefix, english.output) == (query, "Answer:", " Home Box Office")
     prompt, response, scored = _rendered(english)
     assert prompt == f"<|user|>{query}<|end|><|assistant|>Answer:"
-    assert response == scored == " Home Box Office<|end|>"
+    assert response == scored == " Home Box Office"
     finnish = next(e for e in load_target("tydiqa").examples if e.subtask == "finnish")
     assert finnish.instruction.startswith("Vastaa seuraavaan kysymykseen annetun kappaleen tiedon perusteella."
                                           "Kappale: ")
@@ -149,3 +149,16 @@ def test_a_target_file_can_give_a_response_prefix_and_round_trips(tmp_path, fmt)
               "response_prefix": "A:"}
     with pytest.raises(DataError, match="does not start with its response prefix"):
         load_target(str(write_jsonl(tmp_path / "b.jsonl", [broken])))
+
+
+def test_an_open_turn_is_scored_without_the_end_of_turn_marker_and_has_its_own_id():
+    from influence.data.formatting import response_text
+    from influence.testing import tiny_tokenizer
+
+    closed = Example("2+2?", "", " 4", response_prefix="A:")
+    open_turn = Example("2+2?", "", " 4", response_prefix="A:", closes_turn=False)
+    tokenizer = tiny_tokenizer()
+    assert response_text(closed, tokenizer) == " 4<|end|>"
+    assert response_text(open_turn, tokenizer) == " 4"
+    assert open_turn.id != closed.id
+    assert all(not e.closes_turn for name in ("bbh", "mmlu", "tydiqa") for e in load_target(name).examples)

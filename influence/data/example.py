@@ -16,6 +16,8 @@ class Example:
 
     `response_prefix` opens the response turn as part of the prompt (e.g. "A:" before a
     few-shot answer): the model reads it, the loss falls only on `output` after it.
+    `closes_turn=False` leaves the turn open: the response is scored without the template's
+    end-of-turn marker or EOS after it (LESS's target examples score the answer alone).
     `id` is a hash of the conversation's content alone (not of its source or subtask),
     so the same example met in two pools has the same id and is caught as a duplicate.
     """
@@ -27,13 +29,17 @@ class Example:
     subtask: str | None = None
     source: str = ""
     response_prefix: str = ""
+    closes_turn: bool = True
     id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not self.id:
-            # Without a prefix the id is the hash of the chat alone, as it always was.
-            content = ({"chat": self.chat(), "response_prefix": self.response_prefix} if self.response_prefix
-                       else self.chat())
+            # An ordinary example's id is the hash of the chat alone, as it always was.
+            content: object = self.chat()
+            if self.response_prefix or not self.closes_turn:
+                content = {"chat": content, "response_prefix": self.response_prefix}
+                if not self.closes_turn:
+                    content["closes_turn"] = False
             object.__setattr__(self, "id", sha256_json(content)[:ID_LENGTH])
 
     @property

@@ -50,7 +50,10 @@ def prompt_text(example: Example, tokenizer: Any) -> str:
 
 
 def response_text(example: Example, tokenizer: Any) -> str:
-    """The response after its prefix, as the template closes it (end-of-turn marker or EOS included)."""
+    """The response after its prefix, as the template closes it (end-of-turn marker or EOS included),
+    or the bare output for an example that leaves its turn open."""
+    if not example.closes_turn:
+        return example.output
     if getattr(tokenizer, "chat_template", None):
         prompt = prompt_text(example, tokenizer)
         full = tokenizer.apply_chat_template(example.chat(), tokenize=False)

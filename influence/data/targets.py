@@ -92,7 +92,8 @@ def _bbh_target() -> list[Example]:
         for index, (question, answer) in enumerate(pairs):
             others = "".join(f"{q}\n{BBH_ANSWER_PREFIX}{a}\n\n" for j, (q, a) in enumerate(pairs) if j != index)
             examples.append(Example(instruction=f"{description}\n\n{others}{question}", input="", output=answer,
-                                    subtask=task, source="bbh", response_prefix=BBH_ANSWER_PREFIX))
+                                    subtask=task, source="bbh", response_prefix=BBH_ANSWER_PREFIX,
+                                    closes_turn=False))
     return examples
 
 
@@ -139,7 +140,7 @@ def _mmlu_target() -> list[Example]:
     "The answer is:" and the scored answer is " X"."""
     return [Example(instruction=MMLU_HEADER.format("".join(f" {word}" for word in subject.split("_")))
                     + _mmlu_body(row[0], row[1:5]), input="", output=" " + row[5],
-                    subtask=subject, source="mmlu", response_prefix=MMLU_ANSWER_PREFIX)
+                    subtask=subject, source="mmlu", response_prefix=MMLU_ANSWER_PREFIX, closes_turn=False)
             for subject, rows in mmlu_dev().items() for row in rows]
 
 
@@ -192,7 +193,8 @@ def _tydiqa_target() -> list[Example]:
         item = items[0]  # LESS takes the first example of each language
         examples.append(Example(
             instruction=f"{instruction}{passage} {item['context']}\n{question} {item['question']}", input="",
-            output=" " + item["answers"][0]["text"], subtask=language, source="tydiqa", response_prefix=answer))
+            output=" " + item["answers"][0]["text"], subtask=language, source="tydiqa", response_prefix=answer,
+            closes_turn=False))
     return examples
 
 
