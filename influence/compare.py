@@ -3,7 +3,7 @@
 Every step is cached under the output directory by a hash of what decides it, so a rerun
 does only what is missing and an interrupted comparison resumes where it stopped:
 
-    <out>/selections/<selector>-s<seed>-<key>.jsonl (+ .manifest.json)
+    <out>/selections/<selector>-s<seed>-<key>.jsonl (+ its hidden .manifest.json)
     <out>/runs/<selector>-s<seed>-<key>/             the training run (resumes by itself)
     <out>/evals/<selector>-s<seed>-<key>.json        the evaluation results
     <out>/results.{md,csv,json}, <out>/plot.png      the comparison
@@ -26,7 +26,7 @@ from influence.data.contamination import Contamination
 from influence.data.pools import Pool, load_pool
 from influence.data.targets import load_target
 from influence.errors import ConfigError
-from influence.io import sha256_json, write_bytes, write_json, write_text
+from influence.io import check_output_dir, sha256_json, write_bytes, write_json, write_text
 from influence.less.settings import LessSettings
 from influence.selection import decontaminate, select, write_selection
 from influence.selectors import SELECTORS, make_selector
@@ -116,6 +116,7 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
     from influence.training import train
 
     out = Path(out)
+    check_output_dir(out)  # before any selection, training or evaluation
     pool = load_pool(config.pools)
     target = load_target(config.target)
     target_fp = sha256_json([e.id for e in target.examples])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MANIFEST_SUFFIX = ".manifest.json"   # a selection `x.jsonl` has its manifest at `x.manifest.json`
+MANIFEST_SUFFIX = ".manifest.json"   # a selection `x.jsonl` has its manifest at `.x.manifest.json`
 SELECTION_SUFFIX = ".jsonl"
 DATASTORE_MANIFEST = "manifest.json"  # inside indexes/<name>/
 DEFAULT_INDEX_ROOT = Path("indexes")
@@ -14,7 +14,11 @@ ID_LENGTH = 16  # hex characters of the content hash kept as an example's id
 
 
 def manifest_path(selection_path: str | Path) -> Path:
-    """`out/sel.jsonl` -> `out/sel.manifest.json`."""
+    """`out/sel.jsonl` -> `out/.sel.manifest.json`.
+
+    The leading dot hides the manifest from `datasets` (and the Hub), which skip hidden files:
+    `load_dataset("json", data_dir="out")` then reads the selections' records only.
+    """
     path = Path(selection_path)
     stem = path.name[: -len(SELECTION_SUFFIX)] if path.name.endswith(SELECTION_SUFFIX) else path.name
-    return path.with_name(stem + MANIFEST_SUFFIX)
+    return path.with_name("." + stem.lstrip(".") + MANIFEST_SUFFIX)

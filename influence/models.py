@@ -118,7 +118,30 @@ def resolve_model(spec: str | None) -> tuple[str, str]:
         return str(path), _weights_digest(path)
     if path.exists():
         raise ModelError(f"{spec}: expected a model directory, a .gguf file or a hub id")
+    if _looks_like_path(spec):
+        raise ModelError(f"{spec}: no such model directory or file (a hub id has the form org/name)")
     return spec, f"hub:{spec}"
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A --model value that can only be meant as a local path, never a hub id (`org/name`)."""
+    return (spec.startswith(("/", ".", "~")) or spec.endswith("/") or "\\" in spec or spec.count("/") > 1
+            or os.sep != "/" and os.sep in spec)
+
+
+def check_device(device: str | None) -> None:
+    """Fail at once, before any work, when a CUDA device is asked for and torch has none.
+
+    Raises:
+        ModelError: `device` names CUDA and torch cannot use it.
+    """
+    if device is None or not str(device).startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ModelError(f"--device {device}: {why}; use --device cpu or leave --device out")
 
 
 def load_model(spec: str | None = None, *, device: str | None = None, dtype: Any = None) -> LoadedModel:
@@ -132,6 +155,7 @@ def load_model(spec: str | None = None, *, device: str | None = None, dtype: Any
 
     from influence.data.pools import hub_reachable
 
+    check_device(device)
     location, digest = resolve_model(spec)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)

@@ -21,9 +21,10 @@ import numpy as np
 from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_path
 from influence.data.contamination import Contamination, find_contaminated, has_heldout, heldout_ngrams
 from influence.data.pools import Pool
+from influence.data.readers import counted
 from influence.data.targets import Target
-from influence.errors import OutputExistsError, SelectionError
-from influence.io import sha256_file, sha256_json, write_json, write_jsonl
+from influence.errors import OutputError, SelectionError
+from influence.io import check_output_file, json_bytes, jsonl_bytes, replace_together, sha256_bytes, sha256_json
 from influence.selectors import Scores, SelectionContext, Selector, top_k
 
 VERSIONED_PACKAGES = ("influence", "numpy", "torch", "transformers", "peft", "datasets", "faiss-cpu", "traker")
@@ -54,11 +55,21 @@ class Selection:
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # selector-specific provenance (e.g. datastore)
     contamination: Contamination | None = None  # what the guard found in the pool as given
+    target_in_pool: int = 0    # target examples whose content is also in the pool
 
     @functools.cached_property
     def examples(self) -> list:
         """The chosen examples, best first (read once, even from a streamed pool)."""
         return self.pool.take(self.indices)
+
+    @property
+    def multi_turn(self) -> int:
+        """How many chosen examples are chats of more than one turn (see `Example.multi_turn`)."""
+        return sum(example.multi_turn for example in self.examples)
+
+    def default_format(self) -> str:
+        """`messages` when any chosen example has more than one turn (alpaca would flatten it), else `alpaca`."""
+        return "messages" if self.multi_turn else "alpaca"
 
     def records(self, fmt: str = "alpaca") -> list[dict]:
         """SFT-ready records with id, rank, score and selector."""
@@ -87,7 +98,7 @@ class Selection:
             },
             "target": None if self.target is None else {
                 "name": self.target.name, "examples": len(self.target),
-                "subtasks": len(self.target.subtasks()),
+                "subtasks": len(self.target.subtasks()), "also_in_pool": self.target_in_pool,
                 "fingerprint": sha256_json([e.id for e in self.target.examples])},
             "contamination": None if self.contamination is None else self.contamination.manifest(),
             "selection_seconds": round(self.seconds, 3),
@@ -96,8 +107,9 @@ class Selection:
             **self.extra,
         }
 
-    def summary(self) -> list[str]:
-        """A few lines for the terminal: how many, and lengths against the pool."""
+    def summary(self, fmt: str | None = None) -> list[str]:
+        """A few lines for the terminal: how many, lengths against the pool, and what deserves a warning
+        (target examples also in the pool; chats flattened by `fmt` alpaca)."""
         def stats(lengths: list[int]) -> str:
             return (f"mean {statistics.fmean(lengths):,.0f}, median {statistics.median(lengths):,.0f}, "
                     f"max {max(lengths):,}")
@@ -108,7 +120,7 @@ class Selection:
             pool_lengths.append(len(example.response))
             pool_sources.add(example.source)
         lines = [self.contamination.describe()] if self.contamination is not None else []
-        lines += [f"selected {len(chosen):,} of {len(self.pool):,} examples with {self.selector.name}"
+        lines += [f"selected {len(chosen):,} of {counted(len(self.pool), 'example')} with {self.selector.name}"
                   f" in {self.seconds:.1f}s",
                   f"  response chars, selection: {stats([len(e.response) for e in chosen])}",
                   f"  response chars, pool:      {stats(pool_lengths)}"]
@@ -117,6 +129,15 @@ class Selection:
             sources[example.source] = sources.get(example.source, 0) + 1
         if len(sources) > 1 or len(pool_sources) > 1:
             lines.append("  by source: " + ", ".join(f"{s} {n:,}" for s, n in sorted(sources.items())))
+        if self.target_in_pool:
+            lines.append(f"warning: {counted(self.target_in_pool, 'example')} of the target ({len(self.target):,}) "
+                         f"{'is' if self.target_in_pool == 1 else 'are'} also in the pool, and such copies rank "
+                         "first; remove them from the pool or the target")
+        turns = self.multi_turn
+        if turns and (fmt or self.default_format()) == "alpaca":
+            lines.append(f"note: {counted(turns, 'selected example')} with several chat turns "
+                         f"{'is' if turns == 1 else 'are'} written as \"User: ... Assistant: ...\" text in the "
+                         "instruction (--format alpaca); --format messages keeps the turns")
         return lines
 
 
@@ -175,9 +196,11 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
     if scores.shape != (len(pool),):
         raise SelectionError(f"selector {selector.name!r} returned {scores.shape} scores for {len(pool)} examples")
     indices = top_k(scores, pool.ids, k)
+    in_pool = len({e.id for e in target.examples} & set(pool.ids)) if target is not None and selector.requires_target \
+        else 0
     return Selection(pool=pool, indices=indices, scores=scores, selector=selector, k=k, seed=seed,
                      target=target, seconds=time.perf_counter() - start, extra=dict(result.provenance),
-                     contamination=contamination)
+                     contamination=contamination, target_in_pool=in_pool)
 
 
 def default_output_path(pool_specs: list[str], selector: str, k: int, target: str | None = None) -> Path:
@@ -190,25 +213,33 @@ def default_output_path(pool_specs: list[str], selector: str, k: int, target: st
 
 
 def check_writable(out: str | Path, overwrite: bool) -> None:
-    """Fail before any work if the selection or its manifest would be overwritten unasked."""
+    """Fail before any work unless the selection and its manifest can both be written.
+
+    Raises:
+        OutputExistsError: either exists and overwrite is False.
+        OutputError: `-` (standard output), a directory, a device, or a place that cannot be written.
+    """
+    if str(out) == "-":
+        raise OutputError("--out - is not supported: a selection is a JSONL file plus its manifest; give a file "
+                          "path (then `cat` it)")
     for path in (Path(out), manifest_path(out)):
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+        check_output_file(path, overwrite=overwrite)
 
 
-def write_selection(selection: Selection, out: str | Path, *, fmt: str = "alpaca",
+def write_selection(selection: Selection, out: str | Path, *, fmt: str | None = None,
                     overwrite: bool = False) -> tuple[Path, Path]:
-    """Write `out` (JSONL) and its manifest, each atomically; returns both paths."""
+    """Write `out` (JSONL) and its manifest as one unit: both new, or (on failure) both as before.
+
+    `fmt` None takes `selection.default_format()`: messages when a chosen chat has several turns,
+    else alpaca. Returns both paths. Raises OutputExistsError or OutputError as `check_writable` does.
+    """
     out = Path(out)
     check_writable(out, overwrite)
+    fmt = fmt or selection.default_format()
     records = selection.records(fmt)
+    data = jsonl_bytes(records)
+    manifest = selection.manifest(fmt)
+    manifest["output"] = {"path": out.name, "records": len(records), "sha256": sha256_bytes(data)}
     meta_path = manifest_path(out)
-    write_jsonl(out, records, overwrite=True)
-    try:
-        manifest = selection.manifest(fmt)
-        manifest["output"] = {"path": out.name, "records": len(records), "sha256": sha256_file(out)}
-        write_json(meta_path, manifest, overwrite=True)
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
+    replace_together({out: data, meta_path: json_bytes(manifest)})
     return out, meta_path

@@ -26,7 +26,7 @@ def default_out_dir(pools: tuple[str, ...], target: str, k: int) -> Path:
 @click.option("--target", required=True, metavar="SPEC", help="Target: the selection target and the evaluation.")
 @click.option("--k", type=int, default=1000, show_default=True, help="Examples per selection.")
 @click.option("--selectors", default="less,longest,random", show_default=True, help="Comma-separated selectors.")
-@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per selector (0..N-1).")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per selector (0..N-1).")
 @click.option("--limit", type=int, default=None, help="Evaluate on a seeded subset of this many held-out items.")
 @click.option("--epochs", type=int, default=_TRAIN.epochs, show_default=True, help="Training epochs per selection.")
 @click.option("--lr", type=float, default=_TRAIN.learning_rate, show_default=True, help="Training peak learning rate.")

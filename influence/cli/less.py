@@ -10,7 +10,8 @@ from influence.cli.select import keep_contaminated_option, run_selection, select
 
 @click.command("warmup")
 @click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC", help="Pool spec(s), as for select.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the warmup sample and the adapter.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds the warmup sample and the adapter.")
 @less_options
 def warmup_command(pools, seed, **less) -> None:
     """Train the warmup LoRA on a seeded fraction of the pool (reused or resumed if present)."""
@@ -34,7 +35,8 @@ def warmup_command(pools, seed, **less) -> None:
 @click.command("featurize")
 @click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC", help="Pool spec(s), as for select.")
 @click.option("--target", default=None, metavar="SPEC", help="Also featurize this target.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the warmup and the projection.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds the warmup and the projection.")
 @click.option("--dry-run", is_flag=True, help="Estimate time, disk and memory; compute and write nothing.")
 @keep_contaminated_option
 @less_options

@@ -66,8 +66,10 @@ def pop_settings(kwargs: dict[str, Any], *, seed: int = 0, scoring: str = "unpro
     (`scoring` is the command's default when --scoring is not given)."""
     from influence.less import LessSettings
     from influence.lora import LoraSettings
+    from influence.models import check_device
 
     values = {name: kwargs.pop(name) for name in NAMES}
+    check_device(values["device"])  # before any pool is read
     try:
         values["dims"] = tuple(int(d) for d in str(values["dims"]).split(",") if d.strip())
     except ValueError:

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
-from influence.cli.less_options import less_options, pop_settings
+from influence.cli.less_options import NAMES, less_options, pop_settings
 from influence.constants import OUTPUT_FORMATS
 from influence.data.contamination import has_heldout
 from influence.errors import SelectionError
+from influence.io import check_output_dir
 from influence.selection import check_writable, decontaminate, default_output_path, select, write_selection
 from influence.selectors import SELECTORS, SelectionContext, make_selector
 from influence.selectors.baselines import LENGTH_UNITS
@@ -21,12 +22,15 @@ def selection_options(function):
         click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC",
                      help="A pool name (see `influence pools`), a data file, or hf:ID[:SPLIT]. Repeat to mix."),
         click.option("--k", type=int, default=1000, show_default=True, help="How many examples to select."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices."),
-        click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="alpaca", show_default=True,
-                     help="Record layout of the output JSONL."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed for random choices."),
+        click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default=None,
+                     help="Record layout of the output JSONL [default: alpaca, or messages when a selected "
+                          "chat has several turns]."),
         click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Output JSONL [default: selections/<pool>-<selector>-k<k>.jsonl]; "
-                          "the manifest goes beside it."),
+                     help="Output JSONL [default: selections/<pool>-<selector>-k<k>.jsonl]; the manifest goes "
+                          "beside it as .<name>.manifest.json (hidden, so `datasets` loads the records only). "
+                          "`-` (stdout) is refused: a selection is a file and its manifest."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output."),
     ]):
         function = option(function)
@@ -43,16 +47,34 @@ keep_contaminated_option = click.option(
          "are dropped before scoring; either way the manifest lists them).")
 
 
-def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_options, keep_contaminated=False):
-    """Shared by `select` and `score`: check, load, select, summarise, write (rank 0 only under torchrun)."""
+def given_options(names) -> list[str]:
+    """The `--options` among the parameter `names` that the user gave (not left at their default)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = []
+    for param in ctx.command.params:
+        if param.name in names and ctx.get_parameter_source(param.name) in (ParameterSource.COMMANDLINE,
+                                                                            ParameterSource.ENVIRONMENT):
+            given.append(max(param.opts, key=len))
+    return given
+
+
+def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_options, keep_contaminated=False,
+                  ignored=()):
+    """Shared by `select` and `score`: check, load, select, summarise, write (rank 0 only under torchrun).
+
+    Everything that can be checked without the pool (k, selector, target, output) is checked
+    before the pool is read; `ignored` options are named once as not applying to the selector.
+    """
     from influence import distributed
     from influence.data import load_pool, load_target
 
     job = distributed.init_from_env()
 
-    def say(*args, **kwargs) -> None:
-        if job.is_main:  # one voice per job
-            click.echo(*args, **kwargs)
+    def say(line: str) -> None:
+        if job.is_main:  # one voice per job; notes and warnings on stderr
+            click.echo(line, err=line.startswith(("note:", "warning:")))
 
     if k <= 0:
         raise SelectionError(f"k must be positive, got {k}")
@@ -61,6 +83,10 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
         raise SelectionError(f"selector {name!r} needs a target; pass --target (see `influence targets`)")
     out = out or default_output_path(list(pools), name, k, target if chosen.requires_target else None)
     check_writable(out, overwrite)
+    if "settings" in selector_options and not selector_options.get("existing_only"):
+        check_output_dir(selector_options["settings"].index_root)  # where LESS keeps its datastores
+    if ignored:
+        say(f"note: selector {name!r} ignores {', '.join(ignored)}")
     target_set = load_target(target) if target else None  # before the pool: a bad name fails at once
     pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
     for line in pool.describe():
@@ -68,14 +94,15 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
     if target and not chosen.requires_target:
         use = ("its held-out items are still kept out of the pool" if has_heldout(target)
                else "a target file has no held-out items to keep out")
-        say(f"note: selector {name!r} does not score against --target; {use}", err=True)
+        say(f"note: selector {name!r} does not score against --target; {use}")
     # every rank drops the same contaminated examples, so that all of them score the same pool
     pool, contamination = decontaminate(pool, target_set, keep=keep_contaminated)
     if not job.is_main:  # under torchrun: share the distributed part (LESS: warmup, features); rank 0 selects
         chosen.prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
         return
     selection = select(pool, k, chosen, target=target_set, seed=seed, contamination=contamination)
-    for line in selection.summary():
+    fmt = fmt or selection.default_format()
+    for line in selection.summary(fmt):
         say(line)
     jsonl, manifest = write_selection(selection, out, fmt=fmt, overwrite=overwrite)
     say(f"wrote {jsonl} and {manifest}")
@@ -112,7 +139,9 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
         return
     options = {"longest": {"unit": length_unit}, "less": {"settings": settings},
                "dsir": {"sampling": dsir_sampling}}.get(name, {})
-    run_selection(pools, k, name, seed, fmt, out, overwrite, target, options, keep_contaminated)
+    ignored = given_options(([] if name == "longest" else ["length_unit"])
+                            + ([] if name == "dsir" else ["dsir_sampling"]) + ([] if name == "less" else list(NAMES)))
+    run_selection(pools, k, name, seed, fmt, out, overwrite, target, options, keep_contaminated, ignored)
 
 
 COMMANDS = [select_command]

@@ -37,7 +37,8 @@ def default_out_dir(data: str, method: str, seed: int) -> Path:
                                       "of each example's mean token loss (as LESS's Trainer computed it).")
 @click.option("--max-length", type=int, default=_DEFAULTS.max_length, show_default=True,
               help="Tokens per example; longer ones are cut and counted.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds adapter init, data order and dropout.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds adapter init, data order and dropout.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: runs/<data>-<lora|full>-s<seed>]; rerun to resume.")
 @click.option("--overwrite", is_flag=True, help="Delete what --out holds and start again.")

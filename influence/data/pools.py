@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from influence.data.example import Example
-from influence.data.readers import (FILE_SUFFIXES, ReadReport, examples_from_records, iter_examples, iter_file_records,
-                                    iter_hf_records, parse_hf_spec, read_file, read_hf)
+from influence.data.readers import (FILE_SUFFIXES, ReadReport, counted, examples_from_records, iter_examples,
+                                    iter_file_records, iter_hf_records, parse_hf_spec, path_exists, read_file, read_hf)
 from influence.data.vendored import bundle_files, bundle_text
 from influence.errors import ConfigError, DataError, SelectionError, UnknownNameError
 from influence.io import sha256_json
@@ -82,12 +82,20 @@ class Pool:
         return Pool(examples=SubsetExamples(self.examples, keep), sources=self.sources, duplicates=self.duplicates)
 
     def describe(self) -> list[str]:
-        """One line per source, plus one for duplicates, for the terminal."""
-        lines = [f"pool {s.spec}: {s.origin}: {s.kept:,} examples"
-                 + (f" ({s.skipped_empty:,} with an empty response skipped)" if s.skipped_empty else "")
-                 for s in self.sources]
-        if self.duplicates:
-            lines.append(f"pool: {self.duplicates:,} exact duplicates removed")
+        """One line per source (plus a total of duplicates when several sources are mixed), for the terminal."""
+        lines = []
+        for source in self.sources:
+            duplicates = source.read - source.skipped_empty - source.kept
+            notes = [f"{counted(duplicates, 'exact duplicate')} of examples already in the pool removed"] \
+                if duplicates else []
+            if source.skipped_empty:
+                notes.append(f"{counted(source.skipped_empty, 'record')} with an empty response skipped")
+            origin = "" if source.origin in (f"file {Path(source.spec)}", f"datasets {source.spec[3:]}") \
+                else f" from {source.origin}"
+            kept = counted(source.kept, "example") if source.kept else "no new examples"
+            lines.append(f"pool {source.spec}: {kept}{origin}" + (f" ({'; '.join(notes)})" if notes else ""))
+        if self.duplicates and len(self.sources) > 1:
+            lines.append(f"pool: {counted(self.duplicates, 'exact duplicate')} removed in all")
         return lines
 
 
@@ -187,7 +195,7 @@ def pool_spec_kind(spec: str) -> str:
     if spec.startswith("hf:"):
         return "hf"
     path = Path(spec)
-    if path.exists() or path.name.lower().removesuffix(".gz").endswith(FILE_SUFFIXES):
+    if path_exists(path) or path.name.lower().removesuffix(".gz").endswith(FILE_SUFFIXES):
         return "file"
     raise UnknownNameError("pool", spec, list(POOLS)) from None
 

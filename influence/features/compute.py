@@ -18,7 +18,7 @@ comes from the same pass.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -41,6 +41,12 @@ class FeaturizeStats:
     tokens: int = 0            # tokens through the model (padding excluded)
     gradient_seconds: float = 0.0
     projection_seconds: float = 0.0
+
+    def add(self, other: "FeaturizeStats") -> "FeaturizeStats":
+        """Add `other`'s counts and timings to these (a total over checkpoints); returns self."""
+        for item in fields(self):
+            setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -225,14 +225,17 @@ def query_budget(device: Any) -> int:
     return available_memory() // 2
 
 
-def _score_rates(checkpoints: list[dict[str, Any]]) -> list[float]:
+def _score_rates(checkpoints: list[dict[str, Any]], *, warn: bool = True) -> list[float]:
     """Each checkpoint's average learning rate; equal weights if a warmup was too short to leave zero.
 
-    A linear schedule with warmup starts at 0, so a warmup of a single step records 0.
+    A linear schedule with warmup starts at 0, so a warmup of a single step records 0. `warn`:
+    say so (once per run: the features' weights are computed first, the scores read them again).
     """
     rates = [float(c["avg_lr"]) for c in checkpoints]
     if not any(rate > 0 for rate in rates):
-        log.warning("every warmup checkpoint has learning rate 0 (a warmup of one step?); weighting them equally")
+        if warn:
+            log.warning("every warmup checkpoint has learning rate 0 (a warmup of one step?); weighting them "
+                        "equally")
         return [1.0] * len(rates)
     return rates
 
@@ -373,8 +376,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
                 if with_features:
                     stores[role].append(made[settings.score_dim].path)
                     extra[role].extend(str(made[dim].path) for dim in settings.all_dims[1:])
-                for key in ("examples", "done", "truncated", "empty"):
-                    setattr(totals[role], key, getattr(totals[role], key) + getattr(stats, key))
+                totals[role].add(stats)
         summary.append({"epoch": ckpt.epoch, "step": ckpt.step, "avg_lr": ckpt.avg_lr})
     for entry, weight in zip(summary, checkpoint_weights(_score_rates(summary))):
         entry["weight"] = float(weight)
@@ -382,6 +384,8 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
                       target_stores=stores["target"], cosine_stores=cosine_stores if unprojected else [],
                       stats={"featurized": {role: s.to_dict() for role, s in totals.items()},
                              **({"skipped_checkpoints": skipped} if skipped else {}),
+                             "model": {"spec": loaded.spec, "location": loaded.info.get("location"),
+                                       "weights_sha256": loaded.weights_sha256},
                              "projector": projector.describe(), "scored_dim": settings.score_dim,
                              **({"other_dim_stores": extra} if len(settings.all_dims) > 1 else {}),
                              **({"unprojected": {"subtask_groups": len(groups), "lora_params": dim,
@@ -445,7 +449,7 @@ def score_features(features: FeatureSet, pool: Pool, target: Target, settings: L
     """
     from influence.estimate import available_memory
 
-    lrs = _score_rates(features.checkpoints)
+    lrs = _score_rates(features.checkpoints, warn=False)
     subtasks = target.subtasks()
     if settings.scoring == "unprojected" and features.cosine_stores:
         cosines = [[FeatureStore.open(p).rows() for p in group] for group in features.cosine_stores]
