@@ -119,7 +119,8 @@ def resolve_model(spec: str | None) -> tuple[str, str]:
     if path.exists():
         raise ModelError(f"{spec}: expected a model directory, a .gguf file or a hub id")
     if _looks_like_path(spec):
-        raise ModelError(f"{spec}: no such model directory or file (a hub id has the form org/name)")
+        raise ModelError(f"{spec} does not exist; --model takes a local model directory, a .gguf file or a hub id "
+                         "(org/name)")
     return spec, f"hub:{spec}"
 
 

@@ -52,7 +52,7 @@ class Outcome:
 
 def cli(*args: str) -> Outcome:
     """The same command through click's runner, in this process."""
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    result = CliRunner().invoke(main, list(args), prog_name="influence", catch_exceptions=False)
     return Outcome(result.exit_code, result.stdout, result.stderr)
 
 
