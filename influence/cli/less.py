@@ -6,6 +6,8 @@ import click
 
 from influence.cli.less_options import less_options, pop_settings
 from influence.cli.select import keep_contaminated_option, run_selection, selection_options
+from influence.data.readers import counted
+from influence.io import check_output_dir
 
 
 @click.command("warmup")
@@ -20,6 +22,7 @@ def warmup_command(pools, seed, **less) -> None:
     from influence.less import run_warmup
 
     settings = pop_settings(less, seed=seed)
+    check_output_dir(settings.index_root)
     job = distributed.init_from_env()
     pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
     for line in pool.describe() if job.is_main else []:
@@ -58,6 +61,7 @@ def featurize_command(pools, target, seed, dry_run, keep_contaminated, **less) -
     if dry_run:
         print_estimate(pools, target, settings)
         return
+    check_output_dir(settings.index_root)
     job = distributed.init_from_env()
     pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
     for line in pool.describe() if job.is_main else []:
@@ -72,7 +76,8 @@ def featurize_command(pools, target, seed, dry_run, keep_contaminated, **less) -
     for path in features.pool_stores + features.target_stores + [p for c in features.cosine_stores for p in c]:
         click.echo(f"datastore {path}")
     for role, stats in features.stats["featurized"].items():
-        click.echo(f"{role}: {stats['done']:,} examples featurized now, {stats['truncated']:,} cut at max length")
+        click.echo(f"{role}: {counted(stats['done'], 'example')} featurized now, {stats['truncated']:,} cut at "
+                   "max length")
 
 
 @click.command("score")
