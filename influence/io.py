@@ -172,14 +172,28 @@ def replace_together(contents: dict[str | os.PathLike, bytes]) -> list[Path]:
     return [Path(p) for p in contents]
 
 
+def _lstat(path: Path) -> os.stat_result | None:
+    """`os.lstat(path)`, None if nothing is there; a path that cannot be looked at is an OutputError."""
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc} (a directory on its path cannot be "
+                          "entered); choose another output location") from None
+
+
 def _writable_directory(directory: Path, what: Path) -> None:
     """Fail unless `directory` exists as a writable directory or could be created."""
     probe = Path(os.path.abspath(directory))
-    while not probe.exists():
-        if probe.is_symlink():  # a dangling link: mkdir would fail on it
-            raise OutputError(f"cannot create {what}: {probe} is a broken symbolic link")
+    while (found := _lstat(probe)) is None:
         probe = probe.parent
-    if not probe.is_dir():
+    if stat.S_ISLNK(found.st_mode):
+        try:
+            found = os.stat(probe)
+        except OSError:  # a dangling link: mkdir would fail on it
+            raise OutputError(f"cannot create {what}: {probe} is a broken symbolic link") from None
+    if not stat.S_ISDIR(found.st_mode):
         raise OutputError(f"cannot create {what}: {probe} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         verb = "write in" if probe == Path(os.path.abspath(directory)) else "create directories in"
@@ -192,13 +206,19 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool = False) -> No
     Raises:
         OutputExistsError: it exists and overwrite is False.
         OutputError: it is a directory or a device (or other non-regular file), or its
-            directory cannot be created or written.
+            directory cannot be created, entered or written.
     """
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path} is a directory; give a file name for the output")
-    if path.exists() or path.is_symlink():
-        if not path.is_file():
+    found = _lstat(path)
+    if found is not None:
+        if stat.S_ISLNK(found.st_mode):
+            try:
+                found = os.stat(path)
+            except OSError:
+                raise OutputError(f"{path} is a broken symbolic link; remove it or choose another output") from None
+        if stat.S_ISDIR(found.st_mode):
+            raise OutputError(f"{path} is a directory; give a file name for the output")
+        if not stat.S_ISREG(found.st_mode):
             raise OutputError(f"{path} is not a regular file (a device, pipe or socket); "
                               "give the path of a regular file")
         if not overwrite:
@@ -210,10 +230,10 @@ def check_output_dir(path: str | os.PathLike) -> None:
     """Fail now, before any work, unless `path` is (or can be made) a writable directory.
 
     Raises:
-        OutputError: it is a file, or it or its parents cannot be created or written.
+        OutputError: it is a file, or it or its parents cannot be created, entered or written.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    if _lstat(path) is not None and not path.is_dir():  # is_dir follows a link; the path itself can be looked at
         raise OutputError(f"{path} exists and is not a directory; give a directory for the output")
     _writable_directory(path, path)
 

@@ -112,6 +112,15 @@ def test_select_into_an_unwritable_directory_fails_before_reading_the_pool(share
     assert list(locked.iterdir()) == []
 
 
+def test_an_out_inside_a_directory_the_user_cannot_enter_is_one_line(shared):
+    closed = shared / "closed"
+    closed.mkdir(mode=0o700)
+    result = influence("select", "--pool", str(shared / "absent.jsonl"), "--k", "2",
+                       "--out", str(closed / "sub" / "sel.jsonl"), as_user=True)
+    one_error_line(result, f"cannot write {closed / 'sub' / 'sel.jsonl'}", "cannot be entered")
+    assert list(closed.iterdir()) == []
+
+
 def test_default_selections_dir_in_an_unwritable_working_directory_fails_first(shared):
     locked = _read_only_dir(shared / "cwd")
     result = influence("select", "--pool", str(shared / "absent.jsonl"), "--k", "2", cwd=locked, as_user=True)
