@@ -130,6 +130,7 @@ def test_an_empty_or_missing_input_is_fine(tmp_path):
 @pytest.mark.parametrize("args, named", [
     (["--selector", "random", "--length-unit", "words", "--lora-r", "8"], "--length-unit, --lora-r"),
     (["--model", "some/model", "--dims", "64"], "--model, --dims"),
+    (["--selector", "random", "--dsir-sampling", "none"], "--dsir-sampling"),
 ])
 def test_options_that_do_not_apply_to_the_selector_are_named_once(tmp_path, pool, args, named):
     result = cli("select", "--pool", str(pool), "--k", "2", "--out", str(tmp_path / "o.jsonl"), *args)
