@@ -347,7 +347,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         moments = AdamMoments.from_checkpoint(ckpt, form=settings.adam_form)
         folder = workdir / "features" / f"epoch-{ckpt.epoch}"
         jobs = [_cosine_job(folder, group, common, checkpoint_id, pool, target, target_fp, model, loaded.tokenizer,
-                            moments, settings) for group in groups]
+                            moments, settings, totals["target"]) for group in groups]
         found = None
         if write_features and len(jobs) == 1:  # the target pass that projects also forms the queries
             found = SubtaskQueries(target.subtasks(), len(target), dim, device)
@@ -404,8 +404,9 @@ def _require_complete(paths: Sequence[Path]) -> None:
 
 def _cosine_job(folder: Path, group: list[str], common: dict[str, Any], checkpoint_id: dict[str, Any], pool: Pool,
                 target: Target, target_fp: str, model: Any, tokenizer: Any, moments: AdamMoments,
-                settings: LessSettings) -> CosineJob:
-    """One group of subtasks' share of the unprojected pool pass at one checkpoint."""
+                settings: LessSettings, target_stats: FeaturizeStats) -> CosineJob:
+    """One group of subtasks' share of the unprojected pool pass at one checkpoint; forming its
+    queries counts as featurizing the target (`target_stats`)."""
     rows = target.subtasks()
     identity = {key: value for key, value in common.items() if key not in ("projector", "dtype")}
     identity.update({"checkpoint": checkpoint_id, "role": "pool-cosines", "grad_type": settings.pool_grad,
@@ -418,7 +419,8 @@ def _cosine_job(folder: Path, group: list[str], common: dict[str, Any], checkpoi
         return subtask_queries(model, tokenizer, target.examples, {name: rows[name] for name in group},
                                grad_type=settings.target_grad,
                                moments=moments if settings.target_grad == "adam" else None,
-                               batch_size=settings.batch_size, max_length=settings.max_length)
+                               batch_size=settings.batch_size, max_length=settings.max_length,
+                               stats=target_stats)
 
     path = cosine_dir(folder, settings.grad_label(settings.pool_grad), settings.grad_label(settings.target_grad),
                       target_fp, group)
