@@ -493,23 +493,29 @@ def less_run(pool: Pool, target: Target, settings: LessSettings, *, k: int | Non
                    cosine_stores=features.cosine_stores, stats={**features.stats, "scoring": scoring})
 
 
-def dry_run(pool: Pool, target: Target | None, settings: LessSettings) -> Any:
-    """Estimate a LESS run's time, disk and memory from sizes alone: loads the model's config and
-    tokenizer, never its weights, and writes nothing."""
+def model_config_and_tokenizer(model: str | None) -> tuple[Any, Any]:
+    """A model's transformers config and tokenizer, never its weights: what estimates need."""
     from transformers import AutoConfig, AutoTokenizer
 
     from influence.data.pools import hub_reachable
-    from influence.estimate import ModelShape, estimate_less
     from influence.models import resolve_model
 
-    location, _ = resolve_model(settings.model)
+    location, _ = resolve_model(model)
     local_only = Path(location).is_dir() or not hub_reachable()
     try:
-        config = AutoConfig.from_pretrained(location, local_files_only=local_only)
-        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+        return (AutoConfig.from_pretrained(location, local_files_only=local_only),
+                AutoTokenizer.from_pretrained(location, local_files_only=local_only))
     except OSError as exc:
         from influence.errors import ModelError
 
-        raise ModelError(f"cannot read model {settings.model!r} for an estimate: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"cannot read model {model!r} for an estimate: {str(exc).splitlines()[0]}") from None
+
+
+def dry_run(pool: Pool, target: Target | None, settings: LessSettings) -> Any:
+    """Estimate a LESS run's time, disk and memory from sizes alone: loads the model's config and
+    tokenizer, never its weights, and writes nothing."""
+    from influence.estimate import ModelShape, estimate_less
+
+    config, tokenizer = model_config_and_tokenizer(settings.model)
     return estimate_less(pool.examples, target.examples if target is not None else [], settings,
                          shape=ModelShape.from_config(config, settings.lora), tokenizer=tokenizer)
