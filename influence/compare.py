@@ -514,7 +514,7 @@ def summarize(cells: list[Cell], metrics: Sequence[str] = ()) -> dict[str, Any]:
     trained row moved the target when its mean differs from the untrained model's by more
     than its own spread.
     """
-    measures = ["target_loss", *metrics]
+    measures = ["target_loss", *[m for m in metrics if any(m in c.metrics for c in cells)]]
     per_target: dict[str, dict[str, Any]] = {}
     for target in dict.fromkeys(c.target for c in cells):
         mine = [c for c in cells if c.target == target]
@@ -612,8 +612,9 @@ def _length_summary(values: list[int]) -> dict[str, float]:
 
 
 def phase_seconds(cells: list[Cell]) -> dict[str, Any]:
-    """Measured wall time of each phase: per selection, per training run, per evaluation; cached work counts
-    at the time it first took."""
+    """Measured wall time of each phase, to hold against the dry run: per selection, per training run,
+    per evaluation; for LESS also its warmups and the features it computed. Cached work counts at the
+    time it first took."""
     selections = {c.selection: c.selection_seconds for c in cells if c.selection is not None}
     runs = {c.run: c.training_seconds for c in cells if c.run is not None}
     evals = {c.eval: (c.target, c.evaluation_seconds) for c in cells}
@@ -621,9 +622,42 @@ def phase_seconds(cells: list[Cell]) -> dict[str, Any]:
     def stats(values: list[float]) -> dict[str, float]:
         return {"count": len(values), "total": sum(values), "mean": statistics.fmean(values) if values else 0.0}
 
-    return {"selection": stats(list(selections.values())), "training": stats(list(runs.values())),
-            "evaluation": {target: stats([s for t, s in evals.values() if t == target])
-                           for target in dict.fromkeys(t for t, _ in evals.values())}}
+    warmups: dict[str, float] = {}
+    features = {"pool": 0.0, "target": 0.0}
+    for path in selections:
+        store = json.loads(manifest_path(path).read_text()).get("datastore")
+        if not store:
+            continue
+        warmup = Path(store["workdir"]) / "warmup" / "manifest.json"
+        if warmup.exists():
+            warmups[str(warmup.parent)] = float(json.loads(warmup.read_text()).get("seconds", 0.0))
+        for role, done in store.get("featurized", {}).items():
+            features[role] = features.get(role, 0.0) + done.get("gradient_seconds", 0.0) \
+                + done.get("projection_seconds", 0.0)
+    out: dict[str, Any] = {"selection": stats(list(selections.values())), "training": stats(list(runs.values())),
+                           "evaluation": {target: stats([s for t, s in evals.values() if t == target])
+                                          for target in dict.fromkeys(t for t, _ in evals.values())}}
+    if warmups:
+        out["less"] = {"warmup": stats(list(warmups.values())), "pool_features_seconds": features["pool"],
+                       "target_features_seconds": features["target"]}
+    return out
+
+
+def _phase_lines(phases: dict[str, Any]) -> list[str]:
+    lines = ["## Wall time per phase", "", "| phase | count | total s | mean s |", "|---|---|---|---|"]
+
+    def line(name: str, entry: dict[str, float]) -> None:
+        lines.append(f"| {name} | {entry['count']} | {entry['total']:.1f} | {entry['mean']:.1f} |")
+
+    line("selection", phases["selection"])
+    if "less" in phases:
+        line("of which LESS warmup", phases["less"]["warmup"])
+        lines.append(f"| of which LESS pool features | — | {phases['less']['pool_features_seconds']:.1f} | — |")
+        lines.append(f"| of which LESS target features | — | {phases['less']['target_features_seconds']:.1f} | — |")
+    line("training", phases["training"])
+    for target, entry in phases["evaluation"].items():
+        line(f"evaluation on {target}", entry)
+    return lines + [""]
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -654,7 +688,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for name, entry in rows.items():
             cells = [name, str(entry["runs"])]
-            cells += [f"{entry[m]:.4f} ± {entry[f'{m}_std']:.4f}" if m in entry else "—" for m in present]
+            cells += [("—" if m not in entry else f"{entry[m]:.4f}" if entry["runs"] == 1
+                       else f"{entry[m]:.4f} ± {entry[f'{m}_std']:.4f}") for m in present]
             if BASE in rows:
                 cells.append(_versus(entry, "target_loss", BASE))
             if BASELINE in rows:
@@ -681,6 +716,8 @@ def markdown(summary: dict[str, Any]) -> str:
             lines += [f"| {name} | {s['mean']:.0f} | {s['median']:.0f} | {s['max']:.0f} |"
                       for name, s in length.items()]
         lines.append("")
+    if summary.get("phases"):
+        lines += _phase_lines(summary["phases"])
     extra = [m for m in measures if m != "target_loss"]
     lines += ["## Every run", "", "| target | row | selection seed | training seed | target loss | "
               + "".join(f"{_label(m)} | " for m in extra) + "selection s | training s | evaluation s |",
@@ -762,15 +799,16 @@ def plot_png(summary: dict[str, Any]) -> bytes:
                 axis.scatter([index + 0.15] * len(runs), runs, color=colour, s=10, alpha=0.6)
             if what in rows.get(BASE, {}):
                 axis.axhline(rows[BASE][what], color="black", linestyle="--", linewidth=1, label="untrained")
-                axis.legend(loc="lower right", fontsize=7)
-            values = [rows[n][what] for n in shown] + ([rows[BASE][what]] if what in rows.get(BASE, {}) else [])
+                axis.legend(loc="best", fontsize=7)
+            values = [rows[n][what] + sign * rows[n][f"{what}_std"] for n in shown for sign in (-1, 1)]
+            values += [row[what] for row in summary["rows"] if row["target"] == target and row.get(what) is not None]
             low, high = min(values), max(values)
-            pad = max(high - low, 1e-3) * 0.6
+            pad = max(high - low, 1e-3) * 0.1
             axis.set_ylim(low - pad, high + pad)
             axis.set_xlim(-0.5, len(shown) - 0.5)
             axis.set_xticks(range(len(shown)), shown, rotation=20, ha="right", fontsize=8)
             better = "lower" if what == "target_loss" else "higher"
-            axis.set_title(f"{target}: {_label(what)} ({better} is better)", fontsize=9)
+            axis.set_title(f"{Path(target).name}: {_label(what)} ({better} is better)", fontsize=9)
             axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     buffer = io.BytesIO()

@@ -376,7 +376,9 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
                 if with_features:
                     stores[role].append(made[settings.score_dim].path)
                     extra[role].extend(str(made[dim].path) for dim in settings.all_dims[1:])
-                totals[role].add(stats)
+                for key in ("examples", "done", "truncated", "empty", "tokens", "gradient_seconds",
+                            "projection_seconds"):
+                    setattr(totals[role], key, getattr(totals[role], key) + getattr(stats, key))
         summary.append({"epoch": ckpt.epoch, "step": ckpt.step, "avg_lr": ckpt.avg_lr})
     for entry, weight in zip(summary, checkpoint_weights(_score_rates(summary))):
         entry["weight"] = float(weight)
