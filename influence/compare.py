@@ -313,7 +313,10 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
                     continue
                 seen.add((picked, seed))
                 train_key = sha256_json({"ids": picked, "train": config.train.identity(), "seed": seed})[:10]
-                run = out / "runs" / f"{_safe(row.label)}-s{selection_seed}-t{seed}-{train_key}"
+                # a row that picked the very same examples as another shares its training run
+                existing = sorted((out / "runs").glob(f"*-t{seed}-{train_key}"))
+                run = existing[0] if existing else \
+                    out / "runs" / f"{_safe(row.label)}-s{selection_seed}-t{seed}-{train_key}"
                 result = train(str(selection), config.train.with_(seed=seed), run)
                 for spec in (config.targets if target_spec is None else [target_spec]):
                     cell = Cell(row.label, spec, seed, selection_seed, selection, run)

@@ -70,6 +70,10 @@ def test_two_targets_share_the_pool_features_untargeted_rows_train_once_and_a_re
     # untargeted selections are trained once and evaluated on both targets
     assert len(list(out.glob("runs/longest-*"))) == 2 and len(list(out.glob("runs/random-*"))) == 2
     assert len(list(out.glob("runs/less-s*"))) == 4
+    # exact scoring picked what FAISS scoring picked, so its row reuses those training runs
+    assert not list(out.glob("runs/less_scoring*"))
+    exact = [r for r in summary["rows"] if r["selector"] == "less:scoring=exact"]
+    assert [r["target_loss"] for r in exact] == [r["target_loss"] for r in summary["rows"] if r["selector"] == "less"]
     longest = [r for r in summary["rows"] if r["selector"] == "longest"]
     assert longest[0]["training_seconds"] == longest[1]["training_seconds"]
     # the verdicts and the kind of spread are in the tables

@@ -34,6 +34,8 @@ def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) ->
               help="Training seeds per selection (0..N-1); random draws again with each.")
 @click.option("--selection-seeds", type=int, default=1, show_default=True,
               help="Selection seeds (0..M-1) of the other rows: LESS's warmup sample, adapter init, projection.")
+@click.option("--redraw", default="random", show_default=True, metavar="NAME[,NAME...]",
+              help="Selectors drawn again for every training seed, with it as their seed ('' for none).")
 @click.option("--metrics", default="loss,accuracy", show_default=True, metavar="M[,M...]",
               help="loss (always), accuracy (MMLU, from the same forward pass), em and f1 (generate answers: slow).")
 @click.option("--base/--no-base", default=True, show_default=True, help="Evaluate the untrained model as a row.")
@@ -50,8 +52,8 @@ def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) ->
               help="Output directory [default: compare/<pools>-<targets>-k<k>]; rerun to resume.")
 @click.option("--dry-run", is_flag=True, help="Print the estimated time of each phase and the total; write nothing.")
 @less_options
-def compare_command(pools, targets, k, selectors, seeds, selection_seeds, metrics, base, limit, recipe, epochs, lr,
-                    train_batch_size, train_max_length, out, dry_run, **less) -> None:
+def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw, metrics, base, limit, recipe, epochs,
+                    lr, train_batch_size, train_max_length, out, dry_run, **less) -> None:
     """For each row, seed and target: select, train, evaluate; then tables, a plot and the overlaps."""
     from influence.compare import CompareConfig, compare, estimate_compare
 
@@ -62,8 +64,12 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, metric
     if train_batch_size:  # micro-batches of up to 4, a divisor of the batch
         changes["micro_batch_size"] = max(d for d in range(1, 5) if train_batch_size % d == 0)
     train = RECIPES[recipe](model=settings.model, **changes)
+
+    def names(text: str) -> list[str]:
+        return [name.strip() for name in text.split(",") if name.strip()]
+
     config = CompareConfig(pools=list(pools), targets=list(targets), k=k, selectors=[selectors], seeds=seeds,
-                           selection_seeds=selection_seeds, metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+                           selection_seeds=selection_seeds, redraw=names(redraw), metrics=names(metrics),
                            base=base, limit=limit, train=train, less=settings)
     if dry_run:
         click.echo("\n".join(estimate_compare(config).lines()))
