@@ -331,6 +331,7 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
     summary["lengths"] = length_stats(cells, pool)
     summary["phases"] = phase_seconds(cells)
     summary["items"] = {c.target: c.items for c in cells}
+    summary["pool"] = {"size": len(pool), "fingerprint": pool.fingerprint, "sources": pool.describe()}
     summary["config"] = config.to_dict()
     write_reports(summary, out)
     return summary
@@ -676,7 +677,7 @@ def _label(what: str) -> str:
 def markdown(summary: dict[str, Any]) -> str:
     """The comparison as markdown: per target the rows' means ± their spread, the verdicts, the picks' sources."""
     measures = summary["measures"]
-    lines: list[str] = []
+    lines = _settings_lines(summary)
     for target in summary["targets"]:
         rows = summary["selectors"][target]
         present = [m for m in measures if any(m in e for e in rows.values())]
@@ -731,6 +732,27 @@ def markdown(summary: dict[str, Any]) -> str:
                      + f"{_fmt(row['selection_seconds'], 1)} | {_fmt(row['training_seconds'], 1)} | "
                        f"{_fmt(row['evaluation_seconds'], 1)} |")
     return "\n".join(lines) + "\n"
+
+
+def _settings_lines(summary: dict[str, Any]) -> list[str]:
+    """What was compared, in a few lines: the pool, the seeds, the training recipe, LESS's warmup."""
+    config, pool = summary.get("config"), summary.get("pool")
+    if not config or not pool:
+        return []
+    train, less = config["train"], config["less"]
+    lines = ["# Comparison", "", f"- pool: {pool['size']:,} examples; k={config['k']:,}"]
+    lines += [f"  - {line}" for line in pool["sources"]]
+    lines += [f"- model: {train['model'] or 'bundled SmolLM2-135M-Instruct'}; training: {train['method']} "
+              f"(LoRA r={train['lora']['r']}), {train['epochs']} epochs, lr {train['learning_rate']:g}, batch "
+              f"{train['batch_size']}",
+              f"- seeds: {config['seeds']} training, {config['selection_seeds']} selection; drawn again for every "
+              f"training seed: {', '.join(config['redraw']) or 'none'}",
+              f"- measures: {', '.join(config['metrics'])}; held-out items per target: "
+              f"{config['limit'] or 'all'} (the same for every row)"]
+    if any(SelectorRow.parse(spec).name == "less" for spec in config["selectors"]):
+        lines.append(f"- LESS: {less['warmup_epochs']} warmup checkpoints on {less['warmup_fraction']:.0%} of the "
+                     f"pool, LoRA r={less['lora']['r']}, {less['dims']} dims, projector {less['projector'] or 'default'}")
+    return lines + [""]
 
 
 def _versus(entry: dict[str, Any], what: str, reference: str) -> str:
