@@ -380,8 +380,8 @@ def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = 
     """
     import torch
 
-    from influence.estimate import (MATMUL_UTILIZATION, ModelShape, duration, estimate_less, evaluation_seconds,
-                                    measure_flops, scaled_stats, token_stats, training_seconds)
+    from influence.estimate import (FORWARD_UTILIZATION, MATMUL_UTILIZATION, ModelShape, duration, estimate_less,
+                                    evaluation_seconds, measure_flops, scaled_stats, token_stats, training_seconds)
     from influence.evaluation import EvalConfig, build_task
     from influence.evaluation.evaluate import TASK_METRICS
     from influence.less.pipeline import model_config_and_tokenizer
@@ -471,8 +471,9 @@ def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = 
         new_tokens = eval_config.max_new_tokens if generate & {k for k, v in METRICS.items()
                                                                if v in TASK_METRICS[task.kind]} else 0
         count = int(config.base) + sum(draws(r) * (config.seeds if r.name not in config.redraw else 1) for r in rows)
-        phase(f"evaluation on {spec}, per run", evaluation_seconds(stats, train_shape, flops_per_second=rate,
-                                                                  generated_tokens=new_tokens), count,
+        seconds = evaluation_seconds(stats, train_shape, flops_per_second=probe * FORWARD_UTILIZATION,
+                                     generated_tokens=new_tokens)
+        phase(f"evaluation on {spec}, per run", seconds, count,
               f"{len(items):,} items, mean {stats.mean:,.0f} tokens" + (", base included" if config.base else "")
               + (f", {new_tokens} generated tokens each" if new_tokens else ""))
     if generate:
@@ -486,8 +487,8 @@ def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = 
                + (" and base" if config.base else ""),
                f"targets: {', '.join(targets)}; {config.seeds} training seed(s), {config.selection_seeds} selection "
                f"seed(s); metrics: {', '.join(config.metrics)}",
-               f"device: {device}, {probe / 1e9:,.1f} GFLOP/s by a matmul probe, {MATMUL_UTILIZATION:.0%} assumed "
-               "reached"]
+               f"device: {device}, {probe / 1e9:,.1f} GFLOP/s by a matmul probe, of which {MATMUL_UTILIZATION:.0%} "
+               f"assumed reached by training and LESS, {FORWARD_UTILIZATION:.0%} by evaluation's forward passes"]
     return CompareEstimate(phases=phases, total_seconds=sum(p["seconds"] for p in phases), context=context,
                            notes=notes)
 

@@ -48,6 +48,9 @@ INDEX_KINDS = ("flat", "ivf-flat", "ivf-pq")
 # Share of the probe's matmul rate a LoRA forward/backward reaches: 0.55 measured for SmolLM2-135M
 # (batches of 4 Alpaca examples, fp32, one CPU thread); small models and short sequences reach less.
 MATMUL_UTILIZATION = 0.5
+# Share of it a forward pass alone reaches (evaluation): 1.28 measured for SmolLM2-135M on 4 x 512 tokens
+# (fp32, two busy CPU cores; the probe's square matmul is no faster than the model's long, thin ones).
+FORWARD_UTILIZATION = 1.0
 
 
 # ------------------------------------------------------------------------------------ inputs
