@@ -237,3 +237,21 @@ def test_differences_to_random_and_to_base_are_judged_against_the_seed_spread(tm
     text = markdown(summary)
     assert "Training did not move the target loss beyond the seed spread for: less" in text
     assert "random" not in text.split("Training did not move")[1].splitlines()[0]
+
+
+def test_the_dry_run_prices_training_by_epochs_and_k_and_generation_only_when_asked(tmp_path, tiny_model_dir):
+    from influence.training import TrainConfig
+
+    pool, target = _files(tmp_path)
+
+    def phases(**changes):
+        settings = {"pools": [str(pool)], "targets": [str(target)], "k": 4, "selectors": ["longest"],
+                    "train": TrainConfig.for_tests(model=str(tiny_model_dir)), **changes}
+        return {p["name"]: p["each"] for p in estimate_compare(CompareConfig(**settings), flops_per_second=1e9).phases}
+
+    one = phases()
+    assert phases(k=8)["training, per run"] == pytest.approx(2 * one["training, per run"])
+    assert phases(train=TrainConfig.for_tests(model=str(tiny_model_dir), epochs=4))["training, per run"] \
+        == pytest.approx(2 * one["training, per run"])
+    evaluation = f"evaluation on {target}, per run"
+    assert phases(metrics=["loss", "em"])[evaluation] > one[evaluation] == phases(metrics=["loss"])[evaluation]
