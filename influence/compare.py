@@ -249,7 +249,7 @@ def _plan(config: CompareConfig, row: SelectorRow) -> list[tuple[int, int]]:
 
 def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the comparison and write its tables and plot under `out`."""
-    from influence.evaluation import EvalConfig, evaluate, write_results
+    from influence.evaluation import EvalConfig, evaluate, write_results  # heavy: torch and the model stack
     from influence.training import train
 
     out = Path(out)
@@ -378,7 +378,7 @@ def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = 
     Loads the pool, the targets and the model's config and tokenizer (never its weights); writes nothing.
     Selectors other than LESS are counted as free: they score from text in seconds.
     """
-    import torch
+    import torch  # heavy: loaded only when a dry run is asked for
 
     from influence.estimate import (FORWARD_UTILIZATION, MATMUL_UTILIZATION, ModelShape, duration, estimate_less,
                                     evaluation_seconds, measure_flops, scaled_stats, token_stats, training_seconds)
@@ -412,8 +412,8 @@ def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = 
     # ---- LESS: one warmup and one set of pool features per selection seed, target features per target
     less_rows = [r for r in rows if isinstance(getattr(selectors[r.label], "settings", None), LessSettings)]
     warmups: dict[str, list[str]] = {}
-    pool_features: dict[str, tuple[float, int, int]] = {}
-    target_features: dict[tuple[str, str], float] = {}
+    pool_features: set[str] = set()
+    target_features: set[tuple[str, str]] = set()
     for row in less_rows:
         settings = selectors[row.label].settings
         model_config, tokenizer = model(settings.model)
@@ -432,13 +432,13 @@ def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = 
             if row.label not in warmups[warm]:
                 warmups[warm].append(row.label)
             if features not in pool_features:
-                pool_features[features] = (estimate.seconds["featurize_pool"], estimate.checkpoints, draws(row))
+                pool_features.add(features)
                 phase("LESS pool features, per checkpoint", estimate.seconds["featurize_pool"] / estimate.checkpoints,
                       estimate.checkpoints * draws(row),
                       f"{len(pool):,} examples; {estimate.checkpoints} checkpoints x {draws(row)} selection seed(s); "
                       "computed once, reused for every target")
             if (features, spec) not in target_features:
-                target_features[(features, spec)] = estimate.seconds["featurize_target"]
+                target_features.add((features, spec))
                 phase(f"LESS target features, {spec}", estimate.seconds["featurize_target"], draws(row),
                       f"{len(target):,} examples x {estimate.checkpoints} checkpoints")
             phase(f"LESS scoring, {row.label} on {spec}", estimate.seconds["score"], draws(row))
