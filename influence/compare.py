@@ -150,7 +150,7 @@ class CompareConfig:
     dsir_sampling: str = field(default="gumbel", metadata={
         "help": "dsir: gumbel (seeded importance resampling, as DSIR) or none (rank by the log weight)."})
     keep_contaminated: bool = field(default=False, metadata={
-        "help": "Keep pool examples that overlap the target's held-out items (dropped before selection by default)."})
+        "help": "Keep pool examples that overlap a target's held-out items (dropped before selection by default)."})
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
@@ -182,6 +182,8 @@ class CompareConfig:
         if unknown:
             raise ConfigError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
         self.metrics = ["loss"] + [m for m in dict.fromkeys(self.metrics) if m != "loss"]
+        if self.dsir_sampling not in DSIR_SAMPLING:
+            raise ConfigError(f"dsir_sampling must be one of {', '.join(DSIR_SAMPLING)}, got {self.dsir_sampling!r}")
         if self.less.name and self.selection_seeds > 1:
             raise ConfigError("a fixed LESS datastore --name cannot hold several selection seeds; drop --name")
 
@@ -199,10 +201,10 @@ class CompareConfig:
 
 
 def make_row_selector(row: SelectorRow, config: CompareConfig) -> Any:
-    """The row's selector: LESS starts from the comparison's LESS settings, which the row's options change."""
-    options = dict(row.options)
-    if row.name == "less":
-        options = {"settings": config.less, **options}
+    """The row's selector, made from the comparison's settings for it (LESS's settings, DSIR's sampling)
+    changed by the row's own options."""
+    defaults = {"less": {"settings": config.less}, "dsir": {"sampling": config.dsir_sampling}}.get(row.name, {})
+    options = {**defaults, **dict(row.options)}
     try:
         return make_selector(row.name, **options)
     except TypeError as exc:
@@ -257,6 +259,17 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
     pool = load_pool(config.pools)
     targets = {spec: load_target(spec) for spec in config.targets}
     selectors = {row.label: make_row_selector(row, config) for row in config.rows()}  # bad options fail here
+    # the contamination guard, once for every row: the pool less what overlaps any target's held-out items,
+    # so an untargeted selection (evaluated on every target) never trains on a test item, and every
+    # targeted row scores the same pool (one LESS warmup and datastore serve all targets)
+    guards = {spec: decontaminate(pool, target, keep=config.keep_contaminated)[1] for spec, target in targets.items()}
+    for found in guards.values():
+        if found is not None and found.ids:
+            log.warning("%s", found.describe())
+    present = [g for g in guards.values() if g is not None]
+    guard = present[0] if len(present) == 1 else _merged(present, pool, config.keep_contaminated)
+    scored_pool = pool.without(guard.indices) if guard is not None and guard.ids and not guard.kept else pool
+    cleared = {"ids": guard.ids if guard is not None else [], "kept": config.keep_contaminated}
     eval_config = EvalConfig(batch_size=config.eval_batch_size, max_length=config.eval_max_length,
                              keep_predictions=False, progress=config.train.progress)
     wanted = config.eval_metrics()
@@ -300,12 +313,14 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
             seen: set[tuple[str, int]] = set()
             for selection_seed, seed in _plan(config, row):
                 key = sha256_json({"pool": pool.fingerprint, "target": target_fp, "selector": row.name,
-                                   "params": selector.params(), "seed": selection_seed, "k": config.k})[:10]
+                                   "params": selector.params(), "seed": selection_seed, "k": config.k,
+                                   "contamination": cleared})[:10]
                 where = _safe(target_spec) if target_spec is not None else "any"
                 selection = out / "selections" / f"{_safe(row.label)}-{where}-s{selection_seed}-{key}.jsonl"
                 cached = selection.exists() and manifest_path(selection).exists()
                 if not cached:
-                    made = select(pool, config.k, selector, target=target, seed=selection_seed)
+                    made = select(scored_pool, config.k, selector, target=target, seed=selection_seed,
+                                  contamination=guard)
                     write_selection(made, selection, overwrite=True)
                 ids = _ids(selection)
                 picked = sha256_json(ids)
@@ -332,9 +347,24 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
     summary["phases"] = phase_seconds(cells)
     summary["items"] = {c.target: c.items for c in cells}
     summary["pool"] = {"size": len(pool), "fingerprint": pool.fingerprint, "sources": pool.describe()}
+    summary["contamination"] = {spec: found.manifest() for spec, found in guards.items() if found is not None}
     summary["config"] = config.to_dict()
     write_reports(summary, out)
     return summary
+
+
+def _merged(guards: list[Contamination], pool: Pool, kept: bool) -> Contamination | None:
+    """Several targets' guards as one record: what an untargeted selection was cleared of."""
+    if not guards:
+        return None
+    ids = list(dict.fromkeys(i for g in guards for i in g.ids))
+    found = set(ids)
+    return Contamination(target="+".join(g.target for g in guards),
+                         heldout_items=sum(g.heldout_items for g in guards),
+                         heldout_skipped=sum(g.heldout_skipped for g in guards),
+                         indices=[n for n, i in enumerate(pool.ids) if i in found], ids=ids, kept=kept,
+                         n=guards[0].n, min_words=guards[0].min_words, seconds=sum(g.seconds for g in guards),
+                         pool_fingerprint=pool.fingerprint)
 
 
 # ------------------------------------------------------------------ the dry run
@@ -705,6 +735,11 @@ def markdown(summary: dict[str, Any]) -> str:
         if still:
             lines += ["", f"Training did not move the target loss beyond the seed spread for: {', '.join(still)} "
                           "(their difference to the untrained model is within one standard deviation)."]
+        guard = summary.get("contamination", {}).get(target)
+        if guard:
+            lines += ["", f"Contamination guard: {guard['found']:,} pool example(s) share a {guard['ngram_words']}-gram "
+                          f"with {target}'s held-out items ({guard['action']}; every row's pool is cleared of every "
+                          "target's)."]
         sources = summary.get("sources", {}).get(target)
         if sources:
             families = sorted({f for shares in sources.values() for f in shares})

@@ -255,3 +255,34 @@ def test_the_dry_run_prices_training_by_epochs_and_k_and_generation_only_when_as
         == pytest.approx(2 * one["training, per run"])
     evaluation = f"evaluation on {target}, per run"
     assert phases(metrics=["loss", "em"])[evaluation] > one[evaluation] == phases(metrics=["loss"])[evaluation]
+
+
+def test_every_selection_is_cleared_of_every_targets_heldout_items(tmp_path, monkeypatch):
+    """longest is trained once and evaluated on bbh and mmlu, so an example copying an MMLU test question
+    stays out of it; targeted rows score the same cleared pool, so LESS's datastore serves every target."""
+    from types import SimpleNamespace
+
+    import influence.evaluation
+    import influence.training
+    from influence.compare import compare
+    from tests.test_contamination import _planted_copy, _pool_with
+
+    trained = []
+    monkeypatch.setattr(influence.training, "train", lambda data, config, out_dir: trained.append(data) or
+                        SimpleNamespace(reused=False, manifest={"seconds": 0.0}))
+    monkeypatch.setattr(influence.evaluation, "evaluate", lambda *a, **k: {
+        "primary_metric": "target_loss", "metrics": {"target_loss": 1.0}, "items": 1, "seconds": 0.0})
+    monkeypatch.setattr(influence.evaluation, "write_results", lambda results, path: path)
+    planted = _planted_copy()  # the longest response of the pool
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"instruction": e.instruction, "output": e.output}
+                                                 for e in _pool_with(planted).examples])
+    summary = compare(CompareConfig(pools=[str(pool)], targets=["bbh", "mmlu"], k=3, selectors=["bm25", "longest"],
+                                    seeds=1, base=False), tmp_path / "cmp")
+    manifests = {Path(p).name.split("-")[0] + "-" + Path(p).name.split("-")[1]:
+                 json.loads(Path(p.replace(".jsonl", ".manifest.json")).read_text()) for p in trained}
+    assert manifests["longest-any"]["contamination"]["target"] == "bbh+mmlu"
+    assert manifests["longest-any"]["contamination"]["ids"] == [planted.id]
+    assert planted.id not in Path(next(p for p in trained if "longest" in p)).read_text()
+    assert manifests["bm25-bbh"]["contamination"]["target"] == "bbh+mmlu"
+    assert all(planted.id not in Path(p).read_text() for p in trained)
+    assert summary["contamination"]["mmlu"]["found"] == 1 and summary["contamination"]["bbh"]["found"] == 0

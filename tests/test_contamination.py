@@ -117,18 +117,18 @@ def test_compare_never_trains_any_selector_on_the_targets_heldout_items(tmp_path
 
     monkeypatch.setattr(influence.training, "train", fake_train)
     monkeypatch.setattr(influence.evaluation, "evaluate", lambda *a, **k: {
-        "primary_metric": "accuracy", "metrics": {"target_loss": 1.0, "accuracy": 0.5}})
+        "primary_metric": "accuracy", "metrics": {"target_loss": 1.0, "accuracy": 0.5}, "items": 1, "seconds": 0.0})
     monkeypatch.setattr(influence.evaluation, "write_results", lambda results, path: path)
     planted = _planted_copy()
     pool = write_jsonl(tmp_path / "pool.jsonl", [{"instruction": e.instruction, "output": e.output}
                                                  for e in _pool_with(planted).examples])
     from influence.compare import CompareConfig, compare
 
-    summary = compare(CompareConfig(pools=[str(pool)], target="mmlu", k=3, selectors=["bm25", "longest", "random"],
+    summary = compare(CompareConfig(pools=[str(pool)], targets=["mmlu"], k=3, selectors=["bm25", "longest", "random"],
                                     seeds=1), tmp_path / "cmp")
     assert len(trained) == 3
     for path in trained:
         assert planted.id not in open(path).read()
         manifest = json.loads(manifest_path(path).read_text())
         assert manifest["contamination"]["ids"] == [planted.id]
-    assert summary["contamination"]["found"] == 1
+    assert summary["contamination"]["mmlu"]["found"] == 1

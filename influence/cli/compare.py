@@ -51,9 +51,12 @@ def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) ->
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: compare/<pools>-<targets>-k<k>]; rerun to resume.")
 @click.option("--dry-run", is_flag=True, help="Print the estimated time of each phase and the total; write nothing.")
+@dsir_sampling_option
+@keep_contaminated_option
 @less_options
 def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw, metrics, base, limit, recipe, epochs,
-                    lr, train_batch_size, train_max_length, out, dry_run, **less) -> None:
+                    lr, train_batch_size, train_max_length, out, dry_run, dsir_sampling, keep_contaminated,
+                    **less) -> None:
     """For each row, seed and target: select, train, evaluate; then tables, a plot and the overlaps."""
     from influence.compare import CompareConfig, compare, estimate_compare
 
@@ -70,7 +73,8 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw
 
     config = CompareConfig(pools=list(pools), targets=list(targets), k=k, selectors=[selectors], seeds=seeds,
                            selection_seeds=selection_seeds, redraw=names(redraw), metrics=names(metrics),
-                           base=base, limit=limit, train=train, less=settings)
+                           base=base, limit=limit, train=train, less=settings, dsir_sampling=dsir_sampling,
+                           keep_contaminated=keep_contaminated)
     if dry_run:
         click.echo("\n".join(estimate_compare(config).lines()))
         return
