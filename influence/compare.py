@@ -29,7 +29,7 @@ import logging
 import math
 import re
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -127,8 +127,8 @@ class CompareConfig:
     """What to compare and how to train and evaluate each selection."""
 
     pools: list[str] = field(metadata={"help": "Pool specs, as for select."})
-    targets: list[str] = field(metadata={"help": "Targets (names or files): each a selection target and an "
-                                                 "evaluation."})
+    targets: list[str] = field(default_factory=list, metadata={
+        "help": "Targets (names or files): each a selection target and an evaluation."})
     k: int = field(default=1000, metadata={"help": "Examples per selection."})
     selectors: list[str] = field(default_factory=lambda: ["less", "longest", "random"], metadata={
         "help": "Rows: registered selector names, each optionally with options (less:scoring=exact)."})
@@ -151,10 +151,13 @@ class CompareConfig:
         "help": "dsir: gumbel (seeded importance resampling, as DSIR) or none (rank by the log weight)."})
     keep_contaminated: bool = field(default=False, metadata={
         "help": "Keep pool examples that overlap a target's held-out items (dropped before selection by default)."})
+    target: InitVar[str | None] = None  # one target, as `targets=[target]`
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, target: str | None) -> None:
         if isinstance(self.targets, str):
             self.targets = [self.targets]
+        if target is not None:
+            self.targets = [*self.targets, target]
         if not self.pools:
             raise ConfigError("compare needs at least one --pool")
         if not self.targets:
