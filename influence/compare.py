@@ -27,6 +27,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import statistics
 from dataclasses import InitVar, asdict, dataclass, field
@@ -404,6 +405,16 @@ def _eval_examples(items: Sequence[Any]) -> list[Any]:
     return [Example(instruction=i.prompt, input="", output=i.reference, subtask=i.subtask) for i in items]
 
 
+def _shared_share(items: Sequence[Any]) -> float:
+    """The share of the items' characters that prefix reuse runs once per subtask instead of once per item."""
+    total = sum(len(i.prompt) + len(i.reference) for i in items)
+    groups: dict[str, list[str]] = {}
+    for item in items:
+        groups.setdefault(item.subtask, []).append(item.prompt)
+    saved = sum(len(os.path.commonprefix(prompts)) * (len(prompts) - 1) for prompts in groups.values())
+    return saved / total if total else 0.0
+
+
 def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = None) -> CompareEstimate:
     """Estimate each phase of `compare(config)` with the estimator `select --dry-run` uses: LESS's warmup,
     its pool features per checkpoint, the target features, training per cell and evaluation per cell.
@@ -413,8 +424,8 @@ def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = 
     """
     import torch  # heavy: loaded only when a dry run is asked for
 
-    from influence.estimate import (FORWARD_UTILIZATION, MATMUL_UTILIZATION, ModelShape, duration, estimate_less,
-                                    evaluation_seconds, measure_flops, scaled_stats, token_stats, training_seconds)
+    from influence.estimate import (FORWARD_UTILIZATION, MATMUL_UTILIZATION, ModelShape, calibrate, duration,
+                                    estimate_less, evaluation_seconds, scaled_stats, token_stats, training_seconds)
     from influence.evaluation import EvalConfig, build_task
     from influence.evaluation.evaluate import TASK_METRICS
     from influence.less.pipeline import model_config_and_tokenizer
@@ -431,7 +442,10 @@ def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = 
         return models[spec]
 
     device = config.less.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    probe = flops_per_second or measure_flops(device)
+    load = None
+    if flops_per_second is None:
+        flops_per_second, load = calibrate(device)
+    probe = flops_per_second
     rate = probe * MATMUL_UTILIZATION
     phases: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -501,13 +515,15 @@ def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = 
         task = build_task(spec, mmlu_shots=eval_config.mmlu_shots)
         items = task.subset(config.limit, 0)
         stats = token_stats(_eval_examples(items), tokenizer=tokenizer, max_length=config.eval_max_length)
+        if eval_config.reuse_prefix:  # a subtask's shared prompt start runs once, not once per item
+            stats = scaled_stats(stats, stats.examples, tokens=1.0 - _shared_share(items))
         new_tokens = eval_config.max_new_tokens if generate & {k for k, v in METRICS.items()
                                                                if v in TASK_METRICS[task.kind]} else 0
         count = int(config.base) + sum(draws(r) * (config.seeds if r.name not in config.redraw else 1) for r in rows)
         seconds = evaluation_seconds(stats, train_shape, flops_per_second=probe * FORWARD_UTILIZATION,
                                      generated_tokens=new_tokens)
         phase(f"evaluation on {spec}, per run", seconds, count,
-              f"{len(items):,} items, mean {stats.mean:,.0f} tokens" + (", base included" if config.base else "")
+              f"{len(items):,} items, mean {stats.mean:,.0f} tokens run" + (", base included" if config.base else "")
               + (f", {new_tokens} generated tokens each" if new_tokens else ""))
     if generate:
         notes.append("generation runs one token per forward pass and is memory-bound: expect it slower than "
@@ -516,6 +532,9 @@ def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = 
     if others:
         notes.append(f"selection by {', '.join(others)} is not counted (it scores text in seconds)")
     notes.append("model loading (about a second a run once converted) and writing are not counted")
+    if load is not None and load.busy and device == "cpu":
+        notes.append(f"the machine was busy while the probe ran ({load.describe()}): every time above assumes it "
+                     "stays that busy; on a quiet machine expect them shorter")
     context = [f"pool: {len(pool):,} examples; k={config.k:,}; rows: {', '.join(r.label for r in rows)}"
                + (" and base" if config.base else ""),
                f"targets: {', '.join(targets)}; {config.seeds} training seed(s), {config.selection_seeds} selection "

@@ -504,10 +504,11 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
 
 
 # ------------------------------------------------------------------------------------ training and evaluation
-def scaled_stats(stats: TokenStats, examples: int) -> TokenStats:
-    """`examples` examples of `stats`' mean shape: a selection of k from a pool whose picks are not known yet."""
+def scaled_stats(stats: TokenStats, examples: int, *, tokens: float = 1.0) -> TokenStats:
+    """`examples` examples of `stats`' mean shape (a selection of k from a pool whose picks are not known
+    yet), each running a `tokens` share of its tokens (the rest cached); attention still spans them all."""
     share = examples / stats.examples if stats.examples else 0.0
-    return TokenStats(examples=examples, tokens=round(stats.tokens * share),
+    return TokenStats(examples=examples, tokens=round(stats.tokens * share * tokens),
                       response_tokens=round(stats.response_tokens * share), squared_tokens=stats.squared_tokens * share,
                       longest=stats.longest, truncated=round(stats.truncated * share), method=stats.method)
 
