@@ -9,15 +9,15 @@
 # k = 10% of the pool; 3 training seeds, one LESS selection (one warmup and one datastore for
 # every seed and both targets; random and DSIR draw again with each training seed); the same
 # 200 held-out items per target for every row; the untrained model as the base row; the
-# small-k training recipe (batch 8, lr 2e-4, 4 epochs). `less:scoring=unprojected` needs the
-# unprojected LESS score; until it exists, SELECTORS=less,less:scoring=exact,... runs without it.
+# small-k training recipe (batch 8, lr 2e-4, 4 epochs). LESS is two rows: projected features
+# scored through FAISS, and the exact unprojected score.
 # Results (tables, csv, json, plot) land in $OUT; training runs and selections stay git-ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
 
 OUT=${OUT:-examples/results/evidence}
-SELECTORS=${SELECTORS:-less,less:scoring=unprojected,bm25,dsir,longest,random}  # add rds, embed, ifd as they land
+SELECTORS=${SELECTORS:-less:scoring=faiss,less:scoring=unprojected,bm25,dsir,longest,random}  # add rds, embed, ifd as they land
 WARMUP_EPOCHS=${WARMUP_EPOCHS:-4}  # LESS's 4 checkpoints; 2 if the dry run says 4 do not fit
 INFLUENCE=${INFLUENCE:-influence}
 
