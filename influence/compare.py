@@ -13,7 +13,7 @@ features (they do not depend on the target) across targets.
 Every step is cached under the output directory by a hash of what decides it, so a rerun
 does only what is missing and an interrupted comparison resumes where it stopped:
 
-    <out>/selections/<row>-<target>-s<selection seed>-<key>.jsonl (+ .manifest.json)
+    <out>/selections/<row>-<target>-s<selection seed>-<key>.jsonl (+ its hidden .manifest.json)
     <out>/runs/<row>-s<selection seed>-t<training seed>-<key>/    training (keyed by the picked ids)
     <out>/evals/<target>/<run or base>-<key>.json                 evaluation results
     <out>/results.{md,csv,json}, <out>/plot.png                   the comparison

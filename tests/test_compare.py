@@ -265,6 +265,7 @@ def test_every_selection_is_cleared_of_every_targets_heldout_items(tmp_path, mon
     import influence.evaluation
     import influence.training
     from influence.compare import compare
+    from influence.constants import manifest_path
     from tests.test_contamination import _planted_copy, _pool_with
 
     trained = []
@@ -279,7 +280,7 @@ def test_every_selection_is_cleared_of_every_targets_heldout_items(tmp_path, mon
     summary = compare(CompareConfig(pools=[str(pool)], targets=["bbh", "mmlu"], k=3, selectors=["bm25", "longest"],
                                     seeds=1, base=False), tmp_path / "cmp")
     manifests = {Path(p).name.split("-")[0] + "-" + Path(p).name.split("-")[1]:
-                 json.loads(Path(p.replace(".jsonl", ".manifest.json")).read_text()) for p in trained}
+                 json.loads(manifest_path(p).read_text()) for p in trained}
     assert manifests["longest-any"]["contamination"]["target"] == "bbh+mmlu"
     assert manifests["longest-any"]["contamination"]["ids"] == [planted.id]
     assert planted.id not in Path(next(p for p in trained if "longest" in p)).read_text()

@@ -30,9 +30,9 @@ def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) ->
 @click.option("--selectors", default="less,longest,random", show_default=True, metavar="ROW[,ROW...]",
               help="Rows: registered selectors, each optionally with options, as in "
                    "less:scoring=unprojected,less:scoring=faiss,longest:unit=words,random.")
-@click.option("--seeds", type=int, default=3, show_default=True,
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Training seeds per selection (0..N-1); random draws again with each.")
-@click.option("--selection-seeds", type=int, default=1, show_default=True,
+@click.option("--selection-seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Selection seeds (0..M-1) of the other rows: LESS's warmup sample, adapter init, projection.")
 @click.option("--redraw", default="random", show_default=True, metavar="NAME[,NAME...]",
               help="Selectors drawn again for every training seed, with it as their seed ('' for none).")
