@@ -10,6 +10,7 @@ DATASTORE_MANIFEST = "manifest.json"  # inside indexes/<name>/
 DEFAULT_INDEX_ROOT = Path("indexes")
 DEFAULT_SELECTION_DIR = Path("selections")
 OUTPUT_FORMATS = ("alpaca", "messages")
+POOLINGS = ("last", "mean")  # how rds reads an example's final hidden states: its last token's, or their mean
 ID_LENGTH = 16  # hex characters of the content hash kept as an example's id
 
 

@@ -91,7 +91,7 @@ def materialize_gguf(path: Path) -> tuple[Path, str]:
     return target, digest
 
 
-def _weights_digest(directory: Path) -> str:
+def weights_digest(directory: Path) -> str:
     """Hash of a checkpoint directory's weight files (names and sizes for speed, plus config)."""
     source = directory / "influence-source.json"
     if source.exists():
@@ -115,7 +115,7 @@ def resolve_model(spec: str | None) -> tuple[str, str]:
         directory, digest = materialize_gguf(path.resolve())
         return str(directory), digest
     if path.is_dir():
-        return str(path), _weights_digest(path)
+        return str(path), weights_digest(path)
     if path.exists():
         raise ModelError(f"{spec}: expected a model directory, a .gguf file or a hub id")
     if _looks_like_path(spec):

@@ -23,11 +23,13 @@ from influence.data.contamination import Contamination, find_contaminated, has_h
 from influence.data.pools import Pool
 from influence.data.readers import counted
 from influence.data.targets import Target
-from influence.errors import OutputError, SelectionError
+from influence.errors import ConfigError, OutputError, SelectionError
 from influence.io import check_output_file, json_bytes, jsonl_bytes, replace_together, sha256_bytes, sha256_json
 from influence.selectors import Scores, SelectionContext, Selector, top_k
+from influence.selectors.topk import diverse_top_k
 
-VERSIONED_PACKAGES = ("influence", "numpy", "torch", "transformers", "peft", "datasets", "faiss-cpu", "traker")
+VERSIONED_PACKAGES = ("influence", "numpy", "torch", "transformers", "peft", "datasets", "faiss-cpu", "traker",
+                      "sentence-transformers")
 
 
 def package_versions() -> dict[str, str]:
@@ -39,6 +41,63 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return versions
+
+
+DIVERSE = "diverse"
+DEFAULT_DIVERSITY_TAU = 0.9  # DEITA's threshold (Liu et al., ICLR 2024)
+
+
+@dataclass
+class Diversity:
+    """Diversity-aware top-k: skip an example whose sentence embedding has cosine above `tau`
+    with one already chosen. The embeddings are the `embed` selector's, stored once per pool
+    under the datastore settings' run directory (`settings`: a LessSettings)."""
+
+    tau: float = field(default=DEFAULT_DIVERSITY_TAU, metadata={
+        "help": "Largest cosine allowed with an example already chosen (DEITA: 0.9)."})
+    encoder: str | None = field(default=None, metadata={
+        "help": "sentence-transformers directory or id; None is the bundled all-MiniLM-L6-v2."})
+    batch_size: int = field(default=64, metadata={"help": "Examples per encoder batch."})
+    settings: Any = field(default=None, metadata={
+        "help": "LessSettings giving index_root, name, shard_rows, device and progress; None: the defaults."})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.tau < 1.0:
+            raise ConfigError(f"the diversity threshold must be a cosine in (0, 1), got {self.tau}; DEITA uses 0.9")
+        if self.batch_size < 1:
+            raise ConfigError(f"the encoder batch size must be at least 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tau": self.tau, "encoder": self.encoder}
+
+
+def split_variant(spec: str) -> tuple[str, bool]:
+    """`NAME` or `NAME+diverse` -> (selector name, whether its top-k is diversity-aware).
+
+    Raises:
+        ConfigError: a suffix other than +diverse.
+    """
+    name, plus, variant = spec.partition("+")
+    if plus and variant != DIVERSE:
+        raise ConfigError(f"unknown selector variant {spec!r}; write NAME+{DIVERSE} (e.g. longest+{DIVERSE}), "
+                          "with the threshold set by --diversity")
+    return name, bool(plus)
+
+
+def selector_options(name: str, settings: Any, *, length_unit: str = "chars", pooling: str = "last",
+                     embed_model: str | None = None, dsir_sampling: str = "gumbel") -> dict[str, Any]:
+    """Selector `name`'s keyword options, from the LESS settings (model, datastore, device) and the rest."""
+    if name == "longest":
+        return {"unit": length_unit}
+    if name == "dsir":
+        return {"sampling": dsir_sampling}
+    if name in ("less", "ifd"):
+        return {"settings": settings}
+    if name == "rds":
+        return {"settings": settings, "pooling": pooling}
+    if name == "embed":
+        return {"settings": settings, "encoder": embed_model}
+    return {}
 
 
 @dataclass
@@ -138,6 +197,10 @@ class Selection:
             lines.append(f"note: {counted(turns, 'selected example')} with several chat turns "
                          f"{'is' if turns == 1 else 'are'} written as \"User: ... Assistant: ...\" text in the "
                          "instruction (--format alpaca); --format messages keeps the turns")
+        if "diversity" in self.extra:
+            diversity = self.extra["diversity"]
+            lines.append(f"  diversity: skipped {diversity['skipped']:,} examples with cosine above "
+                         f"{diversity['tau']} to one chosen before")
         return lines
 
 
@@ -168,8 +231,10 @@ def decontaminate(pool: Pool, target: Target | None, *, keep: bool = False) -> t
 
 
 def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = None, seed: int = 0,
-           keep_contaminated: bool = False, contamination: Contamination | None = None) -> Selection:
-    """Score `pool` with `selector` and keep the top `k`.
+           keep_contaminated: bool = False, contamination: Contamination | None = None,
+           diversity: Diversity | None = None) -> Selection:
+    """Score `pool` with `selector` and keep the top `k` (with `diversity`, the top k that are not
+    near-duplicates of a better one; every example is then scored, as the walk may pass k).
 
     A registered `target` turns on the contamination guard (`decontaminate`) for every
     selector, targeted or not: an untargeted selector ignores the target but its selection
@@ -188,19 +253,36 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
     start = time.perf_counter()
     if contamination is None:
         pool, contamination = decontaminate(pool, target, keep=keep_contaminated)
-    result = selector.score(pool, SelectionContext(target=target, seed=seed, k=k))
+    result = selector.score(pool, SelectionContext(target=target, seed=seed, k=None if diversity else k))
     if not isinstance(result, Scores):
         raise SelectionError(f"selector {selector.name!r} returned {type(result).__name__}; "
                              "Selector.score must return influence.selectors.Scores")
     scores = result.values
     if scores.shape != (len(pool),):
         raise SelectionError(f"selector {selector.name!r} returned {scores.shape} scores for {len(pool)} examples")
-    indices = top_k(scores, pool.ids, k)
+    extra = dict(result.provenance)
     in_pool = len({e.id for e in target.examples} & set(pool.ids)) if target is not None and selector.requires_target \
         else 0
+    if diversity is None:
+        indices = top_k(scores, pool.ids, k)
+    else:
+        indices, extra["diversity"] = diverse_selection(pool, scores, k, diversity)
     return Selection(pool=pool, indices=indices, scores=scores, selector=selector, k=k, seed=seed,
-                     target=target, seconds=time.perf_counter() - start, extra=dict(result.provenance),
-                     contamination=contamination, target_in_pool=in_pool)
+                     target=target, seconds=time.perf_counter() - start, extra=extra, contamination=contamination,
+                     target_in_pool=in_pool)
+
+
+def diverse_selection(pool: Pool, scores: np.ndarray, k: int, diversity: Diversity) -> tuple[np.ndarray, dict]:
+    """`diverse_top_k` over the pool's stored sentence embeddings (computed on first use); with its record."""
+    # imported on use: the encoder and the datastore bring torch and sentence-transformers
+    from influence.less.settings import LessSettings
+    from influence.representations import pool_embeddings
+
+    store = pool_embeddings(pool, diversity.settings or LessSettings(), encoder_spec=diversity.encoder,
+                            batch_size=diversity.batch_size)
+    indices, skipped = diverse_top_k(scores, pool.ids, k, store.rows(), diversity.tau)
+    return indices, {**diversity.to_dict(), "skipped": skipped, "encoder_identity": store.identity.get("encoder"),
+                     "store": str(store.path)}
 
 
 def default_output_path(pool_specs: list[str], selector: str, k: int, target: str | None = None) -> Path:

@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 from influence.cli.less_options import NAMES, less_options, pop_settings
-from influence.constants import OUTPUT_FORMATS
+from influence.constants import OUTPUT_FORMATS, POOLINGS
 from influence.data.contamination import has_heldout
 from influence.errors import SelectionError
 from influence.io import check_output_dir
-from influence.selection import check_writable, decontaminate, default_output_path, select, write_selection
+from influence.selection import (DIVERSE, Diversity, check_writable, decontaminate, default_output_path, select,
+                                 selector_options, write_selection)
 from influence.selectors import SELECTORS, SelectionContext, make_selector
 from influence.selectors.baselines import LENGTH_UNITS
 from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING
@@ -61,7 +62,7 @@ def given_options(names) -> list[str]:
 
 
 def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_options, keep_contaminated=False,
-                  ignored=()):
+                  ignored=(), diversity=None):
     """Shared by `select` and `score`: check, load, select, summarise, write (rank 0 only under torchrun).
 
     Everything that can be checked without the pool (k, selector, target, output) is checked
@@ -81,7 +82,8 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
     chosen = make_selector(name, **selector_options)
     if chosen.requires_target and not target:
         raise SelectionError(f"selector {name!r} needs a target; pass --target (see `influence targets`)")
-    out = out or default_output_path(list(pools), name, k, target if chosen.requires_target else None)
+    label = name if diversity is None else f"{name}+{DIVERSE}"
+    out = out or default_output_path(list(pools), label, k, target if chosen.requires_target else None)
     check_writable(out, overwrite)
     if "settings" in selector_options and not selector_options.get("existing_only"):
         check_output_dir(selector_options["settings"].index_root)  # where LESS keeps its datastores
@@ -100,7 +102,8 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
     if not job.is_main:  # under torchrun: share the distributed part (LESS: warmup, features); rank 0 selects
         chosen.prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
         return
-    selection = select(pool, k, chosen, target=target_set, seed=seed, contamination=contamination)
+    selection = select(pool, k, chosen, target=target_set, seed=seed, contamination=contamination,
+                       diversity=diversity)
     fmt = fmt or selection.default_format()
     for line in selection.summary(fmt):
         say(line)
@@ -117,12 +120,20 @@ def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_op
               help="Scoring method [default: longest without a target, less with one].")
 @click.option("--length-unit", type=click.Choice(LENGTH_UNITS), default="chars", show_default=True,
               help="longest: measure responses in characters or words.")
+@click.option("--pooling", type=click.Choice(POOLINGS), default="last", show_default=True,
+              help="rds: the last token's final hidden state (as LESS), or the mean over tokens.")
+@click.option("--embed-model", default=None, metavar="M",
+              help="embed and --diversity: a sentence-transformers directory or hub id "
+                   "[default: the bundled all-MiniLM-L6-v2].")
+@click.option("--diversity", type=float, default=None, metavar="TAU",
+              help="Walk the ranking and skip an example whose embedding has cosine above TAU with one already "
+                   "chosen (DEITA's filter; 0.9 in its paper) [default: off].")
 @click.option("--dry-run", is_flag=True, help="less: estimate time, disk and memory; compute and write nothing.")
 @dsir_sampling_option
 @keep_contaminated_option
 @less_options
-def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, dry_run, dsir_sampling,
-                   keep_contaminated, **less) -> None:
+def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, pooling, embed_model, diversity,
+                   dry_run, dsir_sampling, keep_contaminated, **less) -> None:
     """Select k examples from a pool and write them, SFT-ready, with a manifest.
 
     With --selector less (the default when --target is given) every LESS step runs here,
@@ -137,11 +148,15 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
 
         print_estimate(pools, target, settings)
         return
-    options = {"longest": {"unit": length_unit}, "less": {"settings": settings},
-               "dsir": {"sampling": dsir_sampling}}.get(name, {})
+    options = selector_options(name, settings, length_unit=length_unit, pooling=pooling, embed_model=embed_model,
+                               dsir_sampling=dsir_sampling)
+    model_based = ("less", "rds", "embed", "ifd")  # the LESS options give their model, datastore and device
     ignored = given_options(([] if name == "longest" else ["length_unit"])
-                            + ([] if name == "dsir" else ["dsir_sampling"]) + ([] if name == "less" else list(NAMES)))
-    run_selection(pools, k, name, seed, fmt, out, overwrite, target, options, keep_contaminated, ignored)
+                            + ([] if name == "dsir" else ["dsir_sampling"]) + ([] if name == "rds" else ["pooling"])
+                            + ([] if name == "embed" or diversity is not None else ["embed_model"])
+                            + ([] if name in model_based or diversity is not None else list(NAMES)))
+    chosen = None if diversity is None else Diversity(tau=diversity, encoder=embed_model, settings=settings)
+    run_selection(pools, k, name, seed, fmt, out, overwrite, target, options, keep_contaminated, ignored, chosen)
 
 
 COMMANDS = [select_command]

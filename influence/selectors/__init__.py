@@ -31,6 +31,27 @@ def _dsir(**options: Any) -> Selector:
     return DsirSelector(**options)
 
 
+def _rds(**options: Any) -> Selector:
+    """RDS, LESS's representation baseline: cosine of final hidden states; imported on use (the model stack)."""
+    from influence.selectors.representation import RdsSelector
+
+    return RdsSelector(**options)
+
+
+def _embed(**options: Any) -> Selector:
+    """Cosine of sentence embeddings; imported on use (sentence-transformers)."""
+    from influence.selectors.representation import EmbedSelector
+
+    return EmbedSelector(**options)
+
+
+def _ifd(**options: Any) -> Selector:
+    """Instruction-following difficulty (Cherry LLM, NAACL 2024); imported on use (the model stack)."""
+    from influence.selectors.ifd import IfdSelector
+
+    return IfdSelector(**options)
+
+
 # name -> factory taking the selector's own keyword options
 SELECTORS: dict[str, Callable[..., Selector]] = {
     "longest": LongestSelector,
@@ -38,6 +59,9 @@ SELECTORS: dict[str, Callable[..., Selector]] = {
     "less": _less,
     "bm25": _bm25,
     "dsir": _dsir,
+    "rds": _rds,
+    "embed": _embed,
+    "ifd": _ifd,
 }
 
 
