@@ -177,6 +177,18 @@ def test_ifd_is_the_loss_given_the_instruction_over_the_loss_without_it(tiny, se
     assert record["at_least_one"] == int((plain >= 1).sum()) and record["undefined"] == 0
 
 
+def test_ifd_scores_the_same_response_tokens_with_and_without_the_instruction(tiny):
+    from influence.data.formatting import IGNORE_INDEX
+    from influence.features.difficulty import ifd_pair
+
+    example = Example("Which word rhymes with cat? Think.", "", "hat", response_prefix="A: ")
+    given, alone = ifd_pair(example, tiny.tokenizer, max_length=512)
+    scored = [[t for t, label in zip(e.input_ids, e.labels) if label != IGNORE_INDEX] for e in (given, alone)]
+    assert scored[0] == scored[1] and scored[0]
+    context = tiny.tokenizer.decode(alone.input_ids[: len(alone.input_ids) - len(scored[1])])
+    assert context.endswith("A: ") and "rhymes" not in context  # the prefix stays, the instruction goes
+
+
 def test_ifd_ranking_puts_every_ifd_at_or_above_one_after_the_rest():
     scores = ifd_ranking_scores(np.array([0.5, 1.0, 0.9, 1.7, np.nan, 0.2]))
     assert top_k(scores, list("abcdef"), 5).tolist() == [2, 0, 5, 1, 3]

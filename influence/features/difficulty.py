@@ -23,8 +23,9 @@ from influence.features.represent import forward_plan
 
 
 def without_instruction(example: Example) -> Example:
-    """The example's response as a single assistant turn after an empty user turn."""
-    return Example(instruction="", input="", output=example.response)
+    """The example's response (after its response prefix, if any) as a single assistant turn
+    after an empty user turn."""
+    return Example(instruction="", input="", output=example.response, response_prefix=example.response_prefix)
 
 
 def ifd_pair(example: Example, tokenizer: Any, max_length: int) -> tuple[Encoded, Encoded]:

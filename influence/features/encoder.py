@@ -115,8 +115,8 @@ def load_encoder(spec: str | None = None, *, device: str | None = None) -> Encod
 
 
 def example_text(example: Example) -> str:
-    """What the encoder reads of an example: its prompt, then its response."""
-    return f"{example.prompt}\n\n{example.response}"
+    """What the encoder reads of an example: its prompt, then its response (with its prefix)."""
+    return f"{example.prompt}\n\n{example.response_prefix}{example.response}"
 
 
 def embeddings(encoder: Encoder, examples: Sequence[Example], *, batch_size: int = 64,
