@@ -160,7 +160,13 @@ def pool_embeddings(pool: Pool, settings: LessSettings, *, encoder_spec: str | N
 
 def similarity_scores(features: FeatureSet, pool: Pool, target: Target, settings: LessSettings, *,
                       k: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Cosine to the target, mean over each subtask, max over subtasks: LESS's scoring with one checkpoint."""
+    """Cosine to the target, mean over each subtask, max over subtasks: LESS's scoring with one checkpoint.
+
+    These features are the representations themselves, nothing is projected, so LESS's
+    default `unprojected` scoring means the FAISS top-k here (exact with the flat index).
+    """
+    if settings.scoring == "unprojected":
+        settings = settings.with_(scoring="faiss")
     scores, scoring = score_features(features, pool, target, settings, k=k)
     return scores, {"datastore": {"workdir": str(features.workdir),
                                   "pool_stores": [str(p) for p in features.pool_stores],
