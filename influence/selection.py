@@ -71,19 +71,6 @@ class Diversity:
         return {"tau": self.tau, "encoder": self.encoder}
 
 
-def split_variant(spec: str) -> tuple[str, bool]:
-    """`NAME` or `NAME+diverse` -> (selector name, whether its top-k is diversity-aware).
-
-    Raises:
-        ConfigError: a suffix other than +diverse.
-    """
-    name, plus, variant = spec.partition("+")
-    if plus and variant != DIVERSE:
-        raise ConfigError(f"unknown selector variant {spec!r}; write NAME+{DIVERSE} (e.g. longest+{DIVERSE}), "
-                          "with the threshold set by --diversity")
-    return name, bool(plus)
-
-
 def selector_options(name: str, settings: Any, *, length_unit: str = "chars", pooling: str = "last",
                      embed_model: str | None = None, dsir_sampling: str = "gumbel") -> dict[str, Any]:
     """Selector `name`'s keyword options, from the LESS settings (model, datastore, device) and the rest."""

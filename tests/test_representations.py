@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from influence.constants import POOLINGS
+from influence.constants import POOLINGS, manifest_path
 from influence.data import Example
 from influence.data.formatting import encode_prompt, prompt_text, response_text
 from influence.data.pools import Pool, PoolSource
@@ -23,7 +23,7 @@ from influence.features.represent import hidden_states
 from influence.less import LessSettings
 from influence.less.pipeline import workdir_for
 from influence.models import LoadedModel
-from influence.selection import Diversity, select, split_variant
+from influence.selection import Diversity, select
 from influence.selectors import make_selector
 from influence.selectors.ifd import ifd_ranking_scores
 from influence.selectors.topk import diverse_top_k, top_k
@@ -287,12 +287,6 @@ def test_select_with_diversity_skips_near_duplicates_and_records_it(encoder_dir,
     assert record["tau"] == 0.9 and record["skipped"] == 2 and record["encoder"] == str(encoder_dir)
 
 
-@pytest.mark.parametrize("spec, parsed", [("longest", ("longest", False)), ("longest+diverse", ("longest", True)),
-                                          ("rds+diverse", ("rds", True))])
-def test_selector_variants_name_the_selector_and_whether_it_is_diverse(spec, parsed):
-    assert split_variant(spec) == parsed
-
-
 def test_the_new_selectors_are_registered_by_name():
     with pytest.raises(UnknownNameError) as error:
         make_selector("nope")
@@ -331,10 +325,10 @@ def test_select_offers_and_runs_rds_embed_and_ifd(tmp_path, files, tiny_model_di
         out = tmp_path / f"{name}.jsonl"
         result = _cli("select", *common, "--selector", name, "--target", str(target), *extra, "--out", str(out))
         assert result.exit_code == 0, result.output
-        manifest = json.loads((tmp_path / f"{name}.manifest.json").read_text())
+        manifest = json.loads(manifest_path(out).read_text())
         assert manifest["selector"]["name"] == name and len(out.read_text().splitlines()) == 2
     assert "selector 'ifd' does not score against --target" in result.output  # ifd is untargeted
-    assert json.loads((tmp_path / "rds.manifest.json").read_text())["selector"]["params"]["pooling"] == "mean"
+    assert json.loads(manifest_path(tmp_path / "rds.jsonl").read_text())["selector"]["params"]["pooling"] == "mean"
 
 
 def test_select_with_diversity_from_the_command_line(tmp_path, files, encoder_dir):
@@ -345,7 +339,7 @@ def test_select_with_diversity_from_the_command_line(tmp_path, files, encoder_di
     result = _cli("select", "--pool", str(pool), "--k", "5", "--diversity", "0.8", "--embed-model", str(encoder_dir),
                   "--index-root", str(tmp_path / "indexes"), "--out", str(out))
     assert result.exit_code == 0, result.output
-    record = json.loads((tmp_path / "diverse.manifest.json").read_text())["diversity"]
+    record = json.loads(manifest_path(out).read_text())["diversity"]
     assert record["tau"] == 0.8 and record["encoder"] == str(encoder_dir)
     assert f"diversity: skipped {record['skipped']:,} examples with cosine above 0.8" in result.output
 
