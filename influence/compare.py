@@ -205,9 +205,10 @@ class CompareConfig:
 
 
 def make_row_selector(row: SelectorRow, config: CompareConfig) -> Any:
-    """The row's selector, made from the comparison's settings for it (LESS's settings, DSIR's sampling)
-    changed by the row's own options."""
-    defaults = {"less": {"settings": config.less}, "dsir": {"sampling": config.dsir_sampling}}.get(row.name, {})
+    """The row's selector, made from the comparison's settings for it (LESS's settings, which also give
+    rds, embed and ifd their model and datastore; DSIR's sampling) changed by the row's own options."""
+    defaults = {"less": {"settings": config.less}, "rds": {"settings": config.less}, "embed": {"settings": config.less},
+                "ifd": {"settings": config.less}, "dsir": {"sampling": config.dsir_sampling}}.get(row.name, {})
     options = {**defaults, **dict(row.options)}
     try:
         return make_selector(row.name, **options)

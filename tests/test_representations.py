@@ -346,3 +346,13 @@ def test_select_with_diversity_from_the_command_line(tmp_path, files, encoder_di
     bad = _cli("select", "--pool", str(pool), "--k", "5", "--diversity", "1.5", "--out", str(tmp_path / "bad.jsonl"))
     assert bad.exit_code == 2 and "diversity threshold must be a cosine in (0, 1)" in bad.output
     assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_compare_rows_of_rds_ifd_and_embed_use_the_comparison_model(tmp_path, files, tiny_model_dir, encoder_dir):
+    pool, target = files
+    result = _cli("compare", "--pool", str(pool), "--target", str(target), "--k", "4", "--selectors",
+                  f"rds:pooling=mean,ifd,embed:encoder={encoder_dir}", "--seeds", "1", "--no-base", "--epochs", "1",
+                  "--train-batch-size", "2", "--train-max-length", "64", "--model", str(tiny_model_dir),
+                  "--max-length", "128", "--index-root", str(tmp_path / "indexes"), "--out", str(tmp_path / "cmp"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "indexes").is_dir()  # the comparison's datastore root, not the default
