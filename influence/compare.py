@@ -41,7 +41,7 @@ from influence.data.targets import load_target
 from influence.errors import ConfigError
 from influence.io import check_output_dir, sha256_json, write_bytes, write_json, write_text
 from influence.less.settings import LessSettings
-from influence.selection import decontaminate, select, write_selection
+from influence.selection import Diversity, decontaminate, select, write_selection
 from influence.selectors import SELECTORS, make_selector
 from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING
 from influence.training.config import TrainConfig
@@ -204,16 +204,37 @@ class CompareConfig:
         return data
 
 
+DIVERSITY_OPTIONS = ("diversity", "diversity_encoder")  # row options for the shared top-k, not the selector
+
+
 def make_row_selector(row: SelectorRow, config: CompareConfig) -> Any:
     """The row's selector, made from the comparison's settings for it (LESS's settings, which also give
     rds, embed and ifd their model and datastore; DSIR's sampling) changed by the row's own options."""
     defaults = {"less": {"settings": config.less}, "rds": {"settings": config.less}, "embed": {"settings": config.less},
                 "ifd": {"settings": config.less}, "dsir": {"sampling": config.dsir_sampling}}.get(row.name, {})
-    options = {**defaults, **dict(row.options)}
+    options = {**defaults, **{k: v for k, v in row.options if k not in DIVERSITY_OPTIONS}}
     try:
         return make_selector(row.name, **options)
     except TypeError as exc:
         raise ConfigError(f"selector row {row.label!r}: {exc}") from None
+
+
+def row_diversity(row: SelectorRow, config: CompareConfig) -> Diversity | None:
+    """Diversity-aware top-k for a row such as `longest:diversity=0.9` (the encoder from
+    `diversity_encoder=DIR`, else the bundled one), stored beside the comparison's LESS datastores.
+
+    Raises:
+        ConfigError: a threshold outside (0, 1), or an encoder without a threshold.
+    """
+    options = dict(row.options)
+    if "diversity" not in options:
+        if "diversity_encoder" in options:
+            raise ConfigError(f"selector row {row.label!r}: diversity_encoder needs diversity=TAU")
+        return None
+    tau = options["diversity"]
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+        raise ConfigError(f"selector row {row.label!r}: diversity must be a cosine in (0, 1), got {tau!r}")
+    return Diversity(tau=float(tau), encoder=options.get("diversity_encoder"), settings=config.less)
 
 
 # ------------------------------------------------------------------ cells
@@ -264,6 +285,7 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
     pool = load_pool(config.pools)
     targets = {spec: load_target(spec) for spec in config.targets}
     selectors = {row.label: make_row_selector(row, config) for row in config.rows()}  # bad options fail here
+    diversities = {row.label: row_diversity(row, config) for row in config.rows()}
     # the contamination guard, once for every row: the pool less what overlaps any target's held-out items,
     # so an untargeted selection (evaluated on every target) never trains on a test item, and every
     # targeted row scores the same pool (one LESS warmup and datastore serve all targets)
@@ -317,15 +339,17 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
             target_fp = sha256_json([e.id for e in target.examples]) if target is not None else None
             seen: set[tuple[str, int]] = set()
             for selection_seed, seed in _plan(config, row):
+                diversity = diversities[row.label]
                 key = sha256_json({"pool": pool.fingerprint, "target": target_fp, "selector": row.name,
                                    "params": selector.params(), "seed": selection_seed, "k": config.k,
-                                   "contamination": cleared})[:10]
+                                   "contamination": cleared,
+                                   **({"diversity": diversity.to_dict()} if diversity else {})})[:10]
                 where = _safe(target_spec) if target_spec is not None else "any"
                 selection = out / "selections" / f"{_safe(row.label)}-{where}-s{selection_seed}-{key}.jsonl"
                 cached = selection.exists() and manifest_path(selection).exists()
                 if not cached:
                     made = select(scored_pool, config.k, selector, target=target, seed=selection_seed,
-                                  contamination=guard)
+                                  contamination=guard, diversity=diversity)
                     write_selection(made, selection, overwrite=True)
                 ids = _ids(selection)
                 picked = sha256_json(ids)

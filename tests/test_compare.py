@@ -287,3 +287,36 @@ def test_every_selection_is_cleared_of_every_targets_heldout_items(tmp_path, mon
     assert manifests["bm25-bbh"]["contamination"]["target"] == "bbh+mmlu"
     assert all(planted.id not in Path(p).read_text() for p in trained)
     assert summary["contamination"]["mmlu"]["found"] == 1 and summary["contamination"]["bbh"]["found"] == 0
+
+
+def test_a_row_can_walk_its_ranking_with_diversity_aware_top_k(tmp_path, monkeypatch):
+    """`longest:diversity=TAU` keeps the next longest example instead of a near copy of a chosen one;
+    the plain row keeps both copies. Training and evaluation are stand-ins: only the picks matter."""
+    from types import SimpleNamespace
+
+    import influence.evaluation
+    import influence.training
+    from influence.compare import compare
+    from influence.constants import manifest_path
+    from influence.testing import tiny_sentence_encoder
+
+    trained = []
+    monkeypatch.setattr(influence.training, "train", lambda data, config, out_dir: trained.append(data) or
+                        SimpleNamespace(reused=False, manifest={"seconds": 0.0}))
+    monkeypatch.setattr(influence.evaluation, "evaluate", lambda *a, **k: {
+        "primary_metric": "target_loss", "metrics": {"target_loss": 1.0}, "items": 1, "seconds": 0.0})
+    monkeypatch.setattr(influence.evaluation, "write_results", lambda results, path: path)
+    copies = [{"instruction": "Tell a story.", "output": "once upon a time " * 30 + end} for end in ("yes", "no")]
+    others = [{"instruction": f"Name colour {c}.", "output": f"{c} is a colour"} for c in ("red", "teal", "gold")]
+    pool = write_jsonl(tmp_path / "pool.jsonl", copies + others)
+    encoder = tiny_sentence_encoder(tmp_path / "encoder")
+    rows = ["longest", f"longest:diversity=0.99,diversity_encoder={json.dumps(str(encoder))}"]
+    compare(CompareConfig(pools=[str(pool)], targets=["tydiqa"], k=2, selectors=rows, seeds=1, base=False,
+                          less=LessSettings(index_root=tmp_path / "indexes")), tmp_path / "cmp")
+    picks = {json.loads(manifest_path(p).read_text()).get("diversity") is not None:
+             [json.loads(line)["output"][-3:] for line in Path(p).read_text().splitlines()] for p in trained}
+    assert picks[False] == ["yes", " no"]                # both near copies
+    assert picks[True][0] == "yes" and picks[True][1] != " no"  # the second copy skipped
+    with pytest.raises(ConfigError, match="diversity must be a cosine"):
+        compare(CompareConfig(pools=[str(pool)], targets=["tydiqa"], k=2, selectors=["longest:diversity=\"x\""],
+                              seeds=1, base=False), tmp_path / "bad")

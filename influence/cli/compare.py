@@ -29,7 +29,8 @@ def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) ->
 @click.option("--k", type=int, default=1000, show_default=True, help="Examples per selection.")
 @click.option("--selectors", default="less,longest,random", show_default=True, metavar="ROW[,ROW...]",
               help="Rows: registered selectors, each optionally with options, as in "
-                   "less:scoring=unprojected,less:scoring=faiss,longest:unit=words,random.")
+                   "less:scoring=unprojected,less:scoring=faiss,longest:unit=words,random; diversity=TAU "
+                   "(and diversity_encoder=DIR) on any row walks its ranking with diversity-aware top-k.")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Training seeds per selection (0..N-1); random draws again with each.")
 @click.option("--selection-seeds", type=click.IntRange(min=1), default=1, show_default=True,
