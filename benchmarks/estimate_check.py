@@ -53,8 +53,8 @@ def cli_settings(seed: int, model: str | None) -> Any:
     from influence.cli.less import featurize_command
     from influence.cli.less_options import pop_settings
 
-    defaults = {param.name: param.default for param in featurize_command.params}
-    return pop_settings({**defaults, "model": model}, seed=seed)
+    context = featurize_command.make_context("featurize", ["--pool", "unused"] + (["--model", model] if model else []))
+    return pop_settings(dict(context.params), seed=seed).with_(store_features=True)
 
 
 def tiny_model(into: Path) -> str:
