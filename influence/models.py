@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from influence.errors import ModelError
-from influence.io import atomic_directory, sha256_file, write_json
+from influence.hub import hub_reachable
+from influence.io import atomic_directory, sha256_file, sha256_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,6 @@ def _weights_digest(directory: Path) -> str:
     if source.exists():
         return json.loads(source.read_text())["sha256"]
     files = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
-    from influence.io import sha256_json
-
     return sha256_json([(p.name, p.stat().st_size, sha256_file(p) if p.suffix == ".json" else "") for p in files])
 
 
@@ -129,8 +128,6 @@ def load_model(spec: str | None = None, *, device: str | None = None, dtype: Any
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from influence.data.pools import hub_reachable
 
     location, digest = resolve_model(spec)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -28,9 +28,11 @@ from influence.data.targets import Target
 from influence.features import (AdamMoments, FeaturizeStats, LoraGradients, SubtaskQueries, dim_slices, featurize,
                                 make_projector, query_memory_bytes, subtask_queries)
 from influence.features.datastore import FeatureStore
+from influence.hub import hub_reachable
 from influence.io import sha256_file, sha256_json
 from influence.less.settings import LessSettings
 from influence.lora import add_lora, lora_signature
+from influence.provenance import package_versions
 from influence.scoring import checkpoint_weights, less_scores, less_top_k, unprojected_scores
 
 log = logging.getLogger(__name__)
@@ -295,7 +297,6 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
     """
     from influence.errors import DataError, DatastoreError
     from influence.models import load_model
-    from influence.selection import package_versions
     from influence.training import load_adapter_weights, load_checkpoint
 
     if target is not None and not len(target):
@@ -492,7 +493,6 @@ def dry_run(pool: Pool, target: Target | None, settings: LessSettings) -> Any:
     tokenizer, never its weights, and writes nothing."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from influence.data.pools import hub_reachable
     from influence.estimate import ModelShape, estimate_less
     from influence.models import resolve_model
 
