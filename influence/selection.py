@@ -6,9 +6,7 @@ summary look the same whichever selector made them.
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
-import importlib.metadata
 import re
 import statistics
 import time
@@ -24,20 +22,11 @@ from influence.data.pools import Pool
 from influence.data.targets import Target
 from influence.errors import OutputExistsError, SelectionError
 from influence.io import sha256_file, sha256_json, write_json, write_jsonl
+from influence.provenance import envelope
 from influence.selectors import Scores, SelectionContext, Selector, top_k
 
-VERSIONED_PACKAGES = ("influence", "numpy", "torch", "transformers", "peft", "datasets", "faiss-cpu", "traker")
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages a result may depend on (without importing them)."""
-    versions = {}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
+SELECTION_ARTIFACT = "influence.selection"
+SELECTION_FORMAT = 1
 
 
 @dataclass
@@ -72,8 +61,7 @@ class Selection:
 
     def manifest(self, fmt: str) -> dict[str, Any]:
         return {
-            "kind": "selection",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **envelope(SELECTION_ARTIFACT, SELECTION_FORMAT),
             "selector": {"name": self.selector.name, "params": self.selector.params()},
             "k": self.k,
             "seed": self.seed,
@@ -92,7 +80,6 @@ class Selection:
             "contamination": None if self.contamination is None else self.contamination.manifest(),
             "selection_seconds": round(self.seconds, 3),
             "selected_ids_sha256": sha256_json([self.pool.ids[i] for i in self.indices]),
-            "versions": package_versions(),
             **self.extra,
         }
 

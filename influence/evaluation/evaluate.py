@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,9 @@ from influence.errors import ConfigError, EvaluationError
 from influence.evaluation import metrics
 from influence.evaluation.scoring import generate_answers, reference_scores
 from influence.evaluation.tasks import EvalItem, EvalTask, build_task
+from influence.provenance import envelope
 
+RESULTS_ARTIFACT = "influence.eval-results"
 RESULTS_FORMAT = 1
 
 
@@ -112,7 +113,7 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
     predictions, per_item = _task_metric(task, items, scores, loaded, config, cot, common)
 
     results: dict[str, Any] = {
-        "format": RESULTS_FORMAT,
+        **envelope(RESULTS_ARTIFACT, RESULTS_FORMAT, config.to_dict()),
         "target": task.name,
         "kind": task.kind,
         "model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256},
@@ -128,7 +129,6 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
         "notes": list(task.notes),
         "truncated_prompts": scores.truncated,
         "answer_stop": task.stop if task.kind != "choice" else None,
-        "settings": config.to_dict(),
         "seconds": round(time.perf_counter() - started, 2),
     }
     results["primary_metric"] = _PRIMARY[task.kind]
@@ -142,9 +142,6 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
             {"subtask": item.subtask, "reference": item.reference, "prediction": predictions[i],
              "target_loss": scores.nll[i] / max(scores.tokens[i], 1), **{k: v[i] for k, v in per_item.items()}}
             for i, item in enumerate(items)]
-    from influence.selection import package_versions
-
-    results["versions"] = {"python": sys.version.split()[0], **package_versions()}
     return results
 
 

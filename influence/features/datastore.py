@@ -43,11 +43,12 @@ import numpy as np
 from influence.constants import DATASTORE_MANIFEST
 from influence.errors import DatastoreError, ManifestMismatchError
 from influence.io import pid_alive, process_start, sha256_bytes, sha256_file, sha256_json, write_bytes, write_json
+from influence.provenance import envelope, read_envelope, settings_difference
 
 log = logging.getLogger(__name__)
 
 # File names inside a store (candidates for influence.constants).
-STORE_KIND = "influence.feature-store"
+STORE_ARTIFACT = "influence.feature-store"
 STORE_FORMAT = 1
 LOCK_FILE = "lock"
 SHARD_DIR = "shards"
@@ -55,8 +56,6 @@ FEATURE_DTYPE = np.dtype("float16")
 STORE_DTYPES = ("float16", "float32")  # float16 for projected features, float32 for values needing its precision
 DEFAULT_SHARD_ROWS = 256
 _BUFFERED_SHARDS_WARNING = 64   # partly filled shards held in memory before write_rows warns
-
-_ABSENT = "<absent>"
 
 
 # --------------------------------------------------------------------------- identity
@@ -68,25 +67,6 @@ def _canonical(obj: Any, what: str) -> Any:
         return json.loads(json.dumps(obj, allow_nan=False, sort_keys=True))
     except (TypeError, ValueError) as err:
         raise DatastoreError(f"the {what} must be plain JSON (str, int, float, bool, None, list, dict): {err}") from None
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict) and obj:
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix or "<identity>": obj}
-
-
-def identity_difference(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
-    """The first field (dotted path, sorted) whose value differs, with both values; None if equal."""
-    left, right = _flatten(dict(stored)), _flatten(dict(wanted))
-    for key in sorted(set(left) | set(right)):
-        a, b = left.get(key, _ABSENT), right.get(key, _ABSENT)
-        if a != b or type(a) is not type(b):
-            return key, a, b
-    return None
 
 
 # --------------------------------------------------------------------------- lock
@@ -396,8 +376,7 @@ class FeatureStore:
         if dtype not in STORE_DTYPES:
             raise DatastoreError(f"dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
         return {
-            "kind": STORE_KIND,
-            "format": STORE_FORMAT,
+            **envelope(STORE_ARTIFACT, STORE_FORMAT, dated=False),
             "identity_sha256": sha256_json(identity),
             "identity": identity,
             "dim": dim,
@@ -415,7 +394,7 @@ class FeatureStore:
 
     def check_identity(self, identity: Mapping[str, Any]) -> None:
         """Raise ManifestMismatchError naming the first field that differs from `identity`."""
-        diff = identity_difference(self.identity, _canonical(dict(identity), "datastore identity"))
+        diff = settings_difference(self.identity, _canonical(dict(identity), "datastore identity"))
         if diff is not None:
             raise ManifestMismatchError(_identity_message(self.path, *diff))
 
@@ -759,7 +738,7 @@ def _ids_difference(path: Path, stored: list[str], wanted: list[str]) -> str | N
 
 
 def _difference(path: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> str | None:
-    diff = identity_difference(stored["identity"], wanted["identity"])
+    diff = settings_difference(stored["identity"], wanted["identity"])
     if diff is not None:
         return _identity_message(path, *diff)
     for key in ("dim", "shard_rows", "dtype"):
@@ -779,14 +758,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     file = path / DATASTORE_MANIFEST
     fix = f"delete {path} and featurize again"
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise DatastoreError(f"{file} is unreadable ({type(err).__name__}: {str(err)[:200]}); {fix}") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != STORE_KIND:
-        raise DatastoreError(f"{file} is not a feature datastore manifest; {fix}")
-    if manifest.get("format") != STORE_FORMAT:
-        raise DatastoreError(f"{file} has format {manifest.get('format')!r}; this version reads format "
-                             f"{STORE_FORMAT}; {fix}")
+        manifest = read_envelope(file, STORE_ARTIFACT, STORE_FORMAT, error=DatastoreError, fix=fix)
+    except FileNotFoundError:
+        raise DatastoreError(f"{file} is unreadable (FileNotFoundError); {fix}") from None
     for key, kind in _MANIFEST_TYPES.items():
         value = manifest.get(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

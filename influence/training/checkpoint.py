@@ -16,7 +16,6 @@ moments precondition pool gradients, and `avg_lr` weights each checkpoint's scor
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -26,8 +25,10 @@ from typing import Any
 
 from influence.errors import ManifestMismatchError, TrainingError
 from influence.io import atomic_directory, write_bytes, write_json
+from influence.provenance import envelope, read_envelope
 
 CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_ARTIFACT = "influence.checkpoint"
 CHECKPOINT_FORMAT = 1
 ADAPTER_DIR = "adapter"
 WEIGHTS_FILE = "weights.safetensors"
@@ -102,17 +103,7 @@ def load_checkpoint(path: str | os.PathLike, *, moments: bool = True) -> Checkpo
         TrainingError: the directory is not a complete checkpoint, or a file is unreadable.
     """
     path = Path(path)
-    state_file = path / STATE_FILE
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainingError(f"{path} is not a training checkpoint (no {STATE_FILE}); "
-                            "pass a checkpoints/epoch-N directory") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrainingError(f"{state_file}: unreadable ({exc}); delete the checkpoint and rerun training") from None
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"{state_file}: checkpoint format {state.get('format')!r}, expected "
-                            f"{CHECKPOINT_FORMAT}; retrain with this version")
+    state = read_state(path)
     checkpoint = Checkpoint(path=path, epoch=state["epoch"], step=state["step"], avg_lr=state["avg_lr"],
                             betas=tuple(state["betas"]), eps=state["eps"], weight_decay=state["weight_decay"],
                             method=state["method"], lora_signature=state.get("lora_signature"),
@@ -123,6 +114,20 @@ def load_checkpoint(path: str | os.PathLike, *, moments: bool = True) -> Checkpo
         if set(checkpoint.exp_avg) != set(checkpoint.exp_avg_sq):
             raise TrainingError(f"{path}: first and second moments name different parameters; retrain")
     return checkpoint
+
+
+def read_state(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's state.json, checked to be one.
+
+    Raises:
+        TrainingError: no state.json, or it is unreadable or of another kind or format.
+    """
+    try:
+        return read_envelope(Path(path) / STATE_FILE, CHECKPOINT_ARTIFACT, CHECKPOINT_FORMAT, error=TrainingError,
+                             fix="delete the checkpoint and rerun training")
+    except FileNotFoundError:
+        raise TrainingError(f"{path} is not a training checkpoint (no {STATE_FILE}); "
+                            "pass a checkpoints/epoch-N directory") from None
 
 
 def _read_tensors(path: Path) -> dict[str, Any]:
@@ -170,7 +175,7 @@ def save_checkpoint(directory: Path, *, model: Any, params: list[tuple[str, Any]
             write_bytes(staging / WEIGHTS_FILE, _tensor_bytes(dict(params), "weights"))
         write_bytes(staging / EXP_AVG_FILE, _tensor_bytes(moments["exp_avg"], "exp-avg"))
         write_bytes(staging / EXP_AVG_SQ_FILE, _tensor_bytes(moments["exp_avg_sq"], "exp-avg-sq"))
-        write_json(staging / STATE_FILE, {"format": CHECKPOINT_FORMAT, **state})
+        write_json(staging / STATE_FILE, {**envelope(CHECKPOINT_ARTIFACT, CHECKPOINT_FORMAT), **state})
     return directory
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import os
@@ -38,12 +39,14 @@ from influence import distributed
 from influence.data.example import Example
 from influence.errors import ManifestMismatchError, TrainingError
 from influence.io import pid_alive, process_start, sha256_file, sha256_json, write_json
+from influence.provenance import envelope, read_envelope, settings_differences
 from influence.training.batching import epoch_seed, micro_batch_seed, plan_epoch, steps_per_epoch
 from influence.training.checkpoint import (
     ADAPTER_DIR,
     checkpoint_dir,
     list_checkpoints,
     load_checkpoint,
+    read_state,
     remove_stale_staging,
     restore_checkpoint,
     save_adapter,
@@ -59,7 +62,7 @@ MANIFEST_FILE = "manifest.json"
 RUN_FILE = "run.json"          # the identity of the run in progress; a resume must match it
 LOCK_FILE = ".lock"
 MODEL_DIR = "model"
-MANIFEST_KIND = "influence.train"
+MANIFEST_ARTIFACT = "influence.train"
 MANIFEST_FORMAT = 1
 
 
@@ -310,15 +313,9 @@ def _resume(out_dir: Path, config: TrainConfig, model: Any, params: list[tuple[s
     keys = ("epoch", "step", "steps_in_epoch", "avg_lr", "mean_loss", "tokens", "seconds")
     history = []
     for path in done:
-        state = _read_state(path)
+        state = read_state(path)
         history.append({key: state[key] for key in keys})
     return history
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((path / "state.json").read_text(encoding="utf-8"))
 
 
 def _progress(total: int, done: int, config: TrainConfig, job: distributed.Dist) -> Any:
@@ -408,12 +405,9 @@ def _save_output(out_dir: Path, model: Any, loaded: Any, config: TrainConfig) ->
 def _manifest(identity: dict[str, Any], config: TrainConfig, data: TrainingData, loaded: Any,
               encoding: dict[str, int], lora_signature: dict[str, Any] | None, history: list[dict[str, Any]],
               output_dir: Path) -> dict[str, Any]:
-    from influence.selection import package_versions
-
     tokenizer = loaded.tokenizer
     return {
-        "kind": MANIFEST_KIND,
-        "format": MANIFEST_FORMAT,
+        **envelope(MANIFEST_ARTIFACT, MANIFEST_FORMAT),
         "identity": identity,
         "output": {"kind": "adapter" if config.method == "lora" else "model", "path": output_dir.name},
         "model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256,
@@ -427,8 +421,6 @@ def _manifest(identity: dict[str, Any], config: TrainConfig, data: TrainingData,
         "epochs": history,
         "steps": history[-1]["step"] if history else 0,
         "seconds": round(sum(epoch["seconds"] for epoch in history), 3),
-        "versions": {"python": sys.version.split()[0], **package_versions()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
@@ -439,19 +431,13 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     Raises:
         TrainingError: out_dir holds no finished run.
     """
-    import json
-
     path = Path(out_dir) / MANIFEST_FILE
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return read_envelope(path, MANIFEST_ARTIFACT, MANIFEST_FORMAT, error=TrainingError,
+                             fix="train again into another directory, or pass --overwrite")
     except FileNotFoundError:
         raise TrainingError(f"{out_dir} holds no finished training run (no {MANIFEST_FILE}); "
                             "run `influence train` into it, or rerun to resume") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrainingError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != MANIFEST_KIND:
-        raise TrainingError(f"{path} is not a training manifest")
-    return manifest
 
 
 def is_training_output(path: str | os.PathLike) -> bool:
@@ -476,8 +462,6 @@ def _finished_run(out_dir: Path, identity: dict[str, Any]) -> TrainResult | None
 
 def _claim(out_dir: Path, identity: dict[str, Any]) -> None:
     """Record the run's identity, or check that the run already begun here is this one."""
-    import json
-
     path = out_dir / RUN_FILE
     if path.exists():
         try:
@@ -492,20 +476,13 @@ def _claim(out_dir: Path, identity: dict[str, Any]) -> None:
 
 
 def _require_same(out_dir: Path, previous: Any, identity: dict[str, Any]) -> None:
-    if previous == identity:
-        return
-    differing = sorted(_differences(previous, identity)) or ["the run record is unreadable"]
-    raise ManifestMismatchError(f"{out_dir} holds a run with other {', '.join(differing[:4])}; "
-                                "use another --out, or --overwrite to start again")
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return [prefix or "settings"] if old != new else []
-    out = []
-    for key in sorted(set(old) | set(new)):
-        out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
-    return out
+    if not isinstance(previous, dict):
+        differing = ["the run record is unreadable"]
+    else:
+        differing = [name for name, _, _ in settings_differences(previous, json.loads(json.dumps(identity)))]
+    if differing:
+        raise ManifestMismatchError(f"{out_dir} holds a run with other {', '.join(differing[:4])}; "
+                                    "use another --out, or --overwrite to start again")
 
 
 def _clear(out_dir: Path) -> None:
