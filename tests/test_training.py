@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import torch
@@ -314,7 +315,8 @@ def test_a_directory_locked_by_a_live_run_is_refused(tmp_path, tiny):
     out.mkdir()
     holder = subprocess.Popen(["sleep", "60"])
     try:
-        (out / ".lock").write_text(f"{holder.pid} {process_start(holder.pid)}")
+        (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                               "process_start": process_start(holder.pid)}))
         with pytest.raises(TrainingError, match=f"another training run \\(pid {holder.pid}\\)"):
             train(EXAMPLES, TrainConfig.for_tests(epochs=1), out, loaded=tiny)
     finally:
@@ -330,7 +332,8 @@ def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path,
     out.mkdir()
     stranger = subprocess.Popen(["sleep", "60"])  # alive, but started after the lock's writer
     try:
-        (out / ".lock").write_text(f"{stranger.pid} 1")
+        (out / ".lock").write_text(json.dumps({"pid": stranger.pid, "host": socket.gethostname(),
+                                               "process_start": "1"}))
         result = train(EXAMPLES, TrainConfig.for_tests(epochs=1), out, loaded=tiny)
     finally:
         stranger.kill()

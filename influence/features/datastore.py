@@ -32,9 +32,6 @@ import json
 import logging
 import os
 import shutil
-import socket
-import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -42,7 +39,8 @@ import numpy as np
 
 from influence.constants import DATASTORE_MANIFEST
 from influence.errors import DatastoreError, ManifestMismatchError
-from influence.io import pid_alive, process_start, sha256_bytes, sha256_file, sha256_json, write_bytes, write_json
+from influence.io import sha256_bytes, sha256_file, sha256_json, write_bytes, write_json
+from influence.locks import FileLock
 from influence.provenance import envelope, read_envelope, settings_difference
 
 log = logging.getLogger(__name__)
@@ -67,108 +65,6 @@ def _canonical(obj: Any, what: str) -> Any:
         return json.loads(json.dumps(obj, allow_nan=False, sort_keys=True))
     except (TypeError, ValueError) as err:
         raise DatastoreError(f"the {what} must be plain JSON (str, int, float, bool, None, list, dict): {err}") from None
-
-
-# --------------------------------------------------------------------------- lock
-
-
-class StoreLock:
-    """An exclusive lock file made with O_CREAT|O_EXCL, holding the owner's pid and host.
-
-    A lock left by a dead process on this host is taken over (and logged). Processes that
-    pass the same non-empty ``group`` (for instance a torchrun job id) share the lock:
-    the first one creates it, the others join, and only the creator removes it.
-    """
-
-    def __init__(self, path: Path, group: str | None = None):
-        self.path = Path(path)
-        self.group = group
-        self.owner = False
-        self._nonce = uuid.uuid4().hex
-
-    def _describe(self, info: Mapping[str, Any]) -> str:
-        since = info.get("started")
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
-        group = f", group {info['group']!r}" if info.get("group") else ""
-        return f"pid {info.get('pid', '?')} on host {info.get('host', '?')}{group} since {when}"
-
-    def _read(self) -> dict[str, Any] | None:
-        try:
-            info = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, RecursionError):
-            return {}
-        return info if isinstance(info, dict) else {}
-
-    def acquire(self) -> "StoreLock":
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "group": self.group,
-                "started": time.time(), "process_start": process_start(os.getpid()), "nonce": self._nonce}
-        for _attempt in range(20):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                held = self._read()
-                if held is None:
-                    continue  # released between our attempts; try again
-                if self.group and held.get("group") == self.group:
-                    log.info("joined the lock on %s held by %s", self.path.parent, self._describe(held))
-                    return self
-                if self._is_stale(held):
-                    self._take_over(held)
-                    continue
-                raise DatastoreError(
-                    f"datastore {self.path.parent} is being written by {self._describe(held)}; wait for that run "
-                    f"to finish, or if it is dead, delete {self.path}")
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(info, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            self.owner = True
-            return self
-        raise DatastoreError(f"could not take the lock {self.path} after 20 attempts; another process keeps "
-                             f"taking it; delete it if no run is writing {self.path.parent}")
-
-    def _is_stale(self, held: Mapping[str, Any]) -> bool:
-        if not held:  # empty or unreadable: a writer died between creating and filling it, or is filling it now
-            try:
-                return time.time() - self.path.stat().st_mtime > 10.0
-            except FileNotFoundError:
-                return False
-        pid = held.get("pid")
-        if held.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool):
-            return False  # cannot see processes on other hosts
-        return not pid_alive(pid, held.get("process_start"))
-
-    def _take_over(self, held: Mapping[str, Any]) -> None:
-        # Move the stale file aside under a unique name, then check it is the one we judged
-        # stale: another process may have taken it over and locked anew in the meantime.
-        aside = self.path.with_name(f"{self.path.name}.stale.{self._nonce}")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return
-        try:
-            moved = json.loads(aside.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError):
-            moved = {}
-        if (moved or {}) != dict(held) and moved:
-            try:  # not the stale lock: put it back (link fails if a new lock appeared meanwhile)
-                os.link(aside, self.path)
-            except FileExistsError:
-                pass
-        else:
-            log.warning("took over the lock on %s left by a dead process (%s)", self.path.parent,
-                        self._describe(held) if held else "unreadable lock file")
-        aside.unlink(missing_ok=True)
-
-    def release(self) -> None:
-        if not self.owner:
-            return
-        held = self._read()
-        if held and held.get("nonce") == self._nonce:
-            self.path.unlink(missing_ok=True)
-        self.owner = False
 
 
 # --------------------------------------------------------------------------- rows view
@@ -247,7 +143,7 @@ class FeatureStore:
     with `FeatureStore.open`. Use either as a context manager so the lock is released.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], *, lock: StoreLock | None = None):
+    def __init__(self, path: Path, manifest: dict[str, Any], *, lock: FileLock | None = None):
         self.path = Path(path)
         self._manifest = manifest
         self.identity: dict[str, Any] = manifest["identity"]
@@ -294,7 +190,7 @@ class FeatureStore:
         path = Path(path)
         wanted = cls._new_manifest(identity, example_ids, dim, shard_rows, dtype)
         path.mkdir(parents=True, exist_ok=True)
-        lock = StoreLock(path / LOCK_FILE, group).acquire()
+        lock = FileLock(path / LOCK_FILE, group, what="datastore", error=DatastoreError).acquire()
         try:
             manifest_file = path / DATASTORE_MANIFEST
             if manifest_file.exists():

@@ -33,12 +33,13 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from influence import distributed
 from influence.data.example import Example
 from influence.errors import ManifestMismatchError, TrainingError
-from influence.io import pid_alive, process_start, sha256_file, sha256_json, write_json
+from influence.io import sha256_file, sha256_json, write_json
+from influence.locks import FileLock
 from influence.provenance import envelope, read_envelope, settings_differences
 from influence.training.batching import epoch_seed, micro_batch_seed, plan_epoch, steps_per_epoch
 from influence.training.checkpoint import (
@@ -495,41 +496,12 @@ def _clear(out_dir: Path) -> None:
             path.unlink()
 
 
-@contextlib.contextmanager
-def _exclusive(out_dir: Path) -> Iterator[None]:
+def _exclusive(out_dir: Path) -> FileLock:
     """One training run per output directory at a time; a lock left by a dead process is taken over."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    lock = out_dir / LOCK_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder, start = _lock_holder(lock)
-            if holder is not None and holder != os.getpid() and pid_alive(holder, start):
-                raise TrainingError(f"another training run (pid {holder}) is writing to {out_dir}; "
-                                    "wait for it or choose another --out") from None
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{os.getpid()} {process_start(os.getpid()) or ''}".strip())
-        break
-    else:
-        raise TrainingError(f"cannot lock {out_dir}; remove {lock} if no training is running")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
-
-
-def _lock_holder(lock: Path) -> tuple[int | None, str | None]:
-    """The pid in a lock file and, when recorded, its start time (a reused pid is not the holder)."""
-    try:
-        pid, *start = lock.read_text().split()
-        return int(pid), (start[0] if start else None)
-    except (OSError, ValueError):
-        return None, None
+    return FileLock(out_dir / LOCK_FILE, error=TrainingError,
+                    busy=lambda held: f"another training run (pid {held.get('pid', '?')}) is writing to {out_dir}; "
+                                      "wait for it or choose another --out")
 
 
 def load_trained(out_dir: str | os.PathLike, *, base: Any = None, merge: bool = True) -> Any:
