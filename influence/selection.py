@@ -9,21 +9,23 @@ from __future__ import annotations
 import functools
 import re
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from influence import distributed
 from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_path
 from influence.data.contamination import Contamination, find_contaminated, has_heldout, heldout_ngrams
-from influence.data.pools import Pool
-from influence.data.targets import Target
+from influence.data.pools import Pool, load_pool
+from influence.data.targets import Target, load_target
 from influence.errors import OutputExistsError, SelectionError
 from influence.io import sha256_file, sha256_json, write_json, write_jsonl
 from influence.provenance import envelope
-from influence.selectors import Scores, SelectionContext, Selector, top_k
+from influence.selectors import Scores, SelectionContext, Selector, make_selector, top_k
 
 SELECTION_ARTIFACT = "influence.selection"
 SELECTION_FORMAT = 1
@@ -199,3 +201,66 @@ def write_selection(selection: Selection, out: str | Path, *, fmt: str = "alpaca
         out.unlink(missing_ok=True)
         raise
     return out, meta_path
+
+
+def echo_line(line: str, err: bool = False) -> None:
+    """Print one line of a run's report to stdout (or stderr)."""
+    print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int = 0, fmt: str = "alpaca",
+                  out: str | Path | None = None, overwrite: bool = False, target: str | None = None,
+                  selector_options: dict[str, Any] | None = None, keep_contaminated: bool = False,
+                  echo: Callable[..., None] = echo_line) -> tuple[Path, Path] | None:
+    """Check, load, decontaminate, select, summarise and write: `influence select` and `influence score`.
+
+    Everything that can be refused is refused before any work. Under torchrun every rank
+    loads the pool and runs the selector's `prepare` (its share of the distributed work);
+    rank 0 alone selects, reports and writes.
+
+    Args:
+        pool_specs: pool names, files or hf: ids, mixed in order.
+        k: how many examples to keep.
+        selector: a registered selector name; `selector_options` go to its factory.
+        target: a target name or file; its held-out items are kept out of the pool either way.
+        out: the JSONL path [default: `default_output_path`]; its manifest goes beside it.
+        keep_contaminated: keep pool examples that share a 13-gram with the target's held-out items.
+        echo: receives each report line (and `err=True` for notes).
+
+    Returns:
+        The JSONL and manifest paths on rank 0, None on the other ranks.
+
+    Raises:
+        SelectionError, OutputExistsError, UnknownNameError, DataError: bad input, before any work.
+    """
+    job = distributed.init_from_env()
+
+    def say(line: str, err: bool = False) -> None:
+        if job.is_main:  # one voice per job
+            echo(line, err=err)
+
+    k = check_k(k)
+    chosen = make_selector(selector, **(selector_options or {}))
+    if chosen.requires_target and not target:
+        raise SelectionError(f"selector {selector!r} needs a target; pass --target (see `influence targets`)")
+    out = out or default_output_path(list(pool_specs), selector, k, target if chosen.requires_target else None)
+    check_writable(out, overwrite)
+    target_set = load_target(target) if target else None  # before the pool: a bad name fails at once
+    pool = load_pool(list(pool_specs), stream=True)  # ids in memory; examples read a chunk at a time
+    for line in pool.describe():
+        say(line)
+    if target and not chosen.requires_target:
+        use = ("its held-out items are still kept out of the pool" if has_heldout(target)
+               else "a target file has no held-out items to keep out")
+        say(f"note: selector {selector!r} does not score against --target; {use}", err=True)
+    # every rank drops the same contaminated examples, so that all of them score the same pool
+    pool, contamination = decontaminate(pool, target_set, keep=keep_contaminated)
+    if not job.is_main:
+        chosen.prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
+        return None
+    selection = select(pool, k, chosen, target=target_set, seed=seed, contamination=contamination)
+    for line in selection.summary():
+        say(line)
+    jsonl, manifest = write_selection(selection, out, fmt=fmt, overwrite=overwrite)
+    say(f"wrote {jsonl} and {manifest}")
+    return jsonl, manifest

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from influence.cli.less_options import less_options, pop_settings
-from influence.cli.select import keep_contaminated_option, run_selection, selection_options
+from influence.cli.select import keep_contaminated_option, selection_options
+from influence.selection import run_selection
 
 
 @click.command("warmup")
@@ -48,13 +49,13 @@ def featurize_command(pools, target, seed, dry_run, keep_contaminated, **less) -
     """
     from influence import distributed
     from influence.data import load_pool, load_target
-    from influence.less import build_features
+    from influence.less import build_features, print_estimate
     from influence.selection import decontaminate
 
     # featurize exists to write features: with a target, the unprojected cosines come from the same pass
     settings = pop_settings(less, seed=seed).with_(store_features=True)
     if dry_run:
-        print_estimate(pools, target, settings)
+        print_estimate(pools, target, settings, echo=click.echo)
         return
     job = distributed.init_from_env()
     pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
@@ -84,21 +85,9 @@ def score_command(pools, k, seed, fmt, out, overwrite, target, keep_contaminated
     --scoring unprojected reads the exact cosines that `featurize --target` took for this target.
     """
     settings = pop_settings(less, seed=seed, scoring="faiss")
-    run_selection(pools, k, "less", seed, fmt, out, overwrite, target,
-                  {"settings": settings, "existing_only": True}, keep_contaminated)
-
-
-def print_estimate(pools, target, settings) -> None:
-    """The --dry-run of featurize and select: sizes in, an estimate out, nothing written."""
-    from influence.data import load_pool, load_target
-    from influence.less import dry_run
-
-    pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
-    for line in pool.describe():
-        click.echo(line)
-    estimate = dry_run(pool, load_target(target) if target else None, settings)
-    for line in estimate.lines():
-        click.echo(line)
+    run_selection(pools, k, "less", seed=seed, fmt=fmt, out=out, overwrite=overwrite, target=target,
+                  selector_options={"settings": settings, "existing_only": True},
+                  keep_contaminated=keep_contaminated, echo=click.echo)
 
 
 COMMANDS = [warmup_command, featurize_command, score_command]

@@ -8,10 +8,9 @@ import click
 
 from influence.cli.less_options import less_options, pop_settings
 from influence.constants import OUTPUT_FORMATS
-from influence.data.contamination import has_heldout
 from influence.errors import SelectionError
-from influence.selection import check_writable, decontaminate, default_output_path, select, write_selection
-from influence.selectors import SELECTORS, SelectionContext, make_selector
+from influence.selection import run_selection
+from influence.selectors import SELECTORS
 from influence.selectors.baselines import LENGTH_UNITS
 from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING
 
@@ -43,44 +42,6 @@ keep_contaminated_option = click.option(
          "are dropped before scoring; either way the manifest lists them).")
 
 
-def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_options, keep_contaminated=False):
-    """Shared by `select` and `score`: check, load, select, summarise, write (rank 0 only under torchrun)."""
-    from influence import distributed
-    from influence.data import load_pool, load_target
-
-    job = distributed.init_from_env()
-
-    def say(*args, **kwargs) -> None:
-        if job.is_main:  # one voice per job
-            click.echo(*args, **kwargs)
-
-    if k <= 0:
-        raise SelectionError(f"k must be positive, got {k}")
-    chosen = make_selector(name, **selector_options)
-    if chosen.requires_target and not target:
-        raise SelectionError(f"selector {name!r} needs a target; pass --target (see `influence targets`)")
-    out = out or default_output_path(list(pools), name, k, target if chosen.requires_target else None)
-    check_writable(out, overwrite)
-    target_set = load_target(target) if target else None  # before the pool: a bad name fails at once
-    pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
-    for line in pool.describe():
-        say(line)
-    if target and not chosen.requires_target:
-        use = ("its held-out items are still kept out of the pool" if has_heldout(target)
-               else "a target file has no held-out items to keep out")
-        say(f"note: selector {name!r} does not score against --target; {use}", err=True)
-    # every rank drops the same contaminated examples, so that all of them score the same pool
-    pool, contamination = decontaminate(pool, target_set, keep=keep_contaminated)
-    if not job.is_main:  # under torchrun: share the distributed part (LESS: warmup, features); rank 0 selects
-        chosen.prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
-        return
-    selection = select(pool, k, chosen, target=target_set, seed=seed, contamination=contamination)
-    for line in selection.summary():
-        say(line)
-    jsonl, manifest = write_selection(selection, out, fmt=fmt, overwrite=overwrite)
-    say(f"wrote {jsonl} and {manifest}")
-
-
 @click.command("select")
 @selection_options
 @click.option("--target", default=None, metavar="SPEC",
@@ -106,13 +67,14 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
     if dry_run:
         if name != "less":
             raise SelectionError(f"--dry-run estimates the less selector; {name!r} takes a second anyway")
-        from influence.cli.less import print_estimate
+        from influence.less import print_estimate  # imports torch: only when asked
 
-        print_estimate(pools, target, settings)
+        print_estimate(pools, target, settings, echo=click.echo)
         return
     options = {"longest": {"unit": length_unit}, "less": {"settings": settings},
                "dsir": {"sampling": dsir_sampling}}.get(name, {})
-    run_selection(pools, k, name, seed, fmt, out, overwrite, target, options, keep_contaminated)
+    run_selection(pools, k, name, seed=seed, fmt=fmt, out=out, overwrite=overwrite, target=target,
+                  selector_options=options, keep_contaminated=keep_contaminated, echo=click.echo)
 
 
 COMMANDS = [select_command]

@@ -23,8 +23,8 @@ import numpy as np
 
 from influence import distributed
 from influence.data.example import Example
-from influence.data.pools import Pool, example_ids
-from influence.data.targets import Target
+from influence.data.pools import Pool, example_ids, load_pool
+from influence.data.targets import Target, load_target
 from influence.features import (AdamMoments, FeaturizeStats, LoraGradients, SubtaskQueries, dim_slices, featurize,
                                 make_projector, query_memory_bytes, subtask_queries)
 from influence.features.datastore import FeatureStore
@@ -486,6 +486,21 @@ def less_run(pool: Pool, target: Target, settings: LessSettings, *, k: int | Non
     return LessRun(workdir=features.workdir, scores=scores, checkpoints=features.checkpoints,
                    pool_stores=features.pool_stores, target_stores=features.target_stores,
                    cosine_stores=features.cosine_stores, stats={**features.stats, "scoring": scoring})
+
+
+def print_estimate(pool_specs: Sequence[str], target: str | None, settings: LessSettings, *,
+                   echo: Callable[[str], None] = print) -> Any:
+    """The dry run of featurize and select: load the pool's ids, estimate, report; nothing is written.
+
+    Returns the estimate after `echo` has received the pool's description and its lines.
+    """
+    pool = load_pool(list(pool_specs), stream=True)  # ids in memory; examples read a chunk at a time
+    for line in pool.describe():
+        echo(line)
+    estimate = dry_run(pool, load_target(target) if target else None, settings)
+    for line in estimate.lines():
+        echo(line)
+    return estimate
 
 
 def dry_run(pool: Pool, target: Target | None, settings: LessSettings) -> Any:
