@@ -26,11 +26,13 @@ from influence.data.contamination import Contamination
 from influence.data.pools import Pool, load_pool
 from influence.data.targets import load_target
 from influence.errors import ConfigError
+from influence.evaluation import EvalConfig, evaluate, write_results
 from influence.io import sha256_json, write_bytes, write_json, write_text
 from influence.less.settings import LessSettings
 from influence.selection import decontaminate, select, write_selection
 from influence.selectors import SELECTORS, make_selector
 from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING
+from influence.training import train
 from influence.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -112,9 +114,6 @@ def _selector_options(name: str, config: CompareConfig) -> dict[str, Any]:
 
 def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the comparison and write its tables and plot under `out`."""
-    from influence.evaluation import EvalConfig, evaluate, write_results
-    from influence.training import train
-
     out = Path(out)
     pool = load_pool(config.pools)
     target = load_target(config.target)
@@ -287,10 +286,11 @@ def write_reports(summary: dict[str, Any], out: Path) -> dict[str, Path]:
 
 def plot_png(summary: dict[str, Any]) -> bytes:
     """Target loss and the task metric per selector, mean with seed-spread error bars."""
+    # optional and heavy: imported on use
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the file-only backend
 
     names = list(summary["selectors"])
     entries = [summary["selectors"][n] for n in names]

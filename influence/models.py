@@ -76,6 +76,7 @@ def materialize_gguf(path: Path) -> tuple[Path, str]:
     target = cache_dir() / "models" / f"{path.stem}-{digest[:16]}"
     if (target / "influence-source.json").exists():
         return target, digest
+    # heavy: imported on use, not at start-up
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.warning("converting %s to a plain checkpoint under %s (once; about 30 s)", path.name, target)
@@ -126,6 +127,7 @@ def load_model(spec: str | None = None, *, device: str | None = None, dtype: Any
     Raises:
         ModelError: the model cannot be found or loaded (offline hub ids fail at once).
     """
+    # heavy: imported on use, not at start-up
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

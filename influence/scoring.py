@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from influence.errors import ConfigError, DataError, ManifestMismatchError, SelectionError
+from influence.index import EXACT_KINDS, build_index, describe_index, search
 
 log = logging.getLogger(__name__)
 
@@ -335,8 +336,6 @@ def less_top_k(pool_features: Any, target_features: Any, learning_rates: Sequenc
         DataError, ManifestMismatchError, ConfigError: see `prepare`; an index that does
             not match the pool.
     """
-    from influence.index import EXACT_KINDS, build_index, describe_index, search
-
     problem = prepare(pool_features, target_features, learning_rates, subtasks)
     n = problem.num_rows
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= n:

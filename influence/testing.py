@@ -13,6 +13,7 @@ CHAT_TEMPLATE = (
 
 def tiny_tokenizer(*, chat_template: bool = True) -> Any:
     """A character-level fast tokenizer: every printable ASCII character is one token."""
+    # heavy: imported on use, not at start-up
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -31,6 +32,7 @@ def tiny_tokenizer(*, chat_template: bool = True) -> Any:
 
 def tiny_llama(vocab_size: int = 128, *, layers: int = 2, hidden: int = 32, heads: int = 4, seed: int = 0) -> Any:
     """A randomly initialised Llama small enough to run a step in milliseconds."""
+    # heavy: imported on use, not at start-up
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

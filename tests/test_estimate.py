@@ -12,7 +12,7 @@ import pytest
 from influence.data.example import Example
 from influence.data.formatting import encode_example
 from influence.errors import ConfigError
-from influence.estimate import (CHARS_PER_TOKEN, TEMPLATE_CHARS, LessEstimate, ModelShape, TokenStats, estimate_less,
+from influence.less.estimate import (CHARS_PER_TOKEN, TEMPLATE_CHARS, LessEstimate, ModelShape, TokenStats, estimate_less,
                                 measure_flops, token_stats)
 from influence.less.settings import LessSettings
 from influence.lora import LoraSettings, add_lora, lora_signature

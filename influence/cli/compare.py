@@ -42,6 +42,7 @@ def default_out_dir(pools: tuple[str, ...], target: str, k: int) -> Path:
 def compare_command(pools, target, k, selectors, seeds, limit, epochs, lr, train_batch_size, train_max_length, out,
                     dsir_sampling, keep_contaminated, **less) -> None:
     """For each selector and seed: select, train, evaluate; then a table, a plot and the overlaps."""
+    # loads torch: imported on use, not at start-up
     from influence.compare import CompareConfig, compare, markdown
 
     settings = pop_settings(less)

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import click
 
+from influence.evaluation import evaluate, format_table, write_results
 from influence.evaluation.evaluate import EvalConfig
+from influence.training import is_training_output
 
 _DEFAULTS = EvalConfig()
 
 
 def default_results_path(model: str | None, target: str, limit: int | None, cot: bool) -> Path:
     """<training dir>/eval-<target>[-cot][-limitN].json beside a trained model, else runs/eval/<model>-<...>.json."""
-    from influence.training import is_training_output
-
     def safe(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name or text).strip("_") or "model"
 
@@ -46,8 +46,6 @@ def default_results_path(model: str | None, target: str, limit: int | None, cot:
               help="Results JSON [default: beside a trained model, else runs/eval/<model>-<target>.json].")
 def evaluate_command(model, target, limit, seed, cot, batch_size, max_new_tokens, reuse_prefix, out) -> None:
     """Evaluate a model on a target's held-out items; prints a table and writes the results as JSON."""
-    from influence.evaluation import evaluate, format_table, write_results
-
     changes = {}
     if max_new_tokens is not None:
         changes["cot_max_new_tokens" if cot else "max_new_tokens"] = max_new_tokens

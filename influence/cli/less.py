@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from influence import distributed
 from influence.cli.less_options import less_options, pop_settings
 from influence.cli.select import keep_contaminated_option, selection_options
-from influence.selection import run_selection
+from influence.data import load_pool, load_target
+from influence.selection import decontaminate, run_selection
 
 
 @click.command("warmup")
@@ -15,8 +17,7 @@ from influence.selection import run_selection
 @less_options
 def warmup_command(pools, seed, **less) -> None:
     """Train the warmup LoRA on a seeded fraction of the pool (reused or resumed if present)."""
-    from influence import distributed
-    from influence.data import load_pool
+    # loads torch: imported on use, not at start-up
     from influence.less import run_warmup
 
     settings = pop_settings(less, seed=seed)
@@ -47,10 +48,8 @@ def featurize_command(pools, target, seed, dry_run, keep_contaminated, **less) -
     Under `torchrun --nproc_per_node N` (or several nodes), each rank featurizes its own
     shards of the same datastores, after training the warmup together (data parallel).
     """
-    from influence import distributed
-    from influence.data import load_pool, load_target
+    # loads torch: imported on use, not at start-up
     from influence.less import build_features, print_estimate
-    from influence.selection import decontaminate
 
     # featurize exists to write features: with a target, the unprojected cosines come from the same pass
     settings = pop_settings(less, seed=seed).with_(store_features=True)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from influence import distributed
+from influence.training import train
 from influence.training.config import TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -49,9 +51,6 @@ def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, l
     Under `torchrun --nproc_per_node N`, the N processes train data parallel (one gradient
     all-reduce per step) and rank 0 writes the output.
     """
-    from influence import distributed
-    from influence.training import train
-
     method = "lora" if lora else "full"
     config = TrainConfig(model=model, method=method, epochs=epochs, learning_rate=lr, batch_size=batch_size,
                          micro_batch_size=min(micro_batch_size, batch_size), loss_reduction=loss_reduction,

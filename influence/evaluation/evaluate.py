@@ -21,9 +21,12 @@ from typing import Any
 
 from influence.errors import ConfigError, EvaluationError
 from influence.evaluation import metrics
-from influence.evaluation.scoring import generate_answers, reference_scores
+from influence.evaluation.scoring import ReferenceScores, generate_answers, reference_scores
 from influence.evaluation.tasks import EvalItem, EvalTask, build_task
+from influence.io import write_json
+from influence.models import LoadedModel, load_model
 from influence.provenance import envelope
+from influence.training import is_training_output, load_trained
 
 RESULTS_ARTIFACT = "influence.eval-results"
 RESULTS_FORMAT = 1
@@ -66,9 +69,6 @@ class EvalConfig:
 
 def resolve_model(model: Any) -> Any:
     """A LoadedModel from a LoadedModel, a training output directory, or a model spec."""
-    from influence.models import LoadedModel, load_model
-    from influence.training import is_training_output, load_trained
-
     if isinstance(model, LoadedModel):
         return model
     if model is None or isinstance(model, (str, os.PathLike)):
@@ -199,8 +199,6 @@ def _by_subtask(items: list[EvalItem]) -> dict[str, list[int]]:
 
 
 def _pick(scores: Any, indices: list[int]) -> Any:
-    from influence.evaluation.scoring import ReferenceScores
-
     return ReferenceScores(nll=[scores.nll[i] for i in indices], tokens=[scores.tokens[i] for i in indices],
                            option_loglik=None, truncated=0)
 
@@ -217,8 +215,6 @@ def _aggregate(items: list[EvalItem], scores: Any, per_item: dict[str, list[floa
 # ------------------------------------------------------------------ output
 def write_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write the results as JSON (atomically)."""
-    from influence.io import write_json
-
     return write_json(path, _finite(results))
 
 

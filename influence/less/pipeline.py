@@ -25,6 +25,7 @@ from influence import distributed
 from influence.data.example import Example
 from influence.data.pools import Pool, example_ids, load_pool
 from influence.data.targets import Target, load_target
+from influence.errors import ConfigError, DataError, DatastoreError, ModelError
 from influence.features import (AdamMoments, FeaturizeStats, LoraGradients, SubtaskQueries, dim_slices, featurize,
                                 make_projector, query_memory_bytes, subtask_queries)
 from influence.features.datastore import FeatureStore
@@ -32,8 +33,10 @@ from influence.hub import hub_reachable
 from influence.io import sha256_file, sha256_json
 from influence.less.settings import LessSettings
 from influence.lora import add_lora, lora_signature
+from influence.models import load_model, resolve_model
 from influence.provenance import package_versions
 from influence.scoring import checkpoint_weights, less_scores, less_top_k, unprojected_scores
+from influence.training import TrainConfig, load_adapter_weights, load_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +82,6 @@ def warmup_examples(pool: Pool, settings: LessSettings) -> list[Example]:
 
 def run_warmup(pool: Pool, settings: LessSettings, *, loaded: Any = None) -> Any:
     """Train (or reuse, or resume) the warmup LoRA; returns the trainer's `TrainResult`."""
-    from influence.training import TrainConfig, train
-
     config = TrainConfig.less_warmup(model=settings.model, lora=settings.lora, epochs=settings.warmup_epochs,
                                      learning_rate=settings.warmup_lr, batch_size=settings.warmup_batch_size,
                                      micro_batch_size=settings.warmup_micro_batch_size,
@@ -129,6 +130,7 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
     the same stores, and the result is identical to a single process's. Rank 0 creates and
     finalizes the stores.
     """
+    # heavy: imported on use, not at start-up
     from tqdm.auto import tqdm
 
     job = distributed.current()
@@ -202,8 +204,6 @@ def subtask_groups(names: Sequence[str], lora_params: int, budget_bytes: int) ->
     Raises:
         ConfigError: a single subtask's query does not fit.
     """
-    from influence.errors import ConfigError
-
     per_pass = budget_bytes // query_memory_bytes(1, lora_params)
     if per_pass < 1:
         raise ConfigError(f"the unprojected LESS score holds one {lora_params:,}-parameter float32 vector per target "
@@ -218,9 +218,11 @@ def subtask_groups(names: Sequence[str], lora_params: int, budget_bytes: int) ->
 
 def query_budget(device: Any) -> int:
     """Half the memory free now where the queries live: the GPU's on CUDA, else the machine's."""
+    # heavy: imported on use, not at start-up
     import torch
 
-    from influence.estimate import available_memory
+    # loads torch: imported on use, not at start-up
+    from influence.less.estimate import available_memory
 
     if torch.device(device).type == "cuda":
         return int(torch.cuda.mem_get_info(torch.device(device))[0]) // 2
@@ -295,10 +297,6 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         ManifestMismatchError: a datastore of that name was made under other settings or pool.
         ConfigError: with scoring=unprojected, a single subtask's query does not fit in memory.
     """
-    from influence.errors import DataError, DatastoreError
-    from influence.models import load_model
-    from influence.training import load_adapter_weights, load_checkpoint
-
     if target is not None and not len(target):
         raise DataError(f"target {target.name} has no examples")
     workdir = workdir_for(pool, settings)
@@ -391,8 +389,6 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
 
 
 def _require_complete(paths: Sequence[Path]) -> None:
-    from influence.errors import DatastoreError
-
     for path in paths:
         if not (FeatureStore.exists(path) and FeatureStore.open(path).is_complete):
             raise DatastoreError(f"{path} is missing or incomplete; run `influence featurize` with the same pool, "
@@ -444,7 +440,8 @@ def score_features(features: FeatureSet, pool: Pool, target: Target, settings: L
     scoring falls back to exact chunked scoring over the memory-mapped features, which needs
     a block at a time.
     """
-    from influence.estimate import available_memory
+    # loads torch: imported on use, not at start-up
+    from influence.less.estimate import available_memory
 
     lrs = _score_rates(features.checkpoints)
     subtasks = target.subtasks()
@@ -506,10 +503,11 @@ def print_estimate(pool_specs: Sequence[str], target: str | None, settings: Less
 def dry_run(pool: Pool, target: Target | None, settings: LessSettings) -> Any:
     """Estimate a LESS run's time, disk and memory from sizes alone: loads the model's config and
     tokenizer, never its weights, and writes nothing."""
+    # heavy: imported on use, not at start-up
     from transformers import AutoConfig, AutoTokenizer
 
-    from influence.estimate import ModelShape, estimate_less
-    from influence.models import resolve_model
+    # loads torch: imported on use, not at start-up
+    from influence.less.estimate import ModelShape, estimate_less
 
     location, _ = resolve_model(settings.model)
     local_only = Path(location).is_dir() or not hub_reachable()
@@ -517,8 +515,6 @@ def dry_run(pool: Pool, target: Target | None, settings: LessSettings) -> Any:
         config = AutoConfig.from_pretrained(location, local_files_only=local_only)
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
     except OSError as exc:
-        from influence.errors import ModelError
-
         raise ModelError(f"cannot read model {settings.model!r} for an estimate: {str(exc).splitlines()[0]}") from None
     return estimate_less(pool.examples, target.examples if target is not None else [], settings,
                          shape=ModelShape.from_config(config, settings.lora), tokenizer=tokenizer)

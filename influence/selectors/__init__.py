@@ -12,6 +12,7 @@ from influence.selectors.topk import top_k
 
 def _less(**options: Any) -> Selector:
     """LESS (arXiv 2402.04333), imported on use: it brings torch and the model stack."""
+    # loads torch: imported on use, not at start-up
     from influence.selectors.less import LessSelector
 
     return LessSelector(**options)

@@ -19,12 +19,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from influence.errors import ManifestMismatchError, TrainingError
 from influence.io import atomic_directory, write_bytes, write_json
+from influence.lora import lora_parameters
 from influence.provenance import envelope, read_envelope
 
 CHECKPOINT_DIR = "checkpoints"
@@ -131,6 +133,7 @@ def read_state(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _read_tensors(path: Path) -> dict[str, Any]:
+    # heavy: imported on use, not at start-up
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -143,6 +146,7 @@ def _read_tensors(path: Path) -> dict[str, Any]:
 
 
 def _tensor_bytes(tensors: dict[str, Any], kind: str) -> bytes:
+    # heavy: imported on use, not at start-up
     from safetensors.torch import save
 
     return save({name: t.detach().to("cpu").contiguous() for name, t in tensors.items()},
@@ -181,8 +185,6 @@ def save_checkpoint(directory: Path, *, model: Any, params: list[tuple[str, Any]
 
 def save_adapter(model: Any, directory: Path) -> None:
     """peft's save_pretrained (safetensors), without a transformers deprecation notice it triggers."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model.save_pretrained(str(directory), safe_serialization=True)
@@ -194,6 +196,7 @@ def restore_checkpoint(checkpoint: Checkpoint, *, model: Any, params: list[tuple
     Raises:
         ManifestMismatchError: the checkpoint's parameters differ from the model's.
     """
+    # heavy: imported on use, not at start-up
     import torch
 
     names = [name for name, _ in params]
@@ -235,9 +238,8 @@ def load_adapter_weights(model: Any, adapter_dir: str | os.PathLike) -> None:
             LoRA weights, or a shape differs (another rank, target modules or model).
         TrainingError: the adapter file is missing or unreadable.
     """
+    # heavy: imported on use, not at start-up
     from peft import set_peft_model_state_dict
-
-    from influence.lora import lora_parameters
 
     adapter_dir = Path(adapter_dir)
     weights = _read_tensors(adapter_dir / "adapter_model.safetensors")

@@ -42,6 +42,7 @@ def response_logits(model: Any, batch: dict[str, Any], **forward: Any) -> tuple[
         (logits [B, P, V], targets [B, P]): P covers every position some row of the batch
         needs; targets are -100 where a row has no label there.
     """
+    # heavy: imported on use, not at start-up
     import torch
 
     labels = batch["labels"]
@@ -65,6 +66,7 @@ def example_nll(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     Returns:
         (nll_sum, tokens): float tensor [B] (differentiable) and long tensor [B].
     """
+    # heavy: imported on use, not at start-up
     import torch.nn.functional as F
 
     logits, targets = response_logits(model, batch)

@@ -37,23 +37,18 @@ from typing import Any, Sequence
 
 from influence import distributed
 from influence.data.example import Example
+from influence.data.formatting import collate, encode_example
+from influence.data.pools import load_pool
 from influence.errors import ManifestMismatchError, TrainingError
 from influence.io import sha256_file, sha256_json, write_json
 from influence.locks import FileLock
+from influence.lora import add_lora, lora_parameters, lora_signature
+from influence.models import LoadedModel, load_model, strip_gguf_flag
 from influence.provenance import envelope, read_envelope, settings_differences
 from influence.training.batching import epoch_seed, micro_batch_seed, plan_epoch, steps_per_epoch
-from influence.training.checkpoint import (
-    ADAPTER_DIR,
-    checkpoint_dir,
-    list_checkpoints,
-    load_checkpoint,
-    read_state,
-    remove_stale_staging,
-    restore_checkpoint,
-    save_adapter,
-    save_checkpoint,
-    staged_directory,
-)
+from influence.training.checkpoint import (ADAPTER_DIR, checkpoint_dir, list_checkpoints, load_checkpoint, read_state,
+                                           remove_stale_staging, restore_checkpoint, save_adapter, save_checkpoint,
+                                           staged_directory)
 from influence.training.config import TrainConfig
 from influence.training.loss import example_nll
 
@@ -119,6 +114,7 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig |
         ManifestMismatchError: out_dir holds a run with other settings, data or model.
         ConfigError, DataError, ModelError: from the settings, data or model loading.
     """
+    # heavy: imported on use, not at start-up
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -127,8 +123,6 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig |
     out_dir = Path(out_dir)
     data = _training_data(examples)
     if loaded is None:
-        from influence.models import load_model
-
         loaded = load_model(config.model)
     identity = _run_identity(config, data, loaded)
     job = distributed.current()
@@ -213,8 +207,6 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig |
 # ------------------------------------------------------------------ set-up helpers
 def _training_data(examples: Sequence[Example] | str | os.PathLike) -> TrainingData:
     if isinstance(examples, (str, os.PathLike)):
-        from influence.data.pools import load_pool
-
         spec = str(examples)
         pool = load_pool(spec)
         digest = sha256_file(spec) if Path(spec).is_file() else None
@@ -249,8 +241,6 @@ def _run_identity(config: TrainConfig, data: TrainingData, loaded: Any) -> dict[
 
 def _encode(examples: list[Example], tokenizer: Any, max_length: int) -> tuple[list[Any], dict[str, int]]:
     """Encode every example; drop those whose response was cut away entirely, and count both."""
-    from influence.data.formatting import encode_example
-
     encoded, truncated, empty = [], 0, 0
     for example in examples:
         item = encode_example(example, tokenizer, max_length)
@@ -275,9 +265,8 @@ def _encode(examples: list[Example], tokenizer: Any, max_length: int) -> tuple[l
 
 def _trainable_model(loaded: Any, config: TrainConfig) -> tuple[Any, list[tuple[str, Any]]]:
     """A private copy of the model, wrapped with fresh seeded LoRA (or fully trainable)."""
+    # heavy: imported on use, not at start-up
     import torch
-
-    from influence.lora import add_lora, lora_parameters
 
     model = copy.deepcopy(loaded.model)
     if config.method == "lora":
@@ -290,8 +279,6 @@ def _trainable_model(loaded: Any, config: TrainConfig) -> tuple[Any, list[tuple[
 
 
 def _lora_signature(model: Any, config: TrainConfig) -> dict[str, Any] | None:
-    from influence.lora import lora_signature
-
     return lora_signature(model) if config.method == "lora" else None
 
 
@@ -320,6 +307,7 @@ def _resume(out_dir: Path, config: TrainConfig, model: Any, params: list[tuple[s
 
 
 def _progress(total: int, done: int, config: TrainConfig, job: distributed.Dist) -> Any:
+    # heavy: imported on use, not at start-up (tqdm.auto brings asyncio)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=done, desc="train", unit="step", disable=not (config.progress and job.is_main),
@@ -338,9 +326,8 @@ def _optimizer_step(model: Any, params: list[tuple[str, Any]], optimizer: Any, m
     before clipping, so every rank takes the same step. Returns the step's summed NLL, its
     response-token count and the loss it minimised.
     """
+    # heavy: imported on use, not at start-up
     import torch
-
-    from influence.data.formatting import collate
 
     step_tokens = sum(encoded[i].response_tokens for batch in micro_batches for i in batch)
     step_examples = sum(len(batch) for batch in micro_batches)
@@ -357,6 +344,7 @@ def _optimizer_step(model: Any, params: list[tuple[str, Any]], optimizer: Any, m
         loss.backward()
         sums += torch.stack([nll.detach().sum(), loss.detach()]).double()
     if job.world_size > 1:
+        # heavy: imported on use, not at start-up
         import torch.distributed as dist
 
         _all_reduce_gradients([p for _, p in params])
@@ -373,6 +361,7 @@ def _optimizer_step(model: Any, params: list[tuple[str, Any]], optimizer: Any, m
 
 def _all_reduce_gradients(parameters: list[Any]) -> None:
     """Sum every rank's gradients in one flat all-reduce; a rank without a micro-batch adds zeros."""
+    # heavy: imported on use, not at start-up
     import torch
     import torch.distributed as dist
 
@@ -393,7 +382,6 @@ def _save_output(out_dir: Path, model: Any, loaded: Any, config: TrainConfig) ->
         with staged_directory(target) as staging:
             save_adapter(model, staging)
         return target
-    from influence.models import strip_gguf_flag
 
     target = out_dir / MODEL_DIR
     strip_gguf_flag(model)
@@ -517,8 +505,6 @@ def load_trained(out_dir: str | os.PathLike, *, base: Any = None, merge: bool = 
         TrainingError: out_dir holds no finished run.
         ManifestMismatchError: `base` is not the model the adapter was trained on.
     """
-    from influence.models import LoadedModel, load_model
-
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
     output = out_dir / manifest["output"]["path"]
@@ -526,6 +512,7 @@ def load_trained(out_dir: str | os.PathLike, *, base: Any = None, merge: bool = 
         loaded = load_model(str(output))
         loaded.info["trained"] = str(out_dir)
         return loaded
+    # heavy: imported on use, not at start-up
     from peft import PeftModel
 
     trained_on = manifest["model"]

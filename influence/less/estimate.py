@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from influence.data.example import Example
+from influence.data.formatting import encode_example
 from influence.errors import ConfigError
 from influence.features.compute import query_memory_bytes
 from influence.features.projection import default_projector_name
@@ -91,8 +92,6 @@ def token_stats(examples: Sequence[Example], *, tokenizer: Any = None, max_lengt
         pairs = [_approximate_lengths(e) for e in examples]
         scale, method = 1.0, f"characters / {CHARS_PER_TOKEN} (no tokenizer given)"
     else:
-        from influence.data.formatting import encode_example
-
         picked = range(n) if n <= sample else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
         encoded = [encode_example(examples[int(i)], tokenizer, max_length=1 << 30) for i in picked]
         pairs = [(len(e.input_ids), e.response_tokens) for e in encoded]
@@ -157,6 +156,7 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: Any, lora: LoraSettings) -> "ModelShape":
         """Build the model from a transformers config on the "meta" device (no memory, no download) and count it."""
+        # heavy: imported on use, not at start-up
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -171,6 +171,7 @@ def measure_flops(device: str = "cpu", *, seconds: float = 0.25, dtype: Any = No
     The dtype is the one a run uses there (float32 on CPU, bfloat16 on CUDA, as `load_model`);
     the probe is a best case for the device: real training reaches a fraction of it.
     """
+    # heavy: imported on use, not at start-up
     import torch
 
     dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
@@ -390,6 +391,7 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     Raises:
         ConfigError: an unknown index kind or a non-positive rate.
     """
+    # heavy: imported on use, not at start-up
     import torch
 
     index_kind = settings.index if index_kind is None else index_kind
