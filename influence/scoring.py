@@ -26,6 +26,7 @@ import numpy as np
 
 from influence.errors import ConfigError, DataError, ManifestMismatchError, SelectionError
 from influence.index import EXACT_KINDS, build_index, describe_index, search
+from influence.ranking import check_k, top_k
 
 log = logging.getLogger(__name__)
 
@@ -303,12 +304,6 @@ def concatenated_pool(pool_features: Any) -> _ConcatenatedRows:
     return _ConcatenatedRows(_per_checkpoint(pool_features, "pool"))
 
 
-def _rank(indices: np.ndarray, scores: np.ndarray, ids: Sequence[str] | None) -> np.ndarray:
-    """Order (best first) of `indices` by -score, ties by id (or by row when no ids)."""
-    tie = np.asarray([ids[i] for i in indices]) if ids is not None else indices
-    return np.lexsort((tie, -scores))
-
-
 def less_top_k(pool_features: Any, target_features: Any, learning_rates: Sequence[float],
                subtasks: Mapping[str, Sequence[int]], k: int, *, index: Any = None, index_kind: str = "flat",
                device: str = "auto", ids: Sequence[str] | None = None, margin: int | None = None,
@@ -338,8 +333,7 @@ def less_top_k(pool_features: Any, target_features: Any, learning_rates: Sequenc
     """
     problem = prepare(pool_features, target_features, learning_rates, subtasks)
     n = problem.num_rows
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= n:
-        raise SelectionError(f"k must be in [1, {n:,}] (the pool size), got {k!r}")
+    k = check_k(k, n)
     if ids is not None and len(ids) != n:
         raise DataError(f"got {len(ids):,} ids for a pool of {n:,} examples")
     total_dim = sum(problem.dims)
@@ -384,6 +378,6 @@ def less_top_k(pool_features: Any, target_features: Any, learning_rates: Sequenc
     if len(candidates) < k:
         raise SelectionError(f"the index returned only {len(candidates):,} examples for k={k:,}; use an exact "
                              f"index kind (flat) or search more cells (nprobe)")
-    order = _rank(candidates, candidate_scores, ids)[:k]
+    order = top_k(candidate_scores, [ids[i] for i in candidates] if ids is not None else candidates, k)
     return LessTopK(indices=candidates[order], scores=candidate_scores[order], candidates=candidates,
                     candidate_scores=candidate_scores, exact=bool(exact_index and certified), searched_k=searched)

@@ -7,7 +7,6 @@ summary look the same whichever selector made them.
 from __future__ import annotations
 
 import functools
-import re
 import statistics
 import sys
 import time
@@ -18,14 +17,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from influence import distributed
-from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_path
+from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_path, safe_name
 from influence.data.contamination import Contamination, find_contaminated, has_heldout, heldout_ngrams
 from influence.data.pools import Pool, load_pool
 from influence.data.targets import Target, load_target
 from influence.errors import OutputExistsError, SelectionError
 from influence.io import sha256_file, sha256_json, write_json, write_jsonl
 from influence.provenance import envelope
-from influence.selectors import Scores, SelectionContext, Selector, make_selector, top_k
+from influence.selectors import Scores, SelectionContext, Selector, check_k, make_selector, top_k
 
 SELECTION_ARTIFACT = "influence.selection"
 SELECTION_FORMAT = 1
@@ -147,10 +146,7 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
     Raises:
         SelectionError: bad k, a targeted selector without a target, or bad scores.
     """
-    if k <= 0:
-        raise SelectionError(f"k must be positive, got {k}")
-    if k > len(pool):
-        raise SelectionError(f"k={k:,} is larger than the pool ({len(pool):,} examples); choose k <= {len(pool):,}")
+    k = check_k(k, len(pool))
     if selector.requires_target and target is None:
         raise SelectionError(f"selector {selector.name!r} needs a target; pass --target (see `influence targets`)")
     start = time.perf_counter()
@@ -171,10 +167,7 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
 
 def default_output_path(pool_specs: list[str], selector: str, k: int, target: str | None = None) -> Path:
     """selections/<pools>[-<target>]-<selector>-k<k>.jsonl, with names made file-safe."""
-    def safe(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(text).stem if Path(text).suffix else text).strip("_")
-
-    parts = ["+".join(safe(s) for s in pool_specs)] + ([safe(target)] if target else []) + [selector, f"k{k}"]
+    parts = ["+".join(safe_name(s) for s in pool_specs)] + ([safe_name(target)] if target else []) + [selector, f"k{k}"]
     return DEFAULT_SELECTION_DIR / ("-".join(parts) + ".jsonl")
 
 

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "influence"
 
 LAYERS = [
     ("base", ["influence.errors", "influence.constants", "influence.io", "influence.hub", "influence.provenance",
-              "influence.locks", "influence.distributed", "influence.testing"]),
+              "influence.locks", "influence.ranking", "influence.distributed", "influence.testing"]),
     ("data", ["influence.data"]),
     ("models", ["influence.models", "influence.lora"]),
     ("training", ["influence.training"]),

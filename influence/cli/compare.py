@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
 from influence.cli.less_options import less_options, pop_settings
 from influence.cli.select import dsir_sampling_option, keep_contaminated_option
+from influence.constants import safe_name
 from influence.training.config import TrainConfig
 
 _TRAIN = TrainConfig()
 
 
 def default_out_dir(pools: tuple[str, ...], target: str, k: int) -> Path:
-    def safe(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(text).stem if Path(text).suffix else text).strip("_")
-
-    return Path("compare") / f"{'+'.join(safe(p) for p in pools)}-{safe(target)}-k{k}"
+    return Path("compare") / f"{'+'.join(safe_name(p) for p in pools)}-{safe_name(target)}-k{k}"
 
 
 @click.command("compare")

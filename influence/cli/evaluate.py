@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
@@ -17,7 +16,7 @@ _DEFAULTS = EvalConfig()
 def default_results_path(model: str | None, target: str, limit: int | None, cot: bool) -> Path:
     """<training dir>/eval-<target>[-cot][-limitN].json beside a trained model, else runs/eval/<model>-<...>.json."""
     def safe(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name or text).strip("_") or "model"
+        return safe_name(Path(text).name or text, keep_suffix=True) or "model"
 
     suffix = safe(target) + ("-cot" if cot else "") + (f"-limit{limit}" if limit else "") + ".json"
     if model is not None and is_training_output(model):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from influence import distributed
+from influence.constants import ADAPTER_WEIGHTS_FILE, safe_name
 from influence.data.example import Example
 from influence.data.pools import Pool, example_ids, load_pool
 from influence.data.targets import Target, load_target
@@ -63,8 +63,7 @@ class LessRun:
 
 def run_name(pool: Pool, settings: LessSettings) -> str:
     """A readable, content-keyed name: the pool's sources plus a hash of pool and warmup settings."""
-    tag = "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(s.spec).stem if Path(s.spec).suffix else s.spec)
-                   for s in pool.sources)[:60] or "pool"
+    tag = "+".join(safe_name(s.spec) for s in pool.sources)[:60] or "pool"
     digest = sha256_json({"pool": pool.fingerprint, "warmup": settings.warmup_identity()})[:10]
     return f"{tag}-{digest}"
 
@@ -339,7 +338,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
     for ckpt in checkpoints:
         load_adapter_weights(model, ckpt.adapter_dir)
         checkpoint_id = {"epoch": ckpt.epoch, "step": ckpt.step,
-                         "adapter_sha256": sha256_file(ckpt.adapter_dir / "adapter_model.safetensors")}
+                         "adapter_sha256": sha256_file(ckpt.adapter_dir / ADAPTER_WEIGHTS_FILE)}
         moments = AdamMoments.from_checkpoint(ckpt, form=settings.adam_form)
         folder = workdir / "features" / f"epoch-{ckpt.epoch}"
         jobs = [_cosine_job(folder, group, common, checkpoint_id, pool, target, target_fp, model, loaded.tokenizer,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from influence.errors import UnknownNameError
+from influence.ranking import check_k, top_k
 from influence.selectors.base import Scores, SelectionContext, Selector
 from influence.selectors.baselines import LongestSelector, RandomSelector
-from influence.selectors.topk import top_k
 
 
 def _less(**options: Any) -> Selector:
@@ -54,4 +54,4 @@ def make_selector(name: str, **options: Any) -> Selector:
 
 
 __all__ = ["SELECTORS", "Scores", "SelectionContext", "Selector", "LongestSelector", "RandomSelector", "make_selector",
-           "register_selector", "top_k"]
+           "register_selector", "top_k", "check_k"]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from influence.constants import ADAPTER_WEIGHTS_FILE
 from influence.errors import ManifestMismatchError, TrainingError
 from influence.io import atomic_directory, write_bytes, write_json
 from influence.lora import lora_parameters
@@ -242,7 +243,7 @@ def load_adapter_weights(model: Any, adapter_dir: str | os.PathLike) -> None:
     from peft import set_peft_model_state_dict
 
     adapter_dir = Path(adapter_dir)
-    weights = _read_tensors(adapter_dir / "adapter_model.safetensors")
+    weights = _read_tensors(adapter_dir / ADAPTER_WEIGHTS_FILE)
     try:
         result = set_peft_model_state_dict(model, weights)
     except RuntimeError as exc:  # torch's load_state_dict reports shape mismatches this way

@@ -39,6 +39,7 @@ from influence import distributed
 from influence.data.example import Example
 from influence.data.formatting import collate, encode_example
 from influence.data.pools import load_pool
+from influence.constants import ADAPTER_WEIGHTS_FILE
 from influence.errors import ManifestMismatchError, TrainingError
 from influence.io import sha256_file, sha256_json, write_json
 from influence.locks import FileLock
@@ -526,7 +527,7 @@ def load_trained(out_dir: str | os.PathLike, *, base: Any = None, merge: bool = 
     if merge:
         model = model.merge_and_unload()
     model.eval()
-    adapter_sha = sha256_file(output / "adapter_model.safetensors")
+    adapter_sha = sha256_file(output / ADAPTER_WEIGHTS_FILE)
     info = {**base.info, "spec": str(out_dir), "trained": str(out_dir), "base": trained_on["spec"],
             "adapter_sha256": adapter_sha}
     return LoadedModel(model=model, tokenizer=base.tokenizer, spec=str(out_dir),
