@@ -366,3 +366,16 @@ def test_an_adapter_that_does_not_fit_the_model_exactly_is_refused(tmp_path):
                              tmp_path / "adapter")
     with pytest.raises(ManifestMismatchError, match="unexpected .*v_proj"):
         load_adapter_weights(lora_model(target_modules=("q_proj", "k_proj")), tmp_path / "adapter")
+
+
+# ------------------------------------------------------------------ golden values
+def test_two_steps_from_a_fixed_seed_give_the_stored_losses(tiny, tmp_path):
+    """Any change to the recipe (data order, dropout seeds, loss, schedule, AdamW) moves these numbers.
+
+    The values are those of CPU float32 (torch 2.13); the second step's loss
+    already reflects the first step's update.
+    """
+    result = train(EXAMPLES[:4], TrainConfig.for_tests(epochs=1, seed=7), tmp_path / "golden", loaded=tiny)
+    state = checkpoint_module.read_state(list_checkpoints(result.out_dir)[0])
+    assert state["step"] == 2 and state["learning_rates"] == pytest.approx([1e-2, 5e-3])
+    assert state["losses"] == pytest.approx([4.751456627478967, 4.674846475774592], rel=1e-5)
