@@ -10,8 +10,8 @@ Why the defaults (`TrainConfig()`, what `influence train` uses):
   examples. LESS used 128, but at LIMA scale (k of about 1,000) that leaves only 32 steps in
   4 epochs, too few for the warmup and decay to mean anything; 32 gives 125 steps.
 - Micro-batches of 4 with gradient accumulation: on a CPU, bigger micro-batches mostly
-  add padding and memory (the issue-3 measurements: batching did not speed up the gradient
-  on this machine); on a GPU raise `micro_batch_size`. The loss is the mean over every
+  add padding and memory (benchmarks/featurize_speed.py: batching did not speed up the
+  gradient on a 2-core CPU); on a GPU raise `micro_batch_size`. The loss is the mean over every
   response token of the whole optimizer step (`loss_reduction="token"`), so the update does
   not depend on the split. LESS's warmup (`less_warmup`) instead averages each example's
   mean token loss (`"example"`): what the transformers Trainer it ran with (4.36, batch 1
