@@ -31,21 +31,19 @@ import numpy as np
 from influence.data.example import Example
 from influence.data.formatting import encode_example
 from influence.errors import ConfigError
-from influence.features.compute import query_memory_bytes
+from influence.features.compute import DEFAULT_MAX_BATCH_TOKENS, query_memory_bytes
 from influence.features.projection import default_projector_name
+from influence.index import INDEX_KINDS, TRAIN_BYTES
 from influence.less.settings import LessSettings
 from influence.lora import LoraSettings
+from influence.scoring import DEFAULT_MEMORY_BYTES
 
 FLOPS_PER_FROZEN_PARAMETER = 4     # per token: forward 2 + backward 2 (input gradients only)
 FLOPS_PER_TRAINED_PARAMETER = 6    # per token: forward 2 + backward 4 (input and weight gradients)
 CHARS_PER_TOKEN = 4                # the usual English rate of BPE tokenizers, when none is given
 TEMPLATE_CHARS = 36                # the plain prompt template around instruction and response
 LENGTH_SAMPLE = 2000               # examples tokenised to measure lengths (totals are scaled up)
-FEATURIZE_BATCH_TOKENS = 1024      # `influence.features.featurize`'s default cap on padded tokens per batch
 ADAM_TRANSFORM_FLOPS = 10          # per LoRA parameter and example: the Adam preconditioning of a pool gradient
-INDEX_TRAIN_BYTES = 1 << 30        # float32 training sample of an IVF index (influence.index.TRAIN_BYTES)
-SCORE_CHUNK_BYTES = 64 << 20       # exact scoring's working chunk (influence.scoring.DEFAULT_MEMORY_BYTES)
-INDEX_KINDS = ("flat", "ivf-flat", "ivf-pq")
 # Share of the probe's matmul rate a LoRA forward/backward reaches: 0.55 measured for SmolLM2-135M
 # (batches of 4 Alpaca examples, fp32, one CPU thread); small models and short sequences reach less.
 MATMUL_UTILIZATION = 0.5
@@ -361,9 +359,9 @@ def _index_bytes(kind: str, n: int, dim: int) -> int:
     if kind == "flat":
         return n * dim * 4
     if kind == "ivf-flat":
-        return n * (dim * 4 + 8) + INDEX_TRAIN_BYTES
+        return n * (dim * 4 + 8) + TRAIN_BYTES
     code = max(1, dim // 16)  # influence.index.default_pq_m: about one byte per 16 dims
-    return n * (code + 8) + 2 * INDEX_TRAIN_BYTES  # the training sample and its residuals
+    return n * (code + 8) + 2 * TRAIN_BYTES  # the training sample and its residuals
 
 
 def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example] | TokenStats,
@@ -455,7 +453,7 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     weights = shape.params * width
     longest = max(pool_stats.longest, target_stats.longest, 1)
     warmup_state = shape.lora_params * 4 * 4  # float32 adapter, gradient and two Adam moments
-    featurize_tokens = max(min(settings.batch_size * longest, FEATURIZE_BATCH_TOKENS), longest)
+    featurize_tokens = max(min(settings.batch_size * longest, DEFAULT_MAX_BATCH_TOKENS), longest)
     featurize_batch = max(1, featurize_tokens // longest)
     if projector == "sjlt":
         projector_bytes = shape.lora_params * 12  # bucket index (int64) and signed weight (float32) per entry
@@ -468,7 +466,7 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
         "featurize": weights + warmup_state + projector_bytes * store + featurize_batch * shape.lora_params * 4 * 2
         + query_bytes + _activation_bytes(shape, featurize_batch, longest, share, width),
         "score": (_index_bytes(index_kind, n, dims * checkpoints) if settings.scoring == "faiss"
-                  else SCORE_CHUNK_BYTES) + (t * dims * checkpoints * 8 if not unprojected else 0),
+                  else DEFAULT_MEMORY_BYTES) + (t * dims * checkpoints * 8 if not unprojected else 0),
     }
     notes = []
     if first_epoch_skipped:
@@ -489,7 +487,7 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     elif settings.scoring == "faiss" and index_kind == "flat" and memory["score"] > budget:
         notes.append(f"a flat index would need {memory['score'] / 1e9:.1f} GB, more than half the memory available "
                      f"now: scoring will fall back to exact chunked scoring (--index ivf-pq needs a fraction)")
-        memory["score"] = SCORE_CHUNK_BYTES + t * dims * checkpoints * 8
+        memory["score"] = DEFAULT_MEMORY_BYTES + t * dims * checkpoints * 8
         index_kind = "exact"
     elif settings.scoring == "exact":
         index_kind = "exact"

@@ -9,11 +9,11 @@ from typing import Any
 from influence.constants import DEFAULT_INDEX_ROOT
 from influence.errors import ConfigError
 from influence.features.grads import ADAM_FORMS, DEFAULT_ADAM_FORM, GRAD_TYPES
+from influence.index import INDEX_KINDS
 from influence.lora import LoraSettings
 from influence.training.config import LOSS_REDUCTIONS
 
 SCORING_METHODS = ("unprojected", "faiss", "exact")
-INDEX_KINDS = ("flat", "ivf-flat", "ivf-pq")  # influence.index's kinds, named here without importing faiss
 
 
 @dataclass
