@@ -25,7 +25,7 @@ from influence.constants import manifest_path
 from influence.data.contamination import Contamination
 from influence.data.pools import Pool, load_pool
 from influence.data.targets import load_target
-from influence.errors import ConfigError
+from influence.errors import ConfigError, require_positive_ints
 from influence.evaluation import EvalConfig, evaluate, write_results
 from influence.io import sha256_json, write_bytes, write_json, write_text
 from influence.less.settings import LessSettings
@@ -67,10 +67,7 @@ class CompareConfig:
             raise ConfigError(f"unknown selector(s) {', '.join(unknown)}; choose from {', '.join(sorted(SELECTORS))}")
         if not self.selectors:
             raise ConfigError("compare needs at least one selector")
-        if self.k <= 0:
-            raise ConfigError(f"k must be positive, got {self.k}")
-        if self.seeds <= 0:
-            raise ConfigError(f"seeds must be positive, got {self.seeds}")
+        require_positive_ints(self, "k", "seeds")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"limit must be positive, got {self.limit}")
         if self.dsir_sampling not in DSIR_SAMPLING:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from influence.errors import ConfigError, EvaluationError
+from influence.errors import ConfigError, EvaluationError, require_positive_ints
 from influence.evaluation import metrics
 from influence.evaluation.scoring import ReferenceScores, generate_answers, reference_scores
 from influence.evaluation.tasks import EvalItem, EvalTask, build_task
@@ -51,10 +51,7 @@ class EvalConfig:
     progress: bool = field(default=True, metadata={"help": "Show progress bars on stderr."})
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_length", "max_new_tokens", "cot_max_new_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "batch_size", "max_length", "max_new_tokens", "cot_max_new_tokens")
         if not 0 <= self.mmlu_shots <= 5:
             raise ConfigError(f"mmlu_shots must be 0 to 5 (MMLU has 5 dev examples per subject), got {self.mmlu_shots}")
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from influence.errors import ConfigError
+from influence.errors import ConfigError, require_positive_ints
 from influence.lora import LoraSettings
 
 METHODS = ("lora", "full")
@@ -77,10 +77,7 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        for name in ("epochs", "batch_size", "micro_batch_size", "max_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "epochs", "batch_size", "micro_batch_size", "max_length")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate} (LESS uses 2e-5)")
         if self.batch_size % self.micro_batch_size:
