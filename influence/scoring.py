@@ -126,7 +126,7 @@ class Problem:
         return self.queries[:, start: start + self.dims[checkpoint]]
 
 
-def prepare(pool_features: Any, target_features: Any, learning_rates: Sequence[float],
+def scoring_problem(pool_features: Any, target_features: Any, learning_rates: Sequence[float],
             subtasks: Mapping[str, Sequence[int]]) -> Problem:
     """Check the inputs agree and build the subtask queries u_s.
 
@@ -201,7 +201,7 @@ def subtask_scores(pool_features: Any, target_features: Any, learning_rates: Seq
                    subtasks: Mapping[str, Sequence[int]], *,
                    memory_bytes: int = DEFAULT_MEMORY_BYTES) -> tuple[list[str], np.ndarray]:
     """Each pool example's score for each subtask, before the max: (names, [N, S] float64)."""
-    problem = prepare(pool_features, target_features, learning_rates, subtasks)
+    problem = scoring_problem(pool_features, target_features, learning_rates, subtasks)
     out = np.empty((problem.num_rows, len(problem.subtasks)), dtype=np.float64)
     for start, block in _iter_subtask_scores(problem, memory_bytes):
         out[start: start + len(block)] = block
@@ -223,9 +223,9 @@ def less_scores(pool_features: Any, target_features: Any, learning_rates: Sequen
         memory_bytes: working memory per chunk.
 
     Raises:
-        DataError, ManifestMismatchError, ConfigError: see `prepare`.
+        DataError, ManifestMismatchError, ConfigError: see `scoring_problem`.
     """
-    problem = prepare(pool_features, target_features, learning_rates, subtasks)
+    problem = scoring_problem(pool_features, target_features, learning_rates, subtasks)
     out = np.empty(problem.num_rows, dtype=np.float64)
     for start, block in _iter_subtask_scores(problem, memory_bytes):
         out[start: start + len(block)] = block.max(axis=1)
@@ -328,10 +328,10 @@ def less_top_k(pool_features: Any, target_features: Any, learning_rates: Sequenc
 
     Raises:
         SelectionError: k is not in [1, N].
-        DataError, ManifestMismatchError, ConfigError: see `prepare`; an index that does
+        DataError, ManifestMismatchError, ConfigError: see `scoring_problem`; an index that does
             not match the pool.
     """
-    problem = prepare(pool_features, target_features, learning_rates, subtasks)
+    problem = scoring_problem(pool_features, target_features, learning_rates, subtasks)
     n = problem.num_rows
     k = check_k(k, n)
     if ids is not None and len(ids) != n:

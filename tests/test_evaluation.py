@@ -22,7 +22,7 @@ from influence.evaluation import (
     token_f1,
     write_results,
 )
-from influence.evaluation.scoring import option_logliks, reference_scores
+from influence.evaluation.model_outputs import option_logliks, reference_scores
 from influence.models import LoadedModel
 from influence.testing import tiny_model_and_tokenizer
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from influence.constants import safe_name
 from influence.evaluation import evaluate, format_table, write_results
 from influence.evaluation.evaluate import EvalConfig
 from influence.training import is_training_output

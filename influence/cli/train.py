@@ -71,7 +71,7 @@ def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, l
     losses = ", ".join(f"{loss:.4f}" for loss in result.epoch_losses)
     click.echo(f"trained {encoding['trained']} examples, {manifest['steps']} steps in {manifest['seconds']:.0f} s; "
                f"loss per epoch: {losses}")
-    click.echo(f"wrote {result.output_dir} and {result.manifest_path}")
+    click.echo(f"wrote {result.weights_dir} and {result.manifest_path}")
 
 
 COMMANDS = [train_command]

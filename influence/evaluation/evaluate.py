@@ -21,7 +21,7 @@ from typing import Any
 
 from influence.errors import ConfigError, EvaluationError, require_positive_ints
 from influence.evaluation import metrics
-from influence.evaluation.scoring import ReferenceScores, generate_answers, reference_scores
+from influence.evaluation.model_outputs import ReferenceScores, generate_answers, reference_scores
 from influence.evaluation.tasks import EvalItem, EvalTask, build_task
 from influence.io import write_json
 from influence.models import LoadedModel, load_model
@@ -64,7 +64,7 @@ class EvalConfig:
                       "progress": False, **changes})
 
 
-def resolve_model(model: Any) -> Any:
+def as_loaded_model(model: Any) -> Any:
     """A LoadedModel from a LoadedModel, a training output directory, or a model spec."""
     if isinstance(model, LoadedModel):
         return model
@@ -102,7 +102,7 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
     items = task.subset(limit, seed)
     if not items:
         raise EvaluationError(f"target {target} has no held-out items to evaluate")
-    loaded = resolve_model(model)
+    loaded = as_loaded_model(model)
     loaded.model.eval()
     common = {"max_length": config.max_length, "batch_size": config.batch_size, "progress": config.progress,
               "reuse_prefix": config.reuse_prefix}

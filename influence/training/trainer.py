@@ -2,7 +2,7 @@
 
     from influence.training import TrainConfig, train
     result = train("selection.jsonl", TrainConfig(epochs=2), "runs/my-run")
-    result.output_dir      # runs/my-run/adapter (peft) or runs/my-run/model (full)
+    result.weights_dir     # runs/my-run/adapter (peft) or runs/my-run/model (full)
 
 The same prompt formatting and response-only loss as the rest of the toolkit
 (`influence.data.formatting`). Every epoch ends in a checkpoint that keeps AdamW's moments
@@ -81,12 +81,17 @@ class TrainResult:
     """What a training run produced."""
 
     out_dir: Path
-    output_dir: Path                 # adapter/ (LoRA) or model/ (full fine-tuning)
+    weights_dir: Path                # adapter/ (LoRA) or model/ (full fine-tuning), inside out_dir
     manifest_path: Path
     manifest: dict[str, Any]
     checkpoints: list[Path] = field(default_factory=list)
     resumed_from_epoch: int = 0      # 0: started fresh
     reused: bool = False             # the directory already held this finished run; nothing was trained
+
+    @property
+    def output_dir(self) -> Path:
+        """Another name for `weights_dir`."""
+        return self.weights_dir
 
     @property
     def epoch_losses(self) -> list[float]:
@@ -191,8 +196,8 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig |
 
         # ---- save (rank 0), clean up
         model.eval()
-        output_dir = out_dir / (ADAPTER_DIR if config.method == "lora" else MODEL_DIR)
-        manifest = _manifest(identity, config, data, loaded, encoding_stats, lora_signature, history, output_dir)
+        weights_dir = out_dir / (ADAPTER_DIR if config.method == "lora" else MODEL_DIR)
+        manifest = _manifest(identity, config, data, loaded, encoding_stats, lora_signature, history, weights_dir)
         manifest_path = out_dir / MANIFEST_FILE
         if job.is_main:
             _save_output(out_dir, model, loaded, config)
@@ -201,7 +206,7 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig |
                 shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         del optimizer, scheduler, model
         distributed.barrier()
-    return TrainResult(out_dir=out_dir, output_dir=output_dir, manifest_path=manifest_path, manifest=manifest,
+    return TrainResult(out_dir=out_dir, weights_dir=weights_dir, manifest_path=manifest_path, manifest=manifest,
                        checkpoints=list_checkpoints(out_dir), resumed_from_epoch=resumed_from)
 
 
@@ -394,12 +399,12 @@ def _save_output(out_dir: Path, model: Any, loaded: Any, config: TrainConfig) ->
 
 def _manifest(identity: dict[str, Any], config: TrainConfig, data: TrainingData, loaded: Any,
               encoding: dict[str, int], lora_signature: dict[str, Any] | None, history: list[dict[str, Any]],
-              output_dir: Path) -> dict[str, Any]:
+              weights_dir: Path) -> dict[str, Any]:
     tokenizer = loaded.tokenizer
     return {
         **envelope(MANIFEST_ARTIFACT, MANIFEST_FORMAT),
         "identity": identity,
-        "output": {"kind": "adapter" if config.method == "lora" else "model", "path": output_dir.name},
+        "output": {"kind": "adapter" if config.method == "lora" else "model", "path": weights_dir.name},
         "model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256,
                   **{k: v for k, v in loaded.info.items() if k in ("location", "dtype", "device", "num_parameters")}},
         "tokenizer": {"name_or_path": str(getattr(tokenizer, "name_or_path", "")), "vocab_size": len(tokenizer),
@@ -444,7 +449,7 @@ def _finished_run(out_dir: Path, identity: dict[str, Any]) -> TrainResult | None
     manifest = read_manifest(out_dir)
     _require_same(out_dir, manifest.get("identity"), identity)
     log.warning("%s already holds this finished run; nothing to train", out_dir)
-    return TrainResult(out_dir=out_dir, output_dir=out_dir / manifest["output"]["path"],
+    return TrainResult(out_dir=out_dir, weights_dir=out_dir / manifest["output"]["path"],
                        manifest_path=out_dir / MANIFEST_FILE, manifest=manifest,
                        checkpoints=list_checkpoints(out_dir), resumed_from_epoch=len(manifest["epochs"]),
                        reused=True)
