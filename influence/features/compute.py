@@ -18,7 +18,7 @@ comes from the same pass.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -46,6 +46,10 @@ class FeaturizeStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def __add__(self, other: "FeaturizeStats") -> "FeaturizeStats":
+        """Every count and timing summed: the totals of two featurizations."""
+        return FeaturizeStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
 
 @dataclass(frozen=True)

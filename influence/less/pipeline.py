@@ -371,8 +371,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
                 if with_features:
                     stores[role].append(made[settings.score_dim].path)
                     extra[role].extend(str(made[dim].path) for dim in settings.all_dims[1:])
-                for key in ("examples", "done", "truncated", "empty"):
-                    setattr(totals[role], key, getattr(totals[role], key) + getattr(stats, key))
+                totals[role] += stats
         summary.append({"epoch": ckpt.epoch, "step": ckpt.step, "avg_lr": ckpt.avg_lr})
     for entry, weight in zip(summary, checkpoint_weights(_score_rates(summary))):
         entry["weight"] = float(weight)
