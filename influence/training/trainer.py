@@ -45,7 +45,7 @@ from influence.io import sha256_file, sha256_json, write_json
 from influence.locks import FileLock
 from influence.lora import add_lora, lora_parameters, lora_signature
 from influence.models import LoadedModel, load_model, strip_gguf_flag
-from influence.provenance import envelope, read_envelope, settings_differences
+from influence.provenance import envelope, read_envelope, settings_difference, settings_differences
 from influence.training.batching import epoch_seed, micro_batch_seed, plan_epoch, steps_per_epoch
 from influence.training.checkpoint import (ADAPTER_DIR, checkpoint_dir, list_checkpoints, load_checkpoint, read_state,
                                            remove_stale_staging, restore_checkpoint, save_adapter, save_checkpoint,
@@ -295,8 +295,9 @@ def _resume(out_dir: Path, config: TrainConfig, model: Any, params: list[tuple[s
     if not done:
         return []
     last = load_checkpoint(done[-1])
-    if last.lora_signature != lora_signature:
-        raise ManifestMismatchError(f"{last.path}: LoRA parameters differ from this run's; "
+    differs = settings_difference({"lora_signature": last.lora_signature}, {"lora_signature": lora_signature})
+    if differs is not None:
+        raise ManifestMismatchError(f"{last.path}: LoRA parameters differ from this run's ({differs[0]}); "
                                     "use a new output directory or --overwrite")
     restore_checkpoint(last, model=model, params=params, optimizer=optimizer)
     with warnings.catch_warnings():
