@@ -26,21 +26,21 @@ from influence.data.contamination import Contamination
 from influence.data.pools import Pool, load_pool
 from influence.data.targets import load_target
 from influence.errors import ConfigError, require_positive_ints
-from influence.evaluation import EvalConfig, evaluate, write_results
+from influence.evaluation import EvalSettings, evaluate, write_results
 from influence.io import sha256_json, write_bytes, write_json, write_text
 from influence.less.settings import LessSettings
 from influence.selection import decontaminate, select, write_selection
 from influence.selectors import SELECTORS, make_selector
 from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING
 from influence.training import train
-from influence.training.config import TrainConfig
+from influence.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 BASELINE = "random"
 
 
 @dataclass
-class CompareConfig:
+class CompareSettings:
     """What to compare and how to train and evaluate each selection."""
 
     pools: list[str] = field(metadata={"help": "Pool specs, as for select."})
@@ -50,7 +50,7 @@ class CompareConfig:
                                  metadata={"help": "Selectors to compare."})
     seeds: int = field(default=3, metadata={"help": "Seeds 0..seeds-1 for each selector."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate on a seeded subset of held-out items."})
-    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training settings."})
+    train: TrainSettings = field(default_factory=TrainSettings, metadata={"help": "Training settings."})
     less: LessSettings = field(default_factory=LessSettings, metadata={"help": "LESS selector settings."})
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
     eval_max_length: int = field(default=2048, metadata={"help": "Evaluation token budget per sequence."})
@@ -105,11 +105,11 @@ def _selection_key(pool: Pool, target_fp: str, name: str, selector: Any, seed: i
                         "contamination": guard})[:10]
 
 
-def _selector_options(name: str, config: CompareConfig) -> dict[str, Any]:
+def _selector_options(name: str, config: CompareSettings) -> dict[str, Any]:
     return {"less": {"settings": config.less}, "dsir": {"sampling": config.dsir_sampling}}.get(name, {})
 
 
-def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell], None] | None = None) -> dict[str, Any]:
+def compare(config: CompareSettings, out: str | Path, *, on_cell: Callable[[Cell], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the comparison and write its tables and plot under `out`."""
     out = Path(out)
     pool = load_pool(config.pools)
@@ -119,7 +119,7 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
     scored_pool, contamination = decontaminate(pool, target, keep=config.keep_contaminated)
     if contamination is not None and contamination.ids:
         log.warning("%s", contamination.describe())
-    eval_config = EvalConfig(batch_size=config.eval_batch_size, max_length=config.eval_max_length,
+    eval_config = EvalSettings(batch_size=config.eval_batch_size, max_length=config.eval_max_length,
                              keep_predictions=False, progress=config.train.progress)
     cells: list[Cell] = []
     for name, seed in itertools.product(config.selectors, range(config.seeds)):

@@ -13,7 +13,7 @@ from influence.errors import ConfigError, ManifestMismatchError, TrainingError
 from influence.lora import LoraSettings, lora_parameters
 from influence.models import LoadedModel
 from influence.testing import tiny_model_and_tokenizer
-from influence.training import TrainConfig, list_checkpoints, load_checkpoint, load_trained, train
+from influence.training import TrainSettings as TrainConfig, list_checkpoints, load_checkpoint, load_trained, train
 from influence.training import checkpoint as checkpoint_module
 from influence.training.batching import plan_epoch
 from influence.training.loss import example_nll
@@ -257,7 +257,7 @@ from influence.data import Example
 from influence.lora import LoraSettings
 from influence.models import LoadedModel
 from influence.testing import tiny_model_and_tokenizer
-from influence.training import TrainConfig, train
+from influence.training import TrainSettings as TrainConfig, train
 from influence.training import checkpoint as checkpoint_module
 import influence.training.trainer as trainer
 

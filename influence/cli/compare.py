@@ -9,9 +9,9 @@ import click
 from influence.cli.less_options import less_options, pop_settings
 from influence.cli.select import dsir_sampling_option, keep_contaminated_option
 from influence.constants import safe_name
-from influence.training.config import TrainConfig
+from influence.training.settings import TrainSettings
 
-_TRAIN = TrainConfig()
+_TRAIN = TrainSettings()
 
 
 def default_out_dir(pools: tuple[str, ...], target: str, k: int) -> Path:
@@ -40,12 +40,12 @@ def compare_command(pools, target, k, selectors, seeds, limit, epochs, lr, train
                     dsir_sampling, keep_contaminated, **less) -> None:
     """For each selector and seed: select, train, evaluate; then a table, a plot and the overlaps."""
     # loads torch: imported on use, not at start-up
-    from influence.compare import CompareConfig, compare, markdown
+    from influence.compare import CompareSettings, compare, markdown
 
     settings = pop_settings(less)
-    train = TrainConfig(model=settings.model, epochs=epochs, learning_rate=lr, batch_size=train_batch_size,
+    train = TrainSettings(model=settings.model, epochs=epochs, learning_rate=lr, batch_size=train_batch_size,
                         micro_batch_size=min(4, train_batch_size), max_length=train_max_length)
-    config = CompareConfig(pools=list(pools), target=target, k=k,
+    config = CompareSettings(pools=list(pools), target=target, k=k,
                            selectors=[s.strip() for s in selectors.split(",") if s.strip()], seeds=seeds,
                            limit=limit, train=train, less=settings, dsir_sampling=dsir_sampling,
                            keep_contaminated=keep_contaminated)

@@ -8,10 +8,10 @@ import click
 
 from influence.constants import safe_name
 from influence.evaluation import evaluate, format_table, write_results
-from influence.evaluation.evaluate import EvalConfig
+from influence.evaluation.evaluate import EvalSettings
 from influence.training import is_training_output
 
-_DEFAULTS = EvalConfig()
+_DEFAULTS = EvalSettings()
 
 
 def default_results_path(model: str | None, target: str, limit: int | None, cot: bool) -> Path:
@@ -49,7 +49,7 @@ def evaluate_command(model, target, limit, seed, cot, batch_size, max_new_tokens
     changes = {}
     if max_new_tokens is not None:
         changes["cot_max_new_tokens" if cot else "max_new_tokens"] = max_new_tokens
-    config = EvalConfig(batch_size=batch_size, reuse_prefix=reuse_prefix, **changes)
+    config = EvalSettings(batch_size=batch_size, reuse_prefix=reuse_prefix, **changes)
     results = evaluate(model, target, limit=limit, seed=seed, cot=cot, config=config)
     click.echo(format_table(results))
     path = write_results(results, out or default_results_path(model, target, limit, cot))

@@ -8,9 +8,9 @@ import click
 
 from influence import distributed
 from influence.training import train
-from influence.training.config import TrainConfig
+from influence.training.settings import TrainSettings
 
-_DEFAULTS = TrainConfig()
+_DEFAULTS = TrainSettings()
 
 
 def default_out_dir(data: str, method: str, seed: int) -> Path:
@@ -52,7 +52,7 @@ def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, l
     all-reduce per step) and rank 0 writes the output.
     """
     method = "lora" if lora else "full"
-    config = TrainConfig(model=model, method=method, epochs=epochs, learning_rate=lr, batch_size=batch_size,
+    config = TrainSettings(model=model, method=method, epochs=epochs, learning_rate=lr, batch_size=batch_size,
                          micro_batch_size=min(micro_batch_size, batch_size), loss_reduction=loss_reduction,
                          max_length=max_length, seed=seed, keep_checkpoints=not no_checkpoints)
     out = out or default_out_dir(data, method, seed)

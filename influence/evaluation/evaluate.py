@@ -33,7 +33,7 @@ RESULTS_FORMAT = 1
 
 
 @dataclass
-class EvalConfig:
+class EvalSettings:
     """Evaluation settings."""
 
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass or generation batch."})
@@ -59,7 +59,7 @@ class EvalConfig:
         return asdict(self)
 
     @classmethod
-    def for_tests(cls, **changes: Any) -> "EvalConfig":
+    def for_tests(cls, **changes: Any) -> "EvalSettings":
         return cls(**{"batch_size": 4, "max_length": 512, "max_new_tokens": 8, "cot_max_new_tokens": 16,
                       "progress": False, **changes})
 
@@ -77,7 +77,7 @@ def as_loaded_model(model: Any) -> Any:
 
 
 def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0, cot: bool = False,
-             config: EvalConfig | None = None) -> dict[str, Any]:
+             config: EvalSettings | None = None) -> dict[str, Any]:
     """Evaluate `model` on the held-out items of `target`.
 
     Args:
@@ -96,7 +96,7 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
     Raises:
         EvaluationError, UnknownNameError, DataError, ModelError: bad target, file or model.
     """
-    config = config or EvalConfig()
+    config = config or EvalSettings()
     started = time.perf_counter()
     task = build_task(target, cot=cot, mmlu_shots=config.mmlu_shots)
     items = task.subset(limit, seed)
@@ -145,7 +145,7 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
 _PRIMARY = {"choice": "accuracy", "bbh": "exact_match", "qa": "f1", "generation": "exact_match"}
 
 
-def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any, config: EvalConfig, cot: bool,
+def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any, config: EvalSettings, cot: bool,
                  common: dict[str, Any]) -> tuple[list[str], dict[str, list[float]]]:
     """Each item's prediction and its per-item metric values."""
     if task.kind == "choice":

@@ -36,7 +36,7 @@ from influence.lora import add_lora, lora_signature
 from influence.models import load_model, resolve_model
 from influence.provenance import package_versions
 from influence.scoring import checkpoint_weights, less_scores, less_top_k, unprojected_scores
-from influence.training import TrainConfig, load_adapter_weights, load_checkpoint, train
+from influence.training import TrainSettings, load_adapter_weights, load_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def warmup_examples(pool: Pool, settings: LessSettings) -> list[Example]:
 
 def run_warmup(pool: Pool, settings: LessSettings, *, loaded: Any = None) -> Any:
     """Train (or reuse, or resume) the warmup LoRA; returns the trainer's `TrainResult`."""
-    config = TrainConfig.less_warmup(model=settings.model, lora=settings.lora, epochs=settings.warmup_epochs,
+    config = TrainSettings.less_warmup(model=settings.model, lora=settings.lora, epochs=settings.warmup_epochs,
                                      learning_rate=settings.warmup_lr, batch_size=settings.warmup_batch_size,
                                      micro_batch_size=settings.warmup_micro_batch_size,
                                      loss_reduction=settings.warmup_loss_reduction,

@@ -11,7 +11,7 @@ from influence.errors import ConfigError, require_positive_ints
 from influence.features.grads import ADAM_FORMS, DEFAULT_ADAM_FORM, GRAD_TYPES
 from influence.index import INDEX_KINDS
 from influence.lora import LoraSettings
-from influence.training.config import LOSS_REDUCTIONS
+from influence.training.settings import LOSS_REDUCTIONS
 
 SCORING_METHODS = ("unprojected", "faiss", "exact")
 

@@ -1,7 +1,7 @@
 """Supervised fine-tuning, as a recipe: set up, train epoch by epoch, save, clean up.
 
-    from influence.training import TrainConfig, train
-    result = train("selection.jsonl", TrainConfig(epochs=2), "runs/my-run")
+    from influence.training import TrainSettings, train
+    result = train("selection.jsonl", TrainSettings(epochs=2), "runs/my-run")
     result.weights_dir     # runs/my-run/adapter (peft) or runs/my-run/model (full)
 
 The same prompt formatting and response-only loss as the rest of the toolkit
@@ -50,7 +50,7 @@ from influence.training.batching import epoch_seed, micro_batch_seed, plan_epoch
 from influence.training.checkpoint import (ADAPTER_DIR, checkpoint_dir, list_checkpoints, load_checkpoint, read_state,
                                            remove_stale_staging, restore_checkpoint, save_adapter, save_checkpoint,
                                            staged_directory)
-from influence.training.config import TrainConfig
+from influence.training.settings import TrainSettings
 from influence.training.loss import example_nll
 
 log = logging.getLogger(__name__)
@@ -98,14 +98,14 @@ class TrainResult:
         return [epoch["mean_loss"] for epoch in self.manifest["epochs"]]
 
 
-def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig | None = None,
+def train(examples: Sequence[Example] | str | os.PathLike, config: TrainSettings | None = None,
           out_dir: str | os.PathLike = "runs/train", *, loaded: Any = None,
           overwrite: bool = False) -> TrainResult:
     """Fine-tune a model on `examples` and save the adapter (or model) with a manifest.
 
     Args:
         examples: Examples, or a data file / pool spec (e.g. a selection JSONL) read with load_pool.
-        config: training settings; None is `TrainConfig()` (the LESS recipe, see config.py).
+        config: training settings; None is `TrainSettings()` (the LESS recipe, see config.py).
         out_dir: where checkpoints, the adapter or model, and manifest.json go. Rerunning on
             the same directory resumes; a finished run is returned without training again.
         loaded: a `LoadedModel` to start from instead of loading `config.model`; it is
@@ -125,7 +125,7 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig |
     from transformers import get_linear_schedule_with_warmup
 
     # ---- set up
-    config = config or TrainConfig()
+    config = config or TrainSettings()
     out_dir = Path(out_dir)
     data = _training_data(examples)
     if loaded is None:
@@ -238,7 +238,7 @@ def _prepare(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> TrainR
     return finished
 
 
-def _run_identity(config: TrainConfig, data: TrainingData, loaded: Any) -> dict[str, Any]:
+def _run_identity(config: TrainSettings, data: TrainingData, loaded: Any) -> dict[str, Any]:
     settings = config.identity()
     settings.pop("model")
     return {"settings": settings, "data_sha256": data.fingerprint, "examples": len(data.examples),
@@ -269,7 +269,7 @@ def _encode(examples: list[Example], tokenizer: Any, max_length: int) -> tuple[l
                      "response_tokens": sum(e.response_tokens for e in encoded)}
 
 
-def _trainable_model(loaded: Any, config: TrainConfig) -> tuple[Any, list[tuple[str, Any]]]:
+def _trainable_model(loaded: Any, config: TrainSettings) -> tuple[Any, list[tuple[str, Any]]]:
     """A private copy of the model, wrapped with fresh seeded LoRA (or fully trainable)."""
     # heavy: imported on use, not at start-up
     import torch
@@ -284,11 +284,11 @@ def _trainable_model(loaded: Any, config: TrainConfig) -> tuple[Any, list[tuple[
     return model, [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
 
-def _lora_signature(model: Any, config: TrainConfig) -> dict[str, Any] | None:
+def _lora_signature(model: Any, config: TrainSettings) -> dict[str, Any] | None:
     return lora_signature(model) if config.method == "lora" else None
 
 
-def _resume(out_dir: Path, config: TrainConfig, model: Any, params: list[tuple[str, Any]], optimizer: Any,
+def _resume(out_dir: Path, config: TrainSettings, model: Any, params: list[tuple[str, Any]], optimizer: Any,
             scheduler: Any, lora_signature: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Restore the last complete epoch, if any; returns the finished epochs' records."""
     done = [p for p in list_checkpoints(out_dir) if load_checkpoint(p, moments=False).epoch <= config.epochs]
@@ -313,7 +313,7 @@ def _resume(out_dir: Path, config: TrainConfig, model: Any, params: list[tuple[s
     return history
 
 
-def _progress(total: int, done: int, config: TrainConfig, job: distributed.Dist) -> Any:
+def _progress(total: int, done: int, config: TrainSettings, job: distributed.Dist) -> Any:
     # heavy: imported on use, not at start-up (tqdm.auto brings asyncio)
     from tqdm.auto import tqdm
 
@@ -383,7 +383,7 @@ def _all_reduce_gradients(parameters: list[Any]) -> None:
 
 
 # ------------------------------------------------------------------ saving
-def _save_output(out_dir: Path, model: Any, loaded: Any, config: TrainConfig) -> Path:
+def _save_output(out_dir: Path, model: Any, loaded: Any, config: TrainSettings) -> Path:
     if config.method == "lora":
         target = out_dir / ADAPTER_DIR
         with staged_directory(target) as staging:
@@ -398,7 +398,7 @@ def _save_output(out_dir: Path, model: Any, loaded: Any, config: TrainConfig) ->
     return target
 
 
-def _manifest(identity: dict[str, Any], config: TrainConfig, data: TrainingData, loaded: Any,
+def _manifest(identity: dict[str, Any], config: TrainSettings, data: TrainingData, loaded: Any,
               encoding: dict[str, int], lora_signature: dict[str, Any] | None, history: list[dict[str, Any]],
               weights_dir: Path) -> dict[str, Any]:
     tokenizer = loaded.tokenizer

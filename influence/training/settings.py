@@ -1,6 +1,6 @@
 """Training settings: one dataclass, validated on construction, with named presets.
 
-Why the defaults (`TrainConfig()`, what `influence train` uses):
+Why the defaults (`TrainSettings()`, what `influence train` uses):
 - The LESS final-training recipe (Xia et al. 2024, arXiv 2402.04333, section 4 and appendix):
   LoRA r=128, alpha=512, dropout 0.1 on q/k/v/o, AdamW, learning rate 2e-5 with a linear
   schedule and 3% warmup, 4 epochs, no weight decay. Comparing selectors is the point of
@@ -42,7 +42,7 @@ RUNTIME_FIELDS = ("progress", "keep_checkpoints")
 
 
 @dataclass
-class TrainConfig:
+class TrainSettings:
     """Supervised fine-tuning settings; see the module docstring for why the defaults."""
 
     model: str | None = field(default=None, metadata={
@@ -117,19 +117,19 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> "TrainSettings":
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown training settings: {', '.join(unknown)}")
         return cls(**data)
 
-    def with_(self, **changes: Any) -> "TrainConfig":
+    def with_(self, **changes: Any) -> "TrainSettings":
         """A copy with some settings changed (validated again)."""
         return replace(self, **changes)
 
     @classmethod
-    def less_warmup(cls, **changes: Any) -> "TrainConfig":
+    def less_warmup(cls, **changes: Any) -> "TrainSettings":
         """LESS's warmup run: 4 epochs, lr 2e-5, linear, 3% warmup, LoRA r=128/alpha=512/dropout 0.1,
         the loss averaged per example as LESS's Trainer did.
 
@@ -141,7 +141,7 @@ class TrainConfig:
                       "lora": LoraSettings.less_default(), **changes})
 
     @classmethod
-    def for_tests(cls, **changes: Any) -> "TrainConfig":
+    def for_tests(cls, **changes: Any) -> "TrainSettings":
         """Seconds on a tiny model: small LoRA, a high learning rate, no progress bar."""
         return cls(**{"lora": LoraSettings.for_tests(), "epochs": 2, "learning_rate": 1e-2, "batch_size": 2,
                       "micro_batch_size": 1, "warmup_ratio": 0.0, "max_length": 256, "progress": False,
