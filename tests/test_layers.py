@@ -29,7 +29,7 @@ LAYERS = [
     ("cli", ["influence.cli"]),
 ]
 HEAVY = {"torch", "transformers", "peft", "datasets", "faiss", "pyarrow", "matplotlib", "safetensors", "fast_jl",
-         "trak", "tokenizers", "tqdm"}
+         "trak", "tokenizers", "tqdm", "bm25s", "Stemmer", "data_selection", "nltk"}
 
 
 def module_name(path: Path) -> str:

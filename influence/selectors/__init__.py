@@ -8,6 +8,7 @@ from influence.errors import UnknownNameError
 from influence.ranking import check_k, top_k
 from influence.selectors.base import Scores, SelectionContext, Selector
 from influence.selectors.baselines import LongestSelector, RandomSelector
+from influence.selectors.dsir import DsirSelector  # its heavy part (nltk) loads on first use
 
 
 def _less(**options: Any) -> Selector:
@@ -20,16 +21,10 @@ def _less(**options: Any) -> Selector:
 
 def _bm25(**options: Any) -> Selector:
     """BM25 relevance to the target, imported on use: bm25s and PyStemmer are not needed by the others."""
+    # optional and heavy: imported on use
     from influence.selectors.bm25 import Bm25Selector
 
     return Bm25Selector(**options)
-
-
-def _dsir(**options: Any) -> Selector:
-    """DSIR importance weights (arXiv 2302.03169), imported on use like the others."""
-    from influence.selectors.dsir import DsirSelector
-
-    return DsirSelector(**options)
 
 
 # name -> factory taking the selector's own keyword options
@@ -38,7 +33,7 @@ SELECTORS: dict[str, Callable[..., Selector]] = {
     "random": RandomSelector,
     "less": _less,
     "bm25": _bm25,
-    "dsir": _dsir,
+    "dsir": DsirSelector,
 }
 
 
