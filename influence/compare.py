@@ -26,13 +26,13 @@ from influence.data.contamination import Contamination
 from influence.data.pools import Pool, load_pool
 from influence.data.targets import load_target
 from influence.errors import ConfigError, require_positive_ints
-from influence.evaluation import EvalSettings, evaluate, write_results
+from influence import evaluation, training
+from influence.evaluation import EvalSettings
 from influence.io import sha256_json, write_bytes, write_json, write_text
 from influence.less.settings import LessSettings
 from influence.selection import decontaminate, select, write_selection
 from influence.selectors import SELECTORS, make_selector
 from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING
-from influence.training import train
 from influence.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def compare(config: CompareSettings, out: str | Path, *, on_cell: Callable[[Cell
             write_selection(selection, cell.selection, overwrite=True)
         cell.selection_seconds = json.loads(manifest_path(cell.selection).read_text())["selection_seconds"]
         # ---- train
-        result = train(str(cell.selection), config.train.with_(seed=seed), cell.run)
+        result = training.train(str(cell.selection), config.train.with_(seed=seed), cell.run)
         cell.cached["training"] = result.reused
         cell.training_seconds = float(result.manifest["seconds"])
         # ---- evaluate
@@ -149,8 +149,8 @@ def compare(config: CompareSettings, out: str | Path, *, on_cell: Callable[[Cell
         if cell.cached["evaluation"]:
             results = json.loads(cell.eval.read_text())
         else:
-            results = evaluate(cell.run, config.target, limit=config.limit, seed=0, config=eval_config)
-            write_results(results, cell.eval)
+            results = evaluation.evaluate(cell.run, config.target, limit=config.limit, seed=0, config=eval_config)
+            evaluation.write_results(results, cell.eval)
         cell.metric_name = results["primary_metric"]
         cell.target_loss = float(results["metrics"]["target_loss"])
         cell.metric = float(results["metrics"][cell.metric_name])
