@@ -143,7 +143,8 @@ def _check_sizes(batch_size: int, max_batch_tokens: int | None, max_length: int)
 def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector: Projector | None, *,
               grad_type: str = "sgd", moments: AdamMoments | None = None, batch_size: int = 8,
               max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS, max_length: int = 2048,
-              indices: Iterable[int] | None = None, stats: FeaturizeStats | None = None, queries: torch.Tensor | None = None,
+              indices: Iterable[int] | None = None, stats: FeaturizeStats | None = None,
+              queries: torch.Tensor | None = None,
               on_gradients: Callable[[list[int], torch.Tensor], None] | None = None) -> Iterator[FeatureBatch]:
     """Yield projected, normalised per-example LoRA gradient features (and/or exact query cosines), batch by batch.
 

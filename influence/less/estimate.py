@@ -424,8 +424,6 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     budget = available_memory() // 2 if memory_budget is None else memory_budget
     passes, query_bytes = 1, 0
     if unprojected:
-        from influence.less.pipeline import subtask_groups
-
         groups = subtask_groups([str(s) for s in range(subtasks)], shape.lora_params, budget)
         passes, query_bytes = len(groups), query_memory_bytes(len(groups[0]), shape.lora_params)
     # the target pass that projects also forms the queries, unless they come in several groups
@@ -534,6 +532,24 @@ def _duration(seconds: float) -> str:
     if seconds < 48 * 3600:
         return f"about {seconds / 3600:.1f} h"
     return f"about {seconds / 86400:.1f} days"
+
+
+def subtask_groups(names: Sequence[str], lora_params: int, budget_bytes: int) -> list[list[str]]:
+    """Subtasks split into as few groups as fit `budget_bytes` of queries each: one pool pass per group.
+
+    Raises:
+        ConfigError: a single subtask's query does not fit.
+    """
+    per_pass = budget_bytes // query_memory_bytes(1, lora_params)
+    if per_pass < 1:
+        raise ConfigError(f"the unprojected LESS score holds one {lora_params:,}-parameter float32 vector per target "
+                          f"subtask ({query_memory_bytes(1, lora_params) / 1e9:.2f} GB), more than the "
+                          f"{budget_bytes / 1e9:.2f} GB it may use; use --scoring faiss (projected features) or a "
+                          "smaller LoRA rank")
+    names = list(names)
+    passes = -(-len(names) // per_pass)
+    size = -(-len(names) // passes)  # balanced groups
+    return [names[i:i + size] for i in range(0, len(names), size)]
 
 
 def available_memory() -> int:

@@ -25,12 +25,13 @@ from influence.constants import ADAPTER_WEIGHTS_FILE, safe_name
 from influence.data.example import Example
 from influence.data.pools import Pool, example_ids, load_pool
 from influence.data.targets import Target, load_target
-from influence.errors import ConfigError, DataError, DatastoreError, ModelError
+from influence.errors import DataError, DatastoreError, ModelError
 from influence.features import (AdamMoments, FeaturizeStats, LoraGradients, SubtaskQueries, dim_slices, featurize,
                                 make_projector, query_memory_bytes, subtask_queries)
 from influence.features.datastore import FeatureStore
 from influence.hub import hub_reachable
 from influence.io import sha256_file, sha256_json
+from influence.less.estimate import ModelShape, available_memory, estimate_less, subtask_groups
 from influence.less.settings import LessSettings
 from influence.lora import add_lora, lora_signature
 from influence.models import load_model, resolve_model
@@ -197,31 +198,11 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
     return made, FeatureStore.open(cosines.path, example_ids=ids) if cosines is not None else None, stats
 
 
-def subtask_groups(names: Sequence[str], lora_params: int, budget_bytes: int) -> list[list[str]]:
-    """Subtasks split into as few groups as fit `budget_bytes` of queries each: one pool pass per group.
-
-    Raises:
-        ConfigError: a single subtask's query does not fit.
-    """
-    per_pass = budget_bytes // query_memory_bytes(1, lora_params)
-    if per_pass < 1:
-        raise ConfigError(f"the unprojected LESS score holds one {lora_params:,}-parameter float32 vector per target "
-                          f"subtask ({query_memory_bytes(1, lora_params) / 1e9:.2f} GB), more than the "
-                          f"{budget_bytes / 1e9:.2f} GB it may use; use --scoring faiss (projected features) or a "
-                          "smaller LoRA rank")
-    names = list(names)
-    passes = -(-len(names) // per_pass)
-    size = -(-len(names) // passes)  # balanced groups
-    return [names[i:i + size] for i in range(0, len(names), size)]
-
-
 def query_budget(device: Any) -> int:
     """Half the memory free now where the queries live: the GPU's on CUDA, else the machine's."""
     # heavy: imported on use, not at start-up
     import torch
 
-    # loads torch: imported on use, not at start-up
-    from influence.less.estimate import available_memory
 
     if torch.device(device).type == "cuda":
         return int(torch.cuda.mem_get_info(torch.device(device))[0]) // 2
@@ -438,8 +419,6 @@ def score_features(features: FeatureSet, pool: Pool, target: Target, settings: L
     scoring falls back to exact chunked scoring over the memory-mapped features, which needs
     a block at a time.
     """
-    # loads torch: imported on use, not at start-up
-    from influence.less.estimate import available_memory
 
     lrs = _score_rates(features.checkpoints)
     subtasks = target.subtasks()
@@ -503,9 +482,6 @@ def dry_run(pool: Pool, target: Target | None, settings: LessSettings) -> Any:
     tokenizer, never its weights, and writes nothing."""
     # heavy: imported on use, not at start-up
     from transformers import AutoConfig, AutoTokenizer
-
-    # loads torch: imported on use, not at start-up
-    from influence.less.estimate import ModelShape, estimate_less
 
     location, _ = resolve_model(settings.model)
     local_only = Path(location).is_dir() or not hub_reachable()
