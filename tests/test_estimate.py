@@ -193,7 +193,7 @@ def test_bad_estimate_arguments_are_config_errors():
 
 
 def test_the_dry_run_says_how_busy_the_machine_was_when_it_probed(monkeypatch):
-    import influence.estimate as estimate
+    import influence.less.estimate as estimate
 
     settings = LessSettings()
     measured = estimate_less(stats(100), stats(1), settings, shape=SHAPE, device="cpu")
@@ -213,7 +213,7 @@ def test_the_probe_counts_another_process_busy_on_the_cpus():
     import subprocess
     import sys
 
-    from influence.estimate import calibrate
+    from influence.less.estimate import calibrate
 
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
