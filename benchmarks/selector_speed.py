@@ -9,11 +9,13 @@ hits all of them alike. Each run works in a fresh temporary directory, so select
 keep work on disk under a relative path (LESS's `indexes/`) start from nothing every time.
 Printed: median, min and max seconds, examples/s (pool size / median), and the guard's share.
 
-    python benchmarks/selector_speed.py                                   # every registered selector but less
+    python benchmarks/selector_speed.py                                   # every registered selector but less, rds, ifd
     python benchmarks/selector_speed.py --selectors bm25,dsir,random --repeats 5
     python benchmarks/selector_speed.py --examples 200 --repeats 1        # a smoke test
 
-`less` is left out unless named: on CPU one run warms up a model and featurizes the pool.
+`less`, `rds` and `ifd` are left out unless named: on CPU one run of `less` warms up a model
+and featurizes the pool, and `rds` and `ifd` run the model forward over every example (one
+and two passes).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ os.environ.setdefault("INFLUENCE_OFFLINE", "1")  # the bundled 5,000-example sam
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SLOW_BY_DEFAULT = ("less",)
+SLOW_BY_DEFAULT = ("less", "rds", "ifd")
 
 
 @contextlib.contextmanager

@@ -32,6 +32,10 @@ class OutputExistsError(InfluenceError):
     """An output file exists and overwriting was not asked for."""
 
 
+class OutputError(InfluenceError):
+    """An output cannot be written where asked (a directory, a device, no permission)."""
+
+
 class ManifestMismatchError(InfluenceError):
     """Artifacts made under different settings would be mixed."""
 

@@ -11,13 +11,14 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from influence.errors import OutputExistsError
+from influence.errors import OutputError, OutputExistsError
 
 
 _SWEPT: set[str] = set()  # directories this process has cleared of dead writers' temporaries
@@ -60,15 +61,51 @@ def _sweep_once(directory: Path) -> None:
         remove_dead_temporaries(directory)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_open_mode(path: Path) -> int:
+    """The permission bits `open(path, "w")` would leave: an existing file's own, else 0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0o666 & ~_umask()
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"cannot create {path}: {path.parent} is a file, not a directory") from None
+    except OSError as exc:
+        raise OutputError(f"cannot create directory {path.parent} for {path} ({exc.strerror or exc})") from None
+
+
+def _temporary_file(path: Path) -> tuple[int, str]:
+    """A new temporary beside `path`, with the mode a plain open() of `path` would give."""
+    _make_parent(path)
+    _sweep_once(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {path.parent} ({exc.strerror or exc}); choose another output") from None
+    os.fchmod(fd, _plain_open_mode(path))
+    return fd, tmp
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[BinaryIO]:
-    """Open a binary handle whose content replaces `path` only when the block succeeds."""
+    """Open a binary handle whose content replaces `path` only when the block succeeds.
+
+    The file gets the permission bits a plain `open()` would give it (not mkstemp's 0600).
+    """
     path = Path(path)
-    if not overwrite and path.exists():
-        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_once(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
+    check_output_file(path, overwrite=overwrite)
+    fd, tmp = _temporary_file(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -81,13 +118,134 @@ def atomic_open(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
         raise
 
 
+def replace_together(contents: dict[str | os.PathLike, bytes]) -> list[Path]:
+    """Write several files as one unit: afterwards either every file is new or every one is as before.
+
+    Each file is written to a temporary beside it first; the old files are kept as hard links
+    until every rename has succeeded, and put back if one fails.
+    """
+    for path in contents:
+        check_output_file(path, overwrite=True)
+    staged: list[tuple[Path, str]] = []
+    try:
+        for path, data in contents.items():
+            path = Path(path)
+            fd, tmp = _temporary_file(path)
+            staged.append((path, tmp))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        done: list[tuple[Path, str | None]] = []  # renamed into place, with the old file's backup
+        backup = None
+        try:
+            for path, tmp in staged:
+                backup = None
+                if path.exists():
+                    backup = f"{tmp}.old.tmp"
+                    try:
+                        os.link(path, backup)
+                    except OSError:  # a file system without hard links
+                        shutil.copy2(path, backup)
+                os.replace(tmp, path)
+                done.append((path, backup))
+            backup = None
+        except BaseException:
+            for path, old in [*reversed(done), (None, backup)]:
+                with contextlib.suppress(OSError):
+                    if path is None:  # the rename that failed: its backup links the untouched file
+                        if old is not None:
+                            os.unlink(old)
+                    elif old is None:
+                        path.unlink()
+                    else:
+                        os.replace(old, path)
+            raise
+        for _, old in done:
+            if old is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(old)
+    finally:
+        for _, tmp in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return [Path(p) for p in contents]
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    """`os.lstat(path)`, None if nothing is there; a path that cannot be looked at is an OutputError."""
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc} (a directory on its path cannot be "
+                          "entered); choose another output location") from None
+
+
+def _writable_directory(directory: Path, what: Path) -> None:
+    """Fail unless `directory` exists as a writable directory or could be created."""
+    probe = Path(os.path.abspath(directory))
+    while (found := _lstat(probe)) is None:
+        probe = probe.parent
+    if stat.S_ISLNK(found.st_mode):
+        try:
+            found = os.stat(probe)
+        except OSError:  # a dangling link: mkdir would fail on it
+            raise OutputError(f"cannot create {what}: {probe} is a broken symbolic link") from None
+    if not stat.S_ISDIR(found.st_mode):
+        raise OutputError(f"cannot create {what}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        verb = "write in" if probe == Path(os.path.abspath(directory)) else "create directories in"
+        raise OutputError(f"cannot {verb} {probe} (permission denied); choose another output location")
+
+
+def check_output_file(path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Fail now, before any work, unless `path` can be written as a regular file.
+
+    Raises:
+        OutputExistsError: it exists and overwrite is False.
+        OutputError: it is a directory or a device (or other non-regular file), or its
+            directory cannot be created, entered or written.
+    """
+    path = Path(path)
+    found = _lstat(path)
+    if found is not None:
+        if stat.S_ISLNK(found.st_mode):
+            try:
+                found = os.stat(path)
+            except OSError:
+                raise OutputError(f"{path} is a broken symbolic link; remove it or choose another output") from None
+        if stat.S_ISDIR(found.st_mode):
+            raise OutputError(f"{path} is a directory; give a file name for the output")
+        if not stat.S_ISREG(found.st_mode):
+            raise OutputError(f"{path} is not a regular file (a device, pipe or socket); "
+                              "give the path of a regular file")
+        if not overwrite:
+            raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    _writable_directory(path.parent, path)
+
+
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Fail now, before any work, unless `path` is (or can be made) a writable directory.
+
+    Raises:
+        OutputError: it is a file, or it or its parents cannot be created, entered or written.
+    """
+    path = Path(path)
+    if _lstat(path) is not None and not path.is_dir():  # is_dir follows a link; the path itself can be looked at
+        raise OutputError(f"{path} exists and is not a directory; give a directory for the output")
+    _writable_directory(path, path)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces `target` only when the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(target)
     _sweep_once(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # as a plain mkdir would make it, not mkdtemp's 0700
     try:
         yield staging
         if target.exists():
@@ -108,14 +266,22 @@ def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = True) ->
     return write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """`obj` as this package writes JSON files: indented UTF-8 with a final newline."""
+    return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
+
+
+def jsonl_bytes(records: list[dict]) -> bytes:
+    """One JSON object per line, UTF-8."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
 def write_json(path: str | os.PathLike, obj: Any, *, overwrite: bool = True) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n",
-                      overwrite=overwrite)
+    return write_bytes(path, json_bytes(obj), overwrite=overwrite)
 
 
 def write_jsonl(path: str | os.PathLike, records: list[dict], *, overwrite: bool = True) -> Path:
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return write_text(path, lines, overwrite=overwrite)
+    return write_bytes(path, jsonl_bytes(records), overwrite=overwrite)
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = True) -> Path:

@@ -93,7 +93,7 @@ def materialize_gguf(path: Path) -> tuple[Path, str]:
     return target, digest
 
 
-def _weights_digest(directory: Path) -> str:
+def weights_digest(directory: Path) -> str:
     """Hash of a checkpoint directory's weight files (names and sizes for speed, plus config)."""
     source = directory / "influence-source.json"
     if source.exists():
@@ -115,10 +115,35 @@ def resolve_model(spec: str | None) -> tuple[str, str]:
         directory, digest = materialize_gguf(path.resolve())
         return str(directory), digest
     if path.is_dir():
-        return str(path), _weights_digest(path)
+        return str(path), weights_digest(path)
     if path.exists():
         raise ModelError(f"{spec}: expected a model directory, a .gguf file or a hub id")
+    if _looks_like_path(spec):
+        raise ModelError(f"{spec} does not exist; --model takes a local model directory, a .gguf file or a hub id "
+                         "(org/name)")
     return spec, f"hub:{spec}"
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A --model value that can only be meant as a local path, never a hub id (`org/name`)."""
+    return (spec.startswith(("/", ".", "~")) or spec.endswith("/") or "\\" in spec or spec.count("/") > 1
+            or os.sep != "/" and os.sep in spec)
+
+
+def check_device(device: str | None) -> None:
+    """Fail at once, before any work, when a CUDA device is asked for and torch has none.
+
+    Raises:
+        ModelError: `device` names CUDA and torch cannot use it.
+    """
+    if device is None or not str(device).startswith("cuda"):
+        return
+    # heavy: imported on use, not at start-up
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ModelError(f"--device {device}: {why}; use --device cpu or leave --device out")
 
 
 def load_model(spec: str | None = None, *, device: str | None = None, dtype: Any = None) -> LoadedModel:
@@ -131,6 +156,7 @@ def load_model(spec: str | None = None, *, device: str | None = None, dtype: Any
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_device(device)
     location, digest = resolve_model(spec)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)

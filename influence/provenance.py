@@ -18,7 +18,8 @@ from typing import Any, Mapping
 
 from influence.errors import InfluenceError
 
-VERSIONED_PACKAGES = ("influence", "numpy", "torch", "transformers", "peft", "datasets", "faiss-cpu", "traker")
+VERSIONED_PACKAGES = ("influence", "numpy", "torch", "transformers", "peft", "datasets", "faiss-cpu", "traker",
+                      "sentence-transformers")
 ABSENT = "<absent>"   # a setting present on one side of a diff only
 
 

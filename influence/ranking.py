@@ -1,8 +1,9 @@
-"""The one ranking rule every selector shares (and LESS's index search): top k, ties by id, k checked once."""
+"""The one ranking rule every selector shares (and LESS's index search): top k, ties by id, k checked once;
+and its diversity-aware walk."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -23,11 +24,29 @@ def check_k(k: Any, pool_size: int | None = None) -> int:
     return int(k)
 
 
-def top_k(scores: np.ndarray, ids: Sequence[Any], k: int) -> np.ndarray:
-    """Indices of the k best scores, best first.
+def ranked(scores: np.ndarray, ids: Sequence[Any]) -> Iterator[int]:
+    """Pool indices best first: by score, ties by id; NaN never, a repeated id once.
 
     Ties are broken by id (example ids are content hashes, so the order does not depend on
-    the pool's order); NaN scores are never selected; a repeated id is selected once.
+    the pool's order).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (len(ids),):
+        raise ValueError(f"expected {len(ids)} scores, got shape {scores.shape}")
+    valid = ~np.isnan(scores)
+    id_array = np.asarray(ids)
+    # lexsort sorts by the last key first: -score, then id
+    order = np.lexsort((id_array[valid], -scores[valid]))
+    seen: set = set()
+    for index in np.flatnonzero(valid)[order]:
+        if ids[index] in seen:
+            continue
+        seen.add(ids[index])
+        yield int(index)
+
+
+def top_k(scores: np.ndarray, ids: Sequence[Any], k: int) -> np.ndarray:
+    """Indices of the k best scores, best first, in the order of `ranked`.
 
     Args:
         scores: one score per example.
@@ -41,16 +60,8 @@ def top_k(scores: np.ndarray, ids: Sequence[Any], k: int) -> np.ndarray:
     if scores.shape != (len(ids),):
         raise ValueError(f"expected {len(ids)} scores, got shape {scores.shape}")
     k = check_k(k, len(ids))
-    valid = ~np.isnan(scores)
-    id_array = np.asarray(ids)
-    # lexsort sorts by the last key first: -score, then id
-    order = np.lexsort((id_array[valid], -scores[valid]))
-    candidates = np.flatnonzero(valid)[order]
-    chosen, seen = [], set()
-    for index in candidates:
-        if ids[index] in seen:
-            continue
-        seen.add(ids[index])
+    chosen = []
+    for index in ranked(scores, ids):
         chosen.append(index)
         if len(chosen) == k:
             break
@@ -58,3 +69,37 @@ def top_k(scores: np.ndarray, ids: Sequence[Any], k: int) -> np.ndarray:
         raise SelectionError(f"only {len(chosen):,} examples have a valid score and a unique id; choose k <= "
                              f"{len(chosen):,}")
     return np.asarray(chosen, dtype=np.int64)
+
+
+def diverse_top_k(scores: np.ndarray, ids: Sequence[Any], k: int, embeddings: Any, tau: float
+                  ) -> tuple[np.ndarray, int]:
+    """The first k examples of the ranking whose embedding has cosine at most `tau` with every one
+    chosen before it (DEITA's representation filter, Liu et al., ICLR 2024), and how many were skipped.
+
+    Args:
+        embeddings: row-indexable [N, d] (a datastore's rows); rows are L2-normalised here.
+        tau: the largest cosine allowed with an example already chosen.
+
+    Raises:
+        SelectionError: bad k, or the ranking runs out before k examples are chosen.
+    """
+    k = check_k(k, len(ids))
+    dim = int(embeddings.shape[1])
+    chosen: list[int] = []
+    kept = np.empty((k, dim), dtype=np.float32)
+    skipped = 0
+    for index in ranked(scores, ids):
+        vector = np.asarray(embeddings[index], dtype=np.float32).reshape(dim)
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        if chosen and float((kept[: len(chosen)] @ vector).max()) > tau:
+            skipped += 1
+            continue
+        kept[len(chosen)] = vector
+        chosen.append(index)
+        if len(chosen) == k:
+            break
+    if len(chosen) < k:
+        raise SelectionError(f"only {len(chosen):,} examples are left once those with cosine above {tau} to one "
+                             f"already chosen are skipped ({skipped:,} skipped); raise the diversity threshold or "
+                             f"choose k <= {len(chosen):,}")
+    return np.asarray(chosen, dtype=np.int64), skipped

@@ -20,14 +20,61 @@ from influence import distributed
 from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_path, safe_name
 from influence.data.contamination import Contamination, find_contaminated, has_heldout, heldout_ngrams
 from influence.data.pools import Pool, load_pool
+from influence.data.readers import counted
 from influence.data.targets import Target, load_target
-from influence.errors import OutputExistsError, SelectionError
-from influence.io import sha256_file, sha256_json, write_json, write_jsonl
+from influence.errors import ConfigError, OutputError, SelectionError
+from influence.io import (check_output_dir, check_output_file, json_bytes, jsonl_bytes, replace_together, sha256_bytes,
+                          sha256_json)
 from influence.provenance import envelope
+from influence.ranking import diverse_top_k
 from influence.selectors import Scores, SelectionContext, Selector, check_k, make_selector, top_k
 
 SELECTION_ARTIFACT = "influence.selection"
 SELECTION_FORMAT = 1
+
+
+DIVERSE = "diverse"
+DEFAULT_DIVERSITY_TAU = 0.9  # DEITA's threshold (Liu et al., ICLR 2024)
+
+
+@dataclass
+class Diversity:
+    """Diversity-aware top-k: skip an example whose sentence embedding has cosine above `tau`
+    with one already chosen. The embeddings are the `embed` selector's, stored once per pool
+    under the datastore settings' run directory (`settings`: a LessSettings)."""
+
+    tau: float = field(default=DEFAULT_DIVERSITY_TAU, metadata={
+        "help": "Largest cosine allowed with an example already chosen (DEITA: 0.9)."})
+    encoder: str | None = field(default=None, metadata={
+        "help": "sentence-transformers directory or id; None is the bundled all-MiniLM-L6-v2."})
+    batch_size: int = field(default=64, metadata={"help": "Examples per encoder batch."})
+    settings: Any = field(default=None, metadata={
+        "help": "LessSettings giving index_root, name, shard_rows, device and progress; None: the defaults."})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.tau < 1.0:
+            raise ConfigError(f"the diversity threshold must be a cosine in (0, 1), got {self.tau}; DEITA uses 0.9")
+        if self.batch_size < 1:
+            raise ConfigError(f"the encoder batch size must be at least 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tau": self.tau, "encoder": self.encoder}
+
+
+def selector_options(name: str, settings: Any, *, length_unit: str = "chars", pooling: str = "last",
+                     embed_model: str | None = None, dsir_sampling: str = "gumbel") -> dict[str, Any]:
+    """Selector `name`'s keyword options, from the LESS settings (model, datastore, device) and the rest."""
+    if name == "longest":
+        return {"unit": length_unit}
+    if name == "dsir":
+        return {"sampling": dsir_sampling}
+    if name in ("less", "ifd"):
+        return {"settings": settings}
+    if name == "rds":
+        return {"settings": settings, "pooling": pooling}
+    if name == "embed":
+        return {"settings": settings, "encoder": embed_model}
+    return {}
 
 
 @dataclass
@@ -44,11 +91,21 @@ class Selection:
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # selector-specific provenance (e.g. datastore)
     contamination: Contamination | None = None  # what the guard found in the pool as given
+    target_in_pool: int = 0    # target examples whose content is also in the pool
 
     @functools.cached_property
     def examples(self) -> list:
         """The chosen examples, best first (read once, even from a streamed pool)."""
         return self.pool.take(self.indices)
+
+    @property
+    def multi_turn(self) -> int:
+        """How many chosen examples are chats of more than one turn (see `Example.multi_turn`)."""
+        return sum(example.multi_turn for example in self.examples)
+
+    def default_format(self) -> str:
+        """`messages` when any chosen example has more than one turn (alpaca would flatten it), else `alpaca`."""
+        return "messages" if self.multi_turn else "alpaca"
 
     def records(self, fmt: str = "alpaca") -> list[dict]:
         """SFT-ready records with id, rank, score and selector."""
@@ -63,6 +120,7 @@ class Selection:
     def manifest(self, fmt: str) -> dict[str, Any]:
         return {
             **envelope(SELECTION_ARTIFACT, SELECTION_FORMAT),
+            "kind": "selection",  # what readers of selection manifests key on, beside the envelope's artifact
             "selector": {"name": self.selector.name, "params": self.selector.params()},
             "k": self.k,
             "seed": self.seed,
@@ -76,7 +134,7 @@ class Selection:
             },
             "target": None if self.target is None else {
                 "name": self.target.name, "examples": len(self.target),
-                "subtasks": len(self.target.subtasks()),
+                "subtasks": len(self.target.subtasks()), "also_in_pool": self.target_in_pool,
                 "fingerprint": sha256_json([e.id for e in self.target.examples])},
             "contamination": None if self.contamination is None else self.contamination.manifest(),
             "selection_seconds": round(self.seconds, 3),
@@ -84,8 +142,9 @@ class Selection:
             **self.extra,
         }
 
-    def summary(self) -> list[str]:
-        """A few lines for the terminal: how many, and lengths against the pool."""
+    def summary(self, fmt: str | None = None) -> list[str]:
+        """A few lines for the terminal: how many, lengths against the pool, and what deserves a warning
+        (target examples also in the pool; chats flattened by `fmt` alpaca)."""
         def stats(lengths: list[int]) -> str:
             return (f"mean {statistics.fmean(lengths):,.0f}, median {statistics.median(lengths):,.0f}, "
                     f"max {max(lengths):,}")
@@ -96,7 +155,7 @@ class Selection:
             pool_lengths.append(len(example.response))
             pool_sources.add(example.source)
         lines = [self.contamination.describe()] if self.contamination is not None else []
-        lines += [f"selected {len(chosen):,} of {len(self.pool):,} examples with {self.selector.name}"
+        lines += [f"selected {len(chosen):,} of {counted(len(self.pool), 'example')} with {self.selector.name}"
                   f" in {self.seconds:.1f}s",
                   f"  response chars, selection: {stats([len(e.response) for e in chosen])}",
                   f"  response chars, pool:      {stats(pool_lengths)}"]
@@ -105,6 +164,19 @@ class Selection:
             sources[example.source] = sources.get(example.source, 0) + 1
         if len(sources) > 1 or len(pool_sources) > 1:
             lines.append("  by source: " + ", ".join(f"{s} {n:,}" for s, n in sorted(sources.items())))
+        if self.target_in_pool:
+            lines.append(f"warning: {counted(self.target_in_pool, 'example')} of the target ({len(self.target):,}) "
+                         f"{'is' if self.target_in_pool == 1 else 'are'} also in the pool, and such copies rank "
+                         "first; remove them from the pool or the target")
+        turns = self.multi_turn
+        if turns and (fmt or self.default_format()) == "alpaca":
+            lines.append(f"note: {counted(turns, 'selected example')} with several chat turns "
+                         f"{'is' if turns == 1 else 'are'} written as \"User: ... Assistant: ...\" text in the "
+                         "instruction (--format alpaca); --format messages keeps the turns")
+        if "diversity" in self.extra:
+            diversity = self.extra["diversity"]
+            lines.append(f"  diversity: skipped {diversity['skipped']:,} examples with cosine above "
+                         f"{diversity['tau']} to one chosen before")
         return lines
 
 
@@ -135,8 +207,10 @@ def decontaminate(pool: Pool, target: Target | None, *, keep: bool = False) -> t
 
 
 def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = None, seed: int = 0,
-           keep_contaminated: bool = False, contamination: Contamination | None = None) -> Selection:
-    """Score `pool` with `selector` and keep the top `k`.
+           keep_contaminated: bool = False, contamination: Contamination | None = None,
+           diversity: Diversity | None = None) -> Selection:
+    """Score `pool` with `selector` and keep the top `k` (with `diversity`, the top k that are not
+    near-duplicates of a better one; every example is then scored, as the walk may pass k).
 
     A registered `target` turns on the contamination guard (`decontaminate`) for every
     selector, targeted or not: an untargeted selector ignores the target but its selection
@@ -152,17 +226,36 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
     start = time.perf_counter()
     if contamination is None:
         pool, contamination = decontaminate(pool, target, keep=keep_contaminated)
-    result = selector.score(pool, SelectionContext(target=target, seed=seed, k=k))
+    result = selector.score(pool, SelectionContext(target=target, seed=seed, k=None if diversity else k))
     if not isinstance(result, Scores):
         raise SelectionError(f"selector {selector.name!r} returned {type(result).__name__}; "
                              "Selector.score must return influence.selectors.Scores")
     scores = result.values
     if scores.shape != (len(pool),):
         raise SelectionError(f"selector {selector.name!r} returned {scores.shape} scores for {len(pool)} examples")
-    indices = top_k(scores, pool.ids, k)
+    extra = dict(result.provenance)
+    in_pool = len({e.id for e in target.examples} & set(pool.ids)) if target is not None and selector.requires_target \
+        else 0
+    if diversity is None:
+        indices = top_k(scores, pool.ids, k)
+    else:
+        indices, extra["diversity"] = diverse_selection(pool, scores, k, diversity)
     return Selection(pool=pool, indices=indices, scores=scores, selector=selector, k=k, seed=seed,
-                     target=target, seconds=time.perf_counter() - start, extra=dict(result.provenance),
-                     contamination=contamination)
+                     target=target, seconds=time.perf_counter() - start, extra=extra, contamination=contamination,
+                     target_in_pool=in_pool)
+
+
+def diverse_selection(pool: Pool, scores: np.ndarray, k: int, diversity: Diversity) -> tuple[np.ndarray, dict]:
+    """`diverse_top_k` over the pool's stored sentence embeddings (computed on first use); with its record."""
+    # imported on use: the encoder and the datastore bring torch and sentence-transformers
+    from influence.less.settings import LessSettings
+    from influence.representations import pool_embeddings
+
+    store = pool_embeddings(pool, diversity.settings or LessSettings(), encoder_spec=diversity.encoder,
+                            batch_size=diversity.batch_size)
+    indices, skipped = diverse_top_k(scores, pool.ids, k, store.rows(), diversity.tau)
+    return indices, {**diversity.to_dict(), "skipped": skipped, "encoder_identity": store.identity.get("encoder"),
+                     "store": str(store.path)}
 
 
 def default_output_path(pool_specs: list[str], selector: str, k: int, target: str | None = None) -> Path:
@@ -172,27 +265,35 @@ def default_output_path(pool_specs: list[str], selector: str, k: int, target: st
 
 
 def check_writable(out: str | Path, overwrite: bool) -> None:
-    """Fail before any work if the selection or its manifest would be overwritten unasked."""
+    """Fail before any work unless the selection and its manifest can both be written.
+
+    Raises:
+        OutputExistsError: either exists and overwrite is False.
+        OutputError: `-` (standard output), a directory, a device, or a place that cannot be written.
+    """
+    if str(out) == "-":
+        raise OutputError("--out - is not supported: a selection is a JSONL file plus its manifest; give a file "
+                          "path (then `cat` it)")
     for path in (Path(out), manifest_path(out)):
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+        check_output_file(path, overwrite=overwrite)
 
 
-def write_selection(selection: Selection, out: str | Path, *, fmt: str = "alpaca",
+def write_selection(selection: Selection, out: str | Path, *, fmt: str | None = None,
                     overwrite: bool = False) -> tuple[Path, Path]:
-    """Write `out` (JSONL) and its manifest, each atomically; returns both paths."""
+    """Write `out` (JSONL) and its manifest as one unit: both new, or (on failure) both as before.
+
+    `fmt` None takes `selection.default_format()`: messages when a chosen chat has several turns,
+    else alpaca. Returns both paths. Raises OutputExistsError or OutputError as `check_writable` does.
+    """
     out = Path(out)
     check_writable(out, overwrite)
+    fmt = fmt or selection.default_format()
     records = selection.records(fmt)
+    data = jsonl_bytes(records)
+    manifest = selection.manifest(fmt)
+    manifest["output"] = {"path": out.name, "records": len(records), "sha256": sha256_bytes(data)}
     meta_path = manifest_path(out)
-    write_jsonl(out, records, overwrite=True)
-    try:
-        manifest = selection.manifest(fmt)
-        manifest["output"] = {"path": out.name, "records": len(records), "sha256": sha256_file(out)}
-        write_json(meta_path, manifest, overwrite=True)
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
+    replace_together({out: data, meta_path: json_bytes(manifest)})
     return out, meta_path
 
 
@@ -201,9 +302,10 @@ def echo_line(line: str, err: bool = False) -> None:
     print(line, file=sys.stderr if err else sys.stdout, flush=True)
 
 
-def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int = 0, fmt: str = "alpaca",
+def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int = 0, fmt: str | None = None,
                   out: str | Path | None = None, overwrite: bool = False, target: str | None = None,
                   selector_options: dict[str, Any] | None = None, keep_contaminated: bool = False,
+                  ignored: Sequence[str] = (), diversity: Diversity | None = None,
                   echo: Callable[..., None] = echo_line) -> tuple[Path, Path] | None:
     """Check, load, decontaminate, select, summarise and write: `influence select` and `influence score`.
 
@@ -217,8 +319,11 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
         selector: a registered selector name; `selector_options` go to its factory.
         target: a target name or file; its held-out items are kept out of the pool either way.
         out: the JSONL path [default: `default_output_path`]; its manifest goes beside it.
+        fmt: alpaca or messages [default: `Selection.default_format`].
         keep_contaminated: keep pool examples that share a 13-gram with the target's held-out items.
-        echo: receives each report line (and `err=True` for notes).
+        ignored: options the user gave that do not apply to the selector, named once in a note.
+        diversity: diversity-aware top-k instead of plain top-k.
+        echo: receives each report line (and `err=True` for notes and warnings).
 
     Returns:
         The JSONL and manifest paths on rank 0, None on the other ranks.
@@ -228,16 +333,22 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
     """
     job = distributed.init_from_env()
 
-    def say(line: str, err: bool = False) -> None:
-        if job.is_main:  # one voice per job
-            echo(line, err=err)
+    def say(line: str) -> None:
+        if job.is_main:  # one voice per job; notes and warnings on stderr
+            echo(line, err=line.startswith(("note:", "warning:")))
 
     k = check_k(k)
-    chosen = make_selector(selector, **(selector_options or {}))
+    selector_options = selector_options or {}
+    chosen = make_selector(selector, **selector_options)
     if chosen.requires_target and not target:
         raise SelectionError(f"selector {selector!r} needs a target; pass --target (see `influence targets`)")
-    out = out or default_output_path(list(pool_specs), selector, k, target if chosen.requires_target else None)
+    label = selector if diversity is None else f"{selector}+{DIVERSE}"
+    out = out or default_output_path(list(pool_specs), label, k, target if chosen.requires_target else None)
     check_writable(out, overwrite)
+    if "settings" in selector_options and not selector_options.get("existing_only"):
+        check_output_dir(selector_options["settings"].index_root)  # where LESS keeps its datastores
+    if ignored:
+        say(f"note: selector {selector!r} ignores {', '.join(ignored)}")
     target_set = load_target(target) if target else None  # before the pool: a bad name fails at once
     pool = load_pool(list(pool_specs), stream=True)  # ids in memory; examples read a chunk at a time
     for line in pool.describe():
@@ -245,14 +356,16 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
     if target and not chosen.requires_target:
         use = ("its held-out items are still kept out of the pool" if has_heldout(target)
                else "a target file has no held-out items to keep out")
-        say(f"note: selector {selector!r} does not score against --target; {use}", err=True)
+        say(f"note: selector {selector!r} does not score against --target; {use}")
     # every rank drops the same contaminated examples, so that all of them score the same pool
     pool, contamination = decontaminate(pool, target_set, keep=keep_contaminated)
     if not job.is_main:
         chosen.prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
         return None
-    selection = select(pool, k, chosen, target=target_set, seed=seed, contamination=contamination)
-    for line in selection.summary():
+    selection = select(pool, k, chosen, target=target_set, seed=seed, contamination=contamination,
+                       diversity=diversity)
+    fmt = fmt or selection.default_format()
+    for line in selection.summary(fmt):
         say(line)
     jsonl, manifest = write_selection(selection, out, fmt=fmt, overwrite=overwrite)
     say(f"wrote {jsonl} and {manifest}")

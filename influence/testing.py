@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from pathlib import Path
 from typing import Any
 
 CHAT_TEMPLATE = (
@@ -47,3 +48,32 @@ def tiny_llama(vocab_size: int = 128, *, layers: int = 2, hidden: int = 32, head
 def tiny_model_and_tokenizer(**kwargs: Any) -> tuple[Any, Any]:
     tokenizer = tiny_tokenizer(chat_template=kwargs.pop("chat_template", True))
     return tiny_llama(len(tokenizer), **kwargs), tokenizer
+
+
+def tiny_sentence_encoder(path: Any, *, hidden: int = 32, seed: int = 0) -> Any:
+    """Save a randomly initialised one-layer BERT with mean pooling as a sentence-transformers
+    directory at `path` (what --embed-model takes); returns the path."""
+    # heavy: imported on use, not at start-up
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = Path(path)
+    base = path.with_name(path.name + "-bert")
+    base.mkdir(parents=True, exist_ok=True)
+    characters = list(dict.fromkeys(string.ascii_lowercase + string.digits + string.punctuation))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + characters + [f"##{c}" for c in characters]
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=hidden * 2, max_position_embeddings=256)
+    model = BertModel(config)
+    with torch.no_grad():  # let the words, not the positions every text shares, decide the embedding
+        model.embeddings.word_embeddings.weight.normal_(0.0, 1.0)
+        model.embeddings.position_embeddings.weight.zero_()
+        model.embeddings.token_type_embeddings.weight.zero_()
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    word = models.Transformer(str(base), max_seq_length=128)
+    SentenceTransformer(modules=[word, models.Pooling(hidden, pooling_mode="mean")], device="cpu").save(str(path))
+    return path

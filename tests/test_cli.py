@@ -25,7 +25,7 @@ def test_select_alpaca_k1000_writes_selection_and_manifest(tmp_path):
     assert f"wrote {out}" in result.output
     lines = out.read_text().splitlines()
     assert len(lines) == 1000
-    assert json.loads((tmp_path / "sel.manifest.json").read_text())["selector"]["name"] == "longest"
+    assert json.loads((tmp_path / ".sel.manifest.json").read_text())["selector"]["name"] == "longest"
 
 
 def test_select_defaults_its_output_path_and_prints_it(tmp_path, monkeypatch):

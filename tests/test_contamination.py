@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from influence.cli import main
+from influence.constants import manifest_path
 from influence.data import Example, load_pool
 from influence.data.contamination import HeldOutNgrams
 from influence.data.pools import Pool
@@ -98,7 +99,7 @@ def test_select_command_prints_the_count_and_lists_the_ids(tmp_path):
     assert result.exit_code == 0, result.output
     assert "contamination guard: 1 pool example(s)" in result.output and "dropped before scoring" in result.output
     assert planted.id not in out.read_text()
-    assert json.loads((tmp_path / "sel.manifest.json").read_text())["contamination"]["ids"] == [planted.id]
+    assert json.loads((tmp_path / ".sel.manifest.json").read_text())["contamination"]["ids"] == [planted.id]
     kept = CliRunner().invoke(main, args + ["--keep-contaminated", "--overwrite"], catch_exceptions=False)
     assert kept.exit_code == 0 and planted.id in out.read_text()
 
@@ -116,18 +117,18 @@ def test_compare_never_trains_any_selector_on_the_targets_heldout_items(tmp_path
 
     monkeypatch.setattr(influence.training, "train", fake_train)
     monkeypatch.setattr(influence.evaluation, "evaluate", lambda *a, **k: {
-        "primary_metric": "accuracy", "metrics": {"target_loss": 1.0, "accuracy": 0.5}})
+        "primary_metric": "accuracy", "metrics": {"target_loss": 1.0, "accuracy": 0.5}, "items": 1, "seconds": 0.0})
     monkeypatch.setattr(influence.evaluation, "write_results", lambda results, path: path)
     planted = _planted_copy()
     pool = write_jsonl(tmp_path / "pool.jsonl", [{"instruction": e.instruction, "output": e.output}
                                                  for e in _pool_with(planted).examples])
     from influence.compare import CompareSettings as CompareConfig, compare
 
-    summary = compare(CompareConfig(pools=[str(pool)], target="mmlu", k=3, selectors=["bm25", "longest", "random"],
+    summary = compare(CompareConfig(pools=[str(pool)], targets=["mmlu"], k=3, selectors=["bm25", "longest", "random"],
                                     seeds=1), tmp_path / "cmp")
     assert len(trained) == 3
     for path in trained:
         assert planted.id not in open(path).read()
-        manifest = json.loads(open(path.replace(".jsonl", ".manifest.json")).read())
+        manifest = json.loads(manifest_path(path).read_text())
         assert manifest["contamination"]["ids"] == [planted.id]
-    assert summary["contamination"]["found"] == 1
+    assert summary["contamination"]["mmlu"]["found"] == 1

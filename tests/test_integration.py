@@ -39,7 +39,7 @@ def test_less_select_with_the_default_model_on_a_handful_of_examples(tmp_path, t
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 2 and {r["selector"] for r in records} == {"less"}
     assert records[0]["score"] >= records[1]["score"]
-    manifest = json.loads((tmp_path / "sel.manifest.json").read_text())
+    manifest = json.loads((tmp_path / ".sel.manifest.json").read_text())
     assert manifest["selector"]["params"]["lora"]["r"] == 8
     assert manifest["datastore"]["projector"]["type"] == "sjlt"
     assert manifest["datastore"]["checkpoints"][0]["weight"] == 1.0

@@ -132,7 +132,8 @@ def _results(out: Path) -> dict:
     """results.json without the wall times."""
     summary = json.loads((out / "results.json").read_text())
     for row in summary["rows"]:
-        del row["selection_seconds"], row["training_seconds"]
+        del row["selection_seconds"], row["training_seconds"], row["evaluation_seconds"]
+    del summary["phases"]
     return summary
 
 
@@ -149,12 +150,12 @@ def test_kill_9_during_compare_then_rerun_reuses_finished_cells_and_equals_an_un
     killed = tmp_path / "killed"
     process = _start(_influence(*_compare_args(pool, target, tiny_model_dir, killed)), tmp_path / "killed.log")
     _kill_9_when(process, lambda: any(killed.glob("runs/random-s0-*/checkpoints/epoch-1")), tmp_path / "killed.log")
-    assert len(list(killed.glob("evals/longest-s0-*.json"))) == 1        # the first cell is finished
+    assert len(list(killed.glob("evals/*/longest-s0-*.json"))) == 1      # the first cell is finished
     assert not list(killed.glob("runs/random-s0-*/manifest.json"))       # the second is mid-training
     assert not (killed / "results.json").exists()
 
     resumed = _invoke(_compare_args(pool, target, tiny_model_dir, killed))
-    lines = {line.split(":")[0]: line for line in resumed.splitlines() if " seed 0: " in line}
+    lines = {line.split("] ")[1].split(":")[0]: line for line in resumed.splitlines() if " seed 0: " in line}
     assert lines["longest seed 0"].endswith("(reused selection, training, evaluation)")
     assert lines["random seed 0"].endswith("(reused selection)")
     assert _results(killed) == _results(clean)

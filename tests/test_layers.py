@@ -21,7 +21,7 @@ LAYERS = [
     ("training", ["influence.training"]),
     ("features", ["influence.features"]),
     ("index", ["influence.index", "influence.scoring"]),
-    ("less", ["influence.less"]),
+    ("less", ["influence.less", "influence.representations"]),
     ("selectors", ["influence.selectors"]),
     ("selection", ["influence.selection", "influence"]),   # `influence` itself: the public facade
     ("evaluation", ["influence.evaluation"]),
@@ -29,7 +29,8 @@ LAYERS = [
     ("cli", ["influence.cli"]),
 ]
 HEAVY = {"torch", "transformers", "peft", "datasets", "faiss", "pyarrow", "matplotlib", "safetensors", "fast_jl",
-         "trak", "tokenizers", "tqdm", "bm25s", "Stemmer", "data_selection", "nltk"}
+         "trak", "tokenizers", "tqdm", "bm25s", "Stemmer", "data_selection", "nltk", "sentence_transformers",
+         "huggingface_hub"}
 
 
 def module_name(path: Path) -> str:

@@ -189,6 +189,6 @@ def test_select_command_picks_the_planted_examples_and_records_the_settings(tmp_
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["instruction"] for r in records} == {q for q, _ in ASTRONOMY}
-    manifest = json.loads((tmp_path / "sel.manifest.json").read_text())
+    manifest = json.loads((tmp_path / ".sel.manifest.json").read_text())
     assert manifest["selector"]["name"] == name
     assert manifest["selector"]["params"] == make_selector(name, **options).params()

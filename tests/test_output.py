@@ -36,7 +36,7 @@ def test_messages_format_is_a_chat_ending_with_the_response(tmp_path, selection)
 
 def test_manifest_records_pool_selector_seed_k_and_versions(tmp_path, selection):
     out, meta = write_selection(selection, tmp_path / "s.jsonl")
-    assert meta == manifest_path(out) == tmp_path / "s.manifest.json"
+    assert meta == manifest_path(out) == tmp_path / ".s.manifest.json"
     manifest = json.loads(meta.read_text())
     assert manifest["selector"] == {"name": "longest", "params": {"unit": "chars"}}
     assert manifest["k"] == 2 and manifest["seed"] == 0
@@ -65,7 +65,7 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, selection, monkeypatch)
     out_dir = tmp_path / "out"
     with pytest.raises(RuntimeError):
         write_selection(selection, out_dir / "s.jsonl")
-    assert list(out_dir.iterdir()) == []
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
 
 
 def test_temporaries_of_killed_writers_are_swept_and_live_writers_kept(tmp_path):

@@ -9,15 +9,34 @@ import sys
 import click
 
 from influence import __version__
+from influence.data.readers import one_line
 from influence.errors import InfluenceError
+
+
+def _usage_error(exc: click.UsageError) -> None:
+    """click's usage errors in the one-line form of every other user error (`--help` stays as it is)."""
+    hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+    click.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
+    sys.exit(2)
 
 
 class _Group(click.Group):
     """Turns every user error into one line on stderr and exit status 2."""
 
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # bare `influence` shows the help
+        except click.UsageError as exc:
+            _usage_error(exc)
+            raise  # not reached: _usage_error exits
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            _usage_error(exc)
         except InfluenceError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)

@@ -17,6 +17,8 @@ def pools_command() -> None:
     click.echo(f"{'FILE':10} a local {', '.join(FILE_SUFFIXES)} file (optionally .gz) with instruction/input/output, "
                "prompt/response or messages records")
     click.echo(f"{'hf:ID[:SPLIT]':10} any datasets id, e.g. hf:tatsu-lab/alpaca:train")
+    click.echo(f"{'SPEC:sample=N[,seed=S][,stratify=source|subtask]':10} a seeded sample of any of the above, "
+               "e.g. flan_cot:sample=300,stratify=source")
 
 
 @click.command("targets")

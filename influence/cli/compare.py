@@ -1,4 +1,4 @@
-"""`influence compare`: selectors side by side, trained and evaluated on the target."""
+"""`influence compare`: selectors side by side, trained and evaluated on every target."""
 
 from __future__ import annotations
 
@@ -11,53 +11,85 @@ from influence.cli.select import dsir_sampling_option, keep_contaminated_option
 from influence.constants import safe_name
 from influence.training.settings import TrainSettings
 
-_TRAIN = TrainSettings()
+RECIPES = {"less": TrainSettings, "small-k": TrainSettings.small_k}
 
 
-def default_out_dir(pools: tuple[str, ...], target: str, k: int) -> Path:
-    return Path("compare") / f"{'+'.join(safe_name(p) for p in pools)}-{safe_name(target)}-k{k}"
+def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) -> Path:
+    pool_part = "+".join(safe_name(p, keep="=") for p in pools)
+    return Path("compare") / f"{pool_part}-{'+'.join(safe_name(t, keep='=') for t in targets)}-k{k}"
 
 
 @click.command("compare")
-@click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC", help="Pool spec(s), as for select.")
-@click.option("--target", required=True, metavar="SPEC", help="Target: the selection target and the evaluation.")
+@click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC",
+              help="Pool spec(s), as for select; SPEC:sample=N[,seed=S][,stratify=source] takes a seeded sample.")
+@click.option("--target", "targets", multiple=True, required=True, metavar="SPEC",
+              help="Target(s): each a selection target and an evaluation; repeat for several.")
 @click.option("--k", type=int, default=1000, show_default=True, help="Examples per selection.")
-@click.option("--selectors", default="less,longest,random", show_default=True, help="Comma-separated selectors.")
-@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per selector (0..N-1).")
-@click.option("--limit", type=int, default=None, help="Evaluate on a seeded subset of this many held-out items.")
-@click.option("--epochs", type=int, default=_TRAIN.epochs, show_default=True, help="Training epochs per selection.")
-@click.option("--lr", type=float, default=_TRAIN.learning_rate, show_default=True, help="Training peak learning rate.")
-@click.option("--train-batch-size", type=int, default=_TRAIN.batch_size, show_default=True,
-              help="Examples per optimizer step.")
-@click.option("--train-max-length", type=int, default=_TRAIN.max_length, show_default=True,
-              help="Training tokens per example.")
+@click.option("--selectors", default="less,longest,random", show_default=True, metavar="ROW[,ROW...]",
+              help="Rows: registered selectors, each optionally with options, as in "
+                   "less:scoring=unprojected,less:scoring=faiss,longest:unit=words,random; diversity=TAU "
+                   "(and diversity_encoder=DIR) on any row walks its ranking with diversity-aware top-k.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Training seeds per selection (0..N-1); random draws again with each.")
+@click.option("--selection-seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Selection seeds (0..M-1) of the other rows: LESS's warmup sample, adapter init, projection.")
+@click.option("--redraw", default="random", show_default=True, metavar="NAME[,NAME...]",
+              help="Selectors drawn again for every training seed, with it as their seed ('' for none).")
+@click.option("--metrics", default="loss,accuracy", show_default=True, metavar="M[,M...]",
+              help="loss (always), accuracy (MMLU, from the same forward pass), em and f1 (generate answers: slow).")
+@click.option("--base/--no-base", default=True, show_default=True, help="Evaluate the untrained model as a row.")
+@click.option("--limit", type=int, default=None,
+              help="Evaluate each target on a seeded subset of this many held-out items (the same for every row).")
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="less", show_default=True,
+              help="Training recipe: less (batch 32, lr 2e-5, 4 epochs) or small-k (batch 8, lr 2e-4, 4 epochs); "
+                   "the options below change it.")
+@click.option("--epochs", type=int, default=None, help="Training epochs per selection [default: the recipe's].")
+@click.option("--lr", type=float, default=None, help="Training peak learning rate [default: the recipe's].")
+@click.option("--train-batch-size", type=int, default=None, help="Examples per optimizer step [default: the recipe's].")
+@click.option("--train-max-length", type=int, default=None, help="Training tokens per example [default: 2048].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output directory [default: compare/<pool>-<target>-k<k>]; rerun to resume.")
+              help="Output directory [default: compare/<pools>-<targets>-k<k>]; rerun to resume.")
+@click.option("--dry-run", is_flag=True, help="Print the estimated time of each phase and the total; write nothing.")
 @dsir_sampling_option
 @keep_contaminated_option
 @less_options
-def compare_command(pools, target, k, selectors, seeds, limit, epochs, lr, train_batch_size, train_max_length, out,
-                    dsir_sampling, keep_contaminated, **less) -> None:
-    """For each selector and seed: select, train, evaluate; then a table, a plot and the overlaps."""
+def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw, metrics, base, limit, recipe, epochs,
+                    lr, train_batch_size, train_max_length, out, dry_run, dsir_sampling, keep_contaminated,
+                    **less) -> None:
+    """For each row, seed and target: select, train, evaluate; then tables, a plot and the overlaps."""
     # loads torch: imported on use, not at start-up
-    from influence.compare import CompareSettings, compare, markdown
+    from influence.compare import CompareSettings, compare, estimate_compare
 
     settings = pop_settings(less)
-    train = TrainSettings(model=settings.model, epochs=epochs, learning_rate=lr, batch_size=train_batch_size,
-                        micro_batch_size=min(4, train_batch_size), max_length=train_max_length)
-    config = CompareSettings(pools=list(pools), target=target, k=k,
-                           selectors=[s.strip() for s in selectors.split(",") if s.strip()], seeds=seeds,
-                           limit=limit, train=train, less=settings, dsir_sampling=dsir_sampling,
-                           keep_contaminated=keep_contaminated)
-    out = out or default_out_dir(pools, target, k)
+    changes = {name: value for name, value in (("epochs", epochs), ("learning_rate", lr),
+                                               ("batch_size", train_batch_size), ("max_length", train_max_length))
+               if value is not None}
+    if train_batch_size:  # micro-batches of up to 4, a divisor of the batch
+        changes["micro_batch_size"] = max(d for d in range(1, 5) if train_batch_size % d == 0)
+    train = RECIPES[recipe](model=settings.model, **changes)
+
+    def names(text: str) -> list[str]:
+        return [name.strip() for name in text.split(",") if name.strip()]
+
+    config = CompareSettings(pools=list(pools), targets=list(targets), k=k, selectors=[selectors], seeds=seeds,
+                             selection_seeds=selection_seeds, redraw=names(redraw), metrics=names(metrics),
+                             base=base, limit=limit, train=train, less=settings, dsir_sampling=dsir_sampling,
+                             keep_contaminated=keep_contaminated)
+    if dry_run:
+        click.echo("\n".join(estimate_compare(config).lines()))
+        return
+    out = out or default_out_dir(pools, targets, k)
 
     def report(cell) -> None:
         reused = ", ".join(step for step, hit in cell.cached.items() if hit)
-        click.echo(f"{cell.selector} seed {cell.seed}: target loss {cell.target_loss:.4f}, {cell.metric_name} "
-                   f"{cell.metric:.4f}" + (f" (reused {reused})" if reused else ""))
+        seed = "" if cell.seed is None else f" seed {cell.seed}" + (
+            f" (selection seed {cell.selection_seed})" if selection_seeds > 1 else "")
+        measured = "".join(f", {name} {value:.4f}" for name, value in cell.metrics.items())
+        click.echo(f"[{cell.target}] {cell.selector}{seed}: target loss {cell.target_loss:.4f}{measured}"
+                   + (f" (reused {reused})" if reused else ""))
 
-    summary = compare(config, out, on_cell=report)
-    click.echo(markdown(summary))
+    compare(config, out, on_cell=report)
+    click.echo((out / "results.md").read_text(encoding="utf-8"))
     click.echo(f"wrote {out}/results.md, results.csv, results.json and plot.png")
 
 

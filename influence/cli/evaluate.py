@@ -10,6 +10,7 @@ from influence.constants import safe_name
 from influence.evaluation import evaluate, format_table, write_results
 from influence.evaluation.evaluate import EvalSettings
 from influence.training import is_training_output
+from influence.io import check_output_file
 
 _DEFAULTS = EvalSettings()
 
@@ -32,7 +33,8 @@ def default_results_path(model: str | None, target: str, limit: int | None, cot:
               help="A named target (its held-out split) or a file: question/answers records for QA, "
                    "instruction/output records for target loss and exact match.")
 @click.option("--limit", type=int, default=None, help="Evaluate a seeded random subset of this many items.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit subset.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the --limit subset.")
 @click.option("--cot", is_flag=True, help="BBH: use the 3-shot chain-of-thought prompt (slower generations).")
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True,
               help="Sequences per forward pass or generation batch.")
@@ -50,9 +52,11 @@ def evaluate_command(model, target, limit, seed, cot, batch_size, max_new_tokens
     if max_new_tokens is not None:
         changes["cot_max_new_tokens" if cot else "max_new_tokens"] = max_new_tokens
     config = EvalSettings(batch_size=batch_size, reuse_prefix=reuse_prefix, **changes)
+    out = out or default_results_path(model, target, limit, cot)
+    check_output_file(out, overwrite=True)  # a rerun replaces its results; fail now, not after the evaluation
     results = evaluate(model, target, limit=limit, seed=seed, cot=cot, config=config)
     click.echo(format_table(results))
-    path = write_results(results, out or default_results_path(model, target, limit, cot))
+    path = write_results(results, out)
     click.echo(f"wrote {path}")
 
 

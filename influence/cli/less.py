@@ -8,12 +8,15 @@ from influence import distributed
 from influence.cli.less_options import less_options, pop_settings
 from influence.cli.select import keep_contaminated_option, selection_options
 from influence.data import load_pool, load_target
+from influence.data.readers import counted
+from influence.io import check_output_dir
 from influence.selection import decontaminate, run_selection
 
 
 @click.command("warmup")
 @click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC", help="Pool spec(s), as for select.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the warmup sample and the adapter.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds the warmup sample and the adapter.")
 @less_options
 def warmup_command(pools, seed, **less) -> None:
     """Train the warmup LoRA on a seeded fraction of the pool (reused or resumed if present)."""
@@ -21,6 +24,7 @@ def warmup_command(pools, seed, **less) -> None:
     from influence.less import run_warmup
 
     settings = pop_settings(less, seed=seed)
+    check_output_dir(settings.index_root)
     job = distributed.init_from_env()
     pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
     for line in pool.describe() if job.is_main else []:
@@ -36,7 +40,8 @@ def warmup_command(pools, seed, **less) -> None:
 @click.command("featurize")
 @click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC", help="Pool spec(s), as for select.")
 @click.option("--target", default=None, metavar="SPEC", help="Also featurize this target.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the warmup and the projection.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds the warmup and the projection.")
 @click.option("--dry-run", is_flag=True, help="Estimate time, disk and memory; compute and write nothing.")
 @keep_contaminated_option
 @less_options
@@ -56,6 +61,7 @@ def featurize_command(pools, target, seed, dry_run, keep_contaminated, **less) -
     if dry_run:
         print_estimate(pools, target, settings, echo=click.echo)
         return
+    check_output_dir(settings.index_root)
     job = distributed.init_from_env()
     pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
     for line in pool.describe() if job.is_main else []:
@@ -70,7 +76,8 @@ def featurize_command(pools, target, seed, dry_run, keep_contaminated, **less) -
     for path in features.pool_stores + features.target_stores + [p for c in features.cosine_stores for p in c]:
         click.echo(f"datastore {path}")
     for role, stats in features.stats["featurized"].items():
-        click.echo(f"{role}: {stats['done']:,} examples featurized now, {stats['truncated']:,} cut at max length")
+        click.echo(f"{role}: {counted(stats['done'], 'example')} featurized now, {stats['truncated']:,} cut at "
+                   "max length")
 
 
 @click.command("score")

@@ -9,6 +9,7 @@ import click
 
 from influence.constants import DEFAULT_INDEX_ROOT
 from influence.lora import LoraSettings
+from influence.models import check_device
 
 _OPTIONS = [
     click.option("--model", default=None, metavar="M",
@@ -69,6 +70,7 @@ def pop_settings(kwargs: dict[str, Any], *, seed: int = 0, scoring: str = "unpro
     from influence.less import LessSettings
 
     values = {name: kwargs.pop(name) for name in NAMES}
+    check_device(values["device"])  # before any pool is read
     try:
         values["dims"] = tuple(int(d) for d in str(values["dims"]).split(",") if d.strip())
     except ValueError:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
-from influence.cli.less_options import less_options, pop_settings
-from influence.constants import OUTPUT_FORMATS
+from influence.cli.less_options import NAMES, less_options, pop_settings
+from influence.constants import OUTPUT_FORMATS, POOLINGS
 from influence.errors import SelectionError
-from influence.selection import run_selection
+from influence.selection import Diversity, run_selection, selector_options
 from influence.selectors import SELECTORS
 from influence.selectors.baselines import LENGTH_UNITS
 from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING
@@ -20,12 +21,15 @@ def selection_options(function):
         click.option("--pool", "pools", multiple=True, required=True, metavar="SPEC",
                      help="A pool name (see `influence pools`), a data file, or hf:ID[:SPLIT]. Repeat to mix."),
         click.option("--k", type=int, default=1000, show_default=True, help="How many examples to select."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices."),
-        click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="alpaca", show_default=True,
-                     help="Record layout of the output JSONL."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed for random choices."),
+        click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default=None,
+                     help="Record layout of the output JSONL [default: alpaca, or messages when a selected "
+                          "chat has several turns]."),
         click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Output JSONL [default: selections/<pool>-<selector>-k<k>.jsonl]; "
-                          "the manifest goes beside it."),
+                     help="Output JSONL [default: selections/<pool>-<selector>-k<k>.jsonl]; the manifest goes "
+                          "beside it as .<name>.manifest.json (hidden, so `datasets` loads the records only). "
+                          "`-` (stdout) is refused: a selection is a file and its manifest."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output."),
     ]):
         function = option(function)
@@ -42,6 +46,17 @@ keep_contaminated_option = click.option(
          "are dropped before scoring; either way the manifest lists them).")
 
 
+def given_options(names) -> list[str]:
+    """The `--options` among the parameter `names` that the user gave (not left at their default)."""
+    ctx = click.get_current_context()
+    given = []
+    for param in ctx.command.params:
+        if param.name in names and ctx.get_parameter_source(param.name) in (ParameterSource.COMMANDLINE,
+                                                                            ParameterSource.ENVIRONMENT):
+            given.append(max(param.opts, key=len))
+    return given
+
+
 @click.command("select")
 @selection_options
 @click.option("--target", default=None, metavar="SPEC",
@@ -51,12 +66,20 @@ keep_contaminated_option = click.option(
               help="Scoring method [default: longest without a target, less with one].")
 @click.option("--length-unit", type=click.Choice(LENGTH_UNITS), default="chars", show_default=True,
               help="longest: measure responses in characters or words.")
+@click.option("--pooling", type=click.Choice(POOLINGS), default="last", show_default=True,
+              help="rds: the last token's final hidden state (as LESS), or the mean over tokens.")
+@click.option("--embed-model", default=None, metavar="M",
+              help="embed and --diversity: a sentence-transformers directory or hub id "
+                   "[default: the bundled all-MiniLM-L6-v2].")
+@click.option("--diversity", type=float, default=None, metavar="TAU",
+              help="Walk the ranking and skip an example whose embedding has cosine above TAU with one already "
+                   "chosen (DEITA's filter; 0.9 in its paper) [default: off].")
 @click.option("--dry-run", is_flag=True, help="less: estimate time, disk and memory; compute and write nothing.")
 @dsir_sampling_option
 @keep_contaminated_option
 @less_options
-def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, dry_run, dsir_sampling,
-                   keep_contaminated, **less) -> None:
+def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, pooling, embed_model, diversity,
+                   dry_run, dsir_sampling, keep_contaminated, **less) -> None:
     """Select k examples from a pool and write them, SFT-ready, with a manifest.
 
     With --selector less (the default when --target is given) every LESS step runs here,
@@ -71,10 +94,17 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
 
         print_estimate(pools, target, settings, echo=click.echo)
         return
-    options = {"longest": {"unit": length_unit}, "less": {"settings": settings},
-               "dsir": {"sampling": dsir_sampling}}.get(name, {})
+    options = selector_options(name, settings, length_unit=length_unit, pooling=pooling, embed_model=embed_model,
+                               dsir_sampling=dsir_sampling)
+    model_based = ("less", "rds", "embed", "ifd")  # the LESS options give their model, datastore and device
+    ignored = given_options(([] if name == "longest" else ["length_unit"])
+                            + ([] if name == "dsir" else ["dsir_sampling"]) + ([] if name == "rds" else ["pooling"])
+                            + ([] if name == "embed" or diversity is not None else ["embed_model"])
+                            + ([] if name in model_based or diversity is not None else list(NAMES)))
+    chosen = None if diversity is None else Diversity(tau=diversity, encoder=embed_model, settings=settings)
     run_selection(pools, k, name, seed=seed, fmt=fmt, out=out, overwrite=overwrite, target=target,
-                  selector_options=options, keep_contaminated=keep_contaminated, echo=click.echo)
+                  selector_options=options, keep_contaminated=keep_contaminated, ignored=ignored, diversity=chosen,
+                  echo=click.echo)
 
 
 COMMANDS = [select_command]

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from influence import distributed
+from influence.data.readers import counted
 from influence.training import train
 from influence.training.settings import TrainSettings
 
@@ -39,10 +40,12 @@ def default_out_dir(data: str, method: str, seed: int) -> Path:
                                       "of each example's mean token loss (as LESS's Trainer computed it).")
 @click.option("--max-length", type=int, default=_DEFAULTS.max_length, show_default=True,
               help="Tokens per example; longer ones are cut and counted.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds adapter init, data order and dropout.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds adapter init, data order and dropout.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: runs/<data>-<lora|full>-s<seed>]; rerun to resume.")
-@click.option("--overwrite", is_flag=True, help="Delete what --out holds and start again.")
+@click.option("--overwrite", is_flag=True,
+              help="Delete the training run --out holds and start again (a directory of other files is refused).")
 @click.option("--no-checkpoints", is_flag=True, help="Delete the per-epoch checkpoints after a successful run.")
 def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, loss_reduction, max_length, seed, out,
                   overwrite, no_checkpoints) -> None:
@@ -67,10 +70,11 @@ def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, l
         click.echo(f"resumed after epoch {result.resumed_from_epoch}")
     encoding = manifest["data"]
     if encoding["truncated"]:
-        click.echo(f"{encoding['truncated']} of {encoding['examples']} examples were cut to {max_length} tokens")
+        click.echo(f"{encoding['truncated']:,} of {counted(encoding['examples'], 'example')} "
+                   f"{'was' if encoding['truncated'] == 1 else 'were'} cut to {max_length} tokens")
     losses = ", ".join(f"{loss:.4f}" for loss in result.epoch_losses)
-    click.echo(f"trained {encoding['trained']} examples, {manifest['steps']} steps in {manifest['seconds']:.0f} s; "
-               f"loss per epoch: {losses}")
+    click.echo(f"trained {counted(encoding['trained'], 'example')}, {counted(manifest['steps'], 'step')} in "
+               f"{manifest['seconds']:.0f} s; loss per epoch: {losses}")
     click.echo(f"wrote {result.weights_dir} and {result.manifest_path}")
 
 

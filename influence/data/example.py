@@ -51,6 +51,12 @@ class Example:
     def response(self) -> str:
         return self.output
 
+    @property
+    def multi_turn(self) -> bool:
+        """Whether the example has more than one user turn before the response (or a system turn): the
+        alpaca view then flattens the turns into "User: ..." text in the instruction."""
+        return self.messages is not None and not (len(self.messages) == 2 and self.messages[0][0] == "user")
+
     def chat(self) -> list[dict[str, str]]:
         """The example as chat messages, the response last (its prefix included)."""
         if self.messages is not None:

@@ -1,8 +1,10 @@
 """Pools: the candidate training examples a selection is drawn from.
 
 A pool spec is a registered name (`alpaca`, `flan_cot`), a local file, or
-`hf:<dataset>[:<split>]`. Several specs make one mixed pool in which every example
-keeps its source; exact duplicates (same content hash) are kept once and counted.
+`hf:<dataset>[:<split>]`, optionally followed by a seeded sample of it:
+`flan_cot:sample=300,stratify=source,seed=0` (see `SampleSpec`). Several specs make one
+mixed pool in which every example keeps its source; exact duplicates (same content hash)
+are kept once and counted.
 
 `load_pool` holds the whole pool; `load_pool(..., stream=True)` holds only the ids and reads
 examples from the sources on demand, a chunk at a time; `stream_pool` yields the same
@@ -13,15 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
+
 from influence.data.example import Example
-from influence.data.readers import (FILE_SUFFIXES, ReadReport, examples_from_records, iter_examples, iter_file_records,
-                                    iter_hf_records, parse_hf_spec, read_file, read_hf)
+from influence.data.readers import (FILE_SUFFIXES, ReadReport, counted, examples_from_records, iter_examples,
+                                    iter_file_records, iter_hf_records, parse_hf_spec, path_exists, read_file, read_hf)
 from influence.data.vendored import bundle_files, bundle_text
 from influence.errors import ConfigError, DataError, SelectionError, UnknownNameError
 from influence.hub import hub_reachable
@@ -80,12 +85,20 @@ class Pool:
         return Pool(examples=SubsetExamples(self.examples, keep), sources=self.sources, duplicates=self.duplicates)
 
     def describe(self) -> list[str]:
-        """One line per source, plus one for duplicates, for the terminal."""
-        lines = [f"pool {s.spec}: {s.origin}: {s.kept:,} examples"
-                 + (f" ({s.skipped_empty:,} with an empty response skipped)" if s.skipped_empty else "")
-                 for s in self.sources]
-        if self.duplicates:
-            lines.append(f"pool: {self.duplicates:,} exact duplicates removed")
+        """One line per source (plus a total of duplicates when several sources are mixed), for the terminal."""
+        lines = []
+        for source in self.sources:
+            duplicates = source.read - source.skipped_empty - source.kept
+            notes = [f"{counted(duplicates, 'exact duplicate')} of examples already in the pool removed"] \
+                if duplicates else []
+            if source.skipped_empty:
+                notes.append(f"{counted(source.skipped_empty, 'record')} with an empty response skipped")
+            origin = "" if source.origin in (f"file {Path(source.spec)}", f"datasets {source.spec[3:]}") \
+                else f" from {source.origin}"
+            kept = counted(source.kept, "example") if source.kept else "no new examples"
+            lines.append(f"pool {source.spec}: {kept}{origin}" + (f" ({'; '.join(notes)})" if notes else ""))
+        if self.duplicates and len(self.sources) > 1:
+            lines.append(f"pool: {counted(self.duplicates, 'exact duplicate')} removed in all")
         return lines
 
 
@@ -163,26 +176,111 @@ POOLS: dict[str, NamedPool] = {
 }
 
 
+STRATA = ("source", "subtask")  # the example fields a sample can be stratified by
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """A seeded random sample of one pool spec's examples: `SPEC:sample=N[,seed=S][,stratify=source]`.
+
+    With `stratify`, each group of the field (FLAN-CoT's 7 sources, say) gets its
+    proportional share of N (largest remainders, so the shares sum to N), drawn
+    independently; the sample keeps the source's order. The same spec always gives the
+    same examples, so a sampled pool is a recipe anyone can type again.
+    """
+
+    count: int
+    seed: int = 0
+    stratify: str | None = None
+
+    def describe(self) -> str:
+        by = f", stratified by {self.stratify}" if self.stratify else ""
+        return f"seeded sample of {self.count:,} (seed {self.seed}{by})"
+
+
+def split_pool_spec(spec: str) -> tuple[str, SampleSpec | None]:
+    """(the spec to read, the sample to take of it or None); an existing file's name is never split.
+
+    Raises:
+        ConfigError: unknown or malformed sample options.
+    """
+    base, sep, options = spec.rpartition(":")
+    if not sep or "=" not in options or Path(spec).exists():
+        return spec, None
+    values: dict[str, str] = {}
+    for part in options.split(","):
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq or key not in ("sample", "seed", "stratify") or not value:
+            raise ConfigError(f"pool spec {spec!r}: expected sample=N[,seed=S][,stratify={'|'.join(STRATA)}] "
+                              f"after the last ':', got {part!r}")
+        values[key] = value
+    if "sample" not in values:
+        raise ConfigError(f"pool spec {spec!r}: give sample=N, as in {base}:sample=300")
+    try:
+        count, seed = int(values["sample"]), int(values.get("seed", 0))
+    except ValueError:
+        raise ConfigError(f"pool spec {spec!r}: sample and seed must be integers") from None
+    if count <= 0:
+        raise ConfigError(f"pool spec {spec!r}: sample must be positive, got {count}")
+    stratify = values.get("stratify")
+    if stratify is not None and stratify not in STRATA:
+        raise ConfigError(f"pool spec {spec!r}: stratify must be one of {', '.join(STRATA)}, got {stratify!r}")
+    return base, SampleSpec(count, seed, stratify)
+
+
+def sample_examples(examples: Sequence[Example], sample: SampleSpec, *, spec: str = "") -> list[Example]:
+    """`sample.count` distinct examples (by id, first occurrence) drawn as `sample` says, in source order.
+
+    Raises:
+        DataError: the source has fewer distinct examples than asked for.
+    """
+    unique = list({e.id: e for e in reversed(examples)}.values())[::-1]  # first occurrence of each id, in order
+    if sample.count > len(unique):
+        raise DataError(f"pool {spec or 'spec'} asks for a sample of {sample.count:,} but has only "
+                        f"{len(unique):,} distinct examples; lower sample=")
+    rng = np.random.default_rng(sample.seed)
+    if sample.stratify is None:
+        return [unique[i] for i in sorted(rng.choice(len(unique), sample.count, replace=False).tolist())]
+    groups: dict[str, list[int]] = {}
+    for index, example in enumerate(unique):
+        groups.setdefault(str(getattr(example, sample.stratify) or ""), []).append(index)
+    names = sorted(groups)
+    quotas = [sample.count * len(groups[g]) / len(unique) for g in names]
+    shares = [math.floor(q) for q in quotas]
+    for i in sorted(range(len(names)), key=lambda i: (shares[i] - quotas[i], names[i]))[: sample.count - sum(shares)]:
+        shares[i] += 1  # largest remainders first; ties by group name
+    picked = [groups[g][i] for g, n in zip(names, shares)
+              for i in rng.choice(len(groups[g]), n, replace=False).tolist()]
+    return [unique[i] for i in sorted(picked)]
+
+
 def pool_spec_kind(spec: str) -> str:
     """"named", "hf" or "file"; raises UnknownNameError for anything else."""
+    spec, _ = split_pool_spec(spec)
     if spec in POOLS:
         return "named"
     if spec.startswith("hf:"):
         return "hf"
     path = Path(spec)
-    if path.exists() or path.name.lower().removesuffix(".gz").endswith(FILE_SUFFIXES):
+    if path_exists(path) or path.name.lower().removesuffix(".gz").endswith(FILE_SUFFIXES):
         return "file"
     raise UnknownNameError("pool", spec, list(POOLS)) from None
 
 
 def read_pool_spec(spec: str) -> tuple[ReadReport, str]:
-    """Read one spec (name, file or hf: id) into examples and an origin description."""
-    kind = pool_spec_kind(spec)
+    """Read one spec (name, file or hf: id, maybe sampled) into examples and an origin description."""
+    base, sample = split_pool_spec(spec)
+    kind = pool_spec_kind(base)
     if kind == "named":
-        return POOLS[spec].load()
-    if kind == "hf":
-        return read_hf(spec), f"datasets {spec[3:]}"
-    return read_file(spec), f"file {Path(spec)}"
+        report, origin = POOLS[base].load()
+    elif kind == "hf":
+        report, origin = read_hf(base), f"datasets {base[3:]}"
+    else:
+        report, origin = read_file(base), f"file {Path(base)}"
+    if sample is not None:
+        report.examples = sample_examples(report.examples, sample, spec=spec)
+        origin = f"{origin}, {sample.describe()}"
+    return report, origin
 
 
 @dataclass
@@ -197,10 +295,18 @@ def iter_pool_spec(spec: str) -> tuple[Iterator[Example], SpecReading]:
     """One spec's examples as a lazy iterator, and the counts and origin that reading them fills in.
 
     Files are read a line (JSONL, CSV) or a row batch (parquet) at a time and hf: ids through
-    datasets streaming; registered pools are small (bundled, or Alpaca's 52k) and are read whole.
+    datasets streaming; registered pools are small (bundled, or Alpaca's 52k) and are read whole,
+    and so is a sampled spec (a sample needs every candidate).
     """
     kind = pool_spec_kind(spec)
     reading = SpecReading()
+    if split_pool_spec(spec)[1] is not None:
+        def sampled() -> Iterator[Example]:
+            whole, reading.origin = read_pool_spec(spec)
+            reading.report.read, reading.report.skipped_empty = whole.read, whole.skipped_empty
+            yield from whole.examples
+
+        return sampled(), reading
     if kind == "named":
         def named() -> Iterator[Example]:
             whole, reading.origin = POOLS[spec].load()  # bundled or from the hub: known once loaded

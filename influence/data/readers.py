@@ -9,15 +9,18 @@ list whose last turn is the assistant's response; an optional `subtask` field is
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import json
 import os
 import re
+import stat
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from influence.data.example import ROLES, Example
 from influence.errors import DataError
@@ -25,6 +28,8 @@ from influence.errors import DataError
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
 LIST_KEYS = ("examples", "data", "instances", "rows", "train")
 PARQUET_BATCH_ROWS = 1024  # rows decoded at a time when a parquet file is read
+PROGRESS_MIN_BYTES = 8 << 20  # files at least this large show a progress bar of bytes read
+PROGRESS_EVERY_LINES = 1024   # lines between progress-bar updates
 _LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
 _CR_LINE_END = re.compile(r"(?<=\r)(?!\n)")  # a bare CR ends a CSV line too (old Mac files)
 
@@ -44,6 +49,11 @@ def one_line(text: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """`1 example`, `2 examples`, `1,000 examples`: a number with its noun in the right form."""
+    return f"{number:,} {noun if number == 1 else plural or noun + 's'}"
+
+
 def _error(message: str) -> DataError:
     return DataError(_LINE_BREAKS.sub(" ", message))
 
@@ -59,11 +69,37 @@ def _is_gzip(path: Path) -> bool:
     return path.name.lower().endswith(".gz")
 
 
+def _is_dir(path: Path) -> bool:
+    """Whether `path` is a directory; a path that cannot even be looked at is a DataError."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+
+
+def path_exists(path: str | os.PathLike) -> bool:
+    """`Path.exists`, except that a path inside a directory the user cannot enter is a one-line DataError."""
+    try:
+        os.stat(path)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except ValueError:  # an embedded NUL byte
+        return False
+    except OSError as exc:
+        raise _open_error(Path(path), exc) from None
+
+
 def _open_error(path: Path, exc: OSError) -> DataError:
     if isinstance(exc, FileNotFoundError):
         return _error(f"{path}: no such file")
     if isinstance(exc, IsADirectoryError):
         return _error(f"{path}: is a directory, not a data file")
+    if isinstance(exc, PermissionError):
+        return _error(f"{path}: permission denied (the file, or a directory on its path, cannot be read by this "
+                      "user)")
     return _error(f"{path}: cannot read ({one_line(exc.strerror or exc)})")
 
 
@@ -96,15 +132,18 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     Lines end at b"\n" only, as JSONL defines them: U+2028 and friends may sit inside JSON strings.
     """
     try:
-        handle = gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+        raw_file = open(path, "rb")
     except OSError as exc:
         raise _open_error(path, exc) from None
-    with handle:
+    handle = gzip.GzipFile(fileobj=raw_file, mode="rb") if _is_gzip(path) else raw_file
+    with raw_file, handle, _progress(path, raw_file) as advance:
         offset, lineno = 0, 0
         lines = iter(handle)
         while True:
             try:
                 raw = next(lines)
+                if lineno % PROGRESS_EVERY_LINES == 0:
+                    advance()
             except StopIteration:
                 return
             except (OSError, EOFError, zlib.error) as exc:  # only a gzip stream fails part-way
@@ -118,6 +157,28 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
                              "re-encode the file as UTF-8") from None
             offset += len(raw)
             yield lineno, text
+
+
+@contextlib.contextmanager
+def _progress(path: Path, raw_file: BinaryIO) -> Iterator[Callable[[], None]]:
+    """A bar of bytes read on stderr (a terminal only) for files over PROGRESS_MIN_BYTES; yields `advance()`."""
+    size = os.fstat(raw_file.fileno()).st_size
+    if size < PROGRESS_MIN_BYTES:
+        yield lambda: None
+        return
+    # optional and heavy: imported on use (large files only)
+    from tqdm import tqdm
+
+    bar = tqdm(total=size, desc=f"reading {path.name}", unit="B", unit_scale=True, unit_divisor=1024,
+               leave=False, disable=None, file=sys.stderr)  # disable=None: silent unless stderr is a terminal
+
+    def advance() -> None:
+        bar.update(raw_file.tell() - bar.n)
+
+    try:
+        yield advance
+    finally:
+        bar.close()
 
 
 def _parse_json(text: str, path: Path, lineno: int | None) -> Any:
@@ -140,6 +201,9 @@ def _records_json(path: Path) -> Iterator[tuple[int, Any]]:
         if not lists:
             raise _error(f"{path}: expected a JSON list of records, or an object with one of "
                          f"{', '.join(LIST_KEYS)} holding that list")
+        if len(lists) > 1:  # never guess which one is meant
+            raise _error(f"{path}: the object holds several lists of records ({', '.join(lists)}); "
+                         "keep the one to use in a file of its own")
         data = data[lists[0]]
     if not isinstance(data, list):
         raise _error(f"{path}: expected a JSON list of records, got {type(data).__name__}")
@@ -205,11 +269,13 @@ def iter_file_records(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """
     path = Path(path)
     suffix = _suffix(path)
+    if _is_dir(path):
+        raise _error(f"{path}: is a directory; give a data file ({', '.join(FILE_SUFFIXES)}, optionally .gz)")
     if suffix not in FILE_SUFFIXES:
         raise _error(f"{path}: unsupported file type {one_line(suffix, 40) or '(none)'!r}; "
                      f"use one of {', '.join(FILE_SUFFIXES)}")
     if suffix == ".parquet":
-        if not path.exists():
+        if not path_exists(path):
             raise _error(f"{path}: no such file")
         yield from _records_parquet(path)
         return
@@ -226,17 +292,19 @@ def _check_text(value: str, what: str, where: str) -> str:
     return value
 
 
-def _text_field(record: dict, key: str, where: str) -> str:
+_JSON_TYPES = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+               dict: "an object"}
+
+
+def _text_field(record: dict, key: str, where: str, *, optional: bool = False) -> str:
+    """The text of `record[key]`; anything but a string is refused, never converted (a missing or null
+    optional field is empty)."""
     value = record.get(key)
-    if value is None:
+    if value is None and optional:
         return ""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return str(value)
-        except ValueError:  # an integer too long to print (over 4,300 digits)
-            raise _error(f"{where}: field {key!r} holds a number too long to use as text") from None
     if not isinstance(value, str):
-        raise _error(f"{where}: field {key!r} must be text, got {type(value).__name__}")
+        got = _JSON_TYPES.get(type(value), type(value).__name__)
+        raise _error(f"{where}: field {key!r} must be text, got {got}")
     return _check_text(value, f"field {key!r}", where)
 
 
@@ -266,19 +334,26 @@ def _subtask(record: dict, where: str) -> str | None:
         return None
     if isinstance(record["subtask"], bool) or not isinstance(record["subtask"], (str, int, float)):
         raise _error(f"{where}: field 'subtask' must be text, got {type(record['subtask']).__name__}")
+    value = record["subtask"]
+    if isinstance(value, (int, float)):  # a numeric label names a group as well as text does
+        try:
+            return str(value)
+        except ValueError:  # an integer too long to print (over 4,300 digits)
+            raise _error(f"{where}: field 'subtask' holds a number too long to use as a name") from None
     return _text_field(record, "subtask", where) or None
 
 
 def record_to_example(record: Any, *, source: str, where: str) -> Example:
     """Turn one raw record into an `Example`, or raise `DataError` naming what is missing.
 
-    Text fields take strings (numbers are written out); anything else, and strings that are
-    not valid Unicode (lone surrogates), is a `DataError` with a one-line message.
+    Text fields take strings only (a number or null is refused, not converted; `input` may be
+    missing or null); anything else, and strings that are not valid Unicode (lone surrogates),
+    is a `DataError` with a one-line message naming the record's line.
     """
     if not isinstance(record, dict):
         raise _error(f"{where}: expected an object with fields, got {type(record).__name__}")
     subtask = _subtask(record, where)
-    prefix = _text_field(record, "response_prefix", where)  # opens the response, read but not scored
+    prefix = _text_field(record, "response_prefix", where, optional=True)  # opens the response, read, not scored
     if "messages" in record and record["messages"] is not None:
         messages = _messages(record, where)
         try:
@@ -287,7 +362,7 @@ def record_to_example(record: Any, *, source: str, where: str) -> Example:
             raise _error(f"{where}: {exc}") from None
     if "instruction" in record and "output" in record:
         return Example(instruction=_text_field(record, "instruction", where),
-                       input=_text_field(record, "input", where),
+                       input=_text_field(record, "input", where, optional=True),
                        output=_text_field(record, "output", where), subtask=subtask, source=source,
                        response_prefix=prefix)
     if "prompt" in record and "response" in record:

@@ -16,11 +16,11 @@ import gzip
 import io
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from influence.data.example import Example
 from influence.data.pools import read_pool_spec
+from influence.data.readers import path_exists
 from influence.data.vendored import bundle, bundle_files
 from influence.errors import DataError, UnknownNameError
 
@@ -251,7 +251,7 @@ def load_target(spec: str) -> Target:
     """
     if spec in TARGETS:
         examples = TARGETS[spec].load()
-    elif Path(spec).exists() or spec.startswith("hf:"):
+    elif path_exists(spec) or spec.startswith("hf:"):
         examples = read_pool_spec(spec)[0].examples
     else:
         raise UnknownNameError("target", spec, list(TARGETS))

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from influence.errors import ConfigError, EvaluationError, require_positive_ints
 from influence.evaluation import metrics
@@ -30,6 +30,10 @@ from influence.training import is_training_output, load_trained
 
 RESULTS_ARTIFACT = "influence.eval-results"
 RESULTS_FORMAT = 1
+# each task kind's metrics beside the target loss; all but MMLU's accuracy need generation
+TASK_METRICS = {"choice": ("accuracy",), "bbh": ("exact_match",), "qa": ("exact_match", "f1"),
+                "generation": ("exact_match",)}
+METRICS = ("accuracy", "exact_match", "f1")
 
 
 @dataclass
@@ -77,7 +81,7 @@ def as_loaded_model(model: Any) -> Any:
 
 
 def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0, cot: bool = False,
-             config: EvalSettings | None = None) -> dict[str, Any]:
+             config: EvalSettings | None = None, metrics: Sequence[str] | None = None) -> dict[str, Any]:
     """Evaluate `model` on the held-out items of `target`.
 
     Args:
@@ -89,6 +93,8 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
         seed: picks the subset.
         cot: BBH with its 3-shot chain-of-thought prompt (longer generations).
         config: batch size, lengths, shots; None for the defaults.
+        metrics: the task metrics wanted besides the target loss (from `METRICS`); None for the task's
+            own. A task whose metrics are not wanted skips them, and with them its generation.
 
     Returns:
         The results: metrics overall and per subtask, notes, settings, and per-item predictions.
@@ -97,6 +103,9 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
         EvaluationError, UnknownNameError, DataError, ModelError: bad target, file or model.
     """
     config = config or EvalSettings()
+    unknown = sorted(set(metrics or ()) - set(METRICS))
+    if unknown:
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
     started = time.perf_counter()
     task = build_task(target, cot=cot, mmlu_shots=config.mmlu_shots)
     items = task.subset(limit, seed)
@@ -107,7 +116,10 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
     common = {"max_length": config.max_length, "batch_size": config.batch_size, "progress": config.progress,
               "reuse_prefix": config.reuse_prefix}
     scores = reference_scores(loaded.model, loaded.tokenizer, items, **common)
-    predictions, per_item = _task_metric(task, items, scores, loaded, config, cot, common)
+    if metrics is None or set(metrics) & set(TASK_METRICS[task.kind]):
+        predictions, per_item = _task_metric(task, items, scores, loaded, config, cot, common)
+    else:
+        predictions, per_item = [""] * len(items), {}
 
     results: dict[str, Any] = {
         **envelope(RESULTS_ARTIFACT, RESULTS_FORMAT, config.to_dict()),
@@ -128,7 +140,7 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
         "answer_stop": task.stop if task.kind != "choice" else None,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    results["primary_metric"] = _PRIMARY[task.kind]
+    results["primary_metric"] = _PRIMARY[task.kind] if per_item else "target_loss"
     if limit is not None and limit < len(task.items):
         results["notes"].append(f"a seeded subset: {len(items)} of {len(task.items)} items (seed {seed})")
     if scores.truncated:
@@ -245,8 +257,11 @@ def format_table(results: dict[str, Any], *, max_rows: int = 15) -> str:
         shown = list(subtasks.items())
         if len(shown) > max_rows:
             key = results["primary_metric"]
-            shown = sorted(shown, key=lambda kv: (kv[1].get(key) if kv[1].get(key) is not None else -1))[:max_rows]
-            lines.append(f"(the {max_rows} subtasks with the lowest {key} of {len(subtasks)}; all are in the JSON)")
+            sign = -1 if key == "target_loss" else 1  # the worst: the highest loss, the lowest of a metric
+            shown = sorted(shown, key=lambda kv: sign * (kv[1].get(key) if kv[1].get(key) is not None
+                                                         else -sign * math.inf))[:max_rows]
+            worst = "highest" if sign < 0 else "lowest"
+            lines.append(f"(the {max_rows} subtasks with the {worst} {key} of {len(subtasks)}; all are in the JSON)")
         lines += [row(name, values) for name, values in shown]
     lines += [f"note: {note}" for note in results.get("notes", [])]
     return "\n".join(lines)

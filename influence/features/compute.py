@@ -44,12 +44,18 @@ class FeaturizeStats:
     gradient_seconds: float = 0.0
     projection_seconds: float = 0.0
 
+    def add(self, other: "FeaturizeStats") -> "FeaturizeStats":
+        """Add `other`'s counts and timings to these (a total over checkpoints); returns self."""
+        for item in fields(self):
+            setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def __add__(self, other: "FeaturizeStats") -> "FeaturizeStats":
-        """Every count and timing summed: the totals of two featurizations."""
-        return FeaturizeStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+        """Every count and timing summed: the totals of two featurizations, as a new one."""
+        return FeaturizeStats(**self.to_dict()).add(other)
 
 
 @dataclass(frozen=True)

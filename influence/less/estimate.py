@@ -47,6 +47,9 @@ ADAM_TRANSFORM_FLOPS = 10          # per LoRA parameter and example: the Adam pr
 # Share of the probe's matmul rate a LoRA forward/backward reaches: 0.55 measured for SmolLM2-135M
 # (batches of 4 Alpaca examples, fp32, one CPU thread); small models and short sequences reach less.
 MATMUL_UTILIZATION = 0.5
+# Share of it a forward pass alone reaches (evaluation): 1.28 measured for SmolLM2-135M on 4 x 512 tokens
+# (fp32, two busy CPU cores; the probe's square matmul is no faster than the model's long, thin ones).
+FORWARD_UTILIZATION = 1.0
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -498,6 +501,39 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
                         passes=passes)
 
 
+# ------------------------------------------------------------------------------------ training and evaluation
+def scaled_stats(stats: TokenStats, examples: int, *, tokens: float = 1.0) -> TokenStats:
+    """`examples` examples of `stats`' mean shape (a selection of k from a pool whose picks are not known
+    yet), each running a `tokens` share of its tokens (the rest cached); attention still spans them all."""
+    share = examples / stats.examples if stats.examples else 0.0
+    return TokenStats(examples=examples, tokens=round(stats.tokens * share * tokens),
+                      response_tokens=round(stats.response_tokens * share), squared_tokens=stats.squared_tokens * share,
+                      longest=stats.longest, truncated=round(stats.truncated * share), method=stats.method)
+
+
+def training_seconds(stats: TokenStats, shape: ModelShape, *, epochs: int, flops_per_second: float,
+                     full: bool = False) -> float:
+    """Seconds to train on `stats`' examples for `epochs` passes: LoRA (frozen base) or every weight (`full`),
+    at `flops_per_second` reached (the probe's rate times the utilization)."""
+    if full:
+        shape = ModelShape(params=shape.params, lora_params=shape.body_params, layers=shape.layers,
+                           hidden=shape.hidden, heads=shape.heads, vocab=shape.vocab, body_params=1)
+    return epochs * _forward_backward_flops(stats, shape) / flops_per_second
+
+
+def evaluation_seconds(stats: TokenStats, shape: ModelShape, *, flops_per_second: float,
+                       generated_tokens: int = 0) -> float:
+    """Seconds to score `stats`' items (one forward over prompt and reference: the target loss and option
+    log-likelihoods), plus greedy generation of `generated_tokens` per item with a KV cache.
+
+    Generation is one token per forward and memory-bound on most devices: its FLOPs undercount it.
+    """
+    forward = (2 * shape.body_params * stats.tokens + 2 * shape.vocab * shape.hidden * stats.response_tokens
+               + 4 * shape.layers * shape.hidden * stats.squared_tokens)
+    per_token = 2 * shape.body_params + 2 * shape.vocab * shape.hidden + 4 * shape.layers * shape.hidden * stats.mean
+    return (forward + stats.examples * generated_tokens * per_token) / flops_per_second
+
+
 # ------------------------------------------------------------------------------------ formatting
 def _count(value: float, unit: str = "") -> str:
     """1.2 M and 6.7 B for plain counts; 3.4 TFLOP, 1.2 GFLOP/s, 512 FLOP with a unit."""
@@ -550,6 +586,9 @@ def subtask_groups(names: Sequence[str], lora_params: int, budget_bytes: int) ->
     passes = -(-len(names) // per_pass)
     size = -(-len(names) // passes)  # balanced groups
     return [names[i:i + size] for i in range(0, len(names), size)]
+
+
+duration = _duration  # public: other dry runs print their times the same way
 
 
 def available_memory() -> int:

@@ -209,14 +209,17 @@ def query_budget(device: Any) -> int:
     return available_memory() // 2
 
 
-def _score_rates(checkpoints: list[dict[str, Any]]) -> list[float]:
+def _score_rates(checkpoints: list[dict[str, Any]], *, warn: bool = True) -> list[float]:
     """Each checkpoint's average learning rate; equal weights if a warmup was too short to leave zero.
 
-    A linear schedule with warmup starts at 0, so a warmup of a single step records 0.
+    A linear schedule with warmup starts at 0, so a warmup of a single step records 0. `warn`:
+    say so (once per run: the features' weights are computed first, the scores read them again).
     """
     rates = [float(c["avg_lr"]) for c in checkpoints]
     if not any(rate > 0 for rate in rates):
-        log.warning("every warmup checkpoint has learning rate 0 (a warmup of one step?); weighting them equally")
+        if warn:
+            log.warning("every warmup checkpoint has learning rate 0 (a warmup of one step?); weighting them "
+                        "equally")
         return [1.0] * len(rates)
     return rates
 
@@ -323,7 +326,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         moments = AdamMoments.from_checkpoint(ckpt, form=settings.adam_form)
         folder = workdir / "features" / f"epoch-{ckpt.epoch}"
         jobs = [_cosine_job(folder, group, common, checkpoint_id, pool, target, target_fp, model, loaded.tokenizer,
-                            moments, settings) for group in groups]
+                            moments, settings, totals["target"]) for group in groups]
         found = None
         if write_features and len(jobs) == 1:  # the target pass that projects also forms the queries
             found = SubtaskQueries(target.subtasks(), len(target), dim, device)
@@ -352,7 +355,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
                 if with_features:
                     stores[role].append(made[settings.score_dim].path)
                     extra[role].extend(str(made[dim].path) for dim in settings.all_dims[1:])
-                totals[role] += stats
+                totals[role].add(stats)  # in place: the cosine jobs add the target's query passes to it too
         summary.append({"epoch": ckpt.epoch, "step": ckpt.step, "avg_lr": ckpt.avg_lr})
     for entry, weight in zip(summary, checkpoint_weights(_score_rates(summary))):
         entry["weight"] = float(weight)
@@ -360,6 +363,8 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
                       target_stores=stores["target"], cosine_stores=cosine_stores if unprojected else [],
                       stats={"featurized": {role: s.to_dict() for role, s in totals.items()},
                              **({"skipped_checkpoints": skipped} if skipped else {}),
+                             "model": {"spec": loaded.spec, "location": loaded.info.get("location"),
+                                       "weights_sha256": loaded.weights_sha256},
                              "projector": projector.describe(), "scored_dim": settings.score_dim,
                              **({"other_dim_stores": extra} if len(settings.all_dims) > 1 else {}),
                              **({"unprojected": {"subtask_groups": len(groups), "lora_params": dim,
@@ -376,8 +381,9 @@ def _require_complete(paths: Sequence[Path]) -> None:
 
 def _cosine_job(folder: Path, group: list[str], common: dict[str, Any], checkpoint_id: dict[str, Any], pool: Pool,
                 target: Target, target_fp: str, model: Any, tokenizer: Any, moments: AdamMoments,
-                settings: LessSettings) -> CosineJob:
-    """One group of subtasks' share of the unprojected pool pass at one checkpoint."""
+                settings: LessSettings, target_stats: FeaturizeStats) -> CosineJob:
+    """One group of subtasks' share of the unprojected pool pass at one checkpoint; forming its
+    queries counts as featurizing the target (`target_stats`)."""
     rows = target.subtasks()
     identity = {key: value for key, value in common.items() if key not in ("projector", "dtype")}
     identity.update({"checkpoint": checkpoint_id, "role": "pool-cosines", "grad_type": settings.pool_grad,
@@ -390,7 +396,8 @@ def _cosine_job(folder: Path, group: list[str], common: dict[str, Any], checkpoi
         return subtask_queries(model, tokenizer, target.examples, {name: rows[name] for name in group},
                                grad_type=settings.target_grad,
                                moments=moments if settings.target_grad == "adam" else None,
-                               batch_size=settings.batch_size, max_length=settings.max_length)
+                               batch_size=settings.batch_size, max_length=settings.max_length,
+                               stats=target_stats)
 
     path = cosine_dir(folder, settings.grad_label(settings.pool_grad), settings.grad_label(settings.target_grad),
                       target_fp, group)
@@ -420,7 +427,7 @@ def score_features(features: FeatureSet, pool: Pool, target: Target, settings: L
     a block at a time.
     """
 
-    lrs = _score_rates(features.checkpoints)
+    lrs = _score_rates(features.checkpoints, warn=False)
     subtasks = target.subtasks()
     if settings.scoring == "unprojected" and features.cosine_stores:
         cosines = [[FeatureStore.open(p).rows() for p in group] for group in features.cosine_stores]
@@ -477,18 +484,23 @@ def print_estimate(pool_specs: Sequence[str], target: str | None, settings: Less
     return estimate
 
 
-def dry_run(pool: Pool, target: Target | None, settings: LessSettings) -> Any:
-    """Estimate a LESS run's time, disk and memory from sizes alone: loads the model's config and
-    tokenizer, never its weights, and writes nothing."""
+def model_config_and_tokenizer(model: str | None) -> tuple[Any, Any]:
+    """A model's transformers config and tokenizer, never its weights: what estimates need."""
     # heavy: imported on use, not at start-up
     from transformers import AutoConfig, AutoTokenizer
 
-    location, _ = resolve_model(settings.model)
+    location, _ = resolve_model(model)
     local_only = Path(location).is_dir() or not hub_reachable()
     try:
-        config = AutoConfig.from_pretrained(location, local_files_only=local_only)
-        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+        return (AutoConfig.from_pretrained(location, local_files_only=local_only),
+                AutoTokenizer.from_pretrained(location, local_files_only=local_only))
     except OSError as exc:
-        raise ModelError(f"cannot read model {settings.model!r} for an estimate: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"cannot read model {model!r} for an estimate: {str(exc).splitlines()[0]}") from None
+
+
+def dry_run(pool: Pool, target: Target | None, settings: LessSettings) -> Any:
+    """Estimate a LESS run's time, disk and memory from sizes alone: loads the model's config and
+    tokenizer, never its weights, and writes nothing."""
+    config, tokenizer = model_config_and_tokenizer(settings.model)
     return estimate_less(pool.examples, target.examples if target is not None else [], settings,
                          shape=ModelShape.from_config(config, settings.lora), tokenizer=tokenizer)

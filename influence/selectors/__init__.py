@@ -27,6 +27,30 @@ def _bm25(**options: Any) -> Selector:
     return Bm25Selector(**options)
 
 
+def _rds(**options: Any) -> Selector:
+    """RDS, LESS's representation baseline: cosine of final hidden states; imported on use (the model stack)."""
+    # loads the model stack: imported on use, not at start-up
+    from influence.selectors.representation import RdsSelector
+
+    return RdsSelector(**options)
+
+
+def _embed(**options: Any) -> Selector:
+    """Cosine of sentence embeddings; imported on use (sentence-transformers)."""
+    # loads the model stack: imported on use, not at start-up
+    from influence.selectors.representation import EmbedSelector
+
+    return EmbedSelector(**options)
+
+
+def _ifd(**options: Any) -> Selector:
+    """Instruction-following difficulty (Cherry LLM, NAACL 2024); imported on use (the model stack)."""
+    # loads the model stack: imported on use, not at start-up
+    from influence.selectors.ifd import IfdSelector
+
+    return IfdSelector(**options)
+
+
 # name -> factory taking the selector's own keyword options
 SELECTORS: dict[str, Callable[..., Selector]] = {
     "longest": LongestSelector,
@@ -34,6 +58,9 @@ SELECTORS: dict[str, Callable[..., Selector]] = {
     "less": _less,
     "bm25": _bm25,
     "dsir": DsirSelector,
+    "rds": _rds,
+    "embed": _embed,
+    "ifd": _ifd,
 }
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from influence.data.pools import Pool
+from influence.features.projection import default_projector_name
 from influence.less import LessSettings, build_features, less_run
+from influence.models import DEFAULT_MODEL
 from influence.selectors.base import Scores, SelectionContext, Selector
 
 
@@ -42,4 +44,10 @@ class LessSelector(Selector):
         return Scores(run.scores, run.provenance())
 
     def params(self) -> dict[str, Any]:
-        return self.settings.to_dict()
+        """The settings, with the model and projector that defaults resolve to (never null in a manifest)."""
+        params = self.settings.to_dict()
+        if params.get("model") is None:
+            params["model"] = self._loaded.spec if self._loaded is not None else DEFAULT_MODEL
+        if params.get("projector") is None:
+            params["projector"] = default_projector_name(self.settings.device or "cpu")
+        return params

@@ -1,9 +1,10 @@
 """Per-example negative log-likelihood of the labelled (response) tokens.
 
-Shared by training (summed over an optimizer step) and evaluation (target loss), so the
-two measure the same thing. The LM head runs only at positions whose next token carries
-a label: on instruction data most tokens are prompt, and the vocabulary projection is the
-largest matrix product of a small model.
+Shared by training (summed over an optimizer step), evaluation (target loss) and the IFD
+selector (two forward passes per example), so all of them measure the same thing. The LM
+head runs only at positions whose next token carries a label: on instruction data most
+tokens are prompt, and the vocabulary projection is the largest matrix product of a small
+model.
 """
 
 from __future__ import annotations

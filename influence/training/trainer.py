@@ -41,15 +41,15 @@ from influence.data.formatting import collate, encode_example
 from influence.data.pools import load_pool
 from influence.constants import ADAPTER_WEIGHTS_FILE
 from influence.errors import ManifestMismatchError, TrainingError
-from influence.io import sha256_file, sha256_json, write_json
+from influence.io import check_output_dir, sha256_file, sha256_json, write_json
 from influence.locks import FileLock
 from influence.lora import add_lora, lora_parameters, lora_signature
 from influence.models import LoadedModel, load_model, strip_gguf_flag
 from influence.provenance import envelope, read_envelope, settings_difference, settings_differences
 from influence.training.batching import epoch_seed, micro_batch_seed, plan_epoch, steps_per_epoch
-from influence.training.checkpoint import (ADAPTER_DIR, checkpoint_dir, list_checkpoints, load_checkpoint, read_state,
-                                           remove_stale_staging, restore_checkpoint, save_adapter, save_checkpoint,
-                                           staged_directory)
+from influence.training.checkpoint import (ADAPTER_DIR, CHECKPOINT_DIR, checkpoint_dir, list_checkpoints,
+                                           load_checkpoint, read_state, remove_stale_staging, restore_checkpoint,
+                                           save_adapter, save_checkpoint, staged_directory)
 from influence.training.settings import TrainSettings
 from influence.training.loss import example_nll
 
@@ -118,6 +118,7 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainSettings
     Raises:
         TrainingError: no example has a response token left, another run holds out_dir, ...
         ManifestMismatchError: out_dir holds a run with other settings, data or model.
+        OutputError: out_dir is a file or cannot be created or written.
         ConfigError, DataError, ModelError: from the settings, data or model loading.
     """
     # heavy: imported on use, not at start-up
@@ -127,6 +128,7 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainSettings
     # ---- set up
     config = config or TrainSettings()
     out_dir = Path(out_dir)
+    _check_out_dir(out_dir)  # before the data and model are read
     data = _training_data(examples)
     if loaded is None:
         loaded = load_model(config.model)
@@ -449,7 +451,7 @@ def _finished_run(out_dir: Path, identity: dict[str, Any]) -> TrainResult | None
         return None
     manifest = read_manifest(out_dir)
     _require_same(out_dir, manifest.get("identity"), identity)
-    log.warning("%s already holds this finished run; nothing to train", out_dir)
+    log.info("%s already holds this finished run; nothing to train", out_dir)
     return TrainResult(out_dir=out_dir, weights_dir=out_dir / manifest["output"]["path"],
                        manifest_path=out_dir / MANIFEST_FILE, manifest=manifest,
                        checkpoints=list_checkpoints(out_dir), resumed_from_epoch=len(manifest["epochs"]),
@@ -467,7 +469,7 @@ def _claim(out_dir: Path, identity: dict[str, Any]) -> None:
         _require_same(out_dir, previous, identity)
         return
     if out_dir.exists() and any(p.name != LOCK_FILE for p in out_dir.iterdir()):
-        raise TrainingError(f"{out_dir} exists and is not a training run; choose another --out or pass --overwrite")
+        raise TrainingError(f"{out_dir} exists and is not a training run; choose a new or empty --out")
     write_json(path, identity)
 
 
@@ -481,9 +483,32 @@ def _require_same(out_dir: Path, previous: Any, identity: dict[str, Any]) -> Non
                                     "use another --out, or --overwrite to start again")
 
 
+def _is_run_entry(name: str) -> bool:
+    """Whether a name in an output directory is one a training run (or `influence evaluate` beside it) writes."""
+    return (name in (RUN_FILE, MANIFEST_FILE, LOCK_FILE, ADAPTER_DIR, MODEL_DIR, CHECKPOINT_DIR)
+            or (name.startswith(".") and name.endswith(".tmp"))
+            or (name.startswith("eval-") and name.endswith(".json")))
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Fail before any work unless `out_dir` can hold a training run: writable, and new, empty or a run's own.
+
+    `--overwrite` replaces a training run; it never deletes a directory of other files.
+    """
+    check_output_dir(out_dir)
+    if not out_dir.is_dir() or (out_dir / RUN_FILE).exists() or (out_dir / MANIFEST_FILE).exists():
+        return
+    foreign = sorted(p.name for p in out_dir.iterdir() if not _is_run_entry(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise TrainingError(f"{out_dir} is not a training run (it holds {shown}); choose a new or empty --out "
+                            "(--overwrite replaces only a training run's own files)")
+
+
 def _clear(out_dir: Path) -> None:
+    """Delete what a training run wrote in `out_dir` (and evaluations beside it); nothing else."""
     for path in out_dir.iterdir():
-        if path.name == LOCK_FILE:
+        if path.name == LOCK_FILE or not _is_run_entry(path.name):
             continue
         if path.is_dir():
             shutil.rmtree(path)

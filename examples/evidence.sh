@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The evidence: LESS against the baselines on real bundled data and two real targets, one command.
+#
+#   examples/evidence.sh             # prints the dry run, then runs (resumes if interrupted)
+#   DRY_RUN=1 examples/evidence.sh   # the dry run only: estimated time per phase, writes nothing
+#
+# Run it alone on the machine. The pool is a seeded, committed recipe: 300 Alpaca examples and 300
+# FLAN-CoT examples stratified over its 7 sources (offline, so Alpaca is the bundled sample);
+# k = 10% of the pool; 3 training seeds, one LESS selection (one warmup and one datastore for
+# every seed and both targets; random and DSIR draw again with each training seed); the same
+# 200 held-out items per target for every row; the untrained model as the base row; the
+# small-k training recipe (batch 8, lr 2e-4, 4 epochs). LESS is two rows: projected features
+# scored through FAISS, and the exact unprojected score.
+# Results (tables, csv, json, plot) land in $OUT; training runs and selections stay git-ignored.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+
+OUT=${OUT:-examples/results/evidence}
+SELECTORS=${SELECTORS:-less:scoring=faiss,less:scoring=unprojected,bm25,dsir,longest,random}  # add rds, embed, ifd as they land
+WARMUP_EPOCHS=${WARMUP_EPOCHS:-4}  # LESS's 4 checkpoints; 2 if the dry run says 4 do not fit
+INFLUENCE=${INFLUENCE:-influence}
+
+ARGS=(--pool alpaca:sample=300 --pool flan_cot:sample=300,stratify=source
+      --target bbh --target mmlu --k 60
+      --selectors "$SELECTORS" --seeds 3 --selection-seeds 1 --redraw random,dsir
+      --metrics loss,accuracy --limit 200 --recipe small-k
+      --warmup-epochs "$WARMUP_EPOCHS" --out "$OUT")
+
+if [[ -n "${DRY_RUN:-}" ]]; then
+    exec $INFLUENCE compare "${ARGS[@]}" --dry-run
+fi
+mkdir -p "$OUT"
+$INFLUENCE compare "${ARGS[@]}" --dry-run | tee "$OUT/dry_run.txt"
+{ echo "machine: $(nproc) CPU cores, $(free -g | awk '/Mem:/ {print $2}') GB RAM, $(uname -srm)"
+  ${PYTHON:-python} -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'
+  echo "started: $(date -u +%FT%TZ)"; } > "$OUT/machine.txt"
+$INFLUENCE compare "${ARGS[@]}"
+echo "finished: $(date -u +%FT%TZ)" >> "$OUT/machine.txt"
