@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from influence.data import load_pool, load_target
-    from influence.estimate import MATMUL_UTILIZATION
+    from influence.less.estimate import MATMUL_UTILIZATION
     from influence.less import dry_run
 
     with tempfile.TemporaryDirectory(prefix="estimate_check_") as tmp:

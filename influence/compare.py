@@ -28,23 +28,29 @@ import json
 import logging
 import math
 import os
-import re
 import statistics
 from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from influence.constants import manifest_path
+from influence import evaluation, training
+from influence.constants import manifest_path, safe_name
 from influence.data.contamination import Contamination
+from influence.data.example import Example
 from influence.data.pools import Pool, load_pool
 from influence.data.targets import load_target
-from influence.errors import ConfigError
+from influence.errors import ConfigError, require_positive_ints
+from influence.evaluation import EvalSettings, build_task
+from influence.evaluation.evaluate import TASK_METRICS
 from influence.io import check_output_dir, sha256_json, write_bytes, write_json, write_text
+from influence.less.estimate import (FORWARD_UTILIZATION, MATMUL_UTILIZATION, ModelShape, calibrate, duration,
+                                     estimate_less, evaluation_seconds, scaled_stats, token_stats, training_seconds)
+from influence.less.pipeline import model_config_and_tokenizer
 from influence.less.settings import LessSettings
 from influence.selection import Diversity, decontaminate, select, write_selection
 from influence.selectors import SELECTORS, make_selector
 from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING
-from influence.training.config import TrainConfig
+from influence.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 BASELINE = "random"
@@ -119,12 +125,12 @@ def parse_rows(text: str | Sequence[str]) -> list[str]:
 
 def _safe(text: str) -> str:
     text = Path(text).stem if Path(text).suffix and Path(text).exists() else text
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_") or "x"
+    return safe_name(text, keep_suffix=True, keep="=") or "x"
 
 
 # ------------------------------------------------------------------ settings
 @dataclass
-class CompareConfig:
+class CompareSettings:
     """What to compare and how to train and evaluate each selection."""
 
     pools: list[str] = field(metadata={"help": "Pool specs, as for select."})
@@ -143,7 +149,7 @@ class CompareConfig:
     base: bool = field(default=True, metadata={"help": "Evaluate the untrained model as a base row."})
     limit: int | None = field(default=None, metadata={
         "help": "Evaluate on a seeded subset of this many held-out items per target (the same for every row)."})
-    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training settings."})
+    train: TrainSettings = field(default_factory=TrainSettings, metadata={"help": "Training settings."})
     less: LessSettings = field(default_factory=LessSettings, metadata={
         "help": "LESS settings (a row's options change them for that row)."})
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
@@ -176,10 +182,7 @@ class CompareConfig:
         if len(set(labels)) != len(labels) or BASE in labels:
             raise ConfigError(f"every row needs its own name (and {BASE!r} is the untrained model's row); got "
                               f"{', '.join(labels)}")
-        for name in ("k", "seeds", "selection_seeds"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "k", "seeds", "selection_seeds")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"limit must be positive, got {self.limit}")
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -207,7 +210,7 @@ class CompareConfig:
 DIVERSITY_OPTIONS = ("diversity", "diversity_encoder")  # row options for the shared top-k, not the selector
 
 
-def make_row_selector(row: SelectorRow, config: CompareConfig) -> Any:
+def make_row_selector(row: SelectorRow, config: CompareSettings) -> Any:
     """The row's selector, made from the comparison's settings for it (LESS's settings, which also give
     rds, embed and ifd their model and datastore; DSIR's sampling) changed by the row's own options."""
     defaults = {"less": {"settings": config.less}, "rds": {"settings": config.less}, "embed": {"settings": config.less},
@@ -219,7 +222,7 @@ def make_row_selector(row: SelectorRow, config: CompareConfig) -> Any:
         raise ConfigError(f"selector row {row.label!r}: {exc}") from None
 
 
-def row_diversity(row: SelectorRow, config: CompareConfig) -> Diversity | None:
+def row_diversity(row: SelectorRow, config: CompareSettings) -> Diversity | None:
     """Diversity-aware top-k for a row such as `longest:diversity=0.9` (the encoder from
     `diversity_encoder=DIR`, else the bundled one), stored beside the comparison's LESS datastores.
 
@@ -268,18 +271,16 @@ def _ids(path: Path) -> list[str]:
     return [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _plan(config: CompareConfig, row: SelectorRow) -> list[tuple[int, int]]:
+def _plan(config: CompareSettings, row: SelectorRow) -> list[tuple[int, int]]:
     """(selection seed, training seed) pairs of one row."""
     if row.name in config.redraw:
         return [(seed, seed) for seed in range(config.seeds)]
     return list(itertools.product(range(config.selection_seeds), range(config.seeds)))
 
 
-def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell], None] | None = None) -> dict[str, Any]:
+def compare(config: CompareSettings, out: str | Path, *,
+            on_cell: Callable[[Cell], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the comparison and write its tables and plot under `out`."""
-    from influence.evaluation import EvalConfig, evaluate, write_results  # heavy: torch and the model stack
-    from influence.training import train
-
     out = Path(out)
     check_output_dir(out)  # before any selection, training or evaluation
     pool = load_pool(config.pools)
@@ -297,11 +298,11 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
     guard = present[0] if len(present) == 1 else _merged(present, pool, config.keep_contaminated)
     scored_pool = pool.without(guard.indices) if guard is not None and guard.ids and not guard.kept else pool
     cleared = {"ids": guard.ids if guard is not None else [], "kept": config.keep_contaminated}
-    eval_config = EvalConfig(batch_size=config.eval_batch_size, max_length=config.eval_max_length,
+    eval_config = EvalSettings(batch_size=config.eval_batch_size, max_length=config.eval_max_length,
                              keep_predictions=False, progress=config.train.progress)
     wanted = config.eval_metrics()
 
-    def evaluation(cell: Cell, model: Any, model_key: str) -> None:
+    def evaluate_cell(cell: Cell, model: Any, model_key: str) -> None:
         # every cell of a target is evaluated on the same held-out items (the --limit subset drawn
         # with seed 0), so differences between rows and seeds come from the selections and training
         key = sha256_json({"model": model_key, "target": cell.target, "limit": config.limit, "seed": 0,
@@ -312,8 +313,9 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
         if cell.cached["evaluation"]:
             results = json.loads(cell.eval.read_text())
         else:
-            results = evaluate(model, cell.target, limit=config.limit, seed=0, config=eval_config, metrics=wanted)
-            write_results(results, cell.eval)
+            results = evaluation.evaluate(model, cell.target, limit=config.limit, seed=0, config=eval_config,
+                                          metrics=wanted)
+            evaluation.write_results(results, cell.eval)
         cell.target_loss = float(results["metrics"]["target_loss"])
         cell.metrics = {m: float(results["metrics"][m]) for m in wanted if m in results["metrics"]}
         cell.evaluation_seconds = float(results.get("seconds", 0.0))
@@ -329,7 +331,7 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
     if config.base:
         for spec in config.targets:
             cell = Cell(BASE, spec, None)
-            evaluation(cell, config.train.model, sha256_json({"base": config.train.model}))
+            evaluate_cell(cell, config.train.model, sha256_json({"base": config.train.model}))
             finish(cell)
     for row in config.rows():
         selector = selectors[row.label]
@@ -361,13 +363,13 @@ def compare(config: CompareConfig, out: str | Path, *, on_cell: Callable[[Cell],
                 existing = sorted((out / "runs").glob(f"*-t{seed}-{train_key}"))
                 run = existing[0] if existing else \
                     out / "runs" / f"{_safe(row.label)}-s{selection_seed}-t{seed}-{train_key}"
-                result = train(str(selection), config.train.with_(seed=seed), run)
+                result = training.train(str(selection), config.train.with_(seed=seed), run)
                 for spec in (config.targets if target_spec is None else [target_spec]):
                     cell = Cell(row.label, spec, seed, selection_seed, selection, run)
                     cell.cached.update(selection=cached, training=result.reused)
                     cell.selection_seconds = json.loads(manifest_path(selection).read_text())["selection_seconds"]
                     cell.training_seconds = float(result.manifest["seconds"])
-                    evaluation(cell, run, train_key)
+                    evaluate_cell(cell, run, train_key)
                     finish(cell)
     summary = summarize(cells, config.eval_metrics())
     summary["sources"] = source_shares(cells, pool)
@@ -410,8 +412,6 @@ class CompareEstimate:
         return asdict(self)
 
     def lines(self) -> list[str]:
-        from influence.estimate import duration
-
         lines = ["dry run of the comparison: a rough estimate (FLOPs / a matmul probe: expect a factor of 2-3 "
                  "either way); nothing was computed or written"]
         lines += [f"  {line}" for line in self.context]
@@ -425,8 +425,6 @@ class CompareEstimate:
 
 
 def _eval_examples(items: Sequence[Any]) -> list[Any]:
-    from influence.data.example import Example
-
     return [Example(instruction=i.prompt, input="", output=i.reference, subtask=i.subtask) for i in items]
 
 
@@ -440,7 +438,7 @@ def _shared_share(items: Sequence[Any]) -> float:
     return saved / total if total else 0.0
 
 
-def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = None) -> CompareEstimate:
+def estimate_compare(config: CompareSettings, *, flops_per_second: float | None = None) -> CompareEstimate:
     """Estimate each phase of `compare(config)` with the estimator `select --dry-run` uses: LESS's warmup,
     its pool features per checkpoint, the target features, training per cell and evaluation per cell.
 
@@ -448,12 +446,6 @@ def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = 
     Selectors other than LESS are counted as free: they score from text in seconds.
     """
     import torch  # heavy: loaded only when a dry run is asked for
-
-    from influence.estimate import (FORWARD_UTILIZATION, MATMUL_UTILIZATION, ModelShape, calibrate, duration,
-                                    estimate_less, evaluation_seconds, scaled_stats, token_stats, training_seconds)
-    from influence.evaluation import EvalConfig, build_task
-    from influence.evaluation.evaluate import TASK_METRICS
-    from influence.less.pipeline import model_config_and_tokenizer
 
     pool = load_pool(config.pools)
     targets = {spec: load_target(spec) for spec in config.targets}
@@ -534,7 +526,7 @@ def estimate_compare(config: CompareConfig, *, flops_per_second: float | None = 
           f"the {config.k:,} longest responses would take {duration(most)} a run")
 
     # ---- evaluation: every run on its target(s), and the untrained model once per target
-    eval_config = EvalConfig(batch_size=config.eval_batch_size, max_length=config.eval_max_length)
+    eval_config = EvalSettings(batch_size=config.eval_batch_size, max_length=config.eval_max_length)
     generate = {m for m in config.metrics if m in GENERATION_METRICS}
     for spec in targets:
         task = build_task(spec, mmlu_shots=eval_config.mmlu_shots)
@@ -879,10 +871,11 @@ COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#d
 def plot_png(summary: dict[str, Any]) -> bytes:
     """One panel per target and measure: each trained row's mean with its spread as an error bar, its
     runs as small dots beside it, and the untrained model as a dashed line."""
+    # optional and heavy: imported on use
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the file-only backend
 
     targets = summary["targets"]
     columns = [m for m in summary["measures"]

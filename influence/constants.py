@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 MANIFEST_SUFFIX = ".manifest.json"   # a selection `x.jsonl` has its manifest at `.x.manifest.json`
@@ -10,6 +11,7 @@ DATASTORE_MANIFEST = "manifest.json"  # inside indexes/<name>/
 DEFAULT_INDEX_ROOT = Path("indexes")
 DEFAULT_SELECTION_DIR = Path("selections")
 OUTPUT_FORMATS = ("alpaca", "messages")
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # inside a peft adapter directory
 POOLINGS = ("last", "mean")  # how rds reads an example's final hidden states: its last token's, or their mean
 ID_LENGTH = 16  # hex characters of the content hash kept as an example's id
 
@@ -23,3 +25,11 @@ def manifest_path(selection_path: str | Path) -> Path:
     path = Path(selection_path)
     stem = path.name[: -len(SELECTION_SUFFIX)] if path.name.endswith(SELECTION_SUFFIX) else path.name
     return path.with_name("." + stem.lstrip(".") + MANIFEST_SUFFIX)
+
+
+def safe_name(text: str, *, keep_suffix: bool = False, keep: str = "") -> str:
+    """`text` as part of a file name: a file's suffix dropped (unless `keep_suffix`), characters other
+    than letters, digits, `_`, `.`, `-` and those in `keep` replaced by `_`, none at either end (may be empty)."""
+    if not keep_suffix and Path(text).suffix:
+        text = Path(text).stem
+    return re.sub(rf"[^A-Za-z0-9_.{re.escape(keep)}-]+", "_", text).strip("_")

@@ -34,6 +34,7 @@ class Dist:
 def current() -> Dist:
     """The process group this process belongs to (rank 0 of 1 when there is none)."""
     try:
+        # heavy: imported on use, not at start-up
         import torch.distributed as dist
     except ImportError:  # a torch without distributed support
         return Dist()
@@ -50,6 +51,7 @@ def init_from_env() -> Dist:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return current()
+    # heavy: imported on use, not at start-up
     import torch
     import torch.distributed as dist
 
@@ -64,6 +66,7 @@ def init_from_env() -> Dist:
 
 def barrier() -> None:
     if current().world_size > 1:
+        # heavy: imported on use, not at start-up
         import torch.distributed as dist
 
         dist.barrier()

@@ -6,6 +6,8 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class InfluenceError(Exception):
     """Base class for every error a user can cause and fix."""
@@ -56,3 +58,15 @@ class TrainingError(InfluenceError):
 
 class EvaluationError(InfluenceError):
     """An evaluation cannot run as asked."""
+
+
+def require_positive_ints(settings: Any, *names: str) -> None:
+    """The check settings dataclasses share: each named field is an int (not a bool) above zero.
+
+    Raises:
+        ConfigError: naming the first field that is not.
+    """
+    for name in names:
+        value = getattr(settings, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")

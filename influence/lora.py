@@ -6,6 +6,7 @@ parameters by name through `lora_parameters`, never by position or by substring.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -54,8 +55,7 @@ class LoraSettings:
 
 def add_lora(model: Any, settings: LoraSettings) -> Any:
     """Wrap `model` with fresh LoRA adapters (peft); only adapter weights stay trainable."""
-    import warnings
-
+    # heavy: imported on use, not at start-up
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from influence.errors import ModelError
-from influence.io import atomic_directory, sha256_file, write_json
+from influence.hub import hub_reachable
+from influence.io import atomic_directory, sha256_file, sha256_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def materialize_gguf(path: Path) -> tuple[Path, str]:
     target = cache_dir() / "models" / f"{path.stem}-{digest[:16]}"
     if (target / "influence-source.json").exists():
         return target, digest
+    # heavy: imported on use, not at start-up
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.warning("converting %s to a plain checkpoint under %s (once; about 30 s)", path.name, target)
@@ -97,8 +99,6 @@ def weights_digest(directory: Path) -> str:
     if source.exists():
         return json.loads(source.read_text())["sha256"]
     files = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
-    from influence.io import sha256_json
-
     return sha256_json([(p.name, p.stat().st_size, sha256_file(p) if p.suffix == ".json" else "") for p in files])
 
 
@@ -138,6 +138,7 @@ def check_device(device: str | None) -> None:
     """
     if device is None or not str(device).startswith("cuda"):
         return
+    # heavy: imported on use, not at start-up
     import torch
 
     if not torch.cuda.is_available():
@@ -151,10 +152,9 @@ def load_model(spec: str | None = None, *, device: str | None = None, dtype: Any
     Raises:
         ModelError: the model cannot be found or loaded (offline hub ids fail at once).
     """
+    # heavy: imported on use, not at start-up
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from influence.data.pools import hub_reachable
 
     check_device(device)
     location, digest = resolve_model(spec)

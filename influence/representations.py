@@ -36,6 +36,8 @@ from influence.features.fill import fill_store
 from influence.io import sha256_json
 from influence.less.pipeline import FeatureSet, score_features, workdir_for
 from influence.less.settings import LessSettings
+from influence.models import load_model
+from influence.provenance import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,6 @@ ONE_CHECKPOINT = [{"checkpoint": "none", "avg_lr": 1.0, "weight": 1.0}]
 
 
 def _versions() -> dict[str, str]:
-    from influence.selection import package_versions
-
     return {k: v for k, v in package_versions().items() if k in ("influence", "torch", "sentence-transformers")}
 
 
@@ -72,8 +72,8 @@ def rds_features(pool: Pool, target: Target | None, settings: LessSettings, *, p
         DataError: the target has no examples.
         ManifestMismatchError: a store of that name was made under other settings or another pool.
     """
+    # loads torch: imported on use, not at start-up
     from influence.features.represent import hidden_size, hidden_states
-    from influence.models import load_model
 
     roles = _roles(pool, target)
     loaded = loaded or load_model(settings.model, device=settings.device)
@@ -113,6 +113,7 @@ def encoder_folder(workdir: Path, encoder: Any) -> Path:
 
 def _embed_store(examples: Sequence[Example], role: str, fingerprint: str, encoder: Any, workdir: Path,
                  settings: LessSettings, batch_size: int, totals: dict[str, Any]) -> FeatureStore:
+    # loads torch: imported on use, not at start-up
     from influence.features.encoder import embeddings
 
     stats = FeaturizeStats()
@@ -138,6 +139,7 @@ def embed_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         DataError: the target has no examples.
         ModelError: the encoder cannot be loaded.
     """
+    # loads torch: imported on use, not at start-up
     from influence.features.encoder import load_encoder
 
     roles = _roles(pool, target)
@@ -182,10 +184,10 @@ def ifd_losses(pool: Pool, settings: LessSettings, *, loaded: Any = None) -> tup
 
     An example with no response token left after cutting has zeros (its IFD is undefined).
     """
+    # heavy: imported on use, not at start-up
     import torch
 
     from influence.features.difficulty import response_losses
-    from influence.models import load_model
 
     loaded = loaded or load_model(settings.model, device=settings.device)
     model = loaded.model.eval()

@@ -25,6 +25,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from influence.errors import ConfigError, DataError, ManifestMismatchError, SelectionError
+from influence.index import EXACT_KINDS, build_index, describe_index, search
+from influence.ranking import check_k, top_k
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,7 @@ class Problem:
         return self.queries[:, start: start + self.dims[checkpoint]]
 
 
-def prepare(pool_features: Any, target_features: Any, learning_rates: Sequence[float],
+def scoring_problem(pool_features: Any, target_features: Any, learning_rates: Sequence[float],
             subtasks: Mapping[str, Sequence[int]]) -> Problem:
     """Check the inputs agree and build the subtask queries u_s.
 
@@ -199,7 +201,7 @@ def subtask_scores(pool_features: Any, target_features: Any, learning_rates: Seq
                    subtasks: Mapping[str, Sequence[int]], *,
                    memory_bytes: int = DEFAULT_MEMORY_BYTES) -> tuple[list[str], np.ndarray]:
     """Each pool example's score for each subtask, before the max: (names, [N, S] float64)."""
-    problem = prepare(pool_features, target_features, learning_rates, subtasks)
+    problem = scoring_problem(pool_features, target_features, learning_rates, subtasks)
     out = np.empty((problem.num_rows, len(problem.subtasks)), dtype=np.float64)
     for start, block in _iter_subtask_scores(problem, memory_bytes):
         out[start: start + len(block)] = block
@@ -221,9 +223,9 @@ def less_scores(pool_features: Any, target_features: Any, learning_rates: Sequen
         memory_bytes: working memory per chunk.
 
     Raises:
-        DataError, ManifestMismatchError, ConfigError: see `prepare`.
+        DataError, ManifestMismatchError, ConfigError: see `scoring_problem`.
     """
-    problem = prepare(pool_features, target_features, learning_rates, subtasks)
+    problem = scoring_problem(pool_features, target_features, learning_rates, subtasks)
     out = np.empty(problem.num_rows, dtype=np.float64)
     for start, block in _iter_subtask_scores(problem, memory_bytes):
         out[start: start + len(block)] = block.max(axis=1)
@@ -302,12 +304,6 @@ def concatenated_pool(pool_features: Any) -> _ConcatenatedRows:
     return _ConcatenatedRows(_per_checkpoint(pool_features, "pool"))
 
 
-def _rank(indices: np.ndarray, scores: np.ndarray, ids: Sequence[str] | None) -> np.ndarray:
-    """Order (best first) of `indices` by -score, ties by id (or by row when no ids)."""
-    tie = np.asarray([ids[i] for i in indices]) if ids is not None else indices
-    return np.lexsort((tie, -scores))
-
-
 def less_top_k(pool_features: Any, target_features: Any, learning_rates: Sequence[float],
                subtasks: Mapping[str, Sequence[int]], k: int, *, index: Any = None, index_kind: str = "flat",
                device: str = "auto", ids: Sequence[str] | None = None, margin: int | None = None,
@@ -332,15 +328,12 @@ def less_top_k(pool_features: Any, target_features: Any, learning_rates: Sequenc
 
     Raises:
         SelectionError: k is not in [1, N].
-        DataError, ManifestMismatchError, ConfigError: see `prepare`; an index that does
+        DataError, ManifestMismatchError, ConfigError: see `scoring_problem`; an index that does
             not match the pool.
     """
-    from influence.index import EXACT_KINDS, build_index, describe_index, search
-
-    problem = prepare(pool_features, target_features, learning_rates, subtasks)
+    problem = scoring_problem(pool_features, target_features, learning_rates, subtasks)
     n = problem.num_rows
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= n:
-        raise SelectionError(f"k must be in [1, {n:,}] (the pool size), got {k!r}")
+    k = check_k(k, n)
     if ids is not None and len(ids) != n:
         raise DataError(f"got {len(ids):,} ids for a pool of {n:,} examples")
     total_dim = sum(problem.dims)
@@ -385,6 +378,6 @@ def less_top_k(pool_features: Any, target_features: Any, learning_rates: Sequenc
     if len(candidates) < k:
         raise SelectionError(f"the index returned only {len(candidates):,} examples for k={k:,}; use an exact "
                              f"index kind (flat) or search more cells (nprobe)")
-    order = _rank(candidates, candidate_scores, ids)[:k]
+    order = top_k(candidate_scores, [ids[i] for i in candidates] if ids is not None else candidates, k)
     return LessTopK(indices=candidates[order], scores=candidate_scores[order], candidates=candidates,
                     candidate_scores=candidate_scores, exact=bool(exact_index and certified), searched_k=searched)

@@ -6,41 +6,31 @@ summary look the same whichever selector made them.
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
-import importlib.metadata
-import re
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_path
+from influence import distributed
+from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_path, safe_name
 from influence.data.contamination import Contamination, find_contaminated, has_heldout, heldout_ngrams
-from influence.data.pools import Pool
+from influence.data.pools import Pool, load_pool
 from influence.data.readers import counted
-from influence.data.targets import Target
+from influence.data.targets import Target, load_target
 from influence.errors import ConfigError, OutputError, SelectionError
-from influence.io import check_output_file, json_bytes, jsonl_bytes, replace_together, sha256_bytes, sha256_json
-from influence.selectors import Scores, SelectionContext, Selector, top_k
-from influence.selectors.topk import diverse_top_k
+from influence.io import (check_output_dir, check_output_file, json_bytes, jsonl_bytes, replace_together, sha256_bytes,
+                          sha256_json)
+from influence.provenance import envelope
+from influence.ranking import diverse_top_k
+from influence.selectors import Scores, SelectionContext, Selector, check_k, make_selector, top_k
 
-VERSIONED_PACKAGES = ("influence", "numpy", "torch", "transformers", "peft", "datasets", "faiss-cpu", "traker",
-                      "sentence-transformers")
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages a result may depend on (without importing them)."""
-    versions = {}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
+SELECTION_ARTIFACT = "influence.selection"
+SELECTION_FORMAT = 1
 
 
 DIVERSE = "diverse"
@@ -129,8 +119,8 @@ class Selection:
 
     def manifest(self, fmt: str) -> dict[str, Any]:
         return {
-            "kind": "selection",
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **envelope(SELECTION_ARTIFACT, SELECTION_FORMAT),
+            "kind": "selection",  # what readers of selection manifests key on, beside the envelope's artifact
             "selector": {"name": self.selector.name, "params": self.selector.params()},
             "k": self.k,
             "seed": self.seed,
@@ -149,7 +139,6 @@ class Selection:
             "contamination": None if self.contamination is None else self.contamination.manifest(),
             "selection_seconds": round(self.seconds, 3),
             "selected_ids_sha256": sha256_json([self.pool.ids[i] for i in self.indices]),
-            "versions": package_versions(),
             **self.extra,
         }
 
@@ -231,10 +220,7 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
     Raises:
         SelectionError: bad k, a targeted selector without a target, or bad scores.
     """
-    if k <= 0:
-        raise SelectionError(f"k must be positive, got {k}")
-    if k > len(pool):
-        raise SelectionError(f"k={k:,} is larger than the pool ({len(pool):,} examples); choose k <= {len(pool):,}")
+    k = check_k(k, len(pool))
     if selector.requires_target and target is None:
         raise SelectionError(f"selector {selector.name!r} needs a target; pass --target (see `influence targets`)")
     start = time.perf_counter()
@@ -274,10 +260,7 @@ def diverse_selection(pool: Pool, scores: np.ndarray, k: int, diversity: Diversi
 
 def default_output_path(pool_specs: list[str], selector: str, k: int, target: str | None = None) -> Path:
     """selections/<pools>[-<target>]-<selector>-k<k>.jsonl, with names made file-safe."""
-    def safe(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(text).stem if Path(text).suffix else text).strip("_")
-
-    parts = ["+".join(safe(s) for s in pool_specs)] + ([safe(target)] if target else []) + [selector, f"k{k}"]
+    parts = ["+".join(safe_name(s) for s in pool_specs)] + ([safe_name(target)] if target else []) + [selector, f"k{k}"]
     return DEFAULT_SELECTION_DIR / ("-".join(parts) + ".jsonl")
 
 
@@ -312,3 +295,78 @@ def write_selection(selection: Selection, out: str | Path, *, fmt: str | None = 
     meta_path = manifest_path(out)
     replace_together({out: data, meta_path: json_bytes(manifest)})
     return out, meta_path
+
+
+def echo_line(line: str, err: bool = False) -> None:
+    """Print one line of a run's report to stdout (or stderr)."""
+    print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int = 0, fmt: str | None = None,
+                  out: str | Path | None = None, overwrite: bool = False, target: str | None = None,
+                  selector_options: dict[str, Any] | None = None, keep_contaminated: bool = False,
+                  ignored: Sequence[str] = (), diversity: Diversity | None = None,
+                  echo: Callable[..., None] = echo_line) -> tuple[Path, Path] | None:
+    """Check, load, decontaminate, select, summarise and write: `influence select` and `influence score`.
+
+    Everything that can be refused is refused before any work. Under torchrun every rank
+    loads the pool and runs the selector's `prepare` (its share of the distributed work);
+    rank 0 alone selects, reports and writes.
+
+    Args:
+        pool_specs: pool names, files or hf: ids, mixed in order.
+        k: how many examples to keep.
+        selector: a registered selector name; `selector_options` go to its factory.
+        target: a target name or file; its held-out items are kept out of the pool either way.
+        out: the JSONL path [default: `default_output_path`]; its manifest goes beside it.
+        fmt: alpaca or messages [default: `Selection.default_format`].
+        keep_contaminated: keep pool examples that share a 13-gram with the target's held-out items.
+        ignored: options the user gave that do not apply to the selector, named once in a note.
+        diversity: diversity-aware top-k instead of plain top-k.
+        echo: receives each report line (and `err=True` for notes and warnings).
+
+    Returns:
+        The JSONL and manifest paths on rank 0, None on the other ranks.
+
+    Raises:
+        SelectionError, OutputExistsError, UnknownNameError, DataError: bad input, before any work.
+    """
+    job = distributed.init_from_env()
+
+    def say(line: str) -> None:
+        if job.is_main:  # one voice per job; notes and warnings on stderr
+            echo(line, err=line.startswith(("note:", "warning:")))
+
+    k = check_k(k)
+    selector_options = selector_options or {}
+    chosen = make_selector(selector, **selector_options)
+    if chosen.requires_target and not target:
+        raise SelectionError(f"selector {selector!r} needs a target; pass --target (see `influence targets`)")
+    label = selector if diversity is None else f"{selector}+{DIVERSE}"
+    out = out or default_output_path(list(pool_specs), label, k, target if chosen.requires_target else None)
+    check_writable(out, overwrite)
+    if "settings" in selector_options and not selector_options.get("existing_only"):
+        check_output_dir(selector_options["settings"].index_root)  # where LESS keeps its datastores
+    if ignored:
+        say(f"note: selector {selector!r} ignores {', '.join(ignored)}")
+    target_set = load_target(target) if target else None  # before the pool: a bad name fails at once
+    pool = load_pool(list(pool_specs), stream=True)  # ids in memory; examples read a chunk at a time
+    for line in pool.describe():
+        say(line)
+    if target and not chosen.requires_target:
+        use = ("its held-out items are still kept out of the pool" if has_heldout(target)
+               else "a target file has no held-out items to keep out")
+        say(f"note: selector {selector!r} does not score against --target; {use}")
+    # every rank drops the same contaminated examples, so that all of them score the same pool
+    pool, contamination = decontaminate(pool, target_set, keep=keep_contaminated)
+    if not job.is_main:
+        chosen.prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
+        return None
+    selection = select(pool, k, chosen, target=target_set, seed=seed, contamination=contamination,
+                       diversity=diversity)
+    fmt = fmt or selection.default_format()
+    for line in selection.summary(fmt):
+        say(line)
+    jsonl, manifest = write_selection(selection, out, fmt=fmt, overwrite=overwrite)
+    say(f"wrote {jsonl} and {manifest}")
+    return jsonl, manifest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from pathlib import Path
 from typing import Any
 
 CHAT_TEMPLATE = (
@@ -13,6 +14,7 @@ CHAT_TEMPLATE = (
 
 def tiny_tokenizer(*, chat_template: bool = True) -> Any:
     """A character-level fast tokenizer: every printable ASCII character is one token."""
+    # heavy: imported on use, not at start-up
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -31,6 +33,7 @@ def tiny_tokenizer(*, chat_template: bool = True) -> Any:
 
 def tiny_llama(vocab_size: int = 128, *, layers: int = 2, hidden: int = 32, heads: int = 4, seed: int = 0) -> Any:
     """A randomly initialised Llama small enough to run a step in milliseconds."""
+    # heavy: imported on use, not at start-up
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -50,8 +53,7 @@ def tiny_model_and_tokenizer(**kwargs: Any) -> tuple[Any, Any]:
 def tiny_sentence_encoder(path: Any, *, hidden: int = 32, seed: int = 0) -> Any:
     """Save a randomly initialised one-layer BERT with mean pooling as a sentence-transformers
     directory at `path` (what --embed-model takes); returns the path."""
-    from pathlib import Path
-
+    # heavy: imported on use, not at start-up
     import torch
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertConfig, BertModel, BertTokenizerFast

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from influence.cli import main
-from influence.compare import Cell, CompareConfig, SelectorRow, estimate_compare, parse_rows, summarize
+from influence.compare import Cell, CompareSettings as CompareConfig, SelectorRow, estimate_compare, parse_rows, summarize
 from influence.errors import ConfigError
 from influence.less import LessSettings
 from influence.lora import LoraSettings
@@ -179,7 +179,7 @@ def test_bad_rows_fail_before_any_work(tmp_path, tiny_model_dir):
 
 def test_the_dry_run_prices_each_phase_with_the_select_estimator_and_writes_nothing(tmp_path, tiny_model_dir):
     from influence.data import load_pool, load_target
-    from influence.estimate import ModelShape, estimate_less
+    from influence.less.estimate import ModelShape, estimate_less
     from influence.models import load_model
 
     pool, sums = _files(tmp_path)
@@ -240,7 +240,7 @@ def test_differences_to_random_and_to_base_are_judged_against_the_seed_spread(tm
 
 
 def test_the_dry_run_prices_training_by_epochs_and_k_and_generation_only_when_asked(tmp_path, tiny_model_dir):
-    from influence.training import TrainConfig
+    from influence.training import TrainSettings as TrainConfig
 
     pool, target = _files(tmp_path)
 

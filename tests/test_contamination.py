@@ -122,7 +122,7 @@ def test_compare_never_trains_any_selector_on_the_targets_heldout_items(tmp_path
     planted = _planted_copy()
     pool = write_jsonl(tmp_path / "pool.jsonl", [{"instruction": e.instruction, "output": e.output}
                                                  for e in _pool_with(planted).examples])
-    from influence.compare import CompareConfig, compare
+    from influence.compare import CompareSettings as CompareConfig, compare
 
     summary = compare(CompareConfig(pools=[str(pool)], targets=["mmlu"], k=3, selectors=["bm25", "longest", "random"],
                                     seeds=1), tmp_path / "cmp")

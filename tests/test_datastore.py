@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from influence.errors import DatastoreError, ManifestMismatchError
-from influence.features.datastore import FeatureStore, ShardedRows, identity_difference
+from influence.features.datastore import FeatureStore, ShardedRows
+from influence.provenance import settings_difference as identity_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 N, D, SHARD = 50, 12, 8   # 7 shards, the last one 2 rows

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from influence.data import Example
 from influence.less import LessSettings, build_features
 from influence.lora import LoraSettings
-from influence.training import TrainConfig, list_checkpoints, read_manifest, train
+from influence.training import TrainSettings as TrainConfig, list_checkpoints, read_manifest, train
 from tests.test_less import TARGET, _loaded, _pool
 
 

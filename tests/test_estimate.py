@@ -12,7 +12,7 @@ import pytest
 from influence.data.example import Example
 from influence.data.formatting import encode_example
 from influence.errors import ConfigError
-from influence.estimate import (CHARS_PER_TOKEN, TEMPLATE_CHARS, LessEstimate, ModelShape, TokenStats, estimate_less,
+from influence.less.estimate import (CHARS_PER_TOKEN, TEMPLATE_CHARS, LessEstimate, ModelShape, TokenStats, estimate_less,
                                 measure_flops, token_stats)
 from influence.less.settings import LessSettings
 from influence.lora import LoraSettings, add_lora, lora_signature
@@ -193,7 +193,7 @@ def test_bad_estimate_arguments_are_config_errors():
 
 
 def test_the_dry_run_says_how_busy_the_machine_was_when_it_probed(monkeypatch):
-    import influence.estimate as estimate
+    import influence.less.estimate as estimate
 
     settings = LessSettings()
     measured = estimate_less(stats(100), stats(1), settings, shape=SHAPE, device="cpu")
@@ -213,7 +213,7 @@ def test_the_probe_counts_another_process_busy_on_the_cpus():
     import subprocess
     import sys
 
-    from influence.estimate import calibrate
+    from influence.less.estimate import calibrate
 
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:

@@ -12,8 +12,9 @@ import re
 import pytest
 import torch
 
-from influence.evaluation import EvalConfig, build_task, evaluate
-from influence.evaluation import scoring
+from influence.evaluation import EvalSettings as EvalConfig
+from influence.evaluation import build_task, evaluate
+from influence.evaluation import model_outputs as scoring
 from influence.evaluation.evaluate import answer_caps
 from influence.evaluation.tasks import ANSWER_LINE, COT_ANSWER, EvalItem
 from influence.models import LoadedModel

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from influence.errors import ConfigError, EvaluationError, UnknownNameError
 from influence.evaluation import (
-    EvalConfig,
+    EvalSettings as EvalConfig,
     accuracy,
     bbh_match,
     build_task,
@@ -22,7 +22,7 @@ from influence.evaluation import (
     token_f1,
     write_results,
 )
-from influence.evaluation.scoring import option_logliks, reference_scores
+from influence.evaluation.model_outputs import option_logliks, reference_scores
 from influence.models import LoadedModel
 from influence.testing import tiny_model_and_tokenizer
 
@@ -124,7 +124,7 @@ def test_question_answering_files_in_squad_and_jsonl_form(tiny, tmp_path):
 
 # ------------------------------------------------------------------ train, then evaluate
 def test_training_lowers_the_training_data_loss(tiny, tmp_path):
-    from influence.training import TrainConfig, train
+    from influence.training import TrainSettings as TrainConfig, train
 
     data = write_jsonl(tmp_path / "train.jsonl", TRAIN_RECORDS)
     before = evaluate(tiny, str(data), config=EvalConfig.for_tests())

@@ -318,3 +318,12 @@ def test_length_batches_sort_and_respect_both_caps():
     batches = length_batches({i: 7 + i % 5 for i in range(40)}, 6, max_tokens=40)
     assert sorted(i for b in batches for i in b) == list(range(40))
     assert all(len(b) <= 6 and len(b) * max(7 + i % 5 for i in b) <= 40 for b in batches)
+
+
+def test_featurize_stats_add_every_count_and_timing():
+    a = FeaturizeStats(examples=3, done=2, truncated=1, empty=0, tokens=40, gradient_seconds=1.5,
+                       projection_seconds=0.25)
+    b = FeaturizeStats(examples=5, done=5, truncated=0, empty=1, tokens=60, gradient_seconds=0.5,
+                       projection_seconds=0.75)
+    assert (a + b).to_dict() == {"examples": 8, "done": 7, "truncated": 1, "empty": 1, "tokens": 100,
+                                 "gradient_seconds": 2.0, "projection_seconds": 1.0}

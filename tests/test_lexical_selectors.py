@@ -168,7 +168,7 @@ def test_lexical_selectors_are_registered_and_offered_by_select_and_compare():
     assert {"bm25", "dsir"} <= set(SELECTORS)
     help_text = CliRunner().invoke(main, ["select", "--help"]).output
     assert "bm25" in help_text and "dsir" in help_text
-    from influence.compare import CompareConfig
+    from influence.compare import CompareSettings as CompareConfig
 
     config = CompareConfig(pools=["alpaca"], target="bbh", selectors=["bm25", "dsir", "random"])
     assert config.selectors == ["bm25", "dsir", "random"]

@@ -26,7 +26,7 @@ from influence.models import LoadedModel
 from influence.selection import Diversity, select
 from influence.selectors import make_selector
 from influence.selectors.ifd import ifd_ranking_scores
-from influence.selectors.topk import diverse_top_k, top_k
+from influence.ranking import diverse_top_k, top_k
 from influence.testing import tiny_model_and_tokenizer
 
 TARGET = Target("mixed", [Example("What is 5 plus 7?", "", "5 plus 7 is 12.", subtask="sums"),

@@ -7,8 +7,8 @@ import pytest
 
 from influence.errors import ConfigError, DataError, ManifestMismatchError, SelectionError
 from influence.index import build_index
-from influence.scoring import (checkpoint_weights, concatenated_pool, less_scores, less_top_k, prepare,
-                               subtask_scores)
+from influence.scoring import checkpoint_weights, concatenated_pool, less_scores, less_top_k, subtask_scores
+from influence.scoring import scoring_problem as prepare
 
 
 def unit_rows(rng, n, d, dtype=np.float16):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from influence.errors import ConfigError, ManifestMismatchError, TrainingError
 from influence.lora import LoraSettings, lora_parameters
 from influence.models import LoadedModel
 from influence.testing import tiny_model_and_tokenizer
-from influence.training import TrainConfig, list_checkpoints, load_checkpoint, load_trained, train
+from influence.training import TrainSettings as TrainConfig, list_checkpoints, load_checkpoint, load_trained, train
 from influence.training import checkpoint as checkpoint_module
 from influence.training.batching import plan_epoch
 from influence.training.loss import example_nll
@@ -256,7 +257,7 @@ from influence.data import Example
 from influence.lora import LoraSettings
 from influence.models import LoadedModel
 from influence.testing import tiny_model_and_tokenizer
-from influence.training import TrainConfig, train
+from influence.training import TrainSettings as TrainConfig, train
 from influence.training import checkpoint as checkpoint_module
 import influence.training.trainer as trainer
 
@@ -314,7 +315,8 @@ def test_a_directory_locked_by_a_live_run_is_refused(tmp_path, tiny):
     out.mkdir()
     holder = subprocess.Popen(["sleep", "60"])
     try:
-        (out / ".lock").write_text(f"{holder.pid} {process_start(holder.pid)}")
+        (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                               "process_start": process_start(holder.pid)}))
         with pytest.raises(TrainingError, match=f"another training run \\(pid {holder.pid}\\)"):
             train(EXAMPLES, TrainConfig.for_tests(epochs=1), out, loaded=tiny)
     finally:
@@ -330,7 +332,8 @@ def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path,
     out.mkdir()
     stranger = subprocess.Popen(["sleep", "60"])  # alive, but started after the lock's writer
     try:
-        (out / ".lock").write_text(f"{stranger.pid} 1")
+        (out / ".lock").write_text(json.dumps({"pid": stranger.pid, "host": socket.gethostname(),
+                                               "process_start": "1"}))
         result = train(EXAMPLES, TrainConfig.for_tests(epochs=1), out, loaded=tiny)
     finally:
         stranger.kill()
@@ -363,3 +366,16 @@ def test_an_adapter_that_does_not_fit_the_model_exactly_is_refused(tmp_path):
                              tmp_path / "adapter")
     with pytest.raises(ManifestMismatchError, match="unexpected .*v_proj"):
         load_adapter_weights(lora_model(target_modules=("q_proj", "k_proj")), tmp_path / "adapter")
+
+
+# ------------------------------------------------------------------ golden values
+def test_two_steps_from_a_fixed_seed_give_the_stored_losses(tiny, tmp_path):
+    """Any change to the recipe (data order, dropout seeds, loss, schedule, AdamW) moves these numbers.
+
+    The values are those of CPU float32 (torch 2.13); the second step's loss
+    already reflects the first step's update.
+    """
+    result = train(EXAMPLES[:4], TrainConfig.for_tests(epochs=1, seed=7), tmp_path / "golden", loaded=tiny)
+    state = checkpoint_module.read_state(list_checkpoints(result.out_dir)[0])
+    assert state["step"] == 2 and state["learning_rates"] == pytest.approx([1e-2, 5e-3])
+    assert state["losses"] == pytest.approx([4.751456627478967, 4.674846475774592], rel=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -57,8 +58,6 @@ COMMAND_MODULES = ("select", "catalog", "less", "train", "evaluate", "compare")
 
 
 def _register() -> None:
-    import importlib
-
     for name in COMMAND_MODULES:
         for command in importlib.import_module(f"influence.cli.{name}").COMMANDS:
             main.add_command(command)

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
 from influence.cli.less_options import less_options, pop_settings
 from influence.cli.select import dsir_sampling_option, keep_contaminated_option
-from influence.training.config import TrainConfig
+from influence.constants import safe_name
+from influence.training.settings import TrainSettings
 
-RECIPES = {"less": TrainConfig, "small-k": TrainConfig.small_k}
+RECIPES = {"less": TrainSettings, "small-k": TrainSettings.small_k}
 
 
 def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) -> Path:
-    def safe(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", Path(text).stem if Path(text).suffix else text).strip("_")
-
-    return Path("compare") / f"{'+'.join(safe(p) for p in pools)}-{'+'.join(safe(t) for t in targets)}-k{k}"
+    pool_part = "+".join(safe_name(p, keep="=") for p in pools)
+    return Path("compare") / f"{pool_part}-{'+'.join(safe_name(t, keep='=') for t in targets)}-k{k}"
 
 
 @click.command("compare")
@@ -59,7 +57,8 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw
                     lr, train_batch_size, train_max_length, out, dry_run, dsir_sampling, keep_contaminated,
                     **less) -> None:
     """For each row, seed and target: select, train, evaluate; then tables, a plot and the overlaps."""
-    from influence.compare import CompareConfig, compare, estimate_compare
+    # loads torch: imported on use, not at start-up
+    from influence.compare import CompareSettings, compare, estimate_compare
 
     settings = pop_settings(less)
     changes = {name: value for name, value in (("epochs", epochs), ("learning_rate", lr),
@@ -72,10 +71,10 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw
     def names(text: str) -> list[str]:
         return [name.strip() for name in text.split(",") if name.strip()]
 
-    config = CompareConfig(pools=list(pools), targets=list(targets), k=k, selectors=[selectors], seeds=seeds,
-                           selection_seeds=selection_seeds, redraw=names(redraw), metrics=names(metrics),
-                           base=base, limit=limit, train=train, less=settings, dsir_sampling=dsir_sampling,
-                           keep_contaminated=keep_contaminated)
+    config = CompareSettings(pools=list(pools), targets=list(targets), k=k, selectors=[selectors], seeds=seeds,
+                             selection_seeds=selection_seeds, redraw=names(redraw), metrics=names(metrics),
+                             base=base, limit=limit, train=train, less=settings, dsir_sampling=dsir_sampling,
+                             keep_contaminated=keep_contaminated)
     if dry_run:
         click.echo("\n".join(estimate_compare(config).lines()))
         return

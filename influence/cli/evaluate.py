@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
-from influence.evaluation.evaluate import EvalConfig
+from influence.constants import safe_name
+from influence.evaluation import evaluate, format_table, write_results
+from influence.evaluation.evaluate import EvalSettings
+from influence.training import is_training_output
 from influence.io import check_output_file
 
-_DEFAULTS = EvalConfig()
+_DEFAULTS = EvalSettings()
 
 
 def default_results_path(model: str | None, target: str, limit: int | None, cot: bool) -> Path:
     """<training dir>/eval-<target>[-cot][-limitN].json beside a trained model, else runs/eval/<model>-<...>.json."""
-    from influence.training import is_training_output
-
     def safe(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name or text).strip("_") or "model"
+        return safe_name(Path(text).name or text, keep_suffix=True) or "model"
 
     suffix = safe(target) + ("-cot" if cot else "") + (f"-limit{limit}" if limit else "") + ".json"
     if model is not None and is_training_output(model):
@@ -48,12 +48,10 @@ def default_results_path(model: str | None, target: str, limit: int | None, cot:
               help="Results JSON [default: beside a trained model, else runs/eval/<model>-<target>.json].")
 def evaluate_command(model, target, limit, seed, cot, batch_size, max_new_tokens, reuse_prefix, out) -> None:
     """Evaluate a model on a target's held-out items; prints a table and writes the results as JSON."""
-    from influence.evaluation import evaluate, format_table, write_results
-
     changes = {}
     if max_new_tokens is not None:
         changes["cot_max_new_tokens" if cot else "max_new_tokens"] = max_new_tokens
-    config = EvalConfig(batch_size=batch_size, reuse_prefix=reuse_prefix, **changes)
+    config = EvalSettings(batch_size=batch_size, reuse_prefix=reuse_prefix, **changes)
     out = out or default_results_path(model, target, limit, cot)
     check_output_file(out, overwrite=True)  # a rerun replaces its results; fail now, not after the evaluation
     results = evaluate(model, target, limit=limit, seed=seed, cot=cot, config=config)

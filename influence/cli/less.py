@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import click
 
+from influence import distributed
 from influence.cli.less_options import less_options, pop_settings
-from influence.cli.select import keep_contaminated_option, run_selection, selection_options
+from influence.cli.select import keep_contaminated_option, selection_options
+from influence.data import load_pool, load_target
 from influence.data.readers import counted
 from influence.io import check_output_dir
+from influence.selection import decontaminate, run_selection
 
 
 @click.command("warmup")
@@ -17,8 +20,7 @@ from influence.io import check_output_dir
 @less_options
 def warmup_command(pools, seed, **less) -> None:
     """Train the warmup LoRA on a seeded fraction of the pool (reused or resumed if present)."""
-    from influence import distributed
-    from influence.data import load_pool
+    # loads torch: imported on use, not at start-up
     from influence.less import run_warmup
 
     settings = pop_settings(less, seed=seed)
@@ -51,15 +53,13 @@ def featurize_command(pools, target, seed, dry_run, keep_contaminated, **less) -
     Under `torchrun --nproc_per_node N` (or several nodes), each rank featurizes its own
     shards of the same datastores, after training the warmup together (data parallel).
     """
-    from influence import distributed
-    from influence.data import load_pool, load_target
-    from influence.less import build_features
-    from influence.selection import decontaminate
+    # loads torch: imported on use, not at start-up
+    from influence.less import build_features, print_estimate
 
     # featurize exists to write features: with a target, the unprojected cosines come from the same pass
     settings = pop_settings(less, seed=seed).with_(store_features=True)
     if dry_run:
-        print_estimate(pools, target, settings)
+        print_estimate(pools, target, settings, echo=click.echo)
         return
     check_output_dir(settings.index_root)
     job = distributed.init_from_env()
@@ -91,21 +91,9 @@ def score_command(pools, k, seed, fmt, out, overwrite, target, keep_contaminated
     --scoring unprojected reads the exact cosines that `featurize --target` took for this target.
     """
     settings = pop_settings(less, seed=seed, scoring="faiss")
-    run_selection(pools, k, "less", seed, fmt, out, overwrite, target,
-                  {"settings": settings, "existing_only": True}, keep_contaminated)
-
-
-def print_estimate(pools, target, settings) -> None:
-    """The --dry-run of featurize and select: sizes in, an estimate out, nothing written."""
-    from influence.data import load_pool, load_target
-    from influence.less import dry_run
-
-    pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
-    for line in pool.describe():
-        click.echo(line)
-    estimate = dry_run(pool, load_target(target) if target else None, settings)
-    for line in estimate.lines():
-        click.echo(line)
+    run_selection(pools, k, "less", seed=seed, fmt=fmt, out=out, overwrite=overwrite, target=target,
+                  selector_options={"settings": settings, "existing_only": True},
+                  keep_contaminated=keep_contaminated, echo=click.echo)
 
 
 COMMANDS = [warmup_command, featurize_command, score_command]

@@ -8,6 +8,8 @@ from typing import Any, Callable
 import click
 
 from influence.constants import DEFAULT_INDEX_ROOT
+from influence.lora import LoraSettings
+from influence.models import check_device
 
 _OPTIONS = [
     click.option("--model", default=None, metavar="M",
@@ -64,9 +66,8 @@ def less_options(function: Callable) -> Callable:
 def pop_settings(kwargs: dict[str, Any], *, seed: int = 0, scoring: str = "unprojected") -> Any:
     """Remove the LESS options from a command's kwargs and build LessSettings from them
     (`scoring` is the command's default when --scoring is not given)."""
+    # loads torch: imported on use, not at start-up
     from influence.less import LessSettings
-    from influence.lora import LoraSettings
-    from influence.models import check_device
 
     values = {name: kwargs.pop(name) for name in NAMES}
     check_device(values["device"])  # before any pool is read

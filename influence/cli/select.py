@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from influence.cli.less_options import NAMES, less_options, pop_settings
 from influence.constants import OUTPUT_FORMATS, POOLINGS
-from influence.data.contamination import has_heldout
 from influence.errors import SelectionError
-from influence.io import check_output_dir
-from influence.selection import (DIVERSE, Diversity, check_writable, decontaminate, default_output_path, select,
-                                 selector_options, write_selection)
-from influence.selectors import SELECTORS, SelectionContext, make_selector
+from influence.selection import Diversity, run_selection, selector_options
+from influence.selectors import SELECTORS
 from influence.selectors.baselines import LENGTH_UNITS
 from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING
 
@@ -50,8 +48,6 @@ keep_contaminated_option = click.option(
 
 def given_options(names) -> list[str]:
     """The `--options` among the parameter `names` that the user gave (not left at their default)."""
-    from click.core import ParameterSource
-
     ctx = click.get_current_context()
     given = []
     for param in ctx.command.params:
@@ -59,56 +55,6 @@ def given_options(names) -> list[str]:
                                                                             ParameterSource.ENVIRONMENT):
             given.append(max(param.opts, key=len))
     return given
-
-
-def run_selection(pools, k, name, seed, fmt, out, overwrite, target, selector_options, keep_contaminated=False,
-                  ignored=(), diversity=None):
-    """Shared by `select` and `score`: check, load, select, summarise, write (rank 0 only under torchrun).
-
-    Everything that can be checked without the pool (k, selector, target, output) is checked
-    before the pool is read; `ignored` options are named once as not applying to the selector.
-    """
-    from influence import distributed
-    from influence.data import load_pool, load_target
-
-    job = distributed.init_from_env()
-
-    def say(line: str) -> None:
-        if job.is_main:  # one voice per job; notes and warnings on stderr
-            click.echo(line, err=line.startswith(("note:", "warning:")))
-
-    if k <= 0:
-        raise SelectionError(f"k must be positive, got {k}")
-    chosen = make_selector(name, **selector_options)
-    if chosen.requires_target and not target:
-        raise SelectionError(f"selector {name!r} needs a target; pass --target (see `influence targets`)")
-    label = name if diversity is None else f"{name}+{DIVERSE}"
-    out = out or default_output_path(list(pools), label, k, target if chosen.requires_target else None)
-    check_writable(out, overwrite)
-    if "settings" in selector_options and not selector_options.get("existing_only"):
-        check_output_dir(selector_options["settings"].index_root)  # where LESS keeps its datastores
-    if ignored:
-        say(f"note: selector {name!r} ignores {', '.join(ignored)}")
-    target_set = load_target(target) if target else None  # before the pool: a bad name fails at once
-    pool = load_pool(pools, stream=True)  # ids in memory; examples read a chunk at a time
-    for line in pool.describe():
-        say(line)
-    if target and not chosen.requires_target:
-        use = ("its held-out items are still kept out of the pool" if has_heldout(target)
-               else "a target file has no held-out items to keep out")
-        say(f"note: selector {name!r} does not score against --target; {use}")
-    # every rank drops the same contaminated examples, so that all of them score the same pool
-    pool, contamination = decontaminate(pool, target_set, keep=keep_contaminated)
-    if not job.is_main:  # under torchrun: share the distributed part (LESS: warmup, features); rank 0 selects
-        chosen.prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
-        return
-    selection = select(pool, k, chosen, target=target_set, seed=seed, contamination=contamination,
-                       diversity=diversity)
-    fmt = fmt or selection.default_format()
-    for line in selection.summary(fmt):
-        say(line)
-    jsonl, manifest = write_selection(selection, out, fmt=fmt, overwrite=overwrite)
-    say(f"wrote {jsonl} and {manifest}")
 
 
 @click.command("select")
@@ -144,9 +90,9 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
     if dry_run:
         if name != "less":
             raise SelectionError(f"--dry-run estimates the less selector; {name!r} takes a second anyway")
-        from influence.cli.less import print_estimate
+        from influence.less import print_estimate  # imports torch: only when asked
 
-        print_estimate(pools, target, settings)
+        print_estimate(pools, target, settings, echo=click.echo)
         return
     options = selector_options(name, settings, length_unit=length_unit, pooling=pooling, embed_model=embed_model,
                                dsir_sampling=dsir_sampling)
@@ -156,7 +102,9 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
                             + ([] if name == "embed" or diversity is not None else ["embed_model"])
                             + ([] if name in model_based or diversity is not None else list(NAMES)))
     chosen = None if diversity is None else Diversity(tau=diversity, encoder=embed_model, settings=settings)
-    run_selection(pools, k, name, seed, fmt, out, overwrite, target, options, keep_contaminated, ignored, chosen)
+    run_selection(pools, k, name, seed=seed, fmt=fmt, out=out, overwrite=overwrite, target=target,
+                  selector_options=options, keep_contaminated=keep_contaminated, ignored=ignored, diversity=chosen,
+                  echo=click.echo)
 
 
 COMMANDS = [select_command]

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
+from influence import distributed
 from influence.data.readers import counted
-from influence.training.config import TrainConfig
+from influence.training import train
+from influence.training.settings import TrainSettings
 
-_DEFAULTS = TrainConfig()
+_DEFAULTS = TrainSettings()
 
 
 def default_out_dir(data: str, method: str, seed: int) -> Path:
@@ -52,11 +54,8 @@ def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, l
     Under `torchrun --nproc_per_node N`, the N processes train data parallel (one gradient
     all-reduce per step) and rank 0 writes the output.
     """
-    from influence import distributed
-    from influence.training import train
-
     method = "lora" if lora else "full"
-    config = TrainConfig(model=model, method=method, epochs=epochs, learning_rate=lr, batch_size=batch_size,
+    config = TrainSettings(model=model, method=method, epochs=epochs, learning_rate=lr, batch_size=batch_size,
                          micro_batch_size=min(micro_batch_size, batch_size), loss_reduction=loss_reduction,
                          max_length=max_length, seed=seed, keep_checkpoints=not no_checkpoints)
     out = out or default_out_dir(data, method, seed)
@@ -76,7 +75,7 @@ def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, l
     losses = ", ".join(f"{loss:.4f}" for loss in result.epoch_losses)
     click.echo(f"trained {counted(encoding['trained'], 'example')}, {counted(manifest['steps'], 'step')} in "
                f"{manifest['seconds']:.0f} s; loss per epoch: {losses}")
-    click.echo(f"wrote {result.output_dir} and {result.manifest_path}")
+    click.echo(f"wrote {result.weights_dir} and {result.manifest_path}")
 
 
 COMMANDS = [train_command]

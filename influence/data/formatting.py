@@ -78,6 +78,7 @@ def encode_example(example: Example, tokenizer: Any, max_length: int = 2048) -> 
 
 def collate(batch: Sequence[Encoded], pad_token_id: int) -> dict[str, Any]:
     """Right-padded tensors: input_ids, attention_mask, labels."""
+    # heavy: imported on use, not at start-up
     import torch
 
     width = max(len(e.input_ids) for e in batch)

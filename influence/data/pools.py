@@ -18,7 +18,6 @@ import json
 import math
 import logging
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -30,11 +29,10 @@ from influence.data.readers import (FILE_SUFFIXES, ReadReport, counted, examples
                                     iter_file_records, iter_hf_records, parse_hf_spec, path_exists, read_file, read_hf)
 from influence.data.vendored import bundle_files, bundle_text
 from influence.errors import ConfigError, DataError, SelectionError, UnknownNameError
+from influence.hub import hub_reachable
 from influence.io import sha256_json
 
 log = logging.getLogger(__name__)
-OFFLINE_VARIABLES = ("INFLUENCE_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-HUB_HOST = ("huggingface.co", 443)
 
 
 @dataclass(frozen=True)
@@ -137,21 +135,6 @@ class SubsetExamples(Sequence[Example]):
 class NamedPool:
     description: str
     load: Callable[[], tuple[ReadReport, str]]  # -> (examples read, origin in words)
-
-
-def offline_requested() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARIABLES)
-
-
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """A cheap check (one TCP connect) so that the offline default starts at once."""
-    if offline_requested():
-        return False
-    try:
-        socket.create_connection(HUB_HOST, timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _datasets_cache_has(dataset_id: str) -> bool:

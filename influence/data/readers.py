@@ -166,6 +166,7 @@ def _progress(path: Path, raw_file: BinaryIO) -> Iterator[Callable[[], None]]:
     if size < PROGRESS_MIN_BYTES:
         yield lambda: None
         return
+    # optional and heavy: imported on use (large files only)
     from tqdm import tqdm
 
     bar = tqdm(total=size, desc=f"reading {path.name}", unit="B", unit_scale=True, unit_divisor=1024,
@@ -235,6 +236,7 @@ def _records_csv(path: Path) -> Iterator[tuple[int, Any]]:
 
 def _records_parquet(path: Path) -> Iterator[tuple[int, Any]]:
     """Rows a batch at a time, so memory is bounded by the batch (and the file's metadata)."""
+    # optional and heavy: imported on use
     import pyarrow.parquet as pq
 
     number = 0
@@ -420,6 +422,7 @@ def _hf_error(spec: str, exc: Exception) -> DataError:
 def read_hf(spec: str, *, source: str | None = None) -> ReadReport:
     """Read `hf:<dataset>[:<split>]` through the datasets library (default split: train)."""
     name, split = parse_hf_spec(spec)
+    # optional and heavy: imported on use
     import datasets
 
     try:
@@ -434,6 +437,7 @@ def iter_hf_records(spec: str) -> Iterator[tuple[int, Any]]:
     """(row number, record) of `hf:<dataset>[:<split>]` streamed by datasets (`streaming=True`): nothing is
     downloaded or held whole; rows come in the dataset's order, as `read_hf` reads them."""
     name, split = parse_hf_spec(spec)
+    # optional and heavy: imported on use
     import datasets
 
     try:

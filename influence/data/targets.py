@@ -12,13 +12,14 @@ for evaluation, are kept apart in `load_heldout` and never mixed into the select
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from influence.data.example import Example
+from influence.data.pools import read_pool_spec
 from influence.data.readers import path_exists
 from influence.data.vendored import bundle, bundle_files
 from influence.errors import DataError, UnknownNameError
@@ -204,8 +205,6 @@ def _tydiqa_heldout() -> list[HeldOutItem]:
 
     The full GoldP dev set is not bundled; pass a file of your own for a real evaluation.
     """
-    import gzip
-
     items = []
     raw = gzip.decompress(bundle("tydiqa")["targets/tydiqa/tiny_dev.jsonl.gz"]).decode("utf-8")
     for line in raw.splitlines():
@@ -253,8 +252,6 @@ def load_target(spec: str) -> Target:
     if spec in TARGETS:
         examples = TARGETS[spec].load()
     elif path_exists(spec) or spec.startswith("hf:"):
-        from influence.data.pools import read_pool_spec
-
         examples = read_pool_spec(spec)[0].examples
     else:
         raise UnknownNameError("target", spec, list(TARGETS))

@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from influence.errors import ConfigError, EvaluationError
+from influence.errors import ConfigError, EvaluationError, require_positive_ints
 from influence.evaluation import metrics
-from influence.evaluation.scoring import generate_answers, reference_scores
+from influence.evaluation.model_outputs import ReferenceScores, generate_answers, reference_scores
 from influence.evaluation.tasks import EvalItem, EvalTask, build_task
+from influence.io import write_json
+from influence.models import LoadedModel, load_model
+from influence.provenance import envelope
+from influence.training import is_training_output, load_trained
 
+RESULTS_ARTIFACT = "influence.eval-results"
 RESULTS_FORMAT = 1
 # each task kind's metrics beside the target loss; all but MMLU's accuracy need generation
 TASK_METRICS = {"choice": ("accuracy",), "bbh": ("exact_match",), "qa": ("exact_match", "f1"),
@@ -33,7 +37,7 @@ METRICS = ("accuracy", "exact_match", "f1")
 
 
 @dataclass
-class EvalConfig:
+class EvalSettings:
     """Evaluation settings."""
 
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass or generation batch."})
@@ -51,10 +55,7 @@ class EvalConfig:
     progress: bool = field(default=True, metadata={"help": "Show progress bars on stderr."})
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_length", "max_new_tokens", "cot_max_new_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "batch_size", "max_length", "max_new_tokens", "cot_max_new_tokens")
         if not 0 <= self.mmlu_shots <= 5:
             raise ConfigError(f"mmlu_shots must be 0 to 5 (MMLU has 5 dev examples per subject), got {self.mmlu_shots}")
 
@@ -62,16 +63,13 @@ class EvalConfig:
         return asdict(self)
 
     @classmethod
-    def for_tests(cls, **changes: Any) -> "EvalConfig":
+    def for_tests(cls, **changes: Any) -> "EvalSettings":
         return cls(**{"batch_size": 4, "max_length": 512, "max_new_tokens": 8, "cot_max_new_tokens": 16,
                       "progress": False, **changes})
 
 
-def resolve_model(model: Any) -> Any:
+def as_loaded_model(model: Any) -> Any:
     """A LoadedModel from a LoadedModel, a training output directory, or a model spec."""
-    from influence.models import LoadedModel, load_model
-    from influence.training import is_training_output, load_trained
-
     if isinstance(model, LoadedModel):
         return model
     if model is None or isinstance(model, (str, os.PathLike)):
@@ -83,7 +81,7 @@ def resolve_model(model: Any) -> Any:
 
 
 def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0, cot: bool = False,
-             config: EvalConfig | None = None, metrics: Sequence[str] | None = None) -> dict[str, Any]:
+             config: EvalSettings | None = None, metrics: Sequence[str] | None = None) -> dict[str, Any]:
     """Evaluate `model` on the held-out items of `target`.
 
     Args:
@@ -104,7 +102,7 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
     Raises:
         EvaluationError, UnknownNameError, DataError, ModelError: bad target, file or model.
     """
-    config = config or EvalConfig()
+    config = config or EvalSettings()
     unknown = sorted(set(metrics or ()) - set(METRICS))
     if unknown:
         raise ConfigError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
@@ -113,7 +111,7 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
     items = task.subset(limit, seed)
     if not items:
         raise EvaluationError(f"target {target} has no held-out items to evaluate")
-    loaded = resolve_model(model)
+    loaded = as_loaded_model(model)
     loaded.model.eval()
     common = {"max_length": config.max_length, "batch_size": config.batch_size, "progress": config.progress,
               "reuse_prefix": config.reuse_prefix}
@@ -124,7 +122,7 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
         predictions, per_item = [""] * len(items), {}
 
     results: dict[str, Any] = {
-        "format": RESULTS_FORMAT,
+        **envelope(RESULTS_ARTIFACT, RESULTS_FORMAT, config.to_dict()),
         "target": task.name,
         "kind": task.kind,
         "model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256},
@@ -140,7 +138,6 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
         "notes": list(task.notes),
         "truncated_prompts": scores.truncated,
         "answer_stop": task.stop if task.kind != "choice" else None,
-        "settings": config.to_dict(),
         "seconds": round(time.perf_counter() - started, 2),
     }
     results["primary_metric"] = _PRIMARY[task.kind] if per_item else "target_loss"
@@ -154,16 +151,13 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
             {"subtask": item.subtask, "reference": item.reference, "prediction": predictions[i],
              "target_loss": scores.nll[i] / max(scores.tokens[i], 1), **{k: v[i] for k, v in per_item.items()}}
             for i, item in enumerate(items)]
-    from influence.selection import package_versions
-
-    results["versions"] = {"python": sys.version.split()[0], **package_versions()}
     return results
 
 
 _PRIMARY = {"choice": "accuracy", "bbh": "exact_match", "qa": "f1", "generation": "exact_match"}
 
 
-def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any, config: EvalConfig, cot: bool,
+def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any, config: EvalSettings, cot: bool,
                  common: dict[str, Any]) -> tuple[list[str], dict[str, list[float]]]:
     """Each item's prediction and its per-item metric values."""
     if task.kind == "choice":
@@ -214,8 +208,6 @@ def _by_subtask(items: list[EvalItem]) -> dict[str, list[int]]:
 
 
 def _pick(scores: Any, indices: list[int]) -> Any:
-    from influence.evaluation.scoring import ReferenceScores
-
     return ReferenceScores(nll=[scores.nll[i] for i in indices], tokens=[scores.tokens[i] for i in indices],
                            option_loglik=None, truncated=0)
 
@@ -232,8 +224,6 @@ def _aggregate(items: list[EvalItem], scores: Any, per_item: dict[str, list[floa
 # ------------------------------------------------------------------ output
 def write_results(results: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write the results as JSON (atomically)."""
-    from influence.io import write_json
-
     return write_json(path, _finite(results))
 
 

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from influence.errors import EvaluationError
+from influence.data import load_heldout, load_target
+from influence.data.targets import MMLU_CHOICES, bbh_cot_prompts, mmlu_dev, mmlu_question, tydiqa_prompt
+from influence.errors import EvaluationError, UnknownNameError
 
 KINDS = ("choice", "bbh", "qa", "generation")
 # Where a greedy answer ends (regular expressions, case-insensitive; generation stops at the first
@@ -70,9 +72,6 @@ class EvalTask:
 # ------------------------------------------------------------------ named targets
 def mmlu_task(shots: int = 5) -> EvalTask:
     """MMLU test items, each after `shots` dev examples of its subject (the standard 5-shot prompt)."""
-    from influence.data import load_heldout
-    from influence.data.targets import MMLU_CHOICES, mmlu_dev, mmlu_question
-
     if not 0 <= shots <= 5:
         raise EvaluationError(f"MMLU has 5 dev examples per subject; choose 0 to 5 shots, not {shots}")
     dev = mmlu_dev()
@@ -88,9 +87,6 @@ def mmlu_task(shots: int = 5) -> EvalTask:
 
 def bbh_task(cot: bool = False) -> EvalTask:
     """BBH task items: the task description and question; with cot, after its 3 worked exemplars."""
-    from influence.data import load_heldout
-    from influence.data.targets import bbh_cot_prompts
-
     prompts = bbh_cot_prompts()
     items = []
     for item in load_heldout("bbh"):
@@ -104,9 +100,6 @@ def bbh_task(cot: bool = False) -> EvalTask:
 
 
 def tydiqa_task() -> EvalTask:
-    from influence.data import load_heldout
-    from influence.data.targets import tydiqa_prompt
-
     items = [EvalItem(subtask=item.subtask, prompt=tydiqa_prompt(item.context, item.question),
                       reference=item.answers[0] if item.answers else item.answer,
                       answers=item.answers or (item.answer,))
@@ -136,8 +129,6 @@ def build_task(target: str, *, cot: bool = False, mmlu_shots: int = 5) -> EvalTa
         return NAMED_TASKS[target]()
     path = Path(target)
     if not path.exists():
-        from influence.errors import UnknownNameError
-
         raise UnknownNameError("evaluation target (or file)", target, list(NAMED_TASKS))
     qa = _qa_items(path)
     if qa is not None:
@@ -145,7 +136,6 @@ def build_task(target: str, *, cot: bool = False, mmlu_shots: int = 5) -> EvalTa
             raise EvaluationError(f"{path}: no question with an answer found")
         return EvalTask(str(path), "qa", qa, [f"question answering from {path}: {len(qa)} items"],
                         stop=ANSWER_LINE)
-    from influence.data import load_target
 
     examples = load_target(str(path)).examples
     items = [EvalItem(subtask=e.subtask or "default", prompt=e.prompt, reference=e.output, answers=(e.output,))
@@ -156,8 +146,6 @@ def build_task(target: str, *, cot: bool = False, mmlu_shots: int = 5) -> EvalTa
 # ------------------------------------------------------------------ question-answering files
 def _qa_items(path: Path) -> list[EvalItem] | None:
     """QA items from a JSON/JSONL file shaped like SQuAD or question/answers records; None if not that shape."""
-    from influence.data.targets import tydiqa_prompt
-
     name = path.name.lower()
     if not name.endswith((".json", ".jsonl")):
         return None

@@ -29,6 +29,8 @@ from influence.errors import ConfigError, DataError
 from influence.features.grads import AdamMoments, LoraGradients
 from influence.features.projection import Projector, StreamingProjector, dim_slices
 
+DEFAULT_MAX_BATCH_TOKENS = 1024  # padded tokens per featurization batch: bounds activation memory
+
 
 @dataclass
 class FeaturizeStats:
@@ -50,6 +52,10 @@ class FeaturizeStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def __add__(self, other: "FeaturizeStats") -> "FeaturizeStats":
+        """Every count and timing summed: the totals of two featurizations, as a new one."""
+        return FeaturizeStats(**self.to_dict()).add(other)
 
 
 @dataclass(frozen=True)
@@ -142,8 +148,9 @@ def _check_sizes(batch_size: int, max_batch_tokens: int | None, max_length: int)
 
 def featurize(model: Any, tokenizer: Any, examples: Sequence[Example], projector: Projector | None, *,
               grad_type: str = "sgd", moments: AdamMoments | None = None, batch_size: int = 8,
-              max_batch_tokens: int | None = 1024, max_length: int = 2048, indices: Iterable[int] | None = None,
-              stats: FeaturizeStats | None = None, queries: torch.Tensor | None = None,
+              max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS, max_length: int = 2048,
+              indices: Iterable[int] | None = None, stats: FeaturizeStats | None = None,
+              queries: torch.Tensor | None = None,
               on_gradients: Callable[[list[int], torch.Tensor], None] | None = None) -> Iterator[FeatureBatch]:
     """Yield projected, normalised per-example LoRA gradient features (and/or exact query cosines), batch by batch.
 
@@ -281,7 +288,7 @@ class SubtaskQueries:
 
 def subtask_queries(model: Any, tokenizer: Any, examples: Sequence[Example], subtasks: Mapping[str, Sequence[int]],
                     *, grad_type: str = "sgd", moments: AdamMoments | None = None, batch_size: int = 8,
-                    max_batch_tokens: int | None = 1024, max_length: int = 2048,
+                    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS, max_length: int = 2048,
                     stats: FeaturizeStats | None = None) -> torch.Tensor:
     """The subtask queries (`SubtaskQueries`) of `examples`: float32 [S, dim] on the model's device.
 

@@ -32,9 +32,6 @@ import json
 import logging
 import os
 import shutil
-import socket
-import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -42,12 +39,14 @@ import numpy as np
 
 from influence.constants import DATASTORE_MANIFEST
 from influence.errors import DatastoreError, ManifestMismatchError
-from influence.io import pid_alive, process_start, sha256_bytes, sha256_file, sha256_json, write_bytes, write_json
+from influence.io import sha256_bytes, sha256_file, sha256_json, write_bytes, write_json
+from influence.locks import FileLock
+from influence.provenance import envelope, read_envelope, settings_difference
 
 log = logging.getLogger(__name__)
 
 # File names inside a store (candidates for influence.constants).
-STORE_KIND = "influence.feature-store"
+STORE_ARTIFACT = "influence.feature-store"
 STORE_FORMAT = 1
 LOCK_FILE = "lock"
 SHARD_DIR = "shards"
@@ -55,8 +54,6 @@ FEATURE_DTYPE = np.dtype("float16")
 STORE_DTYPES = ("float16", "float32")  # float16 for projected features, float32 for values needing its precision
 DEFAULT_SHARD_ROWS = 256
 _BUFFERED_SHARDS_WARNING = 64   # partly filled shards held in memory before write_rows warns
-
-_ABSENT = "<absent>"
 
 
 # --------------------------------------------------------------------------- identity
@@ -68,127 +65,6 @@ def _canonical(obj: Any, what: str) -> Any:
         return json.loads(json.dumps(obj, allow_nan=False, sort_keys=True))
     except (TypeError, ValueError) as err:
         raise DatastoreError(f"the {what} must be plain JSON (str, int, float, bool, None, list, dict): {err}") from None
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict) and obj:
-        out: dict[str, Any] = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix or "<identity>": obj}
-
-
-def identity_difference(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
-    """The first field (dotted path, sorted) whose value differs, with both values; None if equal."""
-    left, right = _flatten(dict(stored)), _flatten(dict(wanted))
-    for key in sorted(set(left) | set(right)):
-        a, b = left.get(key, _ABSENT), right.get(key, _ABSENT)
-        if a != b or type(a) is not type(b):
-            return key, a, b
-    return None
-
-
-# --------------------------------------------------------------------------- lock
-
-
-class StoreLock:
-    """An exclusive lock file made with O_CREAT|O_EXCL, holding the owner's pid and host.
-
-    A lock left by a dead process on this host is taken over (and logged). Processes that
-    pass the same non-empty ``group`` (for instance a torchrun job id) share the lock:
-    the first one creates it, the others join, and only the creator removes it.
-    """
-
-    def __init__(self, path: Path, group: str | None = None):
-        self.path = Path(path)
-        self.group = group
-        self.owner = False
-        self._nonce = uuid.uuid4().hex
-
-    def _describe(self, info: Mapping[str, Any]) -> str:
-        since = info.get("started")
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
-        group = f", group {info['group']!r}" if info.get("group") else ""
-        return f"pid {info.get('pid', '?')} on host {info.get('host', '?')}{group} since {when}"
-
-    def _read(self) -> dict[str, Any] | None:
-        try:
-            info = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, RecursionError):
-            return {}
-        return info if isinstance(info, dict) else {}
-
-    def acquire(self) -> "StoreLock":
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "group": self.group,
-                "started": time.time(), "process_start": process_start(os.getpid()), "nonce": self._nonce}
-        for _attempt in range(20):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                held = self._read()
-                if held is None:
-                    continue  # released between our attempts; try again
-                if self.group and held.get("group") == self.group:
-                    log.info("joined the lock on %s held by %s", self.path.parent, self._describe(held))
-                    return self
-                if self._is_stale(held):
-                    self._take_over(held)
-                    continue
-                raise DatastoreError(
-                    f"datastore {self.path.parent} is being written by {self._describe(held)}; wait for that run "
-                    f"to finish, or if it is dead, delete {self.path}")
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(info, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            self.owner = True
-            return self
-        raise DatastoreError(f"could not take the lock {self.path} after 20 attempts; another process keeps "
-                             f"taking it; delete it if no run is writing {self.path.parent}")
-
-    def _is_stale(self, held: Mapping[str, Any]) -> bool:
-        if not held:  # empty or unreadable: a writer died between creating and filling it, or is filling it now
-            try:
-                return time.time() - self.path.stat().st_mtime > 10.0
-            except FileNotFoundError:
-                return False
-        pid = held.get("pid")
-        if held.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool):
-            return False  # cannot see processes on other hosts
-        return not pid_alive(pid, held.get("process_start"))
-
-    def _take_over(self, held: Mapping[str, Any]) -> None:
-        # Move the stale file aside under a unique name, then check it is the one we judged
-        # stale: another process may have taken it over and locked anew in the meantime.
-        aside = self.path.with_name(f"{self.path.name}.stale.{self._nonce}")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return
-        try:
-            moved = json.loads(aside.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError):
-            moved = {}
-        if (moved or {}) != dict(held) and moved:
-            try:  # not the stale lock: put it back (link fails if a new lock appeared meanwhile)
-                os.link(aside, self.path)
-            except FileExistsError:
-                pass
-        else:
-            log.warning("took over the lock on %s left by a dead process (%s)", self.path.parent,
-                        self._describe(held) if held else "unreadable lock file")
-        aside.unlink(missing_ok=True)
-
-    def release(self) -> None:
-        if not self.owner:
-            return
-        held = self._read()
-        if held and held.get("nonce") == self._nonce:
-            self.path.unlink(missing_ok=True)
-        self.owner = False
 
 
 # --------------------------------------------------------------------------- rows view
@@ -267,7 +143,7 @@ class FeatureStore:
     with `FeatureStore.open`. Use either as a context manager so the lock is released.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], *, lock: StoreLock | None = None):
+    def __init__(self, path: Path, manifest: dict[str, Any], *, lock: FileLock | None = None):
         self.path = Path(path)
         self._manifest = manifest
         self.identity: dict[str, Any] = manifest["identity"]
@@ -314,7 +190,7 @@ class FeatureStore:
         path = Path(path)
         wanted = cls._new_manifest(identity, example_ids, dim, shard_rows, dtype)
         path.mkdir(parents=True, exist_ok=True)
-        lock = StoreLock(path / LOCK_FILE, group).acquire()
+        lock = FileLock(path / LOCK_FILE, group, what="datastore", error=DatastoreError).acquire()
         try:
             manifest_file = path / DATASTORE_MANIFEST
             if manifest_file.exists():
@@ -396,8 +272,7 @@ class FeatureStore:
         if dtype not in STORE_DTYPES:
             raise DatastoreError(f"dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
         return {
-            "kind": STORE_KIND,
-            "format": STORE_FORMAT,
+            **envelope(STORE_ARTIFACT, STORE_FORMAT, dated=False),
             "identity_sha256": sha256_json(identity),
             "identity": identity,
             "dim": dim,
@@ -415,7 +290,7 @@ class FeatureStore:
 
     def check_identity(self, identity: Mapping[str, Any]) -> None:
         """Raise ManifestMismatchError naming the first field that differs from `identity`."""
-        diff = identity_difference(self.identity, _canonical(dict(identity), "datastore identity"))
+        diff = settings_difference(self.identity, _canonical(dict(identity), "datastore identity"))
         if diff is not None:
             raise ManifestMismatchError(_identity_message(self.path, *diff))
 
@@ -759,7 +634,7 @@ def _ids_difference(path: Path, stored: list[str], wanted: list[str]) -> str | N
 
 
 def _difference(path: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> str | None:
-    diff = identity_difference(stored["identity"], wanted["identity"])
+    diff = settings_difference(stored["identity"], wanted["identity"])
     if diff is not None:
         return _identity_message(path, *diff)
     for key in ("dim", "shard_rows", "dtype"):
@@ -779,14 +654,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     file = path / DATASTORE_MANIFEST
     fix = f"delete {path} and featurize again"
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise DatastoreError(f"{file} is unreadable ({type(err).__name__}: {str(err)[:200]}); {fix}") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != STORE_KIND:
-        raise DatastoreError(f"{file} is not a feature datastore manifest; {fix}")
-    if manifest.get("format") != STORE_FORMAT:
-        raise DatastoreError(f"{file} has format {manifest.get('format')!r}; this version reads format "
-                             f"{STORE_FORMAT}; {fix}")
+        manifest = read_envelope(file, STORE_ARTIFACT, STORE_FORMAT, error=DatastoreError, fix=fix)
+    except FileNotFoundError:
+        raise DatastoreError(f"{file} is unreadable (FileNotFoundError); {fix}") from None
     for key, kind in _MANIFEST_TYPES.items():
         value = manifest.get(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

@@ -18,7 +18,7 @@ import torch
 from influence.data.example import Example
 from influence.data.formatting import IGNORE_INDEX, Encoded, collate, encode_example, encode_prompt
 from influence.features.compute import FeaturizeStats, length_batches
-from influence.loss import example_nll
+from influence.training.loss import example_nll
 from influence.features.represent import forward_plan
 
 

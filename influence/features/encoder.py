@@ -16,6 +16,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from influence.data.example import Example
 from influence.errors import ConfigError, ModelError
+from influence.hub import hub_reachable
+from influence.models import weights_digest
 from influence.features.compute import FeatureBatch, FeaturizeStats, length_batches
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ def default_encoder_path() -> Path:
 
 
 def _hub_cached(repo_id: str) -> bool:
+    # heavy: imported on use, not at start-up
     from huggingface_hub import try_to_load_from_cache
 
     for name in ("modules.json", "config.json"):
@@ -54,9 +57,6 @@ def resolve_encoder(spec: str | None) -> tuple[str, str, bool]:
     Raises:
         ModelError: a path that is not a directory, or a hub id offline and not cached.
     """
-    from influence.data.pools import hub_reachable
-    from influence.models import weights_digest
-
     spec = spec or DEFAULT_ENCODER
     if spec == DEFAULT_ENCODER:
         path = default_encoder_path()
@@ -100,6 +100,7 @@ def load_encoder(spec: str | None = None, *, device: str | None = None) -> Encod
     Raises:
         ModelError: it cannot be found or loaded.
     """
+    # heavy: imported on use, not at start-up
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -128,6 +129,7 @@ def embeddings(encoder: Encoder, examples: Sequence[Example], *, batch_size: int
     Raises:
         ConfigError: batch_size below 1.
     """
+    # heavy: imported on use, not at start-up
     import torch
 
     if batch_size < 1:

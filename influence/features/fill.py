@@ -32,6 +32,7 @@ def fill_store(path: Path, compute: Callable[[range], Iterable[FeatureBatch]], *
         ManifestMismatchError: a store made under another identity or pool is at `path`.
         DatastoreError: another process is writing it.
     """
+    # heavy: imported on use, not at start-up
     from tqdm.auto import tqdm
 
     store = FeatureStore.create(path, identity=identity, example_ids=example_ids, dim=dim, shard_rows=shard_rows,

@@ -147,6 +147,7 @@ class _LoraLayer:
 def _resolve_layers(model: Any) -> tuple[list[ParameterSlot], list[_LoraLayer]]:
     """Map every trainable parameter to a (lora_A | lora_B) module of a supported LoRA layer, by name."""
     try:
+        # heavy: imported on use, not at start-up
         from peft.tuners.lora import Linear as LoraLinear
     except ImportError as exc:  # peft is a declared dependency; say so if it is broken
         raise ConfigError(f"peft is needed for LoRA gradients: {exc}") from None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -182,6 +183,7 @@ class TrakBasicProjector:
 
     def __init__(self, in_dim: int, dims: int | Sequence[int] = 8192, seed: int = 0, *,
                  device: str | torch.device = "cpu", block_size: int = 128):
+        # optional and heavy: imported on use
         from trak.projectors import BasicProjector, ProjectionType
 
         self.in_dim, self.dims, self.seed = int(in_dim), _dims(dims), int(seed)
@@ -213,6 +215,7 @@ class TrakCudaProjector:
 
     def __init__(self, in_dim: int, dims: int | Sequence[int] = 8192, seed: int = 0, *,
                  device: str | torch.device = "cuda", max_batch_size: int = 16):
+        # optional and heavy: imported on use
         from trak.projectors import CudaProjector, ProjectionType
 
         self.in_dim, self.dims, self.seed = int(in_dim), _dims(dims), int(seed)
@@ -236,8 +239,6 @@ class TrakCudaProjector:
 
 
 def _trak_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("traker")
     except PackageNotFoundError:

@@ -18,7 +18,7 @@ from influence.data.example import Example
 from influence.data.formatting import IGNORE_INDEX, collate, encode_example
 from influence.errors import ConfigError
 from influence.features.compute import FeatureBatch, FeaturizeStats, length_batches, normalize_blocks
-from influence.loss import accepts_logits_to_keep
+from influence.training.loss import accepts_logits_to_keep
 
 
 

@@ -5,8 +5,9 @@ the math lives in `influence.features`, `influence.index` and `influence.scoring
 """
 
 from influence.less.pipeline import (FeatureSet, LessRun, build_features, dry_run, featurize_examples, less_run,
-                                     run_warmup, score_features)
+                                     print_estimate, run_warmup, score_features)
 from influence.less.settings import LessSettings
 
 __all__ = ["LessSettings", "LessRun", "FeatureSet", "less_run", "build_features", "score_features", "run_warmup",
-           "featurize_examples", "dry_run"]
+           "featurize_examples", "dry_run",
+           "print_estimate"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,16 +21,23 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from influence import distributed
+from influence.constants import ADAPTER_WEIGHTS_FILE, safe_name
 from influence.data.example import Example
-from influence.data.pools import Pool, example_ids
-from influence.data.targets import Target
+from influence.data.pools import Pool, example_ids, load_pool
+from influence.data.targets import Target, load_target
+from influence.errors import DataError, DatastoreError, ModelError
 from influence.features import (AdamMoments, FeaturizeStats, LoraGradients, SubtaskQueries, dim_slices, featurize,
                                 make_projector, query_memory_bytes, subtask_queries)
 from influence.features.datastore import FeatureStore
+from influence.hub import hub_reachable
 from influence.io import sha256_file, sha256_json
+from influence.less.estimate import ModelShape, available_memory, estimate_less, subtask_groups
 from influence.less.settings import LessSettings
 from influence.lora import add_lora, lora_signature
+from influence.models import load_model, resolve_model
+from influence.provenance import package_versions
 from influence.scoring import checkpoint_weights, less_scores, less_top_k, unprojected_scores
+from influence.training import TrainSettings, load_adapter_weights, load_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +64,7 @@ class LessRun:
 
 def run_name(pool: Pool, settings: LessSettings) -> str:
     """A readable, content-keyed name: the pool's sources plus a hash of pool and warmup settings."""
-    tag = "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(s.spec).stem if Path(s.spec).suffix else s.spec)
-                   for s in pool.sources)[:60] or "pool"
+    tag = "+".join(safe_name(s.spec) for s in pool.sources)[:60] or "pool"
     digest = sha256_json({"pool": pool.fingerprint, "warmup": settings.warmup_identity()})[:10]
     return f"{tag}-{digest}"
 
@@ -77,9 +82,7 @@ def warmup_examples(pool: Pool, settings: LessSettings) -> list[Example]:
 
 def run_warmup(pool: Pool, settings: LessSettings, *, loaded: Any = None) -> Any:
     """Train (or reuse, or resume) the warmup LoRA; returns the trainer's `TrainResult`."""
-    from influence.training import TrainConfig, train
-
-    config = TrainConfig.less_warmup(model=settings.model, lora=settings.lora, epochs=settings.warmup_epochs,
+    config = TrainSettings.less_warmup(model=settings.model, lora=settings.lora, epochs=settings.warmup_epochs,
                                      learning_rate=settings.warmup_lr, batch_size=settings.warmup_batch_size,
                                      micro_batch_size=settings.warmup_micro_batch_size,
                                      loss_reduction=settings.warmup_loss_reduction,
@@ -127,6 +130,7 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
     the same stores, and the result is identical to a single process's. Rank 0 creates and
     finalizes the stores.
     """
+    # heavy: imported on use, not at start-up
     from tqdm.auto import tqdm
 
     job = distributed.current()
@@ -194,31 +198,11 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
     return made, FeatureStore.open(cosines.path, example_ids=ids) if cosines is not None else None, stats
 
 
-def subtask_groups(names: Sequence[str], lora_params: int, budget_bytes: int) -> list[list[str]]:
-    """Subtasks split into as few groups as fit `budget_bytes` of queries each: one pool pass per group.
-
-    Raises:
-        ConfigError: a single subtask's query does not fit.
-    """
-    from influence.errors import ConfigError
-
-    per_pass = budget_bytes // query_memory_bytes(1, lora_params)
-    if per_pass < 1:
-        raise ConfigError(f"the unprojected LESS score holds one {lora_params:,}-parameter float32 vector per target "
-                          f"subtask ({query_memory_bytes(1, lora_params) / 1e9:.2f} GB), more than the "
-                          f"{budget_bytes / 1e9:.2f} GB it may use; use --scoring faiss (projected features) or a "
-                          "smaller LoRA rank")
-    names = list(names)
-    passes = -(-len(names) // per_pass)
-    size = -(-len(names) // passes)  # balanced groups
-    return [names[i:i + size] for i in range(0, len(names), size)]
-
-
 def query_budget(device: Any) -> int:
     """Half the memory free now where the queries live: the GPU's on CUDA, else the machine's."""
+    # heavy: imported on use, not at start-up
     import torch
 
-    from influence.estimate import available_memory
 
     if torch.device(device).type == "cuda":
         return int(torch.cuda.mem_get_info(torch.device(device))[0]) // 2
@@ -296,11 +280,6 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         ManifestMismatchError: a datastore of that name was made under other settings or pool.
         ConfigError: with scoring=unprojected, a single subtask's query does not fit in memory.
     """
-    from influence.errors import DataError, DatastoreError
-    from influence.models import load_model
-    from influence.selection import package_versions
-    from influence.training import load_adapter_weights, load_checkpoint
-
     if target is not None and not len(target):
         raise DataError(f"target {target.name} has no examples")
     workdir = workdir_for(pool, settings)
@@ -343,7 +322,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
     for ckpt in checkpoints:
         load_adapter_weights(model, ckpt.adapter_dir)
         checkpoint_id = {"epoch": ckpt.epoch, "step": ckpt.step,
-                         "adapter_sha256": sha256_file(ckpt.adapter_dir / "adapter_model.safetensors")}
+                         "adapter_sha256": sha256_file(ckpt.adapter_dir / ADAPTER_WEIGHTS_FILE)}
         moments = AdamMoments.from_checkpoint(ckpt, form=settings.adam_form)
         folder = workdir / "features" / f"epoch-{ckpt.epoch}"
         jobs = [_cosine_job(folder, group, common, checkpoint_id, pool, target, target_fp, model, loaded.tokenizer,
@@ -376,9 +355,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
                 if with_features:
                     stores[role].append(made[settings.score_dim].path)
                     extra[role].extend(str(made[dim].path) for dim in settings.all_dims[1:])
-                for key in ("examples", "done", "truncated", "empty", "tokens", "gradient_seconds",
-                            "projection_seconds"):
-                    setattr(totals[role], key, getattr(totals[role], key) + getattr(stats, key))
+                totals[role].add(stats)  # in place: the cosine jobs add the target's query passes to it too
         summary.append({"epoch": ckpt.epoch, "step": ckpt.step, "avg_lr": ckpt.avg_lr})
     for entry, weight in zip(summary, checkpoint_weights(_score_rates(summary))):
         entry["weight"] = float(weight)
@@ -396,8 +373,6 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
 
 
 def _require_complete(paths: Sequence[Path]) -> None:
-    from influence.errors import DatastoreError
-
     for path in paths:
         if not (FeatureStore.exists(path) and FeatureStore.open(path).is_complete):
             raise DatastoreError(f"{path} is missing or incomplete; run `influence featurize` with the same pool, "
@@ -451,7 +426,6 @@ def score_features(features: FeatureSet, pool: Pool, target: Target, settings: L
     scoring falls back to exact chunked scoring over the memory-mapped features, which needs
     a block at a time.
     """
-    from influence.estimate import available_memory
 
     lrs = _score_rates(features.checkpoints, warn=False)
     subtasks = target.subtasks()
@@ -495,12 +469,25 @@ def less_run(pool: Pool, target: Target, settings: LessSettings, *, k: int | Non
                    cosine_stores=features.cosine_stores, stats={**features.stats, "scoring": scoring})
 
 
+def print_estimate(pool_specs: Sequence[str], target: str | None, settings: LessSettings, *,
+                   echo: Callable[[str], None] = print) -> Any:
+    """The dry run of featurize and select: load the pool's ids, estimate, report; nothing is written.
+
+    Returns the estimate after `echo` has received the pool's description and its lines.
+    """
+    pool = load_pool(list(pool_specs), stream=True)  # ids in memory; examples read a chunk at a time
+    for line in pool.describe():
+        echo(line)
+    estimate = dry_run(pool, load_target(target) if target else None, settings)
+    for line in estimate.lines():
+        echo(line)
+    return estimate
+
+
 def model_config_and_tokenizer(model: str | None) -> tuple[Any, Any]:
     """A model's transformers config and tokenizer, never its weights: what estimates need."""
+    # heavy: imported on use, not at start-up
     from transformers import AutoConfig, AutoTokenizer
-
-    from influence.data.pools import hub_reachable
-    from influence.models import resolve_model
 
     location, _ = resolve_model(model)
     local_only = Path(location).is_dir() or not hub_reachable()
@@ -508,16 +495,12 @@ def model_config_and_tokenizer(model: str | None) -> tuple[Any, Any]:
         return (AutoConfig.from_pretrained(location, local_files_only=local_only),
                 AutoTokenizer.from_pretrained(location, local_files_only=local_only))
     except OSError as exc:
-        from influence.errors import ModelError
-
         raise ModelError(f"cannot read model {model!r} for an estimate: {str(exc).splitlines()[0]}") from None
 
 
 def dry_run(pool: Pool, target: Target | None, settings: LessSettings) -> Any:
     """Estimate a LESS run's time, disk and memory from sizes alone: loads the model's config and
     tokenizer, never its weights, and writes nothing."""
-    from influence.estimate import ModelShape, estimate_less
-
     config, tokenizer = model_config_and_tokenizer(settings.model)
     return estimate_less(pool.examples, target.examples if target is not None else [], settings,
                          shape=ModelShape.from_config(config, settings.lora), tokenizer=tokenizer)

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from influence.constants import DEFAULT_INDEX_ROOT
-from influence.errors import ConfigError
+from influence.errors import ConfigError, require_positive_ints
 from influence.features.grads import ADAM_FORMS, DEFAULT_ADAM_FORM, GRAD_TYPES
+from influence.index import INDEX_KINDS
 from influence.lora import LoraSettings
-from influence.training.config import LOSS_REDUCTIONS
+from influence.training.settings import LOSS_REDUCTIONS
 
 SCORING_METHODS = ("unprojected", "faiss", "exact")
-INDEX_KINDS = ("flat", "ivf-flat", "ivf-pq")  # influence.index's kinds, named here without importing faiss
 
 
 @dataclass
@@ -78,11 +78,8 @@ class LessSettings:
         self.dims = dims[0] if len(dims) == 1 else dims
         if not 0.0 < self.warmup_fraction <= 1.0:
             raise ConfigError(f"warmup_fraction must be in (0, 1], got {self.warmup_fraction} (LESS uses 0.05)")
-        for name in ("warmup_epochs", "warmup_batch_size", "warmup_micro_batch_size", "batch_size",
-                     "max_length", "shard_rows"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "warmup_epochs", "warmup_batch_size", "warmup_micro_batch_size", "batch_size",
+                              "max_length", "shard_rows")
         if not self.warmup_lr > 0:
             raise ConfigError(f"warmup_lr must be positive, got {self.warmup_lr}")
         for name in ("pool_grad", "target_grad"):

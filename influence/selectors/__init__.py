@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from influence.errors import UnknownNameError
+from influence.ranking import check_k, top_k
 from influence.selectors.base import Scores, SelectionContext, Selector
 from influence.selectors.baselines import LongestSelector, RandomSelector
-from influence.selectors.topk import top_k
+from influence.selectors.dsir import DsirSelector  # its heavy part (nltk) loads on first use
 
 
 def _less(**options: Any) -> Selector:
     """LESS (arXiv 2402.04333), imported on use: it brings torch and the model stack."""
+    # loads torch: imported on use, not at start-up
     from influence.selectors.less import LessSelector
 
     return LessSelector(**options)
@@ -19,20 +21,15 @@ def _less(**options: Any) -> Selector:
 
 def _bm25(**options: Any) -> Selector:
     """BM25 relevance to the target, imported on use: bm25s and PyStemmer are not needed by the others."""
+    # optional and heavy: imported on use
     from influence.selectors.bm25 import Bm25Selector
 
     return Bm25Selector(**options)
 
 
-def _dsir(**options: Any) -> Selector:
-    """DSIR importance weights (arXiv 2302.03169), imported on use like the others."""
-    from influence.selectors.dsir import DsirSelector
-
-    return DsirSelector(**options)
-
-
 def _rds(**options: Any) -> Selector:
     """RDS, LESS's representation baseline: cosine of final hidden states; imported on use (the model stack)."""
+    # loads the model stack: imported on use, not at start-up
     from influence.selectors.representation import RdsSelector
 
     return RdsSelector(**options)
@@ -40,6 +37,7 @@ def _rds(**options: Any) -> Selector:
 
 def _embed(**options: Any) -> Selector:
     """Cosine of sentence embeddings; imported on use (sentence-transformers)."""
+    # loads the model stack: imported on use, not at start-up
     from influence.selectors.representation import EmbedSelector
 
     return EmbedSelector(**options)
@@ -47,6 +45,7 @@ def _embed(**options: Any) -> Selector:
 
 def _ifd(**options: Any) -> Selector:
     """Instruction-following difficulty (Cherry LLM, NAACL 2024); imported on use (the model stack)."""
+    # loads the model stack: imported on use, not at start-up
     from influence.selectors.ifd import IfdSelector
 
     return IfdSelector(**options)
@@ -58,7 +57,7 @@ SELECTORS: dict[str, Callable[..., Selector]] = {
     "random": RandomSelector,
     "less": _less,
     "bm25": _bm25,
-    "dsir": _dsir,
+    "dsir": DsirSelector,
     "rds": _rds,
     "embed": _embed,
     "ifd": _ifd,
@@ -77,4 +76,4 @@ def make_selector(name: str, **options: Any) -> Selector:
 
 
 __all__ = ["SELECTORS", "Scores", "SelectionContext", "Selector", "LongestSelector", "RandomSelector", "make_selector",
-           "register_selector", "top_k"]
+           "register_selector", "top_k", "check_k"]

@@ -16,18 +16,22 @@ moments precondition pool gradients, and `avg_lr` weights each checkpoint's scor
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from influence.constants import ADAPTER_WEIGHTS_FILE
 from influence.errors import ManifestMismatchError, TrainingError
 from influence.io import atomic_directory, write_bytes, write_json
+from influence.lora import lora_parameters
+from influence.provenance import envelope, read_envelope
 
 CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_ARTIFACT = "influence.checkpoint"
 CHECKPOINT_FORMAT = 1
 ADAPTER_DIR = "adapter"
 WEIGHTS_FILE = "weights.safetensors"
@@ -102,17 +106,7 @@ def load_checkpoint(path: str | os.PathLike, *, moments: bool = True) -> Checkpo
         TrainingError: the directory is not a complete checkpoint, or a file is unreadable.
     """
     path = Path(path)
-    state_file = path / STATE_FILE
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainingError(f"{path} is not a training checkpoint (no {STATE_FILE}); "
-                            "pass a checkpoints/epoch-N directory") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrainingError(f"{state_file}: unreadable ({exc}); delete the checkpoint and rerun training") from None
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"{state_file}: checkpoint format {state.get('format')!r}, expected "
-                            f"{CHECKPOINT_FORMAT}; retrain with this version")
+    state = read_state(path)
     checkpoint = Checkpoint(path=path, epoch=state["epoch"], step=state["step"], avg_lr=state["avg_lr"],
                             betas=tuple(state["betas"]), eps=state["eps"], weight_decay=state["weight_decay"],
                             method=state["method"], lora_signature=state.get("lora_signature"),
@@ -125,7 +119,22 @@ def load_checkpoint(path: str | os.PathLike, *, moments: bool = True) -> Checkpo
     return checkpoint
 
 
+def read_state(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's state.json, checked to be one.
+
+    Raises:
+        TrainingError: no state.json, or it is unreadable or of another kind or format.
+    """
+    try:
+        return read_envelope(Path(path) / STATE_FILE, CHECKPOINT_ARTIFACT, CHECKPOINT_FORMAT, error=TrainingError,
+                             fix="delete the checkpoint and rerun training")
+    except FileNotFoundError:
+        raise TrainingError(f"{path} is not a training checkpoint (no {STATE_FILE}); "
+                            "pass a checkpoints/epoch-N directory") from None
+
+
 def _read_tensors(path: Path) -> dict[str, Any]:
+    # heavy: imported on use, not at start-up
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -138,6 +147,7 @@ def _read_tensors(path: Path) -> dict[str, Any]:
 
 
 def _tensor_bytes(tensors: dict[str, Any], kind: str) -> bytes:
+    # heavy: imported on use, not at start-up
     from safetensors.torch import save
 
     return save({name: t.detach().to("cpu").contiguous() for name, t in tensors.items()},
@@ -170,14 +180,12 @@ def save_checkpoint(directory: Path, *, model: Any, params: list[tuple[str, Any]
             write_bytes(staging / WEIGHTS_FILE, _tensor_bytes(dict(params), "weights"))
         write_bytes(staging / EXP_AVG_FILE, _tensor_bytes(moments["exp_avg"], "exp-avg"))
         write_bytes(staging / EXP_AVG_SQ_FILE, _tensor_bytes(moments["exp_avg_sq"], "exp-avg-sq"))
-        write_json(staging / STATE_FILE, {"format": CHECKPOINT_FORMAT, **state})
+        write_json(staging / STATE_FILE, {**envelope(CHECKPOINT_ARTIFACT, CHECKPOINT_FORMAT), **state})
     return directory
 
 
 def save_adapter(model: Any, directory: Path) -> None:
     """peft's save_pretrained (safetensors), without a transformers deprecation notice it triggers."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model.save_pretrained(str(directory), safe_serialization=True)
@@ -189,6 +197,7 @@ def restore_checkpoint(checkpoint: Checkpoint, *, model: Any, params: list[tuple
     Raises:
         ManifestMismatchError: the checkpoint's parameters differ from the model's.
     """
+    # heavy: imported on use, not at start-up
     import torch
 
     names = [name for name, _ in params]
@@ -230,12 +239,11 @@ def load_adapter_weights(model: Any, adapter_dir: str | os.PathLike) -> None:
             LoRA weights, or a shape differs (another rank, target modules or model).
         TrainingError: the adapter file is missing or unreadable.
     """
+    # heavy: imported on use, not at start-up
     from peft import set_peft_model_state_dict
 
-    from influence.lora import lora_parameters
-
     adapter_dir = Path(adapter_dir)
-    weights = _read_tensors(adapter_dir / "adapter_model.safetensors")
+    weights = _read_tensors(adapter_dir / ADAPTER_WEIGHTS_FILE)
     try:
         result = set_peft_model_state_dict(model, weights)
     except RuntimeError as exc:  # torch's load_state_dict reports shape mismatches this way

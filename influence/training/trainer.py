@@ -1,8 +1,8 @@
 """Supervised fine-tuning, as a recipe: set up, train epoch by epoch, save, clean up.
 
-    from influence.training import TrainConfig, train
-    result = train("selection.jsonl", TrainConfig(epochs=2), "runs/my-run")
-    result.output_dir      # runs/my-run/adapter (peft) or runs/my-run/model (full)
+    from influence.training import TrainSettings, train
+    result = train("selection.jsonl", TrainSettings(epochs=2), "runs/my-run")
+    result.weights_dir     # runs/my-run/adapter (peft) or runs/my-run/model (full)
 
 The same prompt formatting and response-only loss as the rest of the toolkit
 (`influence.data.formatting`). Every epoch ends in a checkpoint that keeps AdamW's moments
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import os
@@ -32,26 +33,24 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from influence import distributed
 from influence.data.example import Example
+from influence.data.formatting import collate, encode_example
+from influence.data.pools import load_pool
+from influence.constants import ADAPTER_WEIGHTS_FILE
 from influence.errors import ManifestMismatchError, TrainingError
-from influence.io import check_output_dir, pid_alive, process_start, sha256_file, sha256_json, write_json
+from influence.io import check_output_dir, sha256_file, sha256_json, write_json
+from influence.locks import FileLock
+from influence.lora import add_lora, lora_parameters, lora_signature
+from influence.models import LoadedModel, load_model, strip_gguf_flag
+from influence.provenance import envelope, read_envelope, settings_difference, settings_differences
 from influence.training.batching import epoch_seed, micro_batch_seed, plan_epoch, steps_per_epoch
-from influence.training.checkpoint import (
-    ADAPTER_DIR,
-    CHECKPOINT_DIR,
-    checkpoint_dir,
-    list_checkpoints,
-    load_checkpoint,
-    remove_stale_staging,
-    restore_checkpoint,
-    save_adapter,
-    save_checkpoint,
-    staged_directory,
-)
-from influence.training.config import TrainConfig
+from influence.training.checkpoint import (ADAPTER_DIR, CHECKPOINT_DIR, checkpoint_dir, list_checkpoints,
+                                           load_checkpoint, read_state, remove_stale_staging, restore_checkpoint,
+                                           save_adapter, save_checkpoint, staged_directory)
+from influence.training.settings import TrainSettings
 from influence.training.loss import example_nll
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ MANIFEST_FILE = "manifest.json"
 RUN_FILE = "run.json"          # the identity of the run in progress; a resume must match it
 LOCK_FILE = ".lock"
 MODEL_DIR = "model"
-MANIFEST_KIND = "influence.train"
+MANIFEST_ARTIFACT = "influence.train"
 MANIFEST_FORMAT = 1
 
 
@@ -82,7 +81,7 @@ class TrainResult:
     """What a training run produced."""
 
     out_dir: Path
-    output_dir: Path                 # adapter/ (LoRA) or model/ (full fine-tuning)
+    weights_dir: Path                # adapter/ (LoRA) or model/ (full fine-tuning), inside out_dir
     manifest_path: Path
     manifest: dict[str, Any]
     checkpoints: list[Path] = field(default_factory=list)
@@ -90,18 +89,23 @@ class TrainResult:
     reused: bool = False             # the directory already held this finished run; nothing was trained
 
     @property
+    def output_dir(self) -> Path:
+        """Another name for `weights_dir`."""
+        return self.weights_dir
+
+    @property
     def epoch_losses(self) -> list[float]:
         return [epoch["mean_loss"] for epoch in self.manifest["epochs"]]
 
 
-def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig | None = None,
+def train(examples: Sequence[Example] | str | os.PathLike, config: TrainSettings | None = None,
           out_dir: str | os.PathLike = "runs/train", *, loaded: Any = None,
           overwrite: bool = False) -> TrainResult:
     """Fine-tune a model on `examples` and save the adapter (or model) with a manifest.
 
     Args:
         examples: Examples, or a data file / pool spec (e.g. a selection JSONL) read with load_pool.
-        config: training settings; None is `TrainConfig()` (the LESS recipe, see config.py).
+        config: training settings; None is `TrainSettings()` (the LESS recipe, see config.py).
         out_dir: where checkpoints, the adapter or model, and manifest.json go. Rerunning on
             the same directory resumes; a finished run is returned without training again.
         loaded: a `LoadedModel` to start from instead of loading `config.model`; it is
@@ -117,17 +121,16 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig |
         OutputError: out_dir is a file or cannot be created or written.
         ConfigError, DataError, ModelError: from the settings, data or model loading.
     """
+    # heavy: imported on use, not at start-up
     import torch
     from transformers import get_linear_schedule_with_warmup
 
     # ---- set up
-    config = config or TrainConfig()
+    config = config or TrainSettings()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)  # before the data and model are read
     data = _training_data(examples)
     if loaded is None:
-        from influence.models import load_model
-
         loaded = load_model(config.model)
     identity = _run_identity(config, data, loaded)
     job = distributed.current()
@@ -195,8 +198,8 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig |
 
         # ---- save (rank 0), clean up
         model.eval()
-        output_dir = out_dir / (ADAPTER_DIR if config.method == "lora" else MODEL_DIR)
-        manifest = _manifest(identity, config, data, loaded, encoding_stats, lora_signature, history, output_dir)
+        weights_dir = out_dir / (ADAPTER_DIR if config.method == "lora" else MODEL_DIR)
+        manifest = _manifest(identity, config, data, loaded, encoding_stats, lora_signature, history, weights_dir)
         manifest_path = out_dir / MANIFEST_FILE
         if job.is_main:
             _save_output(out_dir, model, loaded, config)
@@ -205,15 +208,13 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainConfig |
                 shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         del optimizer, scheduler, model
         distributed.barrier()
-    return TrainResult(out_dir=out_dir, output_dir=output_dir, manifest_path=manifest_path, manifest=manifest,
+    return TrainResult(out_dir=out_dir, weights_dir=weights_dir, manifest_path=manifest_path, manifest=manifest,
                        checkpoints=list_checkpoints(out_dir), resumed_from_epoch=resumed_from)
 
 
 # ------------------------------------------------------------------ set-up helpers
 def _training_data(examples: Sequence[Example] | str | os.PathLike) -> TrainingData:
     if isinstance(examples, (str, os.PathLike)):
-        from influence.data.pools import load_pool
-
         spec = str(examples)
         pool = load_pool(spec)
         digest = sha256_file(spec) if Path(spec).is_file() else None
@@ -239,7 +240,7 @@ def _prepare(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> TrainR
     return finished
 
 
-def _run_identity(config: TrainConfig, data: TrainingData, loaded: Any) -> dict[str, Any]:
+def _run_identity(config: TrainSettings, data: TrainingData, loaded: Any) -> dict[str, Any]:
     settings = config.identity()
     settings.pop("model")
     return {"settings": settings, "data_sha256": data.fingerprint, "examples": len(data.examples),
@@ -248,8 +249,6 @@ def _run_identity(config: TrainConfig, data: TrainingData, loaded: Any) -> dict[
 
 def _encode(examples: list[Example], tokenizer: Any, max_length: int) -> tuple[list[Any], dict[str, int]]:
     """Encode every example; drop those whose response was cut away entirely, and count both."""
-    from influence.data.formatting import encode_example
-
     encoded, truncated, empty = [], 0, 0
     for example in examples:
         item = encode_example(example, tokenizer, max_length)
@@ -272,11 +271,10 @@ def _encode(examples: list[Example], tokenizer: Any, max_length: int) -> tuple[l
                      "response_tokens": sum(e.response_tokens for e in encoded)}
 
 
-def _trainable_model(loaded: Any, config: TrainConfig) -> tuple[Any, list[tuple[str, Any]]]:
+def _trainable_model(loaded: Any, config: TrainSettings) -> tuple[Any, list[tuple[str, Any]]]:
     """A private copy of the model, wrapped with fresh seeded LoRA (or fully trainable)."""
+    # heavy: imported on use, not at start-up
     import torch
-
-    from influence.lora import add_lora, lora_parameters
 
     model = copy.deepcopy(loaded.model)
     if config.method == "lora":
@@ -288,21 +286,20 @@ def _trainable_model(loaded: Any, config: TrainConfig) -> tuple[Any, list[tuple[
     return model, [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
 
-def _lora_signature(model: Any, config: TrainConfig) -> dict[str, Any] | None:
-    from influence.lora import lora_signature
-
+def _lora_signature(model: Any, config: TrainSettings) -> dict[str, Any] | None:
     return lora_signature(model) if config.method == "lora" else None
 
 
-def _resume(out_dir: Path, config: TrainConfig, model: Any, params: list[tuple[str, Any]], optimizer: Any,
+def _resume(out_dir: Path, config: TrainSettings, model: Any, params: list[tuple[str, Any]], optimizer: Any,
             scheduler: Any, lora_signature: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Restore the last complete epoch, if any; returns the finished epochs' records."""
     done = [p for p in list_checkpoints(out_dir) if load_checkpoint(p, moments=False).epoch <= config.epochs]
     if not done:
         return []
     last = load_checkpoint(done[-1])
-    if last.lora_signature != lora_signature:
-        raise ManifestMismatchError(f"{last.path}: LoRA parameters differ from this run's; "
+    differs = settings_difference({"lora_signature": last.lora_signature}, {"lora_signature": lora_signature})
+    if differs is not None:
+        raise ManifestMismatchError(f"{last.path}: LoRA parameters differ from this run's ({differs[0]}); "
                                     "use a new output directory or --overwrite")
     restore_checkpoint(last, model=model, params=params, optimizer=optimizer)
     with warnings.catch_warnings():
@@ -313,18 +310,13 @@ def _resume(out_dir: Path, config: TrainConfig, model: Any, params: list[tuple[s
     keys = ("epoch", "step", "steps_in_epoch", "avg_lr", "mean_loss", "tokens", "seconds")
     history = []
     for path in done:
-        state = _read_state(path)
+        state = read_state(path)
         history.append({key: state[key] for key in keys})
     return history
 
 
-def _read_state(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((path / "state.json").read_text(encoding="utf-8"))
-
-
-def _progress(total: int, done: int, config: TrainConfig, job: distributed.Dist) -> Any:
+def _progress(total: int, done: int, config: TrainSettings, job: distributed.Dist) -> Any:
+    # heavy: imported on use, not at start-up (tqdm.auto brings asyncio)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=done, desc="train", unit="step", disable=not (config.progress and job.is_main),
@@ -343,9 +335,8 @@ def _optimizer_step(model: Any, params: list[tuple[str, Any]], optimizer: Any, m
     before clipping, so every rank takes the same step. Returns the step's summed NLL, its
     response-token count and the loss it minimised.
     """
+    # heavy: imported on use, not at start-up
     import torch
-
-    from influence.data.formatting import collate
 
     step_tokens = sum(encoded[i].response_tokens for batch in micro_batches for i in batch)
     step_examples = sum(len(batch) for batch in micro_batches)
@@ -362,6 +353,7 @@ def _optimizer_step(model: Any, params: list[tuple[str, Any]], optimizer: Any, m
         loss.backward()
         sums += torch.stack([nll.detach().sum(), loss.detach()]).double()
     if job.world_size > 1:
+        # heavy: imported on use, not at start-up
         import torch.distributed as dist
 
         _all_reduce_gradients([p for _, p in params])
@@ -378,6 +370,7 @@ def _optimizer_step(model: Any, params: list[tuple[str, Any]], optimizer: Any, m
 
 def _all_reduce_gradients(parameters: list[Any]) -> None:
     """Sum every rank's gradients in one flat all-reduce; a rank without a micro-batch adds zeros."""
+    # heavy: imported on use, not at start-up
     import torch
     import torch.distributed as dist
 
@@ -392,13 +385,12 @@ def _all_reduce_gradients(parameters: list[Any]) -> None:
 
 
 # ------------------------------------------------------------------ saving
-def _save_output(out_dir: Path, model: Any, loaded: Any, config: TrainConfig) -> Path:
+def _save_output(out_dir: Path, model: Any, loaded: Any, config: TrainSettings) -> Path:
     if config.method == "lora":
         target = out_dir / ADAPTER_DIR
         with staged_directory(target) as staging:
             save_adapter(model, staging)
         return target
-    from influence.models import strip_gguf_flag
 
     target = out_dir / MODEL_DIR
     strip_gguf_flag(model)
@@ -408,17 +400,14 @@ def _save_output(out_dir: Path, model: Any, loaded: Any, config: TrainConfig) ->
     return target
 
 
-def _manifest(identity: dict[str, Any], config: TrainConfig, data: TrainingData, loaded: Any,
+def _manifest(identity: dict[str, Any], config: TrainSettings, data: TrainingData, loaded: Any,
               encoding: dict[str, int], lora_signature: dict[str, Any] | None, history: list[dict[str, Any]],
-              output_dir: Path) -> dict[str, Any]:
-    from influence.selection import package_versions
-
+              weights_dir: Path) -> dict[str, Any]:
     tokenizer = loaded.tokenizer
     return {
-        "kind": MANIFEST_KIND,
-        "format": MANIFEST_FORMAT,
+        **envelope(MANIFEST_ARTIFACT, MANIFEST_FORMAT),
         "identity": identity,
-        "output": {"kind": "adapter" if config.method == "lora" else "model", "path": output_dir.name},
+        "output": {"kind": "adapter" if config.method == "lora" else "model", "path": weights_dir.name},
         "model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256,
                   **{k: v for k, v in loaded.info.items() if k in ("location", "dtype", "device", "num_parameters")}},
         "tokenizer": {"name_or_path": str(getattr(tokenizer, "name_or_path", "")), "vocab_size": len(tokenizer),
@@ -430,8 +419,6 @@ def _manifest(identity: dict[str, Any], config: TrainConfig, data: TrainingData,
         "epochs": history,
         "steps": history[-1]["step"] if history else 0,
         "seconds": round(sum(epoch["seconds"] for epoch in history), 3),
-        "versions": {"python": sys.version.split()[0], **package_versions()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
@@ -442,19 +429,13 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     Raises:
         TrainingError: out_dir holds no finished run.
     """
-    import json
-
     path = Path(out_dir) / MANIFEST_FILE
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return read_envelope(path, MANIFEST_ARTIFACT, MANIFEST_FORMAT, error=TrainingError,
+                             fix="train again into another directory, or pass --overwrite")
     except FileNotFoundError:
         raise TrainingError(f"{out_dir} holds no finished training run (no {MANIFEST_FILE}); "
                             "run `influence train` into it, or rerun to resume") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrainingError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != MANIFEST_KIND:
-        raise TrainingError(f"{path} is not a training manifest")
-    return manifest
 
 
 def is_training_output(path: str | os.PathLike) -> bool:
@@ -471,7 +452,7 @@ def _finished_run(out_dir: Path, identity: dict[str, Any]) -> TrainResult | None
     manifest = read_manifest(out_dir)
     _require_same(out_dir, manifest.get("identity"), identity)
     log.info("%s already holds this finished run; nothing to train", out_dir)
-    return TrainResult(out_dir=out_dir, output_dir=out_dir / manifest["output"]["path"],
+    return TrainResult(out_dir=out_dir, weights_dir=out_dir / manifest["output"]["path"],
                        manifest_path=out_dir / MANIFEST_FILE, manifest=manifest,
                        checkpoints=list_checkpoints(out_dir), resumed_from_epoch=len(manifest["epochs"]),
                        reused=True)
@@ -479,8 +460,6 @@ def _finished_run(out_dir: Path, identity: dict[str, Any]) -> TrainResult | None
 
 def _claim(out_dir: Path, identity: dict[str, Any]) -> None:
     """Record the run's identity, or check that the run already begun here is this one."""
-    import json
-
     path = out_dir / RUN_FILE
     if path.exists():
         try:
@@ -495,20 +474,13 @@ def _claim(out_dir: Path, identity: dict[str, Any]) -> None:
 
 
 def _require_same(out_dir: Path, previous: Any, identity: dict[str, Any]) -> None:
-    if previous == identity:
-        return
-    differing = sorted(_differences(previous, identity)) or ["the run record is unreadable"]
-    raise ManifestMismatchError(f"{out_dir} holds a run with other {', '.join(differing[:4])}; "
-                                "use another --out, or --overwrite to start again")
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return [prefix or "settings"] if old != new else []
-    out = []
-    for key in sorted(set(old) | set(new)):
-        out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
-    return out
+    if not isinstance(previous, dict):
+        differing = ["the run record is unreadable"]
+    else:
+        differing = [name for name, _, _ in settings_differences(previous, json.loads(json.dumps(identity)))]
+    if differing:
+        raise ManifestMismatchError(f"{out_dir} holds a run with other {', '.join(differing[:4])}; "
+                                    "use another --out, or --overwrite to start again")
 
 
 def _is_run_entry(name: str) -> bool:
@@ -544,41 +516,12 @@ def _clear(out_dir: Path) -> None:
             path.unlink()
 
 
-@contextlib.contextmanager
-def _exclusive(out_dir: Path) -> Iterator[None]:
+def _exclusive(out_dir: Path) -> FileLock:
     """One training run per output directory at a time; a lock left by a dead process is taken over."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    lock = out_dir / LOCK_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder, start = _lock_holder(lock)
-            if holder is not None and holder != os.getpid() and pid_alive(holder, start):
-                raise TrainingError(f"another training run (pid {holder}) is writing to {out_dir}; "
-                                    "wait for it or choose another --out") from None
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{os.getpid()} {process_start(os.getpid()) or ''}".strip())
-        break
-    else:
-        raise TrainingError(f"cannot lock {out_dir}; remove {lock} if no training is running")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
-
-
-def _lock_holder(lock: Path) -> tuple[int | None, str | None]:
-    """The pid in a lock file and, when recorded, its start time (a reused pid is not the holder)."""
-    try:
-        pid, *start = lock.read_text().split()
-        return int(pid), (start[0] if start else None)
-    except (OSError, ValueError):
-        return None, None
+    return FileLock(out_dir / LOCK_FILE, error=TrainingError,
+                    busy=lambda held: f"another training run (pid {held.get('pid', '?')}) is writing to {out_dir}; "
+                                      "wait for it or choose another --out")
 
 
 def load_trained(out_dir: str | os.PathLike, *, base: Any = None, merge: bool = True) -> Any:
@@ -594,8 +537,6 @@ def load_trained(out_dir: str | os.PathLike, *, base: Any = None, merge: bool = 
         TrainingError: out_dir holds no finished run.
         ManifestMismatchError: `base` is not the model the adapter was trained on.
     """
-    from influence.models import LoadedModel, load_model
-
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
     output = out_dir / manifest["output"]["path"]
@@ -603,6 +544,7 @@ def load_trained(out_dir: str | os.PathLike, *, base: Any = None, merge: bool = 
         loaded = load_model(str(output))
         loaded.info["trained"] = str(out_dir)
         return loaded
+    # heavy: imported on use, not at start-up
     from peft import PeftModel
 
     trained_on = manifest["model"]
@@ -616,7 +558,7 @@ def load_trained(out_dir: str | os.PathLike, *, base: Any = None, merge: bool = 
     if merge:
         model = model.merge_and_unload()
     model.eval()
-    adapter_sha = sha256_file(output / "adapter_model.safetensors")
+    adapter_sha = sha256_file(output / ADAPTER_WEIGHTS_FILE)
     info = {**base.info, "spec": str(out_dir), "trained": str(out_dir), "base": trained_on["spec"],
             "adapter_sha256": adapter_sha}
     return LoadedModel(model=model, tokenizer=base.tokenizer, spec=str(out_dir),

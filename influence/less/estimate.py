@@ -29,22 +29,21 @@ from typing import Any, Sequence
 import numpy as np
 
 from influence.data.example import Example
+from influence.data.formatting import encode_example
 from influence.errors import ConfigError
-from influence.features.compute import query_memory_bytes
+from influence.features.compute import DEFAULT_MAX_BATCH_TOKENS, query_memory_bytes
 from influence.features.projection import default_projector_name
+from influence.index import INDEX_KINDS, TRAIN_BYTES
 from influence.less.settings import LessSettings
 from influence.lora import LoraSettings
+from influence.scoring import DEFAULT_MEMORY_BYTES
 
 FLOPS_PER_FROZEN_PARAMETER = 4     # per token: forward 2 + backward 2 (input gradients only)
 FLOPS_PER_TRAINED_PARAMETER = 6    # per token: forward 2 + backward 4 (input and weight gradients)
 CHARS_PER_TOKEN = 4                # the usual English rate of BPE tokenizers, when none is given
 TEMPLATE_CHARS = 36                # the plain prompt template around instruction and response
 LENGTH_SAMPLE = 2000               # examples tokenised to measure lengths (totals are scaled up)
-FEATURIZE_BATCH_TOKENS = 1024      # `influence.features.featurize`'s default cap on padded tokens per batch
 ADAM_TRANSFORM_FLOPS = 10          # per LoRA parameter and example: the Adam preconditioning of a pool gradient
-INDEX_TRAIN_BYTES = 1 << 30        # float32 training sample of an IVF index (influence.index.TRAIN_BYTES)
-SCORE_CHUNK_BYTES = 64 << 20       # exact scoring's working chunk (influence.scoring.DEFAULT_MEMORY_BYTES)
-INDEX_KINDS = ("flat", "ivf-flat", "ivf-pq")
 # Share of the probe's matmul rate a LoRA forward/backward reaches: 0.55 measured for SmolLM2-135M
 # (batches of 4 Alpaca examples, fp32, one CPU thread); small models and short sequences reach less.
 MATMUL_UTILIZATION = 0.5
@@ -94,8 +93,6 @@ def token_stats(examples: Sequence[Example], *, tokenizer: Any = None, max_lengt
         pairs = [_approximate_lengths(e) for e in examples]
         scale, method = 1.0, f"characters / {CHARS_PER_TOKEN} (no tokenizer given)"
     else:
-        from influence.data.formatting import encode_example
-
         picked = range(n) if n <= sample else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
         encoded = [encode_example(examples[int(i)], tokenizer, max_length=1 << 30) for i in picked]
         pairs = [(len(e.input_ids), e.response_tokens) for e in encoded]
@@ -160,6 +157,7 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: Any, lora: LoraSettings) -> "ModelShape":
         """Build the model from a transformers config on the "meta" device (no memory, no download) and count it."""
+        # heavy: imported on use, not at start-up
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -174,6 +172,7 @@ def measure_flops(device: str = "cpu", *, seconds: float = 0.25, dtype: Any = No
     The dtype is the one a run uses there (float32 on CPU, bfloat16 on CUDA, as `load_model`);
     the probe is a best case for the device: real training reaches a fraction of it.
     """
+    # heavy: imported on use, not at start-up
     import torch
 
     dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
@@ -363,9 +362,9 @@ def _index_bytes(kind: str, n: int, dim: int) -> int:
     if kind == "flat":
         return n * dim * 4
     if kind == "ivf-flat":
-        return n * (dim * 4 + 8) + INDEX_TRAIN_BYTES
+        return n * (dim * 4 + 8) + TRAIN_BYTES
     code = max(1, dim // 16)  # influence.index.default_pq_m: about one byte per 16 dims
-    return n * (code + 8) + 2 * INDEX_TRAIN_BYTES  # the training sample and its residuals
+    return n * (code + 8) + 2 * TRAIN_BYTES  # the training sample and its residuals
 
 
 def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example] | TokenStats,
@@ -393,6 +392,7 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     Raises:
         ConfigError: an unknown index kind or a non-positive rate.
     """
+    # heavy: imported on use, not at start-up
     import torch
 
     index_kind = settings.index if index_kind is None else index_kind
@@ -427,8 +427,6 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     budget = available_memory() // 2 if memory_budget is None else memory_budget
     passes, query_bytes = 1, 0
     if unprojected:
-        from influence.less.pipeline import subtask_groups
-
         groups = subtask_groups([str(s) for s in range(subtasks)], shape.lora_params, budget)
         passes, query_bytes = len(groups), query_memory_bytes(len(groups[0]), shape.lora_params)
     # the target pass that projects also forms the queries, unless they come in several groups
@@ -456,7 +454,7 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     weights = shape.params * width
     longest = max(pool_stats.longest, target_stats.longest, 1)
     warmup_state = shape.lora_params * 4 * 4  # float32 adapter, gradient and two Adam moments
-    featurize_tokens = max(min(settings.batch_size * longest, FEATURIZE_BATCH_TOKENS), longest)
+    featurize_tokens = max(min(settings.batch_size * longest, DEFAULT_MAX_BATCH_TOKENS), longest)
     featurize_batch = max(1, featurize_tokens // longest)
     if projector == "sjlt":
         projector_bytes = shape.lora_params * 12  # bucket index (int64) and signed weight (float32) per entry
@@ -469,7 +467,7 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
         "featurize": weights + warmup_state + projector_bytes * store + featurize_batch * shape.lora_params * 4 * 2
         + query_bytes + _activation_bytes(shape, featurize_batch, longest, share, width),
         "score": (_index_bytes(index_kind, n, dims * checkpoints) if settings.scoring == "faiss"
-                  else SCORE_CHUNK_BYTES) + (t * dims * checkpoints * 8 if not unprojected else 0),
+                  else DEFAULT_MEMORY_BYTES) + (t * dims * checkpoints * 8 if not unprojected else 0),
     }
     notes = []
     if first_epoch_skipped:
@@ -490,7 +488,7 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     elif settings.scoring == "faiss" and index_kind == "flat" and memory["score"] > budget:
         notes.append(f"a flat index would need {memory['score'] / 1e9:.1f} GB, more than half the memory available "
                      f"now: scoring will fall back to exact chunked scoring (--index ivf-pq needs a fraction)")
-        memory["score"] = SCORE_CHUNK_BYTES + t * dims * checkpoints * 8
+        memory["score"] = DEFAULT_MEMORY_BYTES + t * dims * checkpoints * 8
         index_kind = "exact"
     elif settings.scoring == "exact":
         index_kind = "exact"
@@ -570,6 +568,24 @@ def _duration(seconds: float) -> str:
     if seconds < 48 * 3600:
         return f"about {seconds / 3600:.1f} h"
     return f"about {seconds / 86400:.1f} days"
+
+
+def subtask_groups(names: Sequence[str], lora_params: int, budget_bytes: int) -> list[list[str]]:
+    """Subtasks split into as few groups as fit `budget_bytes` of queries each: one pool pass per group.
+
+    Raises:
+        ConfigError: a single subtask's query does not fit.
+    """
+    per_pass = budget_bytes // query_memory_bytes(1, lora_params)
+    if per_pass < 1:
+        raise ConfigError(f"the unprojected LESS score holds one {lora_params:,}-parameter float32 vector per target "
+                          f"subtask ({query_memory_bytes(1, lora_params) / 1e9:.2f} GB), more than the "
+                          f"{budget_bytes / 1e9:.2f} GB it may use; use --scoring faiss (projected features) or a "
+                          "smaller LoRA rank")
+    names = list(names)
+    passes = -(-len(names) // per_pass)
+    size = -(-len(names) // passes)  # balanced groups
+    return [names[i:i + size] for i in range(0, len(names), size)]
 
 
 duration = _duration  # public: other dry runs print their times the same way

@@ -1,4 +1,5 @@
-"""The one ranking rule every selector shares, and its diversity-aware walk."""
+"""The one ranking rule every selector shares (and LESS's index search): top k, ties by id, k checked once;
+and its diversity-aware walk."""
 
 from __future__ import annotations
 
@@ -9,11 +10,25 @@ import numpy as np
 from influence.errors import SelectionError
 
 
-def ranked(scores: np.ndarray, ids: Sequence[str]) -> Iterator[int]:
-    """Pool indices best first: by score, ties by example id; NaN never, a repeated id once.
+def check_k(k: Any, pool_size: int | None = None) -> int:
+    """`k` as an int when it is a whole number in [1, pool_size]: the one check of k.
 
-    Ties are broken by example id (a content hash), so the order does not depend on the
-    pool's order.
+    Raises:
+        SelectionError: k is not a positive integer, or exceeds `pool_size` (when given).
+    """
+    bounds = f"; k must be in [1, {pool_size:,}]" if pool_size is not None else ""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
+        raise SelectionError(f"k must be positive, got {k!r}{bounds}")
+    if pool_size is not None and k > pool_size:
+        raise SelectionError(f"k={k:,} is larger than the pool ({pool_size:,} examples){bounds}")
+    return int(k)
+
+
+def ranked(scores: np.ndarray, ids: Sequence[Any]) -> Iterator[int]:
+    """Pool indices best first: by score, ties by id; NaN never, a repeated id once.
+
+    Ties are broken by id (example ids are content hashes, so the order does not depend on
+    the pool's order).
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(ids),):
@@ -22,7 +37,7 @@ def ranked(scores: np.ndarray, ids: Sequence[str]) -> Iterator[int]:
     id_array = np.asarray(ids)
     # lexsort sorts by the last key first: -score, then id
     order = np.lexsort((id_array[valid], -scores[valid]))
-    seen: set[str] = set()
+    seen: set = set()
     for index in np.flatnonzero(valid)[order]:
         if ids[index] in seen:
             continue
@@ -30,20 +45,21 @@ def ranked(scores: np.ndarray, ids: Sequence[str]) -> Iterator[int]:
         yield int(index)
 
 
-def _check_k(k: int, n: int) -> None:
-    if k <= 0:
-        raise SelectionError(f"k must be positive, got {k}")
-    if k > n:
-        raise SelectionError(f"k={k} is larger than the pool ({n:,} examples); choose k <= {n:,}")
-
-
-def top_k(scores: np.ndarray, ids: Sequence[str], k: int) -> np.ndarray:
+def top_k(scores: np.ndarray, ids: Sequence[Any], k: int) -> np.ndarray:
     """Indices of the k best scores, best first, in the order of `ranked`.
+
+    Args:
+        scores: one score per example.
+        ids: one orderable key per score: the example ids.
+        k: how many to select.
 
     Raises:
         SelectionError: k is not positive or exceeds the examples that can be selected.
     """
-    _check_k(k, len(ids))
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (len(ids),):
+        raise ValueError(f"expected {len(ids)} scores, got shape {scores.shape}")
+    k = check_k(k, len(ids))
     chosen = []
     for index in ranked(scores, ids):
         chosen.append(index)
@@ -55,7 +71,7 @@ def top_k(scores: np.ndarray, ids: Sequence[str], k: int) -> np.ndarray:
     return np.asarray(chosen, dtype=np.int64)
 
 
-def diverse_top_k(scores: np.ndarray, ids: Sequence[str], k: int, embeddings: Any, tau: float
+def diverse_top_k(scores: np.ndarray, ids: Sequence[Any], k: int, embeddings: Any, tau: float
                   ) -> tuple[np.ndarray, int]:
     """The first k examples of the ranking whose embedding has cosine at most `tau` with every one
     chosen before it (DEITA's representation filter, Liu et al., ICLR 2024), and how many were skipped.
@@ -67,7 +83,7 @@ def diverse_top_k(scores: np.ndarray, ids: Sequence[str], k: int, embeddings: An
     Raises:
         SelectionError: bad k, or the ranking runs out before k examples are chosen.
     """
-    _check_k(k, len(ids))
+    k = check_k(k, len(ids))
     dim = int(embeddings.shape[1])
     chosen: list[int] = []
     kept = np.empty((k, dim), dtype=np.float32)

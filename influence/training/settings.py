@@ -1,6 +1,6 @@
 """Training settings: one dataclass, validated on construction, with named presets.
 
-Why the defaults (`TrainConfig()`, what `influence train` uses):
+Why the defaults (`TrainSettings()`, what `influence train` uses):
 - The LESS final-training recipe (Xia et al. 2024, arXiv 2402.04333, section 4 and appendix):
   LoRA r=128, alpha=512, dropout 0.1 on q/k/v/o, AdamW, learning rate 2e-5 with a linear
   schedule and 3% warmup, 4 epochs, no weight decay. Comparing selectors is the point of
@@ -10,8 +10,8 @@ Why the defaults (`TrainConfig()`, what `influence train` uses):
   examples. LESS used 128, but at LIMA scale (k of about 1,000) that leaves only 32 steps in
   4 epochs, too few for the warmup and decay to mean anything; 32 gives 125 steps.
 - Micro-batches of 4 with gradient accumulation: on a CPU, bigger micro-batches mostly
-  add padding and memory (the issue-3 measurements: batching did not speed up the gradient
-  on this machine); on a GPU raise `micro_batch_size`. The loss is the mean over every
+  add padding and memory (benchmarks/featurize_speed.py: batching did not speed up the
+  gradient on a 2-core CPU); on a GPU raise `micro_batch_size`. The loss is the mean over every
   response token of the whole optimizer step (`loss_reduction="token"`), so the update does
   not depend on the split. LESS's warmup (`less_warmup`) instead averages each example's
   mean token loss (`"example"`): what the transformers Trainer it ran with (4.36, batch 1
@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from influence.errors import ConfigError
+from influence.errors import ConfigError, require_positive_ints
 from influence.lora import LoraSettings
 
 METHODS = ("lora", "full")
@@ -42,7 +42,7 @@ RUNTIME_FIELDS = ("progress", "keep_checkpoints")
 
 
 @dataclass
-class TrainConfig:
+class TrainSettings:
     """Supervised fine-tuning settings; see the module docstring for why the defaults."""
 
     model: str | None = field(default=None, metadata={
@@ -77,10 +77,7 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        for name in ("epochs", "batch_size", "micro_batch_size", "max_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "epochs", "batch_size", "micro_batch_size", "max_length")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate} (LESS uses 2e-5)")
         if self.batch_size % self.micro_batch_size:
@@ -120,19 +117,19 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> "TrainSettings":
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown training settings: {', '.join(unknown)}")
         return cls(**data)
 
-    def with_(self, **changes: Any) -> "TrainConfig":
+    def with_(self, **changes: Any) -> "TrainSettings":
         """A copy with some settings changed (validated again)."""
         return replace(self, **changes)
 
     @classmethod
-    def less_warmup(cls, **changes: Any) -> "TrainConfig":
+    def less_warmup(cls, **changes: Any) -> "TrainSettings":
         """LESS's warmup run: 4 epochs, lr 2e-5, linear, 3% warmup, LoRA r=128/alpha=512/dropout 0.1,
         the loss averaged per example as LESS's Trainer did.
 
@@ -144,7 +141,7 @@ class TrainConfig:
                       "lora": LoraSettings.less_default(), **changes})
 
     @classmethod
-    def small_k(cls, **changes: Any) -> "TrainConfig":
+    def small_k(cls, **changes: Any) -> "TrainSettings":
         """Verification at small k (tens to hundreds of examples): batch 8, lr 2e-4, 4 epochs, LESS's LoRA.
 
         LESS's recipe (batch 32, lr 2e-5) makes 8 steps at k=60, whose summed learning rate is
@@ -156,7 +153,7 @@ class TrainConfig:
         return cls(**{"epochs": 4, "learning_rate": 2e-4, "batch_size": 8, "micro_batch_size": 4, **changes})
 
     @classmethod
-    def for_tests(cls, **changes: Any) -> "TrainConfig":
+    def for_tests(cls, **changes: Any) -> "TrainSettings":
         """Seconds on a tiny model: small LoRA, a high learning rate, no progress bar."""
         return cls(**{"lora": LoraSettings.for_tests(), "epochs": 2, "learning_rate": 1e-2, "batch_size": 2,
                       "micro_batch_size": 1, "warmup_ratio": 0.0, "max_length": 256, "progress": False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterator, Sequence
@@ -15,6 +16,7 @@ from typing import Any, Iterator, Sequence
 from influence.data.example import Example
 from influence.data.formatting import IGNORE_INDEX, Encoded, collate, encode_example, encode_prompt
 from influence.evaluation.tasks import EvalItem
+from influence.training.loss import accepts_logits_to_keep, response_logits
 
 _log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ def reference_scores(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, m
     each option is scored as its own continuation of the prompt. With `reuse_prefix`, the
     tokens a subtask's items share (the few-shot context) run once per subtask.
     """
+    # heavy: imported on use, not at start-up
     import torch
 
     encoded, truncated = [], 0
@@ -103,6 +106,7 @@ class SharedPrefix:
 
     def cache(self, batch: int) -> Any:
         """A cache holding the prefix for `batch` rows: broadcast views of the one copy, no copy per row."""
+        # heavy: imported on use, not at start-up
         from transformers import DynamicCache
 
         cache = DynamicCache(ddp_cache_data=self.states, config=self.config)
@@ -113,6 +117,7 @@ class SharedPrefix:
 
     def forward_kwargs(self, attention_mask: Any) -> dict[str, Any]:
         """What a forward over a batch continuing the prefix needs: the cache, the mask over both, positions."""
+        # heavy: imported on use, not at start-up
         import torch
 
         rows = attention_mask.shape[0]
@@ -142,6 +147,7 @@ def encode_prefix(model: Any, ids: Sequence[int]) -> SharedPrefix | None:
     Sliding-window layers drop old keys, so a prefix cannot be shared there: the caller then
     runs every item in full (the exact path).
     """
+    # heavy: imported on use, not at start-up
     import torch
 
     config = model.config
@@ -163,6 +169,7 @@ def encode_prefix(model: Any, ids: Sequence[int]) -> SharedPrefix | None:
 
 def new_cache(config: Any) -> Any:
     """An empty key/value cache laid out for `config` (older transformers take no config)."""
+    # heavy: imported on use, not at start-up
     from transformers import DynamicCache
 
     try:
@@ -185,8 +192,6 @@ def _base_type(model: Any) -> type:
 
 
 def _last_logit_only(model: Any) -> dict[str, Any]:
-    from influence.training.loss import accepts_logits_to_keep
-
     return {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
 
 
@@ -226,8 +231,6 @@ def _response_batches(model: Any, rows: list[Encoded], groups: list[list[int]], 
 
 def _batch_logits(model: Any, rows: list[Encoded], batch: list[int], prefix: SharedPrefix | None, pad_id: int,
                   device: Any) -> tuple[Any, Any]:
-    from influence.training.loss import response_logits
-
     start = prefix.length if prefix is not None else 0
     tensors = collate([Encoded(rows[r].input_ids[start:], rows[r].labels[start:], False) for r in batch], pad_id)
     tensors = {k: v.to(device) for k, v in tensors.items()}
@@ -255,6 +258,7 @@ def _single_token_options(tokenizer: Any, items: Sequence[EvalItem], encoded: li
 def option_logliks(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, max_length: int, batch_size: int,
                    progress: bool = False, reuse_prefix: bool = True) -> list[list[float]]:
     """Each option's summed log-probability as a continuation of the prompt (the general, slower path)."""
+    # heavy: imported on use, not at start-up
     import torch
 
     rows, owners = [], []
@@ -293,8 +297,7 @@ def generate_answers(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, m
             also stop at an end-of-sequence token or at their budget; finished rows leave the batch.
         reuse_prefix: run the prompt tokens a subtask's items share once per subtask.
     """
-    import re
-
+    # heavy: imported on use, not at start-up
     import torch
 
     budgets = [max_new_tokens] * len(items) if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -337,6 +340,7 @@ class _Decoder:
 def _greedy(model: Any, prompts: list[list[int]], budgets: list[int], prefix: SharedPrefix | None, *, pad_id: int,
             ends: set[int], decoder: _Decoder, device: Any) -> list[str]:
     """Greedy continuations of left-padded prompts (after `prefix` when given), one token per step for every row."""
+    # heavy: imported on use, not at start-up
     import torch
 
     rows, width = len(prompts), max(len(p) for p in prompts)
@@ -388,6 +392,7 @@ def _greedy(model: Any, prompts: list[list[int]], budgets: list[int], prefix: Sh
 
 
 def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
+    # heavy: imported on use, not at start-up
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="batch", disable=not enabled, leave=False)

@@ -1,0 +1,172 @@
+"""The package's imports run one way, down the layers, with no circles.
+
+The layers, bottom first (README, Architecture): shared pieces, data, models, training,
+features, index, less, selectors, selection, evaluation, compare, cli. A module may import
+its own layer or a lower one. Imports inside functions are kept only for heavy optional
+modules (torch and the like, or a module of ours that loads them), each under a comment.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "influence"
+
+LAYERS = [
+    ("base", ["influence.errors", "influence.constants", "influence.io", "influence.hub", "influence.provenance",
+              "influence.locks", "influence.ranking", "influence.distributed", "influence.testing"]),
+    ("data", ["influence.data"]),
+    ("models", ["influence.models", "influence.lora"]),
+    ("training", ["influence.training"]),
+    ("features", ["influence.features"]),
+    ("index", ["influence.index", "influence.scoring"]),
+    ("less", ["influence.less", "influence.representations"]),
+    ("selectors", ["influence.selectors"]),
+    ("selection", ["influence.selection", "influence"]),   # `influence` itself: the public facade
+    ("evaluation", ["influence.evaluation"]),
+    ("compare", ["influence.compare"]),
+    ("cli", ["influence.cli"]),
+]
+HEAVY = {"torch", "transformers", "peft", "datasets", "faiss", "pyarrow", "matplotlib", "safetensors", "fast_jl",
+         "trak", "tokenizers", "tqdm", "bm25s", "Stemmer", "data_selection", "nltk", "sentence_transformers",
+         "huggingface_hub"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer_of(module: str) -> int:
+    best, rank = -1, None
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            matches = module == prefix or module.startswith(prefix + ".")
+            if matches and len(prefix) > best:
+                best, rank = len(prefix), index
+    assert rank is not None, f"{module} belongs to no layer; add it to LAYERS (and to README's list)"
+    return rank
+
+
+def imports(module: str) -> list[tuple[str, ast.stmt, bool]]:
+    """(imported module, statement, inside a function) for every import in `module`."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            inside |= {id(child) for child in ast.walk(node) if child is not node}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node, id(node) in inside) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.append((sub if sub in MODULES else node.module, node, id(node) in inside))
+    return found
+
+
+def ours(name: str) -> bool:
+    return name == "influence" or name.startswith("influence.")
+
+
+def resolve(name: str) -> str:
+    while name not in MODULES:
+        name = name.rsplit(".", 1)[0]
+    return name
+
+
+def ancestors(module: str) -> list[str]:
+    """The packages whose __init__ runs before `module` (the root package, always first, left out)."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(2, len(parts))]
+
+
+def graph() -> dict[str, set[str]]:
+    """Module -> the modules importing it runs, counting the __init__ of each package entered on the way."""
+    edges = {}
+    for module in MODULES:
+        targets = set()
+        for name, _, _ in imports(module):
+            if ours(name):
+                target = resolve(name)
+                own = set(ancestors(module)) | {module}
+                targets |= {target, *ancestors(target)} - own
+        edges[module] = targets - {module}
+    return edges
+
+
+def loads_heavy(module: str, seen: set[str] | None = None) -> bool:
+    """Whether importing `module` (its module-level imports, followed) loads a heavy package."""
+    seen = set() if seen is None else seen
+    if module in seen:
+        return False
+    seen.add(module)
+    for name, _, in_function in imports(module):
+        if in_function:
+            continue
+        if name.split(".")[0] in HEAVY or (ours(name) and loads_heavy(resolve(name), seen)):
+            return True
+    return False
+
+
+def test_every_module_belongs_to_a_layer():
+    for module in MODULES:
+        layer_of(module)
+
+
+def test_no_module_imports_a_higher_layer():
+    upward = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {t} ({LAYERS[layer_of(t)][0]})"
+              for m, targets in graph().items() for t in targets if layer_of(t) > layer_of(m)]
+    assert not upward, "imports running up the layers:\n" + "\n".join(upward)
+
+
+def test_no_import_circles():
+    edges, state, cycles = graph(), {}, []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(edges[module]):
+            if state.get(target) == "open":
+                cycles.append(" -> ".join(path[path.index(target):] + [module, target]) if target in path
+                              else f"{module} -> {target}")
+            elif target not in state:
+                visit(target, path + [module])
+        state[module] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [])
+    assert not cycles, "import circles:\n" + "\n".join(cycles)
+
+
+def test_imports_inside_functions_are_heavy_and_say_so():
+    problems = []
+    for module, path in MODULES.items():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for name, node, in_function in imports(module):
+            if not in_function:
+                continue
+            heavy = name.split(".")[0] in HEAVY or (ours(name) and loads_heavy(resolve(name)))
+            where = f"{path.relative_to(PACKAGE.parent)}:{node.lineno} imports {name}"
+            if not heavy:
+                problems.append(f"{where} inside a function but it is light: import it at the top")
+            elif not _commented(lines, node.lineno - 1):
+                problems.append(f"{where} inside a function without a comment saying why")
+    assert not problems, "\n".join(problems)
+
+
+def _commented(lines: list[str], index: int) -> bool:
+    """A comment on the import's line, or just above its block of imports."""
+    if "#" in lines[index]:
+        return True
+    index -= 1
+    while index >= 0 and (not lines[index].strip() or lines[index].strip().startswith(("import ", "from "))):
+        if "#" in lines[index]:
+            return True
+        index -= 1
+    return index >= 0 and lines[index].strip().startswith("#")
