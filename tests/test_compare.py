@@ -40,6 +40,23 @@ def _train_args(model) -> list[str]:
             "--warmup-epochs", "1", "--max-length", "128"]
 
 
+def _stand_in_training(monkeypatch) -> list[str]:
+    """Replace training and evaluation with stand-ins that only record which selection files were
+    trained on (the returned list): for tests about what compare selects, not what it trains."""
+    from types import SimpleNamespace
+
+    import influence.evaluation
+    import influence.training
+
+    trained: list[str] = []
+    monkeypatch.setattr(influence.training, "train", lambda data, config, out_dir: trained.append(data) or
+                        SimpleNamespace(reused=False, manifest={"seconds": 0.0}))
+    monkeypatch.setattr(influence.evaluation, "evaluate", lambda *a, **k: {
+        "primary_metric": "target_loss", "metrics": {"target_loss": 1.0}, "items": 1, "seconds": 0.0})
+    monkeypatch.setattr(influence.evaluation, "write_results", lambda results, path: path)
+    return trained
+
+
 def _rows(out: Path) -> list[tuple]:
     return [(r["target"], r["selector"], r["selection_seed"], r["seed"])
             for r in json.loads((out / "results.json").read_text())["rows"]]
@@ -260,20 +277,11 @@ def test_the_dry_run_prices_training_by_epochs_and_k_and_generation_only_when_as
 def test_every_selection_is_cleared_of_every_targets_heldout_items(tmp_path, monkeypatch):
     """longest is trained once and evaluated on bbh and mmlu, so an example copying an MMLU test question
     stays out of it; targeted rows score the same cleared pool, so LESS's datastore serves every target."""
-    from types import SimpleNamespace
-
-    import influence.evaluation
-    import influence.training
     from influence.compare import compare
     from influence.constants import manifest_path
     from tests.test_contamination import _planted_copy, _pool_with
 
-    trained = []
-    monkeypatch.setattr(influence.training, "train", lambda data, config, out_dir: trained.append(data) or
-                        SimpleNamespace(reused=False, manifest={"seconds": 0.0}))
-    monkeypatch.setattr(influence.evaluation, "evaluate", lambda *a, **k: {
-        "primary_metric": "target_loss", "metrics": {"target_loss": 1.0}, "items": 1, "seconds": 0.0})
-    monkeypatch.setattr(influence.evaluation, "write_results", lambda results, path: path)
+    trained = _stand_in_training(monkeypatch)
     planted = _planted_copy()  # the longest response of the pool
     pool = write_jsonl(tmp_path / "pool.jsonl", [{"instruction": e.instruction, "output": e.output}
                                                  for e in _pool_with(planted).examples])
@@ -292,20 +300,11 @@ def test_every_selection_is_cleared_of_every_targets_heldout_items(tmp_path, mon
 def test_a_row_can_walk_its_ranking_with_diversity_aware_top_k(tmp_path, monkeypatch):
     """`longest:diversity=TAU` keeps the next longest example instead of a near copy of a chosen one;
     the plain row keeps both copies. Training and evaluation are stand-ins: only the picks matter."""
-    from types import SimpleNamespace
-
-    import influence.evaluation
-    import influence.training
     from influence.compare import compare
     from influence.constants import manifest_path
     from influence.testing import tiny_sentence_encoder
 
-    trained = []
-    monkeypatch.setattr(influence.training, "train", lambda data, config, out_dir: trained.append(data) or
-                        SimpleNamespace(reused=False, manifest={"seconds": 0.0}))
-    monkeypatch.setattr(influence.evaluation, "evaluate", lambda *a, **k: {
-        "primary_metric": "target_loss", "metrics": {"target_loss": 1.0}, "items": 1, "seconds": 0.0})
-    monkeypatch.setattr(influence.evaluation, "write_results", lambda results, path: path)
+    trained = _stand_in_training(monkeypatch)
     copies = [{"instruction": "Tell a story.", "output": "once upon a time " * 30 + end} for end in ("yes", "no")]
     others = [{"instruction": f"Name colour {c}.", "output": f"{c} is a colour"} for c in ("red", "teal", "gold")]
     pool = write_jsonl(tmp_path / "pool.jsonl", copies + others)
