@@ -39,11 +39,6 @@ class TrainResult:
     reused: bool = False             # the directory already held this finished run; nothing was trained
 
     @property
-    def output_dir(self) -> Path:
-        """Another name for `weights_dir`."""
-        return self.weights_dir
-
-    @property
     def epoch_losses(self) -> list[float]:
         return [epoch["mean_loss"] for epoch in self.manifest["epochs"]]
 
