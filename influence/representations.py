@@ -34,7 +34,7 @@ from influence.features.compute import FeatureBatch, FeaturizeStats
 from influence.features.datastore import FeatureStore
 from influence.features.fill import fill_store
 from influence.io import sha256_json
-from influence.less.pipeline import FeatureSet, score_features, workdir_for
+from influence.less.pipeline import LessRun, score_features, workdir_for
 from influence.less.settings import LessSettings
 from influence.models import load_model
 from influence.provenance import package_versions
@@ -65,7 +65,7 @@ def _store_name(role: str, fingerprint: str, kind: str) -> str:
 
 
 def rds_features(pool: Pool, target: Target | None, settings: LessSettings, *, pooling: str = "last",
-                 loaded: Any = None) -> FeatureSet:
+                 loaded: Any = None) -> LessRun:
     """The pool's (and the target's) pooled final hidden states in the datastore; reuses and resumes.
 
     Raises:
@@ -95,13 +95,13 @@ def rds_features(pool: Pool, target: Target | None, settings: LessSettings, *, p
                            identity={**common, "role": role, "examples": fingerprint},
                            example_ids=example_ids(examples), dim=hidden_size(model), shard_rows=settings.shard_rows,
                            progress=settings.progress, desc=f"rds hidden states {role}")
-        stores[role], totals[role] = store.path, stats.to_dict()
+        stores[role], totals[role] = store.path, stats.counts()
         if stats.truncated:
             log.warning("rds %s: %d of %d examples were cut at max_length=%d", role, stats.truncated, stats.examples,
                         settings.max_length)
-    return FeatureSet(workdir=workdir, checkpoints=ONE_CHECKPOINT, pool_stores=[stores["pool"]],
-                      target_stores=[stores["target"]] if "target" in stores else [],
-                      stats={"featurized": totals, "features": "hidden-state", "pooling": pooling})
+    return LessRun(workdir=workdir, checkpoints=ONE_CHECKPOINT, pool_stores=[stores["pool"]],
+                   target_stores=[stores["target"]] if "target" in stores else [],
+                   stats={"featurized": totals, "features": "hidden-state", "pooling": pooling})
 
 
 # ------------------------------------------------------------------ embed: a sentence encoder
@@ -127,12 +127,12 @@ def _embed_store(examples: Sequence[Example], role: str, fingerprint: str, encod
     if stats.truncated:
         log.warning("embed %s: %d of %d examples were cut at the encoder's %d word pieces", role, stats.truncated,
                     stats.examples, encoder.model.max_seq_length)
-    totals[role] = stats.to_dict()
+    totals[role] = stats.counts()
     return store
 
 
 def embed_features(pool: Pool, target: Target | None, settings: LessSettings, *, encoder: Any = None,
-                   encoder_spec: str | None = None, batch_size: int = 64) -> FeatureSet:
+                   encoder_spec: str | None = None, batch_size: int = 64) -> LessRun:
     """The pool's (and the target's) sentence embeddings in the datastore; reuses and resumes.
 
     Raises:
@@ -148,9 +148,9 @@ def embed_features(pool: Pool, target: Target | None, settings: LessSettings, *,
     totals: dict[str, Any] = {}
     stores = {role: _embed_store(examples, role, fingerprint, encoder, workdir, settings, batch_size, totals).path
               for role, examples, fingerprint in roles}
-    return FeatureSet(workdir=workdir, checkpoints=ONE_CHECKPOINT, pool_stores=[stores["pool"]],
-                      target_stores=[stores["target"]] if "target" in stores else [],
-                      stats={"featurized": totals, "features": "sentence-embedding", "encoder": encoder.identity()})
+    return LessRun(workdir=workdir, checkpoints=ONE_CHECKPOINT, pool_stores=[stores["pool"]],
+                   target_stores=[stores["target"]] if "target" in stores else [],
+                   stats={"featurized": totals, "features": "sentence-embedding", "encoder": encoder.identity()})
 
 
 def pool_embeddings(pool: Pool, settings: LessSettings, *, encoder_spec: str | None = None,
@@ -160,7 +160,7 @@ def pool_embeddings(pool: Pool, settings: LessSettings, *, encoder_spec: str | N
     return FeatureStore.open(features.pool_stores[0], example_ids=pool.ids)
 
 
-def similarity_scores(features: FeatureSet, pool: Pool, target: Target, settings: LessSettings, *,
+def similarity_scores(features: LessRun, pool: Pool, target: Target, settings: LessSettings, *,
                       k: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Cosine to the target, mean over each subtask, max over subtasks: LESS's scoring with one checkpoint.
 
@@ -206,4 +206,4 @@ def ifd_losses(pool: Pool, settings: LessSettings, *, loaded: Any = None) -> tup
                                  "examples": pool.fingerprint, "versions": _versions()},
                        example_ids=pool.ids, dim=2, shard_rows=settings.shard_rows, dtype="float32",
                        progress=settings.progress, desc="ifd losses")
-    return np.asarray(store.rows()[:], dtype=np.float64), {"store": str(store.path), "featurized": stats.to_dict()}
+    return np.asarray(store.rows()[:], dtype=np.float64), {"store": str(store.path), "featurized": stats.counts()}
