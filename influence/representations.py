@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from influence.data.example import Example
 from influence.data.pools import Pool, example_ids
@@ -32,7 +33,10 @@ from influence.data.targets import Target
 from influence.errors import DataError
 from influence.features.compute import FeatureBatch, FeaturizeStats
 from influence.features.datastore import FeatureStore
+from influence.features.difficulty import response_losses
+from influence.features.encoder import embeddings, load_encoder
 from influence.features.fill import fill_store
+from influence.features.represent import hidden_size, hidden_states
 from influence.io import sha256_json
 from influence.less.pipeline import LessRun, score_features, workdir_for
 from influence.less.settings import LessSettings
@@ -72,9 +76,6 @@ def rds_features(pool: Pool, target: Target | None, settings: LessSettings, *, p
         DataError: the target has no examples.
         ManifestMismatchError: a store of that name was made under other settings or another pool.
     """
-    # loads torch: imported on use, not at start-up
-    from influence.features.represent import hidden_size, hidden_states
-
     roles = _roles(pool, target)
     loaded = loaded or load_model(settings.model, device=settings.device)
     model = loaded.model.eval()
@@ -113,9 +114,6 @@ def encoder_folder(workdir: Path, encoder: Any) -> Path:
 
 def _embed_store(examples: Sequence[Example], role: str, fingerprint: str, encoder: Any, workdir: Path,
                  settings: LessSettings, batch_size: int, totals: dict[str, Any]) -> FeatureStore:
-    # loads torch: imported on use, not at start-up
-    from influence.features.encoder import embeddings
-
     stats = FeaturizeStats()
     store = fill_store(encoder_folder(workdir, encoder) / _store_name(role, fingerprint, "embed"),
                        lambda rows: embeddings(encoder, examples, batch_size=batch_size, indices=rows, stats=stats),
@@ -139,9 +137,6 @@ def embed_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         DataError: the target has no examples.
         ModelError: the encoder cannot be loaded.
     """
-    # loads torch: imported on use, not at start-up
-    from influence.features.encoder import load_encoder
-
     roles = _roles(pool, target)
     encoder = encoder or load_encoder(encoder_spec, device=settings.device)
     workdir = workdir_for(pool, settings)
@@ -184,11 +179,6 @@ def ifd_losses(pool: Pool, settings: LessSettings, *, loaded: Any = None) -> tup
 
     An example with no response token left after cutting has zeros (its IFD is undefined).
     """
-    # heavy: imported on use, not at start-up
-    import torch
-
-    from influence.features.difficulty import response_losses
-
     loaded = loaded or load_model(settings.model, device=settings.device)
     model = loaded.model.eval()
     stats = FeaturizeStats()

@@ -116,7 +116,7 @@ def test_rds_stores_its_features_beside_less_and_reuses_them(tiny, settings, mon
     def no_forward(*args, **kwargs):
         raise AssertionError("features were recomputed")
 
-    monkeypatch.setattr("influence.features.represent.hidden_states", no_forward)
+    monkeypatch.setattr("influence.representations.hidden_states", no_forward)
     again = select(pool, 2, make_selector("rds", settings=settings, loaded=tiny), target=TARGET)
     assert again.indices.tolist() == first.indices.tolist()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from influence import distributed
 from influence.constants import ADAPTER_WEIGHTS_FILE, safe_name
@@ -202,10 +203,6 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
 
 def query_budget(device: Any) -> int:
     """Half the memory free now where the queries live: the GPU's on CUDA, else the machine's."""
-    # heavy: imported on use, not at start-up
-    import torch
-
-
     if torch.device(device).type == "cuda":
         return int(torch.cuda.mem_get_info(torch.device(device))[0]) // 2
     return available_memory() // 2
