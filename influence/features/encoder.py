@@ -102,7 +102,7 @@ def load_encoder(spec: str | None = None, *, device: str | None = None) -> Encod
     Raises:
         ModelError: it cannot be found or loaded.
     """
-    # heavy: sentence_transformers, imported on use, not at start-up
+    # heavy: imported on use, not at start-up
     from sentence_transformers import SentenceTransformer
 
     location, digest, local_only = resolve_encoder(spec)
