@@ -33,6 +33,8 @@ from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
 from influence import evaluation, training
 from influence.constants import manifest_path, safe_name
 from influence.data.contamination import Contamination
@@ -445,8 +447,6 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
     Loads the pool, the targets and the model's config and tokenizer (never its weights); writes nothing.
     Selectors other than LESS are counted as free: they score from text in seconds.
     """
-    import torch  # heavy: loaded only when a dry run is asked for
-
     pool = load_pool(config.pools)
     targets = {spec: load_target(spec) for spec in config.targets}
     rows = config.rows()

@@ -247,7 +247,7 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
 
 def diverse_selection(pool: Pool, scores: np.ndarray, k: int, diversity: Diversity) -> tuple[np.ndarray, dict]:
     """`diverse_top_k` over the pool's stored sentence embeddings (computed on first use); with its record."""
-    # imported on use: the encoder and the datastore bring torch and sentence-transformers
+    # loads torch (the influence.less package and the datastore): imported on use, not at start-up
     from influence.less.settings import LessSettings
     from influence.representations import pool_embeddings
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import torch
+
 from influence.data.example import Example
 from influence.errors import ConfigError, ModelError
 from influence.hub import hub_reachable
@@ -125,9 +127,6 @@ def embeddings(encoder: Encoder, examples: Sequence[Example], *, batch_size: int
     Raises:
         ConfigError: batch_size below 1.
     """
-    # heavy: imported on use, not at start-up
-    import torch
-
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     stats = stats if stats is not None else FeaturizeStats()

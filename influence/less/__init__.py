@@ -4,10 +4,10 @@ The orchestration layer: it owns directories under `indexes/<name>/`, reuse and 
 the math lives in `influence.features`, `influence.index` and `influence.scoring`.
 """
 
-from influence.less.pipeline import (FeatureSet, LessRun, build_features, dry_run, featurize_examples, less_run,
+from influence.less.pipeline import (LessRun, build_features, dry_run, featurize_examples, less_run,
                                      print_estimate, run_warmup, score_features)
 from influence.less.settings import LessSettings
 
-__all__ = ["LessSettings", "LessRun", "FeatureSet", "less_run", "build_features", "score_features", "run_warmup",
+__all__ = ["LessSettings", "LessRun", "less_run", "build_features", "score_features", "run_warmup",
            "featurize_examples", "dry_run",
            "print_estimate"]

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from influence.data.example import Example
 from influence.data.formatting import encode_example
@@ -157,8 +158,7 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: Any, lora: LoraSettings) -> "ModelShape":
         """Build the model from a transformers config on the "meta" device (no memory, no download) and count it."""
-        # heavy: imported on use, not at start-up
-        import torch
+        # heavy: transformers, imported on use, not at start-up
         from transformers import AutoModelForCausalLM
 
         with torch.device("meta"):
@@ -172,9 +172,6 @@ def measure_flops(device: str = "cpu", *, seconds: float = 0.25, dtype: Any = No
     The dtype is the one a run uses there (float32 on CPU, bfloat16 on CUDA, as `load_model`);
     the probe is a best case for the device: real training reaches a fraction of it.
     """
-    # heavy: imported on use, not at start-up
-    import torch
-
     dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     n = 2048 if str(device).startswith("cuda") else 512
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -392,9 +389,6 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     Raises:
         ConfigError: an unknown index kind or a non-positive rate.
     """
-    # heavy: imported on use, not at start-up
-    import torch
-
     index_kind = settings.index if index_kind is None else index_kind
     if index_kind not in INDEX_KINDS:
         raise ConfigError(f"unknown index kind {index_kind!r}; choose one of {', '.join(INDEX_KINDS)}")
