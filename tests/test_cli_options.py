@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from influence.cli import main
+from influence.cli.compare import RECIPES
 from influence.cli.less_options import NAMES, pop_settings
 from influence.cli.settings_options import field_metadata, settings_option
 from influence.constants import ADAM_FORMS, GRAD_TYPES, PROJECTOR_KINDS
@@ -37,6 +38,20 @@ BEFORE = {
                   "--keep-contaminated", "--lora-alpha", "--lora-r", "--max-length", "--model", "--name", "--pool",
                   "--projector", "--scoring", "--seed", "--shard-rows", "--store-features", "--target",
                   "--warmup-epochs", "--warmup-fraction", "--warmup-loss-reduction", "--warmup-lr"],
+    "score": ["--adam-form", "--batch-size", "--device", "--dims", "--format", "--index", "--index-root", "--k",
+              "--keep-contaminated", "--lora-alpha", "--lora-r", "--max-length", "--model", "--name", "--out",
+              "--overwrite", "--pool", "--projector", "--scoring", "--seed", "--shard-rows", "--store-features",
+              "--target", "--warmup-epochs", "--warmup-fraction", "--warmup-loss-reduction", "--warmup-lr"],
+    "warmup": ["--adam-form", "--batch-size", "--device", "--dims", "--index", "--index-root", "--lora-alpha",
+               "--lora-r", "--max-length", "--model", "--name", "--pool", "--projector", "--scoring", "--seed",
+               "--shard-rows", "--store-features", "--warmup-epochs", "--warmup-fraction", "--warmup-loss-reduction",
+               "--warmup-lr"],
+    "compare": ["--adam-form", "--base", "--batch-size", "--device", "--dims", "--dry-run", "--dsir-sampling",
+                "--epochs", "--index", "--index-root", "--k", "--keep-contaminated", "--limit", "--lora-alpha",
+                "--lora-r", "--lr", "--max-length", "--metrics", "--model", "--name", "--no-base", "--out", "--pool",
+                "--projector", "--recipe", "--redraw", "--scoring", "--seeds", "--selection-seeds", "--selectors",
+                "--shard-rows", "--store-features", "--target", "--train-batch-size", "--train-max-length",
+                "--warmup-epochs", "--warmup-fraction", "--warmup-loss-reduction", "--warmup-lr"],
     "train": ["--batch-size", "--data", "--epochs", "--full", "--lora", "--loss-reduction", "--lr", "--max-length",
               "--micro-batch-size", "--model", "--no-checkpoints", "--out", "--overwrite", "--seed"],
 }
@@ -123,6 +138,14 @@ def test_train_options_default_to_train_settings():
         assert options[cli_name].help.startswith(field_metadata(TrainSettings, name)["help"]), cli_name
     assert list(options["loss_reduction"].type.choices) == list(LOSS_REDUCTIONS)
     assert options["lora"].default is (defaults.method == "lora")
+
+
+def test_the_recipe_help_reads_the_recipes():
+    text = params("compare")["recipe"].help
+    for name, recipe in RECIPES.items():
+        settings = recipe()
+        assert f"{name} (batch {settings.batch_size}, lr " in text and f"{settings.epochs} epochs" in text
+    assert "lr 2e-5" in text  # the LESS recipe, as the paper writes it
 
 
 def test_options_left_out_give_the_settings_defaults():
