@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import click
 
 
-def field_metadata(settings: Any, name: str) -> Any:
+def field_metadata(settings: Any, name: str) -> Mapping[str, Any]:
     """The metadata of field `name` of a settings dataclass (class or instance).
 
     Raises:
@@ -26,12 +26,6 @@ def field_metadata(settings: Any, name: str) -> Any:
             return item.metadata
     raise KeyError(f"{type(settings).__name__ if not isinstance(settings, type) else settings.__name__} "
                    f"has no field {name!r}")
-
-
-def field_choices(settings: Any, name: str) -> list[str] | None:
-    """The names field `name` may take, from the registry in its metadata (None: any value)."""
-    registry = field_metadata(settings, name).get("choices")
-    return None if registry is None else list(registry)
 
 
 def settings_option(defaults: Any, name: str, *, flag: str | None = None, param: str | None = None,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from influence.cli.settings_options import settings_option
 from influence import distributed
+from influence.cli.settings_options import settings_option
 from influence.data.readers import counted
 from influence.training import train
 from influence.training.settings import TrainSettings

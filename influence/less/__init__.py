@@ -18,6 +18,7 @@ __all__ = ["LessSettings", *_PIPELINE]
 
 
 def __getattr__(name: str) -> Any:
+    """The pipeline's names, imported on first use: the pipeline loads torch."""
     if name in _PIPELINE:
         return getattr(import_module("influence.less.pipeline"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
