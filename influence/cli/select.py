@@ -90,7 +90,7 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
     if dry_run:
         if name != "less":
             raise SelectionError(f"--dry-run estimates the less selector; {name!r} takes a second anyway")
-        from influence.less import print_estimate  # imports torch: only when asked
+        from influence.less.pipeline import print_estimate  # imports torch: only when asked
 
         print_estimate(pools, target, settings, echo=click.echo)
         return
