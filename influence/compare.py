@@ -470,6 +470,10 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
     def phase(name: str, each: float, count: int, detail: str = "") -> None:
         phases.append({"name": name, "seconds": each * count, "each": each, "count": count, "detail": detail})
 
+    def unique(name: str, qualifier: str) -> str:
+        """`name`, or `name, qualifier` when another row's pass was priced under `name` already."""
+        return f"{name}, {qualifier}" if any(p["name"] == name for p in phases) else name
+
     def draws(row: SelectorRow) -> int:
         return config.seeds if row.name in config.redraw else config.selection_seeds
 
@@ -478,6 +482,8 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
     warmups: dict[str, list[str]] = {}
     pool_features: set[str] = set()
     target_features: set[tuple[str, str]] = set()
+    pool_passes: set[str] = set()                 # warmups whose pool has had a priced pass
+    cosine_passes: set[tuple[str, ...]] = set()   # the unprojected score's per-target pool passes
     for row in less_rows:
         settings = selectors[row.label].settings
         model_config, tokenizer = model(settings.model)
@@ -495,16 +501,40 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
                       f"{estimate.warmup_examples:,} examples x {estimate.checkpoints} epochs, one per selection seed")
             if row.label not in warmups[warm]:
                 warmups[warm].append(row.label)
-            if features not in pool_features:
-                pool_features.add(features)
-                phase("LESS pool features, per checkpoint", estimate.seconds["featurize_pool"] / estimate.checkpoints,
-                      estimate.checkpoints * draws(row),
-                      f"{len(pool):,} examples; {estimate.checkpoints} checkpoints x {draws(row)} selection seed(s); "
-                      "computed once, reused for every target")
-            if (features, spec) not in target_features:
-                target_features.add((features, spec))
-                phase(f"LESS target features, {spec}", estimate.seconds["featurize_target"], draws(row),
-                      f"{len(target):,} examples x {estimate.checkpoints} checkpoints")
+            per_checkpoint = estimate.seconds["featurize_pool"] / estimate.checkpoints
+            seeds_detail = f"{estimate.checkpoints} checkpoints x {draws(row)} selection seed(s)"
+            if settings.scoring == "unprojected":
+                # the exact cosines need the target's queries inside the pool's backward: one pool pass per
+                # target (the first also writes the projected features with store_features), and a target
+                # pass that forms the queries (and writes the target's features with store_features)
+                cosines = (warm, settings.pool_grad, settings.target_grad, settings.adam_form, spec)
+                if cosines not in cosine_passes:
+                    cosine_passes.add(cosines)
+                    again = warm in pool_passes
+                    pool_passes.add(warm)
+                    phase(f"LESS pool pass for the exact cosines with {spec}, per checkpoint" if again
+                          else "LESS pool features, per checkpoint", per_checkpoint,
+                          estimate.checkpoints * draws(row),
+                          f"{len(pool):,} examples; {seeds_detail}; once per target"
+                          + ("; also writes the projected features" if settings.store_features
+                             and features not in pool_features else ""))
+                    phase(unique(f"LESS target features, {spec}", "for the exact score's queries"),
+                          estimate.seconds["featurize_target"], draws(row),
+                          f"{len(target):,} examples x {estimate.checkpoints} checkpoints")
+                    if settings.store_features:
+                        pool_features.add(features)
+                        target_features.add((features, spec))
+            else:
+                if features not in pool_features:
+                    pool_features.add(features)
+                    pool_passes.add(warm)
+                    phase("LESS pool features, per checkpoint", per_checkpoint, estimate.checkpoints * draws(row),
+                          f"{len(pool):,} examples; {seeds_detail}; computed once, reused for every target")
+                if (features, spec) not in target_features:
+                    target_features.add((features, spec))
+                    phase(unique(f"LESS target features, {spec}", "projected"), estimate.seconds["featurize_target"],
+                          draws(row),
+                          f"{len(target):,} examples x {estimate.checkpoints} checkpoints")
             phase(f"LESS scoring, {row.label} on {spec}", estimate.seconds["score"], draws(row))
     for warm, labels in warmups.items():
         if len(labels) > 1:
