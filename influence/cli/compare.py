@@ -8,6 +8,8 @@ import click
 
 from influence.cli.less_options import less_options, pop_settings
 from influence.cli.select import dsir_sampling_option, keep_contaminated_option
+from influence.compare.run import compare
+from influence.compare.settings import CompareSettings
 from influence.constants import safe_name
 from influence.training.settings import TrainSettings
 
@@ -64,9 +66,6 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw
                     lr, train_batch_size, train_max_length, out, dry_run, dsir_sampling, keep_contaminated,
                     **less) -> None:
     """For each row, seed and target: select, train, evaluate; then tables, a plot and the overlaps."""
-    # loads torch: imported on use, not at start-up
-    from influence.compare import CompareSettings, compare, estimate_compare
-
     settings = pop_settings(less)
     changes = {name: value for name, value in (("epochs", epochs), ("learning_rate", lr),
                                                ("batch_size", train_batch_size), ("max_length", train_max_length))
@@ -83,6 +82,9 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw
                              base=base, limit=limit, train=train, less=settings, dsir_sampling=dsir_sampling,
                              keep_contaminated=keep_contaminated)
     if dry_run:
+        # loads torch: imported on use, not at start-up
+        from influence.compare.estimate import estimate_compare
+
         click.echo("\n".join(estimate_compare(config).lines()))
         return
     out = out or default_out_dir(pools, targets, k)
