@@ -2,7 +2,8 @@
 
 A LESS option's default is LessSettings' (the warmup LoRA's rank and alpha: its LoraSettings'),
 its choices are the registry the field names, and its help is the field's; `influence train`'s
-options are TrainSettings' likewise. The commands keep the options they had.
+options are TrainSettings' likewise, and `influence compare`'s own CompareSettings'. The commands
+keep the options they had.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from influence.cli import main
 from influence.cli.compare import RECIPES
 from influence.cli.less_options import NAMES, pop_settings
 from influence.cli.settings_options import field_metadata, settings_option
+from influence.compare.settings import CompareSettings
 from influence.constants import ADAM_FORMS, GRAD_TYPES, PROJECTOR_KINDS
 from influence.features.projection import PROJECTORS
 from influence.index import INDEX_KINDS
 from influence.less.settings import SCORING_METHODS, LessSettings
 from influence.models import DEVICES
+from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING, DsirSelector
 from influence.training.settings import LOSS_REDUCTIONS, METHODS, TrainSettings
 from tests.test_safe_outputs import cli, one_error_line
 
@@ -61,6 +64,9 @@ LESS_REGISTRIES = {"projector": PROJECTOR_KINDS, "warmup_loss_reduction": LOSS_R
                    "target_grad": GRAD_TYPES}
 TRAIN_REGISTRIES = {"loss_reduction": LOSS_REDUCTIONS, "method": METHODS}
 LORA_FIELDS = {"lora_r": "r", "lora_alpha": "alpha"}  # CLI keyword -> LoraSettings field
+# `influence compare`'s own options, each a CompareSettings field of the same name
+COMPARE_FIELDS = ("k", "selectors", "seeds", "selection_seeds", "redraw", "metrics", "base", "limit", "dsir_sampling",
+                  "keep_contaminated")
 
 
 def params(command: str) -> dict[str, click.Parameter]:
@@ -138,6 +144,22 @@ def test_train_options_default_to_train_settings():
         assert options[cli_name].help.startswith(field_metadata(TrainSettings, name)["help"]), cli_name
     assert list(options["loss_reduction"].type.choices) == list(LOSS_REDUCTIONS)
     assert options["lora"].default is (defaults.method == "lora")
+
+
+def test_compare_options_default_to_compare_settings():
+    """A list field's default is its items as the comma-separated text the option takes."""
+    defaults = CompareSettings(pools=["alpaca"], targets=["mmlu"])
+    options = params("compare")
+    for name in COMPARE_FIELDS:
+        value = getattr(defaults, name)
+        assert options[name].default == (",".join(value) if isinstance(value, list) else value), name
+        assert options[name].help.startswith(field_metadata(CompareSettings, name)["help"]), name
+    assert options["base"].secondary_opts == ["--no-base"] and options["keep_contaminated"].is_flag
+    # DSIR's sampling is declared by the selector: both commands offer its registry and default
+    assert field_metadata(CompareSettings, "dsir_sampling")["choices"] is DSIR_SAMPLING
+    for command in ("compare", "select"):
+        assert list(params(command)["dsir_sampling"].type.choices) == list(DSIR_SAMPLING), command
+        assert params(command)["dsir_sampling"].default == DsirSelector.sampling, command
 
 
 def test_the_recipe_help_reads_the_recipes():

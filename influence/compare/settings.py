@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from influence.errors import ConfigError, require_positive_ints
 from influence.less.settings import LessSettings
 from influence.selectors import SELECTORS
-from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING
+from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING, SAMPLING_HELP as DSIR_SAMPLING_HELP, DsirSelector
 from influence.training.settings import TrainSettings
 
 BASELINE = "random"
@@ -95,26 +95,30 @@ class CompareSettings:
         "help": "Targets (names or files): each a selection target and an evaluation."})
     k: int = field(default=1000, metadata={"help": "Examples per selection."})
     selectors: list[str] = field(default_factory=lambda: ["less", "longest", "random"], metadata={
-        "help": "Rows: registered selector names, each optionally with options (less:scoring=exact)."})
-    seeds: int = field(default=3, metadata={"help": "Training seeds 0..seeds-1 (and the draws of redraw rows)."})
+        "help": "Rows: registered selectors, each optionally with options, as in "
+                "less:scoring=unprojected,less:scoring=faiss,longest:unit=words,random; diversity=TAU "
+                "(and diversity_encoder=DIR) on any row walks its ranking with diversity-aware top-k."})
+    seeds: int = field(default=3, metadata={
+        "help": "Training seeds per selection (0..N-1); random draws again with each."})
     selection_seeds: int = field(default=1, metadata={
-        "help": "Selection seeds 0..N-1 of the other rows (LESS: warmup sample, adapter init, projection)."})
+        "help": "Selection seeds (0..M-1) of the other rows: LESS's warmup sample, adapter init, projection."})
     redraw: list[str] = field(default_factory=lambda: [BASELINE], metadata={
-        "help": "Selectors drawn again for every training seed, with it as their seed."})
+        "help": "Selectors drawn again for every training seed, with it as their seed ('' for none)."})
     metrics: list[str] = field(default_factory=lambda: ["loss", "accuracy"], metadata={
-        "help": "loss (always), accuracy (MMLU, by option log-likelihood), em and f1 (generate answers)."})
-    base: bool = field(default=True, metadata={"help": "Evaluate the untrained model as a base row."})
+        "help": "loss (always), accuracy (MMLU, from the same forward pass), em and f1 (generate answers: slow)."})
+    base: bool = field(default=True, metadata={"help": "Evaluate the untrained model as a row."})
     limit: int | None = field(default=None, metadata={
-        "help": "Evaluate on a seeded subset of this many held-out items per target (the same for every row)."})
+        "help": "Evaluate each target on a seeded subset of this many held-out items (the same for every row)."})
     train: TrainSettings = field(default_factory=TrainSettings, metadata={"help": "Training settings."})
     less: LessSettings = field(default_factory=LessSettings, metadata={
         "help": "LESS settings (a row's options change them for that row)."})
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
     eval_max_length: int = field(default=2048, metadata={"help": "Evaluation token budget per sequence."})
-    dsir_sampling: str = field(default="gumbel", metadata={
-        "help": "dsir: gumbel (seeded importance resampling, as DSIR) or none (rank by the log weight)."})
+    dsir_sampling: str = field(default=DsirSelector.sampling, metadata={
+        "help": f"dsir: {DSIR_SAMPLING_HELP}", "choices": DSIR_SAMPLING})
     keep_contaminated: bool = field(default=False, metadata={
-        "help": "Keep pool examples that overlap a target's held-out items (dropped before selection by default)."})
+        "help": "Keep pool examples that share a 13-gram with the target's held-out evaluation items (by default "
+                "they are dropped before scoring; either way the manifest lists them)."})
     target: InitVar[str | None] = None  # one target, as `targets=[target]`
 
     def __post_init__(self, target: str | None) -> None:
