@@ -10,6 +10,7 @@ from click.core import ParameterSource
 from influence.cli.less_options import NAMES, less_options, pop_settings
 from influence.cli.settings_options import settings_option
 from influence.constants import OUTPUT_FORMATS, POOLINGS
+from influence.data.contamination import KEEP_CONTAMINATED_HELP
 from influence.errors import SelectionError
 from influence.selection import Diversity, run_selection, selector_options
 from influence.selectors import SELECTORS
@@ -39,10 +40,7 @@ def selection_options(function):
 
 dsir_sampling_option = settings_option(DsirSelector, "sampling", flag="--dsir-sampling", param="dsir_sampling",
                                        help=f"dsir: {DSIR_SAMPLING_HELP}")
-keep_contaminated_option = click.option(
-    "--keep-contaminated", is_flag=True,
-    help="Keep pool examples that share a 13-gram with the target's held-out evaluation items (by default they "
-         "are dropped before scoring; either way the manifest lists them).")
+keep_contaminated_option = click.option("--keep-contaminated", is_flag=True, help=KEEP_CONTAMINATED_HELP)
 
 
 def given_options(names) -> list[str]:

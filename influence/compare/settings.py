@@ -9,6 +9,7 @@ import json
 from dataclasses import InitVar, asdict, dataclass, field
 from typing import Any, Sequence
 
+from influence.data.contamination import KEEP_CONTAMINATED_HELP
 from influence.errors import ConfigError, require_positive_ints
 from influence.less.settings import LessSettings
 from influence.selectors import SELECTORS
@@ -116,9 +117,7 @@ class CompareSettings:
     eval_max_length: int = field(default=2048, metadata={"help": "Evaluation token budget per sequence."})
     dsir_sampling: str = field(default=DsirSelector.sampling, metadata={
         "help": f"dsir: {DSIR_SAMPLING_HELP}", "choices": DSIR_SAMPLING})
-    keep_contaminated: bool = field(default=False, metadata={
-        "help": "Keep pool examples that share a 13-gram with the target's held-out evaluation items (by default "
-                "they are dropped before scoring; either way the manifest lists them)."})
+    keep_contaminated: bool = field(default=False, metadata={"help": KEEP_CONTAMINATED_HELP})
     target: InitVar[str | None] = None  # one target, as `targets=[target]`
 
     def __post_init__(self, target: str | None) -> None:
