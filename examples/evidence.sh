@@ -9,7 +9,8 @@
 # k = 10% of the pool; 3 training seeds, one LESS selection (one warmup and one datastore for
 # every seed and both targets; random and DSIR draw again with each training seed); the same
 # 200 held-out items per target for every row; the untrained model as the base row; the
-# small-k training recipe (batch 8, lr 2e-4, 4 epochs). LESS is two rows: projected features
+# small-k training recipe (batch 8, lr 2e-4) for 2 epochs: its 4 took about 5 min a run on a
+# 2-core CPU, 24 runs past the hour. LESS is two rows: projected features
 # scored through FAISS, and the exact unprojected score.
 # Results (tables, csv, json, plot) land in $OUT; training runs and selections stay git-ignored.
 set -euo pipefail
@@ -24,13 +25,14 @@ OUT=${OUT:-examples/results/evidence}
 SELECTORS=${SELECTORS:-less:scoring=unprojected,store_features=true,random,longest,less:scoring=faiss,bm25}
 # A warmup of 5% of 600 examples at LESS's batch of 32 is one step an epoch, and the first step runs at
 # learning rate 0 (LESS's 3% linear warmup), so E epochs give E-1 scored checkpoints: 3 epochs give 2.
+EPOCHS=${EPOCHS:-2}                # training epochs per selection (the small-k recipe's 4 on a bigger machine)
 WARMUP_EPOCHS=${WARMUP_EPOCHS:-3}  # LESS's 4 give 3 checkpoints: the dry run says they do not fit in an hour
 INFLUENCE=${INFLUENCE:-influence}
 
 ARGS=(--pool alpaca:sample=300 --pool flan_cot:sample=300,stratify=source
       --target bbh --target mmlu --k 60
       --selectors "$SELECTORS" --seeds 3 --selection-seeds 1 --redraw random,dsir
-      --metrics loss,accuracy --limit 200 --recipe small-k
+      --metrics loss,accuracy --limit 200 --recipe small-k --epochs "$EPOCHS"
       --warmup-epochs "$WARMUP_EPOCHS" --out "$OUT")
 
 if [[ -n "${DRY_RUN:-}" ]]; then
