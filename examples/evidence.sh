@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE=1
 OUT=${OUT:-examples/results/evidence}
 # Rows in the order they run. The exact (unprojected) LESS row goes first and also stores the projected
 # features, so the FAISS row reuses its warmup and datastores; the cheap baselines come before bm25 so a
-# run cut short still holds the rows the issue asks for. dsir, rds, embed and ifd exist but do not fit
+# run cut short still holds the LESS rows and their baselines. dsir, rds, embed and ifd exist but do not fit
 # in the one-hour CPU budget (6 training runs each): add them with SELECTORS=... on a bigger machine.
 SELECTORS=${SELECTORS:-less:scoring=unprojected,store_features=true,random,longest,less:scoring=faiss,bm25}
 # A warmup of 5% of 600 examples at LESS's batch of 32 is one step an epoch, and the first step runs at

@@ -1,4 +1,8 @@
-"""File names and formats, chosen once."""
+"""File names, formats and the names of the kinds settings choose from, chosen once.
+
+The kinds live here, with a line of help each, so that settings and the CLI can list them
+without loading torch; the modules that implement them key their code by these names.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,23 @@ OUTPUT_FORMATS = ("alpaca", "messages")
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # inside a peft adapter directory
 POOLINGS = ("last", "mean")  # how rds reads an example's final hidden states: its last token's, or their mean
 ID_LENGTH = 16  # hex characters of the content hash kept as an example's id
+
+GRAD_TYPES: dict[str, str] = {
+    "sgd": "raw gradient of the example's mean response NLL (LESS uses it for target examples)",
+    "adam": "Adam-preconditioned update from a checkpoint's AdamW moments (LESS uses it for pool examples)",
+    "sign": "sign of the raw gradient",
+}
+ADAM_FORMS: dict[str, str] = {
+    "less": "LESS's released code (which produced its published results): m' / sqrt(v' + eps), "
+            "no bias correction",
+    "paper": "the LESS paper's formula: m_hat / (sqrt(v_hat) + eps), bias-corrected with the step count",
+}
+DEFAULT_ADAM_FORM = "less"
+PROJECTOR_KINDS: dict[str, str] = {  # influence.features.projection.PROJECTORS builds them
+    "sjlt": "our sparse Johnson-Lindenstrauss transform, the fastest on every device measured",
+    "trak-basic": "TRAK's dense Rademacher projection, on any device",
+    "trak-cuda": "TRAK's fast_jl CUDA kernel (falls back to trak-basic, loudly, without it)",
+}
 
 
 def manifest_path(selection_path: str | Path) -> Path:

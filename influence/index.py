@@ -31,6 +31,7 @@ import numpy as np
 
 from influence.errors import ConfigError, DataError, DatastoreError
 from influence.io import write_bytes
+from influence.ranking import check_k
 
 log = logging.getLogger(__name__)
 
@@ -293,9 +294,7 @@ def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
         queries = queries[None, :]
     if queries.ndim != 2 or queries.shape[1] != index.d:
         raise DataError(f"queries must be [q, {index.d}] to search this index, got shape {queries.shape}")
-    if k <= 0:
-        raise DataError(f"k must be positive, got {k}")
-    k = min(int(k), int(index.ntotal))
+    k = min(check_k(k, error=DataError), int(index.ntotal))
     if k == 0 or len(queries) == 0:
         return np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
     scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

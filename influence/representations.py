@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from influence.data.example import Example
 from influence.data.pools import Pool, example_ids
@@ -32,9 +33,12 @@ from influence.data.targets import Target
 from influence.errors import DataError
 from influence.features.compute import FeatureBatch, FeaturizeStats
 from influence.features.datastore import FeatureStore
+from influence.features.difficulty import response_losses
+from influence.features.encoder import embeddings, load_encoder
 from influence.features.fill import fill_store
+from influence.features.represent import hidden_size, hidden_states
 from influence.io import sha256_json
-from influence.less.pipeline import FeatureSet, score_features, workdir_for
+from influence.less.pipeline import LessRun, score_features, workdir_for
 from influence.less.settings import LessSettings
 from influence.models import load_model
 from influence.provenance import package_versions
@@ -65,16 +69,13 @@ def _store_name(role: str, fingerprint: str, kind: str) -> str:
 
 
 def rds_features(pool: Pool, target: Target | None, settings: LessSettings, *, pooling: str = "last",
-                 loaded: Any = None) -> FeatureSet:
+                 loaded: Any = None) -> LessRun:
     """The pool's (and the target's) pooled final hidden states in the datastore; reuses and resumes.
 
     Raises:
         DataError: the target has no examples.
         ManifestMismatchError: a store of that name was made under other settings or another pool.
     """
-    # loads torch: imported on use, not at start-up
-    from influence.features.represent import hidden_size, hidden_states
-
     roles = _roles(pool, target)
     loaded = loaded or load_model(settings.model, device=settings.device)
     model = loaded.model.eval()
@@ -95,13 +96,13 @@ def rds_features(pool: Pool, target: Target | None, settings: LessSettings, *, p
                            identity={**common, "role": role, "examples": fingerprint},
                            example_ids=example_ids(examples), dim=hidden_size(model), shard_rows=settings.shard_rows,
                            progress=settings.progress, desc=f"rds hidden states {role}")
-        stores[role], totals[role] = store.path, stats.to_dict()
+        stores[role], totals[role] = store.path, stats.counts()
         if stats.truncated:
             log.warning("rds %s: %d of %d examples were cut at max_length=%d", role, stats.truncated, stats.examples,
                         settings.max_length)
-    return FeatureSet(workdir=workdir, checkpoints=ONE_CHECKPOINT, pool_stores=[stores["pool"]],
-                      target_stores=[stores["target"]] if "target" in stores else [],
-                      stats={"featurized": totals, "features": "hidden-state", "pooling": pooling})
+    return LessRun(workdir=workdir, checkpoints=ONE_CHECKPOINT, pool_stores=[stores["pool"]],
+                   target_stores=[stores["target"]] if "target" in stores else [],
+                   stats={"featurized": totals, "features": "hidden-state", "pooling": pooling})
 
 
 # ------------------------------------------------------------------ embed: a sentence encoder
@@ -113,9 +114,6 @@ def encoder_folder(workdir: Path, encoder: Any) -> Path:
 
 def _embed_store(examples: Sequence[Example], role: str, fingerprint: str, encoder: Any, workdir: Path,
                  settings: LessSettings, batch_size: int, totals: dict[str, Any]) -> FeatureStore:
-    # loads torch: imported on use, not at start-up
-    from influence.features.encoder import embeddings
-
     stats = FeaturizeStats()
     store = fill_store(encoder_folder(workdir, encoder) / _store_name(role, fingerprint, "embed"),
                        lambda rows: embeddings(encoder, examples, batch_size=batch_size, indices=rows, stats=stats),
@@ -127,30 +125,27 @@ def _embed_store(examples: Sequence[Example], role: str, fingerprint: str, encod
     if stats.truncated:
         log.warning("embed %s: %d of %d examples were cut at the encoder's %d word pieces", role, stats.truncated,
                     stats.examples, encoder.model.max_seq_length)
-    totals[role] = stats.to_dict()
+    totals[role] = stats.counts()
     return store
 
 
 def embed_features(pool: Pool, target: Target | None, settings: LessSettings, *, encoder: Any = None,
-                   encoder_spec: str | None = None, batch_size: int = 64) -> FeatureSet:
+                   encoder_spec: str | None = None, batch_size: int = 64) -> LessRun:
     """The pool's (and the target's) sentence embeddings in the datastore; reuses and resumes.
 
     Raises:
         DataError: the target has no examples.
         ModelError: the encoder cannot be loaded.
     """
-    # loads torch: imported on use, not at start-up
-    from influence.features.encoder import load_encoder
-
     roles = _roles(pool, target)
     encoder = encoder or load_encoder(encoder_spec, device=settings.device)
     workdir = workdir_for(pool, settings)
     totals: dict[str, Any] = {}
     stores = {role: _embed_store(examples, role, fingerprint, encoder, workdir, settings, batch_size, totals).path
               for role, examples, fingerprint in roles}
-    return FeatureSet(workdir=workdir, checkpoints=ONE_CHECKPOINT, pool_stores=[stores["pool"]],
-                      target_stores=[stores["target"]] if "target" in stores else [],
-                      stats={"featurized": totals, "features": "sentence-embedding", "encoder": encoder.identity()})
+    return LessRun(workdir=workdir, checkpoints=ONE_CHECKPOINT, pool_stores=[stores["pool"]],
+                   target_stores=[stores["target"]] if "target" in stores else [],
+                   stats={"featurized": totals, "features": "sentence-embedding", "encoder": encoder.identity()})
 
 
 def pool_embeddings(pool: Pool, settings: LessSettings, *, encoder_spec: str | None = None,
@@ -160,7 +155,7 @@ def pool_embeddings(pool: Pool, settings: LessSettings, *, encoder_spec: str | N
     return FeatureStore.open(features.pool_stores[0], example_ids=pool.ids)
 
 
-def similarity_scores(features: FeatureSet, pool: Pool, target: Target, settings: LessSettings, *,
+def similarity_scores(features: LessRun, pool: Pool, target: Target, settings: LessSettings, *,
                       k: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Cosine to the target, mean over each subtask, max over subtasks: LESS's scoring with one checkpoint.
 
@@ -184,11 +179,6 @@ def ifd_losses(pool: Pool, settings: LessSettings, *, loaded: Any = None) -> tup
 
     An example with no response token left after cutting has zeros (its IFD is undefined).
     """
-    # heavy: imported on use, not at start-up
-    import torch
-
-    from influence.features.difficulty import response_losses
-
     loaded = loaded or load_model(settings.model, device=settings.device)
     model = loaded.model.eval()
     stats = FeaturizeStats()
@@ -206,4 +196,4 @@ def ifd_losses(pool: Pool, settings: LessSettings, *, loaded: Any = None) -> tup
                                  "examples": pool.fingerprint, "versions": _versions()},
                        example_ids=pool.ids, dim=2, shard_rows=settings.shard_rows, dtype="float32",
                        progress=settings.progress, desc="ifd losses")
-    return np.asarray(store.rows()[:], dtype=np.float64), {"store": str(store.path), "featurized": stats.to_dict()}
+    return np.asarray(store.rows()[:], dtype=np.float64), {"store": str(store.path), "featurized": stats.counts()}

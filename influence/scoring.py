@@ -322,7 +322,7 @@ def less_top_k(pool_features: Any, target_features: Any, learning_rates: Sequenc
         k: examples to return.
         index: a prebuilt index over the concatenated pool (`concatenated_pool`), rows in
             pool order; built here (kind `index_kind`, on `device`) when None.
-        ids: example ids, to break ties as `influence.selectors.top_k` does.
+        ids: example ids, to break ties as `influence.ranking.top_k` does.
         margin: extra hits per subtask search (default max(16, k // 8)).
         **index_options: passed to `build_index` (e.g. nlist, nprobe for "ivf-flat").
 

@@ -25,6 +25,7 @@ from influence.data.targets import Target, load_target
 from influence.errors import ConfigError, OutputError, SelectionError
 from influence.io import (check_output_dir, check_output_file, json_bytes, jsonl_bytes, replace_together, sha256_bytes,
                           sha256_json)
+from influence.less.settings import LessSettings
 from influence.provenance import envelope
 from influence.ranking import diverse_top_k
 from influence.selectors import Scores, SelectionContext, Selector, check_k, make_selector, top_k
@@ -248,7 +249,6 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
 def diverse_selection(pool: Pool, scores: np.ndarray, k: int, diversity: Diversity) -> tuple[np.ndarray, dict]:
     """`diverse_top_k` over the pool's stored sentence embeddings (computed on first use); with its record."""
     # imported on use: the encoder and the datastore bring torch and sentence-transformers
-    from influence.less.settings import LessSettings
     from influence.representations import pool_embeddings
 
     store = pool_embeddings(pool, diversity.settings or LessSettings(), encoder_spec=diversity.encoder,

@@ -319,3 +319,29 @@ def test_a_row_can_walk_its_ranking_with_diversity_aware_top_k(tmp_path, monkeyp
     with pytest.raises(ConfigError, match="diversity must be a cosine"):
         compare(CompareConfig(pools=[str(pool)], targets=["tydiqa"], k=2, selectors=["longest:diversity=\"x\""],
                               seeds=1, base=False), tmp_path / "bad")
+
+
+def test_the_dry_run_prices_one_pool_pass_per_target_for_the_exact_score(tmp_path, tiny_model_dir):
+    """The unprojected score takes the target's queries inside the pool's backward, so every target costs a
+    pool pass; with store_features its first pass also writes the features a FAISS row then reuses."""
+    pool, sums = _files(tmp_path)
+    colours = _colour_target(tmp_path)
+    less = LessSettings.for_tests(model=str(tiny_model_dir), index_root=tmp_path / "indexes")
+
+    def names(rows: str) -> list[str]:
+        config = CompareConfig(pools=[str(pool)], targets=[str(sums), str(colours)], k=4, selectors=[rows],
+                               seeds=1, less=less, base=False)
+        return [p["name"] for p in estimate_compare(config, flops_per_second=1e9).phases if "pool" in p["name"]
+                or "target features" in p["name"]]
+
+    exact_first = names("less:scoring=unprojected,store_features=true,less:scoring=faiss")
+    assert sorted(exact_first) == sorted([
+        "LESS pool features, per checkpoint", f"LESS target features, {sums}", f"LESS target features, {colours}",
+        f"LESS pool pass for the exact cosines with {colours}, per checkpoint"])  # the FAISS row reuses them all
+    faiss_first = names("less:scoring=faiss,less:scoring=unprojected")
+    assert sorted(faiss_first) == sorted([
+        "LESS pool features, per checkpoint", f"LESS target features, {sums}", f"LESS target features, {colours}",
+        f"LESS pool pass for the exact cosines with {sums}, per checkpoint",
+        f"LESS pool pass for the exact cosines with {colours}, per checkpoint",
+        f"LESS target features, {sums}, for the exact score's queries",
+        f"LESS target features, {colours}, for the exact score's queries"])

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from influence.errors import DatastoreError, ManifestMismatchError
-from influence.features.datastore import FeatureStore, ShardedRows
+from influence.features.datastore import FeatureStore
+from influence.features.rows import ShardedRows
 from influence.provenance import settings_difference as identity_difference
 
 ROOT = Path(__file__).resolve().parents[1]

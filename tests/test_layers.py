@@ -2,13 +2,15 @@
 
 The layers, bottom first (README, Architecture): shared pieces, data, models, training,
 features, index, less, selectors, selection, evaluation, compare, cli. A module may import
-its own layer or a lower one. Imports inside functions are kept only for heavy optional
-modules (torch and the like, or a module of ours that loads them), each under a comment.
+its own layer or a lower one. An import inside a function is kept only when it loads a heavy
+optional package (torch and the like, or a module of ours that loads them) that importing its
+module does not load already, and it says so in a comment on its line or just above.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "influence"
@@ -52,6 +54,7 @@ def layer_of(module: str) -> int:
     return rank
 
 
+@functools.cache
 def imports(module: str) -> list[tuple[str, ast.stmt, bool]]:
     """(imported module, statement, inside a function) for every import in `module`."""
     tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
@@ -100,18 +103,32 @@ def graph() -> dict[str, set[str]]:
     return edges
 
 
-def loads_heavy(module: str, seen: set[str] | None = None) -> bool:
-    """Whether importing `module` (its module-level imports, followed) loads a heavy package."""
-    seen = set() if seen is None else seen
-    if module in seen:
-        return False
-    seen.add(module)
-    for name, _, in_function in imports(module):
-        if in_function:
+@functools.cache
+def heavy_at_import(module: str) -> frozenset[str]:
+    """The heavy packages that importing `module` loads: its module-level imports followed, with the
+    __init__ of every package entered on the way (the root package's too)."""
+    found: set[str] = set()
+    seen: set[str] = set()
+    stack = [module]
+    while stack:
+        current = stack.pop()
+        if current in seen:
             continue
-        if name.split(".")[0] in HEAVY or (ours(name) and loads_heavy(resolve(name), seen)):
-            return True
-    return False
+        seen.add(current)
+        stack += [package for package in ["influence", *ancestors(current)] if package not in seen]
+        for name, _, in_function in imports(current):
+            if in_function:
+                continue
+            if ours(name):
+                stack.append(resolve(name))
+            elif name.split(".")[0] in HEAVY:
+                found.add(name.split(".")[0])
+    return frozenset(found)
+
+
+def brought_by(name: str) -> frozenset[str]:
+    """The heavy packages that importing `name` loads."""
+    return heavy_at_import(resolve(name)) if ours(name) else frozenset({name.split(".")[0]}) & HEAVY
 
 
 def test_every_module_belongs_to_a_layer():
@@ -151,22 +168,22 @@ def test_imports_inside_functions_are_heavy_and_say_so():
         for name, node, in_function in imports(module):
             if not in_function:
                 continue
-            heavy = name.split(".")[0] in HEAVY or (ours(name) and loads_heavy(resolve(name)))
             where = f"{path.relative_to(PACKAGE.parent)}:{node.lineno} imports {name}"
-            if not heavy:
-                problems.append(f"{where} inside a function but it is light: import it at the top")
+            if not brought_by(name) - heavy_at_import(module):
+                loaded = sorted(brought_by(name))
+                problems.append(f"{where} inside a function, but it loads no heavy package"
+                                + (f" that the module does not load already ({', '.join(loaded)})" if loaded else "")
+                                + ": import it at the top")
             elif not _commented(lines, node.lineno - 1):
-                problems.append(f"{where} inside a function without a comment saying why")
+                problems.append(f"{where} inside a function without a comment saying why, on its line or above it")
     assert not problems, "\n".join(problems)
 
 
 def _commented(lines: list[str], index: int) -> bool:
-    """A comment on the import's line, or just above its block of imports."""
-    if "#" in lines[index]:
-        return True
-    index -= 1
-    while index >= 0 and (not lines[index].strip() or lines[index].strip().startswith(("import ", "from "))):
-        if "#" in lines[index]:
-            return True
+    """A comment on the import's line, or on the line above it (or above the block of imports it
+    belongs to, with no blank line between)."""
+    while "#" not in lines[index]:
         index -= 1
-    return index >= 0 and lines[index].strip().startswith("#")
+        if index < 0 or not lines[index].strip().startswith(("import ", "from ")):
+            return index >= 0 and lines[index].strip().startswith("#")
+    return True

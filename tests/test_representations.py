@@ -116,9 +116,18 @@ def test_rds_stores_its_features_beside_less_and_reuses_them(tiny, settings, mon
     def no_forward(*args, **kwargs):
         raise AssertionError("features were recomputed")
 
-    monkeypatch.setattr("influence.features.represent.hidden_states", no_forward)
+    monkeypatch.setattr("influence.representations.hidden_states", no_forward)
     again = select(pool, 2, make_selector("rds", settings=settings, loaded=tiny), target=TARGET)
     assert again.indices.tolist() == first.indices.tolist()
+
+
+def test_forward_only_features_record_their_counts_and_no_timings(tiny, settings):
+    pool = _pool()
+    selection = select(pool, 2, make_selector("rds", settings=settings, loaded=tiny), target=TARGET)
+    featurized = selection.manifest("alpaca")["datastore"]["featurized"]
+    assert featurized["pool"]["done"] == len(pool) and featurized["target"]["done"] == len(TARGET)
+    assert featurized["pool"]["tokens"] > len(pool)
+    assert [key for counts in featurized.values() for key in counts if key.endswith("_seconds")] == []
 
 
 def test_fill_store_resumes_after_a_kill_with_the_bytes_of_one_run(tmp_path):

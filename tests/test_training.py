@@ -217,7 +217,7 @@ def test_less_warmup_averages_per_example_and_plain_training_per_token():
 def test_full_fine_tuning_saves_a_loadable_model(tiny, tmp_path):
     result = train(EXAMPLES[:2], TrainConfig.for_tests(method="full", epochs=1, learning_rate=1e-3),
                    tmp_path / "full", loaded=tiny)
-    assert result.output_dir.name == "model"
+    assert result.weights_dir.name == "model"
     loaded = load_trained(result.out_dir)
     assert training_loss(loaded, EXAMPLES[:2]) < training_loss(tiny, EXAMPLES[:2])
     assert load_checkpoint(result.checkpoints[0]).weights_file.exists()

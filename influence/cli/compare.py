@@ -3,15 +3,50 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import click
 
 from influence.cli.less_options import less_options, pop_settings
-from influence.cli.select import dsir_sampling_option, keep_contaminated_option
+from influence.cli.settings_options import apply, settings_option
+from influence.compare.run import compare
+from influence.compare.settings import CompareSettings
 from influence.constants import safe_name
 from influence.training.settings import TrainSettings
 
 RECIPES = {"less": TrainSettings, "small-k": TrainSettings.small_k}
+
+
+def recipe_summary(settings: TrainSettings) -> str:
+    """`batch 32, lr 2e-5, 4 epochs`: what tells the recipes apart."""
+    mantissa, exponent = f"{settings.learning_rate:e}".split("e")
+    return f"batch {settings.batch_size}, lr {float(mantissa):g}e{int(exponent)}, {settings.epochs} epochs"
+
+
+# CompareSettings' fields (a list field takes comma-separated text): what is compared ...
+COMPARISON_OPTIONS = [
+    settings_option(CompareSettings, "k"),
+    settings_option(CompareSettings, "selectors", metavar="ROW[,ROW...]"),
+    settings_option(CompareSettings, "seeds", type=click.IntRange(min=1)),
+    settings_option(CompareSettings, "selection_seeds", type=click.IntRange(min=1)),
+    settings_option(CompareSettings, "redraw", metavar="NAME[,NAME...]"),
+    settings_option(CompareSettings, "metrics", metavar="M[,M...]"),
+    settings_option(CompareSettings, "base"),
+    settings_option(CompareSettings, "limit", type=int),
+]
+# ... and how every row selects
+SELECTION_OPTIONS = [
+    settings_option(CompareSettings, "dsir_sampling"),
+    settings_option(CompareSettings, "keep_contaminated"),
+]
+
+
+def comparison_options(function: Callable) -> Callable:
+    return apply(COMPARISON_OPTIONS, function)
+
+
+def selection_options(function: Callable) -> Callable:
+    return apply(SELECTION_OPTIONS, function)
 
 
 def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) -> Path:
@@ -24,42 +59,24 @@ def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) ->
               help="Pool spec(s), as for select; SPEC:sample=N[,seed=S][,stratify=source] takes a seeded sample.")
 @click.option("--target", "targets", multiple=True, required=True, metavar="SPEC",
               help="Target(s): each a selection target and an evaluation; repeat for several.")
-@click.option("--k", type=int, default=1000, show_default=True, help="Examples per selection.")
-@click.option("--selectors", default="less,longest,random", show_default=True, metavar="ROW[,ROW...]",
-              help="Rows: registered selectors, each optionally with options, as in "
-                   "less:scoring=unprojected,less:scoring=faiss,longest:unit=words,random; diversity=TAU "
-                   "(and diversity_encoder=DIR) on any row walks its ranking with diversity-aware top-k.")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Training seeds per selection (0..N-1); random draws again with each.")
-@click.option("--selection-seeds", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Selection seeds (0..M-1) of the other rows: LESS's warmup sample, adapter init, projection.")
-@click.option("--redraw", default="random", show_default=True, metavar="NAME[,NAME...]",
-              help="Selectors drawn again for every training seed, with it as their seed ('' for none).")
-@click.option("--metrics", default="loss,accuracy", show_default=True, metavar="M[,M...]",
-              help="loss (always), accuracy (MMLU, from the same forward pass), em and f1 (generate answers: slow).")
-@click.option("--base/--no-base", default=True, show_default=True, help="Evaluate the untrained model as a row.")
-@click.option("--limit", type=int, default=None,
-              help="Evaluate each target on a seeded subset of this many held-out items (the same for every row).")
+@comparison_options
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="less", show_default=True,
-              help="Training recipe: less (batch 32, lr 2e-5, 4 epochs) or small-k (batch 8, lr 2e-4, 4 epochs); "
-                   "the options below change it.")
+              help="Training recipe: " + " or ".join(f"{name} ({recipe_summary(recipe())})"
+                                                      for name, recipe in RECIPES.items())
+                   + "; the options below change it.")
 @click.option("--epochs", type=int, default=None, help="Training epochs per selection [default: the recipe's].")
 @click.option("--lr", type=float, default=None, help="Training peak learning rate [default: the recipe's].")
 @click.option("--train-batch-size", type=int, default=None, help="Examples per optimizer step [default: the recipe's].")
-@click.option("--train-max-length", type=int, default=None, help="Training tokens per example [default: 2048].")
+@click.option("--train-max-length", type=int, default=None, help="Training tokens per example [default: the recipe's].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: compare/<pools>-<targets>-k<k>]; rerun to resume.")
 @click.option("--dry-run", is_flag=True, help="Print the estimated time of each phase and the total; write nothing.")
-@dsir_sampling_option
-@keep_contaminated_option
+@selection_options
 @less_options
 def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw, metrics, base, limit, recipe, epochs,
                     lr, train_batch_size, train_max_length, out, dry_run, dsir_sampling, keep_contaminated,
                     **less) -> None:
     """For each row, seed and target: select, train, evaluate; then tables, a plot and the overlaps."""
-    # loads torch: imported on use, not at start-up
-    from influence.compare import CompareSettings, compare, estimate_compare
-
     settings = pop_settings(less)
     changes = {name: value for name, value in (("epochs", epochs), ("learning_rate", lr),
                                                ("batch_size", train_batch_size), ("max_length", train_max_length))
@@ -76,6 +93,9 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw
                              base=base, limit=limit, train=train, less=settings, dsir_sampling=dsir_sampling,
                              keep_contaminated=keep_contaminated)
     if dry_run:
+        # loads torch: imported on use, not at start-up
+        from influence.compare.estimate import estimate_compare
+
         click.echo("\n".join(estimate_compare(config).lines()))
         return
     out = out or default_out_dir(pools, targets, k)

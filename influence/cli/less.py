@@ -21,7 +21,7 @@ from influence.selection import decontaminate, run_selection
 def warmup_command(pools, seed, **less) -> None:
     """Train the warmup LoRA on a seeded fraction of the pool (reused or resumed if present)."""
     # loads torch: imported on use, not at start-up
-    from influence.less import run_warmup
+    from influence.less.pipeline import run_warmup
 
     settings = pop_settings(less, seed=seed)
     check_output_dir(settings.index_root)
@@ -54,7 +54,7 @@ def featurize_command(pools, target, seed, dry_run, keep_contaminated, **less) -
     shards of the same datastores, after training the warmup together (data parallel).
     """
     # loads torch: imported on use, not at start-up
-    from influence.less import build_features, print_estimate
+    from influence.less.pipeline import build_features, print_estimate
 
     # featurize exists to write features: with a target, the unprojected cosines come from the same pass
     settings = pop_settings(less, seed=seed).with_(store_features=True)

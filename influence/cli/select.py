@@ -8,12 +8,14 @@ import click
 from click.core import ParameterSource
 
 from influence.cli.less_options import NAMES, less_options, pop_settings
+from influence.cli.settings_options import settings_option
 from influence.constants import OUTPUT_FORMATS, POOLINGS
+from influence.data.contamination import KEEP_CONTAMINATED_HELP
 from influence.errors import SelectionError
 from influence.selection import Diversity, run_selection, selector_options
 from influence.selectors import SELECTORS
 from influence.selectors.baselines import LENGTH_UNITS
-from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING
+from influence.selectors.dsir import SAMPLING_HELP as DSIR_SAMPLING_HELP, DsirSelector
 
 
 def selection_options(function):
@@ -36,14 +38,9 @@ def selection_options(function):
     return function
 
 
-dsir_sampling_option = click.option(
-    "--dsir-sampling", type=click.Choice(DSIR_SAMPLING), default=DSIR_SAMPLING[0], show_default=True,
-    help="dsir: gumbel resamples in proportion to the importance weights (seeded, as DSIR does); none ranks by "
-         "the log weight.")
-keep_contaminated_option = click.option(
-    "--keep-contaminated", is_flag=True,
-    help="Keep pool examples that share a 13-gram with the target's held-out evaluation items (by default they "
-         "are dropped before scoring; either way the manifest lists them).")
+dsir_sampling_option = settings_option(DsirSelector, "sampling", flag="--dsir-sampling", param="dsir_sampling",
+                                       help=f"dsir: {DSIR_SAMPLING_HELP}")
+keep_contaminated_option = click.option("--keep-contaminated", is_flag=True, help=KEEP_CONTAMINATED_HELP)
 
 
 def given_options(names) -> list[str]:
@@ -90,7 +87,7 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
     if dry_run:
         if name != "less":
             raise SelectionError(f"--dry-run estimates the less selector; {name!r} takes a second anyway")
-        from influence.less import print_estimate  # imports torch: only when asked
+        from influence.less.pipeline import print_estimate  # imports torch: only when asked
 
         print_estimate(pools, target, settings, echo=click.echo)
         return

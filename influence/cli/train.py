@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from influence import distributed
+from influence.cli.settings_options import settings_option
 from influence.data.readers import counted
 from influence.training import train
 from influence.training.settings import TrainSettings
@@ -25,23 +26,17 @@ def default_out_dir(data: str, method: str, seed: int) -> Path:
 @click.command("train")
 @click.option("--data", required=True, metavar="FILE",
               help="Training data: a selection JSONL from `influence select`, or any pool file or name.")
-@click.option("--model", default=None, metavar="M", help="Model id, directory or .gguf [default: bundled SmolLM2-135M].")
-@click.option("--lora/--full", "lora", default=True, show_default=True,
-              help="Train LoRA adapters (r=128, alpha=512, q/k/v/o) or every weight.")
-@click.option("--epochs", type=int, default=_DEFAULTS.epochs, show_default=True, help="Passes over the data.")
-@click.option("--lr", type=float, default=_DEFAULTS.learning_rate, show_default=True,
-              help="Peak learning rate (linear schedule, 3% warmup).")
-@click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True,
-              help="Examples per optimizer step.")
-@click.option("--micro-batch-size", type=int, default=_DEFAULTS.micro_batch_size, show_default=True,
-              help="Examples per forward/backward pass (gradient accumulation makes up the rest).")
-@click.option("--loss-reduction", type=click.Choice(["token", "example"]), default=_DEFAULTS.loss_reduction,
-              show_default=True, help="token: every response token of a step weighs the same; example: the mean "
-                                      "of each example's mean token loss (as LESS's Trainer computed it).")
-@click.option("--max-length", type=int, default=_DEFAULTS.max_length, show_default=True,
-              help="Tokens per example; longer ones are cut and counted.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seeds adapter init, data order and dropout.")
+@settings_option(_DEFAULTS, "model", metavar="M")
+@click.option("--lora/--full", "lora", default=_DEFAULTS.method == "lora", show_default=True,
+              help=f"Train LoRA adapters (r={_DEFAULTS.lora.r}, alpha={_DEFAULTS.lora.alpha}, "
+                   f"{'/'.join(m.removesuffix('_proj') for m in _DEFAULTS.lora.target_modules)}) or every weight.")
+@settings_option(_DEFAULTS, "epochs")
+@settings_option(_DEFAULTS, "learning_rate", flag="--lr", param="lr")
+@settings_option(_DEFAULTS, "batch_size")
+@settings_option(_DEFAULTS, "micro_batch_size")
+@settings_option(_DEFAULTS, "loss_reduction")
+@settings_option(_DEFAULTS, "max_length")
+@settings_option(_DEFAULTS, "seed", type=click.IntRange(min=0))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: runs/<data>-<lora|full>-s<seed>]; rerun to resume.")
 @click.option("--overwrite", is_flag=True,

@@ -26,6 +26,8 @@ from influence.data.targets import TARGETS, HeldOutItem, load_heldout
 
 NGRAM_WORDS = 13      # GPT-3's and LLaMA's n
 MIN_ITEM_WORDS = 8    # GPT-3's lower bound for n on short items
+KEEP_CONTAMINATED_HELP = (f"Keep pool examples that share a {NGRAM_WORDS}-gram with the target's held-out evaluation "
+                          "items (by default they are dropped before scoring; either way the manifest lists them).")
 
 
 def normalized_words(text: str) -> list[str]:

@@ -53,6 +53,11 @@ class FeaturizeStats:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def counts(self) -> dict[str, int]:
+        """The counts without the timings: what a forward-only featurization records, as it
+        computes no gradient and projects nothing."""
+        return {key: value for key, value in asdict(self).items() if not key.endswith("_seconds")}
+
     def __add__(self, other: "FeaturizeStats") -> "FeaturizeStats":
         """Every count and timing summed: the totals of two featurizations, as a new one."""
         return FeaturizeStats(**self.to_dict()).add(other)

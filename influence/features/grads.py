@@ -29,22 +29,10 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 import torch.nn.functional as F
 
+from influence.constants import ADAM_FORMS, DEFAULT_ADAM_FORM, GRAD_TYPES
 from influence.data.formatting import IGNORE_INDEX
 from influence.errors import ConfigError, ManifestMismatchError
 from influence.lora import lora_parameters
-
-GRAD_TYPES: dict[str, str] = {
-    "sgd": "raw gradient of the example's mean response NLL (LESS uses it for target examples)",
-    "adam": "Adam-preconditioned update from a checkpoint's AdamW moments (LESS uses it for pool examples)",
-    "sign": "sign of the raw gradient",
-}
-
-ADAM_FORMS: dict[str, str] = {
-    "less": "LESS's released code (which produced its published results): m' / sqrt(v' + eps), "
-            "no bias correction",
-    "paper": "the LESS paper's formula: m_hat / (sqrt(v_hat) + eps), bias-corrected with the step count",
-}
-DEFAULT_ADAM_FORM = "less"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from influence.constants import PROJECTOR_KINDS
 from influence.errors import ConfigError, UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -246,10 +247,10 @@ def _trak_version() -> str:
 
 
 PROJECTORS: dict[str, Callable[..., Projector]] = {
-    "sjlt": SJLTProjector,
-    "trak-basic": TrakBasicProjector,
-    "trak-cuda": TrakCudaProjector,
-}
+    cls.name: cls for cls in (SJLTProjector, TrakBasicProjector, TrakCudaProjector)}
+if list(PROJECTORS) != list(PROJECTOR_KINDS):  # settings and the CLI list PROJECTOR_KINDS without loading torch
+    raise ImportError(f"projectors {list(PROJECTORS)} differ from influence.constants.PROJECTOR_KINDS "
+                      f"{list(PROJECTOR_KINDS)}; add a new projector to both")
 
 
 def default_projector_name(device: str | torch.device = "cpu") -> str:

@@ -27,9 +27,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from influence.data.example import Example
-from influence.data.formatting import encode_example
+from influence.data.formatting import PLAIN_PROMPT, encode_example
 from influence.errors import ConfigError
 from influence.features.compute import DEFAULT_MAX_BATCH_TOKENS, query_memory_bytes
 from influence.features.projection import default_projector_name
@@ -41,7 +42,7 @@ from influence.scoring import DEFAULT_MEMORY_BYTES
 FLOPS_PER_FROZEN_PARAMETER = 4     # per token: forward 2 + backward 2 (input gradients only)
 FLOPS_PER_TRAINED_PARAMETER = 6    # per token: forward 2 + backward 4 (input and weight gradients)
 CHARS_PER_TOKEN = 4                # the usual English rate of BPE tokenizers, when none is given
-TEMPLATE_CHARS = 36                # the plain prompt template around instruction and response
+TEMPLATE_CHARS = len(PLAIN_PROMPT.format(prompt=""))  # the plain prompt template around instruction and response
 LENGTH_SAMPLE = 2000               # examples tokenised to measure lengths (totals are scaled up)
 ADAM_TRANSFORM_FLOPS = 10          # per LoRA parameter and example: the Adam preconditioning of a pool gradient
 # Share of the probe's matmul rate a LoRA forward/backward reaches: 0.55 measured for SmolLM2-135M
@@ -157,8 +158,7 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: Any, lora: LoraSettings) -> "ModelShape":
         """Build the model from a transformers config on the "meta" device (no memory, no download) and count it."""
-        # heavy: imported on use, not at start-up
-        import torch
+        # heavy: transformers, imported on use, not at start-up
         from transformers import AutoModelForCausalLM
 
         with torch.device("meta"):
@@ -172,9 +172,6 @@ def measure_flops(device: str = "cpu", *, seconds: float = 0.25, dtype: Any = No
     The dtype is the one a run uses there (float32 on CPU, bfloat16 on CUDA, as `load_model`);
     the probe is a best case for the device: real training reaches a fraction of it.
     """
-    # heavy: imported on use, not at start-up
-    import torch
-
     dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     n = 2048 if str(device).startswith("cuda") else 512
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -392,9 +389,6 @@ def estimate_less(pool: Sequence[Example] | TokenStats, target: Sequence[Example
     Raises:
         ConfigError: an unknown index kind or a non-positive rate.
     """
-    # heavy: imported on use, not at start-up
-    import torch
-
     index_kind = settings.index if index_kind is None else index_kind
     if index_kind not in INDEX_KINDS:
         raise ConfigError(f"unknown index kind {index_kind!r}; choose one of {', '.join(INDEX_KINDS)}")

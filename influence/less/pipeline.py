@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from influence import distributed
 from influence.constants import ADAPTER_WEIGHTS_FILE, safe_name
@@ -44,15 +45,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LessRun:
-    """Scores of one LESS run, with where its pieces live and how they were made."""
+    """One run's datastores: the pool's (and a target's) features at every checkpoint and, with
+    scoring=unprojected, the pool's exact cosines with the target's subtask queries (per
+    checkpoint, one store per group of subtasks); once scored (`less_run`), the pool's scores."""
 
     workdir: Path
-    scores: np.ndarray                        # one per pool example; NaN where the FAISS search proved it out
-    checkpoints: list[dict[str, Any]]         # epoch, step, avg_lr, weight
+    checkpoints: list[dict[str, Any]]         # epoch, step, avg_lr, weight (featurized ones only)
     pool_stores: list[Path]
     target_stores: list[Path]
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # featurized counts, skipped checkpoints, projector, scoring
     cosine_stores: list[list[Path]] = field(default_factory=list)
+    scores: np.ndarray | None = None          # one per pool example; NaN where the FAISS search proved it out
 
     def provenance(self) -> dict[str, Any]:
         cosines = {"cosine_stores": [[str(p) for p in group] for group in self.cosine_stores]} \
@@ -200,10 +203,6 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
 
 def query_budget(device: Any) -> int:
     """Half the memory free now where the queries live: the GPU's on CUDA, else the machine's."""
-    # heavy: imported on use, not at start-up
-    import torch
-
-
     if torch.device(device).type == "cuda":
         return int(torch.cuda.mem_get_info(torch.device(device))[0]) // 2
     return available_memory() // 2
@@ -245,27 +244,13 @@ def _weighted_checkpoints(checkpoints: list[Any]) -> tuple[list[Any], list[dict[
     return kept, skipped
 
 
-@dataclass
-class FeatureSet:
-    """The datastores of one run: the pool's (and a target's) features at every checkpoint, and with
-    scoring=unprojected, the pool's exact cosines with the target's subtask queries (per checkpoint,
-    one store per group of subtasks)."""
-
-    workdir: Path
-    checkpoints: list[dict[str, Any]]         # epoch, step, avg_lr, weight (featurized ones only)
-    pool_stores: list[Path]
-    target_stores: list[Path]
-    stats: dict[str, Any] = field(default_factory=dict)  # featurized counts, skipped checkpoints, projector
-    cosine_stores: list[list[Path]] = field(default_factory=list)
-
-
 def cosine_dir(folder: Path, pool_grad: str, target_grad: str, target_fp: str, group: Sequence[str]) -> Path:
     """`cosines-<pool grad>-<target hash>-<target grad>-<subtasks hash>`: one group's exact cosines."""
     return folder / f"cosines-{pool_grad}-{target_fp[:12]}-{target_grad}-{sha256_json(list(group))[:8]}"
 
 
 def build_features(pool: Pool, target: Target | None, settings: LessSettings, *, loaded: Any = None,
-                   existing_only: bool = False) -> FeatureSet:
+                   existing_only: bool = False) -> LessRun:
     """Warmup, then the pool's (and the target's) features at each checkpoint; reuses what exists.
 
     With scoring=unprojected and a target, the pool pass takes the exact cosines with the
@@ -359,17 +344,17 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
         summary.append({"epoch": ckpt.epoch, "step": ckpt.step, "avg_lr": ckpt.avg_lr})
     for entry, weight in zip(summary, checkpoint_weights(_score_rates(summary))):
         entry["weight"] = float(weight)
-    return FeatureSet(workdir=workdir, checkpoints=summary, pool_stores=stores["pool"],
-                      target_stores=stores["target"], cosine_stores=cosine_stores if unprojected else [],
-                      stats={"featurized": {role: s.to_dict() for role, s in totals.items()},
-                             **({"skipped_checkpoints": skipped} if skipped else {}),
-                             "model": {"spec": loaded.spec, "location": loaded.info.get("location"),
-                                       "weights_sha256": loaded.weights_sha256},
-                             "projector": projector.describe(), "scored_dim": settings.score_dim,
-                             **({"other_dim_stores": extra} if len(settings.all_dims) > 1 else {}),
-                             **({"unprojected": {"subtask_groups": len(groups), "lora_params": dim,
-                                                 "query_bytes": query_memory_bytes(len(groups[0]), dim)}}
-                                if unprojected else {})})
+    return LessRun(workdir=workdir, checkpoints=summary, pool_stores=stores["pool"],
+                   target_stores=stores["target"], cosine_stores=cosine_stores if unprojected else [],
+                   stats={"featurized": {role: s.to_dict() for role, s in totals.items()},
+                          **({"skipped_checkpoints": skipped} if skipped else {}),
+                          "model": {"spec": loaded.spec, "location": loaded.info.get("location"),
+                                    "weights_sha256": loaded.weights_sha256},
+                          "projector": projector.describe(), "scored_dim": settings.score_dim,
+                          **({"other_dim_stores": extra} if len(settings.all_dims) > 1 else {}),
+                          **({"unprojected": {"subtask_groups": len(groups), "lora_params": dim,
+                                              "query_bytes": query_memory_bytes(len(groups[0]), dim)}}
+                             if unprojected else {})})
 
 
 def _require_complete(paths: Sequence[Path]) -> None:
@@ -416,9 +401,9 @@ def _reuse_queries(job: CosineJob, found: SubtaskQueries) -> CosineJob:
     return replace(job, queries=queries)
 
 
-def score_features(features: FeatureSet, pool: Pool, target: Target, settings: LessSettings, *,
+def score_features(features: LessRun, pool: Pool, target: Target, settings: LessSettings, *,
                    k: int | None = None, memory_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """LESS scores from a FeatureSet: exact for every example, or NaN outside the FAISS candidates.
+    """LESS scores from a run's features: exact for every example, or NaN outside the FAISS candidates.
 
     With cosine stores (scoring=unprojected), the scores are the exact unprojected ones,
     computed from them for every example. A flat index holds the whole pool in float32;
@@ -464,9 +449,7 @@ def less_run(pool: Pool, target: Target, settings: LessSettings, *, k: int | Non
     """
     features = build_features(pool, target, settings, loaded=loaded, existing_only=existing_only)
     scores, scoring = score_features(features, pool, target, settings, k=k)
-    return LessRun(workdir=features.workdir, scores=scores, checkpoints=features.checkpoints,
-                   pool_stores=features.pool_stores, target_stores=features.target_stores,
-                   cosine_stores=features.cosine_stores, stats={**features.stats, "scoring": scoring})
+    return replace(features, scores=scores, stats={**features.stats, "scoring": scoring})
 
 
 def print_estimate(pool_specs: Sequence[str], target: str | None, settings: LessSettings, *,

@@ -6,14 +6,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from influence.constants import DEFAULT_INDEX_ROOT
+from influence.constants import ADAM_FORMS, DEFAULT_ADAM_FORM, DEFAULT_INDEX_ROOT, GRAD_TYPES, PROJECTOR_KINDS
 from influence.errors import ConfigError, require_positive_ints
-from influence.features.grads import ADAM_FORMS, DEFAULT_ADAM_FORM, GRAD_TYPES
 from influence.index import INDEX_KINDS
 from influence.lora import LoraSettings
+from influence.models import DEVICES
 from influence.training.settings import LOSS_REDUCTIONS
 
 SCORING_METHODS = ("unprojected", "faiss", "exact")
+
+
+def _kinds(registry: dict[str, str]) -> str:
+    return "; ".join(f"{name}: {meaning}" for name, meaning in registry.items())
 
 
 @dataclass
@@ -21,7 +25,7 @@ class LessSettings:
     """Everything that decides LESS scores; stored in manifests and hashed into the run name."""
 
     model: str | None = field(default=None, metadata={
-        "help": "Model id, directory or .gguf file; None is the bundled SmolLM2-135M-Instruct."})
+        "help": "Model id, local directory or .gguf file.", "none": "the bundled SmolLM2-135M-Instruct"})
     lora: LoraSettings = field(default_factory=LoraSettings.less_default, metadata={
         "help": "Warmup adapter: LESS uses r=128, alpha=512, dropout 0.1 on q/k/v/o."})
     warmup_fraction: float = field(default=0.05, metadata={
@@ -33,38 +37,42 @@ class LessSettings:
     warmup_loss_reduction: str = field(default="example", metadata={
         "help": "Warmup loss: example (LESS: the mean of each example's mean token loss, as its Trainer "
                 "computed with batch 1 per device and gradient accumulation) or token (every response "
-                "token of a step weighs the same)."})
+                "token of a step weighs the same).", "choices": LOSS_REDUCTIONS})
     projector: str | None = field(default=None, metadata={
-        "help": "sjlt (ours, fastest), trak-basic, trak-cuda; None picks the fastest available."})
+        "help": f"Random projection: {_kinds(PROJECTOR_KINDS)}.", "choices": PROJECTOR_KINDS,
+        "none": "the fastest available"})
     dims: int | tuple[int, ...] = field(default=8192, metadata={
         "help": "Projected feature dimension(s), all made in one pass; the first is scored (LESS: 8192)."})
     batch_size: int = field(default=4, metadata={"help": "Examples per featurization forward/backward."})
     max_length: int = field(default=2048, metadata={"help": "Tokens per example; longer ones are cut and counted."})
     shard_rows: int = field(default=256, metadata={
         "help": "Examples per datastore shard: the unit of resume and of work split across ranks."})
-    pool_grad: str = field(default="adam", metadata={"help": "Pool gradient type: adam (LESS), sgd or sign."})
-    target_grad: str = field(default="sgd", metadata={"help": "Target gradient type: sgd (LESS), adam or sign."})
+    pool_grad: str = field(default="adam", metadata={
+        "help": "Pool gradient type (LESS: adam): " + _kinds(GRAD_TYPES), "choices": GRAD_TYPES})
+    target_grad: str = field(default="sgd", metadata={
+        "help": "Target gradient type (LESS: sgd): " + _kinds(GRAD_TYPES), "choices": GRAD_TYPES})
     adam_form: str = field(default=DEFAULT_ADAM_FORM, metadata={
         "help": "The Adam update of adam features: less (LESS's released code, m'/sqrt(v'+eps), no bias "
                 "correction: what produced its published results) or paper (the paper's bias-corrected "
-                "m_hat/(sqrt(v_hat)+eps))."})
+                "m_hat/(sqrt(v_hat)+eps)).", "choices": ADAM_FORMS})
     scoring: str = field(default="unprojected", metadata={
         "help": "unprojected: the exact LESS score from full-dimension gradients, taken during the pool's "
                 "backward (needs the target then; no projection noise, no feature datastore); faiss: top-k of "
                 "the projected features by one FAISS search per subtask; exact: every pool example scored from "
-                "the projected features."})
+                "the projected features.", "choices": SCORING_METHODS})
     store_features: bool = field(default=False, metadata={
         "help": "With scoring=unprojected, also write the projected feature datastores (pool and target) in "
                 "the same pass, for FAISS scoring or later targets. The other scorings always write them."})
     index: str = field(default="flat", metadata={
         "help": "FAISS index for scoring=faiss: flat (exact; falls back to chunked exact scoring when its "
                 "float32 copy would not fit in memory), ivf-flat or ivf-pq (compressed, approximate; "
-                "its hits are rescored exactly)."})
+                "its hits are rescored exactly).", "choices": INDEX_KINDS})
     seed: int = field(default=0, metadata={"help": "Seeds the warmup sample, adapter init and projection."})
     index_root: Path = field(default=DEFAULT_INDEX_ROOT, metadata={"help": "Where datastores live."})
     name: str | None = field(default=None, metadata={
-        "help": "Datastore name under index_root; None derives one from the pool and a settings hash."})
-    device: str | None = field(default=None, metadata={"help": "cpu or cuda; None picks cuda when present."})
+        "help": "Datastore name under index_root.", "none": "from the pool and a hash of the settings"})
+    device: str | None = field(default=None, metadata={
+        "help": "Device to compute on.", "choices": DEVICES, "none": "cuda when present"})
     progress: bool = field(default=True, metadata={"help": "Progress bars with an ETA on stderr."})
 
     def __post_init__(self) -> None:

@@ -62,7 +62,7 @@ class Bm25Selector(Selector):
     def _tokenizer(self) -> Tokenizer:
         stemmer = None
         if self.stemmer != "none":
-            import Stemmer  # PyStemmer, the stemmer bm25s takes
+            import Stemmer  # optional: PyStemmer, the stemmer bm25s takes, imported on use
 
             stemmer = Stemmer.Stemmer(self.stemmer)
         return Tokenizer(lower=True, splitter=TOKEN_PATTERN, stemmer=stemmer,

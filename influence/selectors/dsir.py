@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
@@ -15,6 +15,8 @@ from influence.scoring import subtask_rows
 from influence.selectors.base import Scores, SelectionContext, Selector
 
 SAMPLING = ("gumbel", "none")
+SAMPLING_HELP = ("gumbel resamples in proportion to the importance weights (seeded, as DSIR does); none ranks by "
+                 "the log weight.")
 TARGET_MODELS = ("per-subtask", "pooled")
 SMOOTHING = 1e-8  # added to both bucket probabilities before the log, as the authors' package does
 CHUNK = 1024      # pool examples scored at a time
@@ -115,7 +117,7 @@ class DsirSelector(Selector):
 
     ngrams: int = 2
     buckets: int = 10000
-    sampling: str = "gumbel"
+    sampling: str = field(default=SAMPLING[0], metadata={"help": SAMPLING_HELP, "choices": SAMPLING})
     target_model: str = "per-subtask"
     name: str = "dsir"
     requires_target: bool = True

@@ -6,7 +6,8 @@ from typing import Any
 
 from influence.data.pools import Pool
 from influence.features.projection import default_projector_name
-from influence.less import LessSettings, build_features, less_run
+from influence.less.pipeline import build_features, less_run
+from influence.less.settings import LessSettings
 from influence.models import DEFAULT_MODEL
 from influence.selectors.base import Scores, SelectionContext, Selector
 

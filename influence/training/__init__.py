@@ -1,4 +1,4 @@
-"""The bundled SFT trainer: settings, the training recipe, checkpoints LESS's warmup reads.
+"""The bundled SFT trainer: settings, the training recipe, checkpoints LESS's warmup reads, finished runs.
 
     from influence.training import TrainSettings, train, list_checkpoints, load_checkpoint
     result = train("selection.jsonl", TrainSettings.less_warmup(), "runs/warmup")
@@ -9,13 +9,8 @@
 from influence.training.checkpoint import Checkpoint, list_checkpoints, load_adapter_weights, load_checkpoint
 from influence.training.settings import TrainSettings
 from influence.training.loss import example_nll
-from influence.training.trainer import (
-    TrainResult,
-    is_training_output,
-    load_trained,
-    read_manifest,
-    train,
-)
+from influence.training.outputs import TrainResult, is_training_output, load_trained, read_manifest
+from influence.training.trainer import train
 
 __all__ = ["TrainSettings", "TrainResult", "train", "Checkpoint", "list_checkpoints", "load_checkpoint",
            "load_adapter_weights", "load_trained", "read_manifest", "is_training_output", "example_nll"]

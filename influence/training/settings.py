@@ -46,21 +46,23 @@ class TrainSettings:
     """Supervised fine-tuning settings; see the module docstring for why the defaults."""
 
     model: str | None = field(default=None, metadata={
-        "help": "Model id, directory or .gguf file; None is the bundled SmolLM2-135M-Instruct."})
+        "help": "Model id, local directory or .gguf file.", "none": "the bundled SmolLM2-135M-Instruct"})
     method: str = field(default="lora", metadata={
-        "help": "lora: train adapters only (default); full: train every weight."})
+        "help": "lora: train adapters only (default); full: train every weight.", "choices": METHODS})
     lora: LoraSettings = field(default_factory=LoraSettings.less_default, metadata={
         "help": "Adapter settings when method is lora (LESS: r=128, alpha=512, dropout 0.1, q/k/v/o)."})
     epochs: int = field(default=4, metadata={"help": "Passes over the data."})
     learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate of the linear schedule."})
     batch_size: int = field(default=32, metadata={"help": "Examples per optimizer step."})
     micro_batch_size: int = field(default=4, metadata={
-        "help": "Examples per forward/backward pass; batch_size must be a multiple of it."})
+        "help": "Examples per forward/backward pass (gradient accumulation makes up the rest); batch_size must "
+                "be a multiple of it."})
     warmup_ratio: float = field(default=0.03, metadata={
         "help": "Fraction of all steps spent warming the learning rate up from 0."})
     loss_reduction: str = field(default="token", metadata={
         "help": "How a step's loss averages token losses: " + "; ".join(f"{k}: {v}" for k, v in
-                                                                         LOSS_REDUCTIONS.items())})
+                                                                         LOSS_REDUCTIONS.items()) + ".",
+        "choices": LOSS_REDUCTIONS})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay."})
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "AdamW betas."})
     eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})

@@ -17,13 +17,15 @@ its share of every step's micro-batches, the summed gradients are all-reduced on
 and rank 0 alone writes checkpoints and output. Since the dropout seeds belong to the
 micro-batch, not the process, N ranks train the same model as one process, up to the
 order of floating-point additions.
+
+The output directory's checks, claim and lock are `run_dir`'s; what a finished run leaves
+there, and how it is read back, `outputs`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 import os
@@ -31,7 +33,7 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,28 +41,21 @@ from influence import distributed
 from influence.data.example import Example
 from influence.data.formatting import collate, encode_example
 from influence.data.pools import load_pool
-from influence.constants import ADAPTER_WEIGHTS_FILE
 from influence.errors import ManifestMismatchError, TrainingError
-from influence.io import check_output_dir, sha256_file, sha256_json, write_json
-from influence.locks import FileLock
+from influence.io import sha256_file, sha256_json, write_json
 from influence.lora import add_lora, lora_parameters, lora_signature
-from influence.models import LoadedModel, load_model, strip_gguf_flag
-from influence.provenance import envelope, read_envelope, settings_difference, settings_differences
+from influence.models import load_model, strip_gguf_flag
+from influence.provenance import envelope, settings_difference
 from influence.training.batching import epoch_seed, micro_batch_seed, plan_epoch, steps_per_epoch
 from influence.training.checkpoint import (ADAPTER_DIR, CHECKPOINT_DIR, checkpoint_dir, list_checkpoints,
-                                           load_checkpoint, read_state, remove_stale_staging, restore_checkpoint,
-                                           save_adapter, save_checkpoint, staged_directory)
-from influence.training.settings import TrainSettings
+                                           load_checkpoint, read_state, restore_checkpoint, save_adapter,
+                                           save_checkpoint, staged_directory)
 from influence.training.loss import example_nll
+from influence.training.outputs import MANIFEST_ARTIFACT, MANIFEST_FILE, MANIFEST_FORMAT, MODEL_DIR, TrainResult
+from influence.training.run_dir import check_out_dir, finished_run, out_dir_lock, prepare_out_dir
+from influence.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
-
-MANIFEST_FILE = "manifest.json"
-RUN_FILE = "run.json"          # the identity of the run in progress; a resume must match it
-LOCK_FILE = ".lock"
-MODEL_DIR = "model"
-MANIFEST_ARTIFACT = "influence.train"
-MANIFEST_FORMAT = 1
 
 
 @dataclass
@@ -74,28 +69,6 @@ class TrainingData:
     @property
     def fingerprint(self) -> str:
         return sha256_json([e.id for e in self.examples])
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced."""
-
-    out_dir: Path
-    weights_dir: Path                # adapter/ (LoRA) or model/ (full fine-tuning), inside out_dir
-    manifest_path: Path
-    manifest: dict[str, Any]
-    checkpoints: list[Path] = field(default_factory=list)
-    resumed_from_epoch: int = 0      # 0: started fresh
-    reused: bool = False             # the directory already held this finished run; nothing was trained
-
-    @property
-    def output_dir(self) -> Path:
-        """Another name for `weights_dir`."""
-        return self.weights_dir
-
-    @property
-    def epoch_losses(self) -> list[float]:
-        return [epoch["mean_loss"] for epoch in self.manifest["epochs"]]
 
 
 def train(examples: Sequence[Example] | str | os.PathLike, config: TrainSettings | None = None,
@@ -128,17 +101,17 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainSettings
     # ---- set up
     config = config or TrainSettings()
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)  # before the data and model are read
+    check_out_dir(out_dir)  # before the data and model are read
     data = _training_data(examples)
     if loaded is None:
         loaded = load_model(config.model)
     identity = _run_identity(config, data, loaded)
     job = distributed.current()
-    with _exclusive(out_dir) if job.is_main else contextlib.nullcontext():
-        finished = _prepare(out_dir, identity, overwrite) if job.is_main else None
+    with out_dir_lock(out_dir) if job.is_main else contextlib.nullcontext():
+        finished = prepare_out_dir(out_dir, identity, overwrite) if job.is_main else None
         distributed.barrier()  # the other ranks see the prepared directory
         if not job.is_main:
-            finished = _finished_run(out_dir, identity)
+            finished = finished_run(out_dir, identity)
         if finished is not None:
             return finished
 
@@ -205,7 +178,7 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainSettings
             _save_output(out_dir, model, loaded, config)
             write_json(manifest_path, manifest)
             if not config.keep_checkpoints:
-                shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+                shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
         del optimizer, scheduler, model
         distributed.barrier()
     return TrainResult(out_dir=out_dir, weights_dir=weights_dir, manifest_path=manifest_path, manifest=manifest,
@@ -226,18 +199,6 @@ def _training_data(examples: Sequence[Example] | str | os.PathLike) -> TrainingD
         raise TrainingError("train() takes Example objects or a data file path; "
                             "read records with influence.data.load_pool")
     return TrainingData(examples)
-
-
-def _prepare(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> TrainResult | None:
-    """Clear (with overwrite), find a finished run, or claim the directory for this run."""
-    if overwrite and out_dir.exists():
-        _clear(out_dir)
-    finished = _finished_run(out_dir, identity)
-    if finished is None:
-        _claim(out_dir, identity)
-        remove_stale_staging(out_dir)
-        remove_stale_staging(out_dir / "checkpoints")
-    return finished
 
 
 def _run_identity(config: TrainSettings, data: TrainingData, loaded: Any) -> dict[str, Any]:
@@ -420,146 +381,3 @@ def _manifest(identity: dict[str, Any], config: TrainSettings, data: TrainingDat
         "steps": history[-1]["step"] if history else 0,
         "seconds": round(sum(epoch["seconds"] for epoch in history), 3),
     }
-
-
-# ------------------------------------------------------------------ the output directory
-def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a finished training run.
-
-    Raises:
-        TrainingError: out_dir holds no finished run.
-    """
-    path = Path(out_dir) / MANIFEST_FILE
-    try:
-        return read_envelope(path, MANIFEST_ARTIFACT, MANIFEST_FORMAT, error=TrainingError,
-                             fix="train again into another directory, or pass --overwrite")
-    except FileNotFoundError:
-        raise TrainingError(f"{out_dir} holds no finished training run (no {MANIFEST_FILE}); "
-                            "run `influence train` into it, or rerun to resume") from None
-
-
-def is_training_output(path: str | os.PathLike) -> bool:
-    try:
-        read_manifest(path)
-    except TrainingError:
-        return False
-    return True
-
-
-def _finished_run(out_dir: Path, identity: dict[str, Any]) -> TrainResult | None:
-    if not (out_dir / MANIFEST_FILE).exists():
-        return None
-    manifest = read_manifest(out_dir)
-    _require_same(out_dir, manifest.get("identity"), identity)
-    log.info("%s already holds this finished run; nothing to train", out_dir)
-    return TrainResult(out_dir=out_dir, weights_dir=out_dir / manifest["output"]["path"],
-                       manifest_path=out_dir / MANIFEST_FILE, manifest=manifest,
-                       checkpoints=list_checkpoints(out_dir), resumed_from_epoch=len(manifest["epochs"]),
-                       reused=True)
-
-
-def _claim(out_dir: Path, identity: dict[str, Any]) -> None:
-    """Record the run's identity, or check that the run already begun here is this one."""
-    path = out_dir / RUN_FILE
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            previous = None
-        _require_same(out_dir, previous, identity)
-        return
-    if out_dir.exists() and any(p.name != LOCK_FILE for p in out_dir.iterdir()):
-        raise TrainingError(f"{out_dir} exists and is not a training run; choose a new or empty --out")
-    write_json(path, identity)
-
-
-def _require_same(out_dir: Path, previous: Any, identity: dict[str, Any]) -> None:
-    if not isinstance(previous, dict):
-        differing = ["the run record is unreadable"]
-    else:
-        differing = [name for name, _, _ in settings_differences(previous, json.loads(json.dumps(identity)))]
-    if differing:
-        raise ManifestMismatchError(f"{out_dir} holds a run with other {', '.join(differing[:4])}; "
-                                    "use another --out, or --overwrite to start again")
-
-
-def _is_run_entry(name: str) -> bool:
-    """Whether a name in an output directory is one a training run (or `influence evaluate` beside it) writes."""
-    return (name in (RUN_FILE, MANIFEST_FILE, LOCK_FILE, ADAPTER_DIR, MODEL_DIR, CHECKPOINT_DIR)
-            or (name.startswith(".") and name.endswith(".tmp"))
-            or (name.startswith("eval-") and name.endswith(".json")))
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    """Fail before any work unless `out_dir` can hold a training run: writable, and new, empty or a run's own.
-
-    `--overwrite` replaces a training run; it never deletes a directory of other files.
-    """
-    check_output_dir(out_dir)
-    if not out_dir.is_dir() or (out_dir / RUN_FILE).exists() or (out_dir / MANIFEST_FILE).exists():
-        return
-    foreign = sorted(p.name for p in out_dir.iterdir() if not _is_run_entry(p.name))
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise TrainingError(f"{out_dir} is not a training run (it holds {shown}); choose a new or empty --out "
-                            "(--overwrite replaces only a training run's own files)")
-
-
-def _clear(out_dir: Path) -> None:
-    """Delete what a training run wrote in `out_dir` (and evaluations beside it); nothing else."""
-    for path in out_dir.iterdir():
-        if path.name == LOCK_FILE or not _is_run_entry(path.name):
-            continue
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
-def _exclusive(out_dir: Path) -> FileLock:
-    """One training run per output directory at a time; a lock left by a dead process is taken over."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return FileLock(out_dir / LOCK_FILE, error=TrainingError,
-                    busy=lambda held: f"another training run (pid {held.get('pid', '?')}) is writing to {out_dir}; "
-                                      "wait for it or choose another --out")
-
-
-def load_trained(out_dir: str | os.PathLike, *, base: Any = None, merge: bool = True) -> Any:
-    """Load a finished training run as a `LoadedModel`: the base model with its adapter, or the full model.
-
-    Args:
-        out_dir: a directory written by `train`.
-        base: the base `LoadedModel` (LoRA runs); None loads the manifest's model spec. It is
-            copied, not modified.
-        merge: fold the adapter into the weights (faster inference, same outputs).
-
-    Raises:
-        TrainingError: out_dir holds no finished run.
-        ManifestMismatchError: `base` is not the model the adapter was trained on.
-    """
-    out_dir = Path(out_dir)
-    manifest = read_manifest(out_dir)
-    output = out_dir / manifest["output"]["path"]
-    if manifest["output"]["kind"] == "model":
-        loaded = load_model(str(output))
-        loaded.info["trained"] = str(out_dir)
-        return loaded
-    # heavy: imported on use, not at start-up
-    from peft import PeftModel
-
-    trained_on = manifest["model"]
-    if base is None:
-        base = load_model(trained_on["spec"])
-    if base.weights_sha256 != trained_on["weights_sha256"]:
-        raise ManifestMismatchError(f"{out_dir} was trained on {trained_on['spec']} "
-                                    f"(weights {trained_on['weights_sha256'][:12]}), not on {base.spec} "
-                                    f"(weights {base.weights_sha256[:12]}); pass the matching base model")
-    model = PeftModel.from_pretrained(copy.deepcopy(base.model), str(output))
-    if merge:
-        model = model.merge_and_unload()
-    model.eval()
-    adapter_sha = sha256_file(output / ADAPTER_WEIGHTS_FILE)
-    info = {**base.info, "spec": str(out_dir), "trained": str(out_dir), "base": trained_on["spec"],
-            "adapter_sha256": adapter_sha}
-    return LoadedModel(model=model, tokenizer=base.tokenizer, spec=str(out_dir),
-                       weights_sha256=sha256_json([base.weights_sha256, adapter_sha]), info=info)

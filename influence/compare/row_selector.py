@@ -1,0 +1,42 @@
+"""A row's selector, made from the comparison's settings and the row's own options, and its top-k walk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from influence.compare.settings import CompareSettings, SelectorRow
+from influence.errors import ConfigError
+from influence.selection import Diversity
+from influence.selectors import make_selector
+
+DIVERSITY_OPTIONS = ("diversity", "diversity_encoder")  # row options for the shared top-k, not the selector
+
+
+def make_row_selector(row: SelectorRow, config: CompareSettings) -> Any:
+    """The row's selector, made from the comparison's settings for it (LESS's settings, which also give
+    rds, embed and ifd their model and datastore; DSIR's sampling) changed by the row's own options."""
+    defaults = {"less": {"settings": config.less}, "rds": {"settings": config.less}, "embed": {"settings": config.less},
+                "ifd": {"settings": config.less}, "dsir": {"sampling": config.dsir_sampling}}.get(row.name, {})
+    options = {**defaults, **{k: v for k, v in row.options if k not in DIVERSITY_OPTIONS}}
+    try:
+        return make_selector(row.name, **options)
+    except TypeError as exc:
+        raise ConfigError(f"selector row {row.label!r}: {exc}") from None
+
+
+def row_diversity(row: SelectorRow, config: CompareSettings) -> Diversity | None:
+    """Diversity-aware top-k for a row such as `longest:diversity=0.9` (the encoder from
+    `diversity_encoder=DIR`, else the bundled one), stored beside the comparison's LESS datastores.
+
+    Raises:
+        ConfigError: a threshold outside (0, 1), or an encoder without a threshold.
+    """
+    options = dict(row.options)
+    if "diversity" not in options:
+        if "diversity_encoder" in options:
+            raise ConfigError(f"selector row {row.label!r}: diversity_encoder needs diversity=TAU")
+        return None
+    tau = options["diversity"]
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+        raise ConfigError(f"selector row {row.label!r}: diversity must be a cosine in (0, 1), got {tau!r}")
+    return Diversity(tau=float(tau), encoder=options.get("diversity_encoder"), settings=config.less)

@@ -1,0 +1,177 @@
+"""Compare selectors: select, train and evaluate each on every target; then tables, a plot, overlaps.
+
+A row is a registered selector with its own options (`less`, `less:scoring=exact`,
+`longest:unit=words`). Seeds come in two kinds: selection seeds decide what a costly
+selection draws (LESS's warmup sample, adapter init and projection), training seeds decide
+the training run (adapter init, data order, dropout). One selection serves every training
+seed, so a LESS datastore is built once per selection seed, not once per run. Selectors
+listed in `redraw` (by default `random`) draw again for every training seed instead: their
+draw is the training seed. An untargeted selection is made and trained once and evaluated
+on every target; a targeted one is made per target, and LESS reuses the pool's gradient
+features (they do not depend on the target) across targets.
+
+Every step is cached under the output directory by a hash of what decides it, so a rerun
+does only what is missing and an interrupted comparison resumes where it stopped:
+
+    <out>/selections/<row>-<target>-s<selection seed>-<key>.jsonl (+ its hidden .manifest.json)
+    <out>/runs/<row>-s<selection seed>-t<training seed>-<key>/    training (keyed by the picked ids)
+    <out>/evals/<target>/<run or base>-<key>.json                 evaluation results
+    <out>/results.{md,csv,json}, <out>/plot.png                   the comparison
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from influence import evaluation, training
+from influence.compare.cells import Cell, selected_ids
+from influence.compare.reports import write_reports
+from influence.compare.row_selector import make_row_selector, row_diversity
+from influence.compare.settings import BASE, CompareSettings, SelectorRow
+from influence.compare.summary import length_stats, overlaps, phase_seconds, source_shares, summarize
+from influence.constants import manifest_path, safe_name
+from influence.data.contamination import Contamination
+from influence.data.pools import Pool, load_pool
+from influence.data.targets import load_target
+from influence.evaluation import EvalSettings
+from influence.io import check_output_dir, sha256_json
+from influence.selection import decontaminate, select, write_selection
+
+log = logging.getLogger(__name__)
+
+
+def _safe(text: str) -> str:
+    text = Path(text).stem if Path(text).suffix and Path(text).exists() else text
+    return safe_name(text, keep_suffix=True, keep="=") or "x"
+
+
+
+def _plan(config: CompareSettings, row: SelectorRow) -> list[tuple[int, int]]:
+    """(selection seed, training seed) pairs of one row."""
+    if row.name in config.redraw:
+        return [(seed, seed) for seed in range(config.seeds)]
+    return list(itertools.product(range(config.selection_seeds), range(config.seeds)))
+
+
+def compare(config: CompareSettings, out: str | Path, *,
+            on_cell: Callable[[Cell], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the comparison and write its tables and plot under `out`."""
+    out = Path(out)
+    check_output_dir(out)  # before any selection, training or evaluation
+    pool = load_pool(config.pools)
+    targets = {spec: load_target(spec) for spec in config.targets}
+    selectors = {row.label: make_row_selector(row, config) for row in config.rows()}  # bad options fail here
+    diversities = {row.label: row_diversity(row, config) for row in config.rows()}
+    # the contamination guard, once for every row: the pool less what overlaps any target's held-out items,
+    # so an untargeted selection (evaluated on every target) never trains on a test item, and every
+    # targeted row scores the same pool (one LESS warmup and datastore serve all targets)
+    guards = {spec: decontaminate(pool, target, keep=config.keep_contaminated)[1] for spec, target in targets.items()}
+    for found in guards.values():
+        if found is not None and found.ids:
+            log.warning("%s", found.describe())
+    present = [g for g in guards.values() if g is not None]
+    guard = present[0] if len(present) == 1 else _merged(present, pool, config.keep_contaminated)
+    scored_pool = pool.without(guard.indices) if guard is not None and guard.ids and not guard.kept else pool
+    cleared = {"ids": guard.ids if guard is not None else [], "kept": config.keep_contaminated}
+    eval_config = EvalSettings(batch_size=config.eval_batch_size, max_length=config.eval_max_length,
+                             keep_predictions=False, progress=config.train.progress)
+    wanted = config.eval_metrics()
+
+    def evaluate_cell(cell: Cell, model: Any, model_key: str) -> None:
+        # every cell of a target is evaluated on the same held-out items (the --limit subset drawn
+        # with seed 0), so differences between rows and seeds come from the selections and training
+        key = sha256_json({"model": model_key, "target": cell.target, "limit": config.limit, "seed": 0,
+                           "eval": eval_config.to_dict(), "metrics": wanted})[:10]
+        stem = cell.run.name if cell.run is not None else BASE
+        cell.eval = out / "evals" / _safe(cell.target) / f"{stem}-{key}.json"
+        cell.cached["evaluation"] = cell.eval.exists()
+        if cell.cached["evaluation"]:
+            results = json.loads(cell.eval.read_text())
+        else:
+            results = evaluation.evaluate(model, cell.target, limit=config.limit, seed=0, config=eval_config,
+                                          metrics=wanted)
+            evaluation.write_results(results, cell.eval)
+        cell.target_loss = float(results["metrics"]["target_loss"])
+        cell.metrics = {m: float(results["metrics"][m]) for m in wanted if m in results["metrics"]}
+        cell.evaluation_seconds = float(results.get("seconds", 0.0))
+        cell.items = int(results["items"])
+
+    cells: list[Cell] = []
+
+    def finish(cell: Cell) -> None:
+        cells.append(cell)
+        if on_cell:
+            on_cell(cell)
+
+    if config.base:
+        for spec in config.targets:
+            cell = Cell(BASE, spec, None)
+            evaluate_cell(cell, config.train.model, sha256_json({"base": config.train.model}))
+            finish(cell)
+    for row in config.rows():
+        selector = selectors[row.label]
+        row_targets = list(targets) if selector.requires_target else [None]
+        for target_spec in row_targets:
+            target = targets[target_spec] if target_spec is not None else None
+            target_fp = sha256_json([e.id for e in target.examples]) if target is not None else None
+            seen: set[tuple[str, int]] = set()
+            for selection_seed, seed in _plan(config, row):
+                diversity = diversities[row.label]
+                key = sha256_json({"pool": pool.fingerprint, "target": target_fp, "selector": row.name,
+                                   "params": selector.params(), "seed": selection_seed, "k": config.k,
+                                   "contamination": cleared,
+                                   **({"diversity": diversity.to_dict()} if diversity else {})})[:10]
+                where = _safe(target_spec) if target_spec is not None else "any"
+                selection = out / "selections" / f"{_safe(row.label)}-{where}-s{selection_seed}-{key}.jsonl"
+                cached = selection.exists() and manifest_path(selection).exists()
+                if not cached:
+                    made = select(scored_pool, config.k, selector, target=target, seed=selection_seed,
+                                  contamination=guard, diversity=diversity)
+                    write_selection(made, selection, overwrite=True)
+                ids = selected_ids(selection)
+                picked = sha256_json(ids)
+                if (picked, seed) in seen:  # another selection seed picked the very same examples
+                    continue
+                seen.add((picked, seed))
+                train_key = sha256_json({"ids": picked, "train": config.train.identity(), "seed": seed})[:10]
+                # a row that picked the very same examples as another shares its training run
+                existing = sorted((out / "runs").glob(f"*-t{seed}-{train_key}"))
+                run = existing[0] if existing else \
+                    out / "runs" / f"{_safe(row.label)}-s{selection_seed}-t{seed}-{train_key}"
+                result = training.train(str(selection), config.train.with_(seed=seed), run)
+                for spec in (config.targets if target_spec is None else [target_spec]):
+                    cell = Cell(row.label, spec, seed, selection_seed, selection, run)
+                    cell.cached.update(selection=cached, training=result.reused)
+                    cell.selection_seconds = json.loads(manifest_path(selection).read_text())["selection_seconds"]
+                    cell.training_seconds = float(result.manifest["seconds"])
+                    evaluate_cell(cell, run, train_key)
+                    finish(cell)
+    summary = summarize(cells, config.eval_metrics())
+    summary["sources"] = source_shares(cells, pool)
+    summary["overlap"] = overlaps(cells)
+    summary["lengths"] = length_stats(cells, pool)
+    summary["phases"] = phase_seconds(cells)
+    summary["items"] = {c.target: c.items for c in cells}
+    summary["pool"] = {"size": len(pool), "fingerprint": pool.fingerprint, "sources": pool.describe()}
+    summary["contamination"] = {spec: found.manifest() for spec, found in guards.items() if found is not None}
+    summary["config"] = config.to_dict()
+    write_reports(summary, out)
+    return summary
+
+
+def _merged(guards: list[Contamination], pool: Pool, kept: bool) -> Contamination | None:
+    """Several targets' guards as one record: what an untargeted selection was cleared of."""
+    if not guards:
+        return None
+    ids = list(dict.fromkeys(i for g in guards for i in g.ids))
+    found = set(ids)
+    return Contamination(target="+".join(g.target for g in guards),
+                         heldout_items=sum(g.heldout_items for g in guards),
+                         heldout_skipped=sum(g.heldout_skipped for g in guards),
+                         indices=[n for n, i in enumerate(pool.ids) if i in found], ids=ids, kept=kept,
+                         n=guards[0].n, min_words=guards[0].min_words, seconds=sum(g.seconds for g in guards),
+                         pool_fingerprint=pool.fingerprint)

@@ -1,0 +1,167 @@
+"""What a comparison compares: its rows (a selector and its options), its measures and CompareSettings.
+
+Loads no torch, so the CLI reads the fields (their defaults, choices and help) at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import InitVar, asdict, dataclass, field
+from typing import Any, Sequence
+
+from influence.data.contamination import KEEP_CONTAMINATED_HELP
+from influence.errors import ConfigError, require_positive_ints
+from influence.less.settings import LessSettings
+from influence.selectors import SELECTORS
+from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING, SAMPLING_HELP as DSIR_SAMPLING_HELP, DsirSelector
+from influence.training.settings import TrainSettings
+
+BASELINE = "random"
+BASE = "base"  # the row of the untrained model
+# --metrics names -> the evaluation's metric names; the target loss is always measured
+METRICS = {"loss": "target_loss", "accuracy": "accuracy", "em": "exact_match", "f1": "f1"}
+GENERATION_METRICS = ("em", "f1")
+
+
+# ------------------------------------------------------------------ rows: a selector and its options
+@dataclass(frozen=True)
+class SelectorRow:
+    """One row of a comparison: a registered selector and the options it is made with."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """`name`, or `name:key=value,...` as typed: the row's name in tables and files."""
+        if not self.options:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={_option_text(v)}" for k, v in self.options)
+
+    @classmethod
+    def parse(cls, spec: str) -> "SelectorRow":
+        """`name[:key=value[,key=value...]]`; values are read as JSON where they parse (8192, 1e-4, true).
+
+        Raises:
+            ConfigError: an option without a value, or an empty name.
+        """
+        name, _, options = spec.strip().partition(":")
+        pairs = []
+        for part in filter(None, (p.strip() for p in options.split(","))):
+            key, eq, value = (x.strip() for x in part.partition("="))
+            if not eq or not key or not value:
+                raise ConfigError(f"selector row {spec!r}: expected name:key=value[,key=value], got {part!r}")
+            pairs.append((key.replace("-", "_"), _option_value(value)))
+        if not name.strip():
+            raise ConfigError(f"selector row {spec!r} has no selector name")
+        return cls(name.strip(), tuple(pairs))
+
+
+def _option_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _option_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def parse_rows(text: str | Sequence[str]) -> list[str]:
+    """Split `less,less:scoring=exact,index=flat,longest` into row specs: a part holding `=` before
+    any `:` continues the options of the row before it."""
+    parts = [text] if isinstance(text, str) else list(text)
+    rows: list[str] = []
+    for part in (p.strip() for chunk in parts for p in chunk.split(",")):
+        if not part:
+            continue
+        continues = "=" in part and (":" not in part or part.index("=") < part.index(":"))
+        if continues:
+            if not rows:
+                raise ConfigError(f"selector option {part!r} comes before any selector name")
+            rows[-1] += ("," if ":" in rows[-1] else ":") + part
+        else:
+            rows.append(part)
+    return rows
+
+
+# ------------------------------------------------------------------ settings
+@dataclass
+class CompareSettings:
+    """What to compare and how to train and evaluate each selection."""
+
+    pools: list[str] = field(metadata={"help": "Pool specs, as for select."})
+    targets: list[str] = field(default_factory=list, metadata={
+        "help": "Targets (names or files): each a selection target and an evaluation."})
+    k: int = field(default=1000, metadata={"help": "Examples per selection."})
+    selectors: list[str] = field(default_factory=lambda: ["less", "longest", "random"], metadata={
+        "help": "Rows: registered selectors, each optionally with options, as in "
+                "less:scoring=unprojected,less:scoring=faiss,longest:unit=words,random; diversity=TAU "
+                "(and diversity_encoder=DIR) on any row walks its ranking with diversity-aware top-k."})
+    seeds: int = field(default=3, metadata={
+        "help": "Training seeds per selection (0..N-1); random draws again with each."})
+    selection_seeds: int = field(default=1, metadata={
+        "help": "Selection seeds (0..M-1) of the other rows: LESS's warmup sample, adapter init, projection."})
+    redraw: list[str] = field(default_factory=lambda: [BASELINE], metadata={
+        "help": "Selectors drawn again for every training seed, with it as their seed ('' for none)."})
+    metrics: list[str] = field(default_factory=lambda: ["loss", "accuracy"], metadata={
+        "help": "loss (always), accuracy (MMLU, from the same forward pass), em and f1 (generate answers: slow)."})
+    base: bool = field(default=True, metadata={"help": "Evaluate the untrained model as a row."})
+    limit: int | None = field(default=None, metadata={
+        "help": "Evaluate each target on a seeded subset of this many held-out items (the same for every row)."})
+    train: TrainSettings = field(default_factory=TrainSettings, metadata={"help": "Training settings."})
+    less: LessSettings = field(default_factory=LessSettings, metadata={
+        "help": "LESS settings (a row's options change them for that row)."})
+    eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
+    eval_max_length: int = field(default=2048, metadata={"help": "Evaluation token budget per sequence."})
+    dsir_sampling: str = field(default=DsirSelector.sampling, metadata={
+        "help": f"dsir: {DSIR_SAMPLING_HELP}", "choices": DSIR_SAMPLING})
+    keep_contaminated: bool = field(default=False, metadata={"help": KEEP_CONTAMINATED_HELP})
+    target: InitVar[str | None] = None  # one target, as `targets=[target]`
+
+    def __post_init__(self, target: str | None) -> None:
+        if isinstance(self.targets, str):
+            self.targets = [self.targets]
+        if target is not None:
+            self.targets = [*self.targets, target]
+        if not self.pools:
+            raise ConfigError("compare needs at least one --pool")
+        if not self.targets:
+            raise ConfigError("compare needs at least one --target")
+        if len(set(self.targets)) != len(self.targets):
+            raise ConfigError(f"a target is given twice: {', '.join(self.targets)}")
+        self.selectors = parse_rows(self.selectors)
+        if not self.selectors:
+            raise ConfigError("compare needs at least one selector")
+        rows = self.rows()
+        unknown = [r.name for r in rows if r.name not in SELECTORS]
+        if unknown:
+            raise ConfigError(f"unknown selector(s) {', '.join(unknown)}; choose from {', '.join(sorted(SELECTORS))}")
+        labels = [r.label for r in rows]
+        if len(set(labels)) != len(labels) or BASE in labels:
+            raise ConfigError(f"every row needs its own name (and {BASE!r} is the untrained model's row); got "
+                              f"{', '.join(labels)}")
+        require_positive_ints(self, "k", "seeds", "selection_seeds")
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"limit must be positive, got {self.limit}")
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise ConfigError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+        self.metrics = ["loss"] + [m for m in dict.fromkeys(self.metrics) if m != "loss"]
+        if self.dsir_sampling not in DSIR_SAMPLING:
+            raise ConfigError(f"dsir_sampling must be one of {', '.join(DSIR_SAMPLING)}, got {self.dsir_sampling!r}")
+        if self.less.name and self.selection_seeds > 1:
+            raise ConfigError("a fixed LESS datastore --name cannot hold several selection seeds; drop --name")
+
+    def rows(self) -> list[SelectorRow]:
+        return [SelectorRow.parse(spec) for spec in self.selectors]
+
+    def eval_metrics(self) -> list[str]:
+        """The evaluation's metric names for the chosen --metrics, the target loss left out."""
+        return [METRICS[m] for m in self.metrics if m != "loss"]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["train"], data["less"] = self.train.to_dict(), self.less.to_dict()
+        return data

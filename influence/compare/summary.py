@@ -1,0 +1,177 @@
+"""A comparison's numbers from its cells: per target and row the mean and spread of each measure and the
+differences to random and to the untrained model; the picks' sources, overlaps and lengths; wall times."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+from influence.compare.cells import Cell, selected_ids
+from influence.compare.settings import BASE, BASELINE
+from influence.constants import manifest_path
+from influence.data.pools import Pool
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def spread_kind(cells: list[Cell]) -> str:
+    """What the ± of a row is a spread over, in words, from the cells themselves."""
+    if cells[0].seed is None:
+        return "none (one evaluation of the untrained model)"
+    selections = {c.selection for c in cells}
+    if len(cells) == 1:
+        return "none (one run)"
+    if len(selections) == 1:
+        return f"{len(cells)} training seeds, one selection"
+    if len(selections) == len(cells) and all(c.selection_seed == c.seed for c in cells):
+        return f"{len(cells)} seeds, each a new draw and its own training seed"
+    return f"{len(selections)} selection seeds x {len({c.seed for c in cells})} training seeds"
+
+
+def summarize(cells: list[Cell], metrics: Sequence[str] = ()) -> dict[str, Any]:
+    """Per target and row: mean and spread of each measure, and differences to random and to base.
+
+    A difference to random counts when it is larger than the two rows' spreads together; a
+    trained row moved the target when its mean differs from the untrained model's by more
+    than its own spread.
+    """
+    measures = ["target_loss", *[m for m in metrics if any(m in c.metrics for c in cells)]]
+    per_target: dict[str, dict[str, Any]] = {}
+    for target in dict.fromkeys(c.target for c in cells):
+        mine = [c for c in cells if c.target == target]
+        rows: dict[str, Any] = {}
+        for name in dict.fromkeys(c.selector for c in mine):
+            group = [c for c in mine if c.selector == name]
+            entry: dict[str, Any] = {"runs": len(group), "selections": len({c.selection for c in group}),
+                                     "spread": spread_kind(group)}
+            for what in measures:
+                values = [_value(c, what) for c in group]
+                if all(math.isfinite(v) for v in values):
+                    entry[what], entry[f"{what}_std"] = _mean_std(values)
+            rows[name] = entry
+        for reference, mode in ((BASELINE, "both"), (BASE, "own")):
+            if reference not in rows:
+                continue
+            for name, entry in rows.items():
+                if name in (reference, BASE):
+                    continue
+                for what in measures:
+                    if what not in entry or what not in rows[reference]:
+                        continue
+                    delta = entry[what] - rows[reference][what]
+                    spread = entry[f"{what}_std"] + (rows[reference][f"{what}_std"] if mode == "both" else 0.0)
+                    entry[f"{what}_vs_{reference}"] = delta
+                    # a difference counts only when it is larger than the seed spread
+                    entry[f"{what}_{reference}_beyond_spread"] = bool(abs(delta) > spread) if spread > 0 else None
+        per_target[target] = rows
+    return {"rows": [c.row() for c in cells], "selectors": per_target, "measures": measures,
+            "targets": list(per_target)}
+
+
+def _value(cell: Cell, what: str) -> float:
+    return cell.target_loss if what == "target_loss" else cell.metrics.get(what, float("nan"))
+
+
+def _trained(cells: list[Cell]) -> list[Cell]:
+    return [c for c in cells if c.selection is not None]
+
+
+def _by_target_row(cells: list[Cell]) -> dict[str, dict[str, list[Cell]]]:
+    out: dict[str, dict[str, list[Cell]]] = {}
+    for cell in _trained(cells):
+        out.setdefault(cell.target, {}).setdefault(cell.selector, []).append(cell)
+    return out
+
+
+def _selections(cells: list[Cell]) -> list[Path]:
+    return list(dict.fromkeys(c.selection for c in cells))
+
+
+def source_shares(cells: list[Cell], pool: Pool) -> dict[str, dict[str, dict[str, float]]]:
+    """Per target and row, the share of picks from each pool source family (alpaca, flan_cot, ...),
+    pooled over the row's selections; `pool` is the pool's own mix."""
+    family = {e.id: (e.source or "unknown").split("/")[0] for e in pool.examples}
+
+    def shares(ids: list[str]) -> dict[str, float]:
+        counts: dict[str, int] = {}
+        for i in ids:
+            counts[family.get(i, "unknown")] = counts.get(family.get(i, "unknown"), 0) + 1
+        return {name: counts[name] / len(ids) for name in sorted(counts)}
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for target, rows in _by_target_row(cells).items():
+        out[target] = {"pool": shares(list(family))}
+        for name, group in rows.items():
+            out[target][name] = shares([i for path in _selections(group) for i in selected_ids(path)])
+    return out
+
+
+def overlaps(cells: list[Cell]) -> dict[str, dict[str, float]]:
+    """Per target, pairwise Jaccard of the rows' selections, averaged over pairs taken in seed order."""
+    out: dict[str, dict[str, float]] = {}
+    for target, rows in _by_target_row(cells).items():
+        sets = {name: [set(selected_ids(p)) for p in _selections(group)] for name, group in rows.items()}
+        out[target] = {f"{a}|{b}": statistics.fmean(len(x & y) / len(x | y) for x, y in zip(sets[a], sets[b]))
+                       for a, b in itertools.combinations(sets, 2)}
+    return out
+
+
+def length_stats(cells: list[Cell], pool: Pool) -> dict[str, dict[str, dict[str, float]]]:
+    """Per target, response length (characters) of each row's selections, and of the pool."""
+    lengths = {e.id: len(e.response) for e in pool.examples}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for target, rows in _by_target_row(cells).items():
+        out[target] = {"pool": _length_summary(list(lengths.values()))}
+        for name, group in rows.items():
+            out[target][name] = _length_summary([lengths[i] for p in _selections(group) for i in selected_ids(p)
+                                                 if i in lengths])
+    return out
+
+
+def _length_summary(values: list[int]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "median": float(statistics.median(values)), "max": float(max(values))}
+
+
+def phase_seconds(cells: list[Cell]) -> dict[str, Any]:
+    """Measured wall time of each phase, to hold against the dry run: per selection, per training run,
+    per evaluation; for LESS also its warmups and the features it computed. Cached work counts at the
+    time it first took."""
+    selections = {c.selection: c.selection_seconds for c in cells if c.selection is not None}
+    runs = {c.run: c.training_seconds for c in cells if c.run is not None}
+    evals = {c.eval: (c.target, c.evaluation_seconds) for c in cells}
+
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"count": len(values), "total": sum(values), "mean": statistics.fmean(values) if values else 0.0}
+
+    warmups: dict[str, float] = {}
+    features = {"pool": 0.0, "target": 0.0}
+    for path in selections:
+        store = json.loads(manifest_path(path).read_text()).get("datastore")
+        if not store:
+            continue
+        warmup = Path(store["workdir"]) / "warmup" / "manifest.json"
+        if warmup.exists():
+            warmups[str(warmup.parent)] = float(json.loads(warmup.read_text()).get("seconds", 0.0))
+        for role, done in store.get("featurized", {}).items():
+            features[role] = features.get(role, 0.0) + done.get("gradient_seconds", 0.0) \
+                + done.get("projection_seconds", 0.0)
+    out: dict[str, Any] = {"selection": stats(list(selections.values())), "training": stats(list(runs.values())),
+                           "evaluation": {target: stats([s for t, s in evals.values() if t == target])
+                                          for target in dict.fromkeys(t for t, _ in evals.values())}}
+    if warmups:
+        out["less"] = {"warmup": stats(list(warmups.values())), "pool_features_seconds": features["pool"],
+                       "target_features_seconds": features["target"]}
+    return out
+
+
+
+
+def measure_label(what: str) -> str:
+    """A measure's name as tables and plots write it."""
+    return {"target_loss": "target loss", "exact_match": "exact match"}.get(what, what)
