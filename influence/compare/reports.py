@@ -120,8 +120,9 @@ def _settings_lines(summary: dict[str, Any]) -> list[str]:
               f"- measures: {', '.join(config['metrics'])}; held-out items per target: "
               f"{config['limit'] or 'all'} (the same for every row)"]
     if any(SelectorRow.parse(spec).name == "less" for spec in config["selectors"]):
-        lines.append(f"- LESS: {less['warmup_epochs']} warmup checkpoints on {less['warmup_fraction']:.0%} of the "
-                     f"pool, LoRA r={less['lora']['r']}, {less['dims']} dims, projector {less['projector'] or 'default'}")
+        lines.append(f"- LESS: {less['warmup_epochs']} warmup epochs (a checkpoint each; one at learning rate 0 is "
+                     f"skipped) on {less['warmup_fraction']:.0%} of the pool, LoRA r={less['lora']['r']}, "
+                     f"{less['dims']} dims, projector {less['projector'] or 'default'}")
     return lines + [""]
 
 
