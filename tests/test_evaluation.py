@@ -172,3 +172,24 @@ def test_bad_input_gets_a_clear_error(tiny, tmp_path):
         build_task(str(tmp_path / "broken.json"))
     with pytest.raises(EvaluationError, match="expected a model spec"):
         evaluate(42, "tydiqa")
+
+
+# ------------------------------------------------------------------ answer-only target loss
+@pytest.mark.parametrize("kind_item", [
+    ("choice", dict(subtask="anatomy", prompt="Q?\nA. x\nB. y\nC. z\nD. w\nAnswer:", reference="C",
+                    answers=("C",), options=("A", "B", "C", "D"))),
+    ("bbh", dict(subtask="navigate", prompt="Q: Do you return?\nA: Let's think step by step.",
+                 reference="Yes", answers=("Yes",))),
+    ("qa", dict(subtask="english", prompt="Passage: the sky is blue.\nQuestion: colour?", reference="blue",
+                answers=("blue", "Blue"))),
+    ("generation", dict(subtask="mail", prompt="Write a two-word greeting.", reference="Hello there.",
+                        answers=("Hello there.",))),
+], ids=lambda kind_item: kind_item[0])
+def test_the_target_loss_scores_the_answer_tokens_and_no_end_of_turn_marker(tiny, kind_item):
+    from influence.evaluation.tasks import EvalItem
+
+    item = EvalItem(**kind_item[1])
+    scores = reference_scores(tiny.model, tiny.tokenizer, [item], max_length=512, batch_size=1)
+    answer_tokens = len(tiny.tokenizer(item.reference, add_special_tokens=False)["input_ids"])
+    # the character tokenizer gives one token a character: "<|end|>" or "</s>" would add one more
+    assert scores.tokens == [answer_tokens] == [len(item.reference)]

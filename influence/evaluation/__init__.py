@@ -5,9 +5,10 @@
     print(format_table(results)); write_results(results, "mmlu.json")
 """
 
-from influence.evaluation.evaluate import EvalSettings, evaluate, format_table, as_loaded_model, write_results
+from influence.evaluation.evaluate import (RESULTS_FORMAT, EvalSettings, as_loaded_model, evaluate, format_table,
+                                          write_results)
 from influence.evaluation.metrics import accuracy, bbh_match, exact_match, extract_answer, normalize_answer, token_f1
 from influence.evaluation.tasks import EvalItem, EvalTask, build_task
 
-__all__ = ["EvalSettings", "evaluate", "format_table", "write_results", "as_loaded_model", "EvalItem", "EvalTask",
+__all__ = ["RESULTS_FORMAT", "EvalSettings", "evaluate", "format_table", "write_results", "as_loaded_model", "EvalItem", "EvalTask",
            "build_task", "exact_match", "token_f1", "normalize_answer", "extract_answer", "bbh_match", "accuracy"]

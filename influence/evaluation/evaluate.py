@@ -29,7 +29,7 @@ from influence.provenance import envelope
 from influence.training import is_training_output, load_trained
 
 RESULTS_ARTIFACT = "influence.eval-results"
-RESULTS_FORMAT = 1
+RESULTS_FORMAT = 2  # 2: the target loss scores the answer only (1 also scored the end-of-turn marker)
 # each task kind's metrics beside the target loss; all but MMLU's accuracy need generation
 TASK_METRICS = {"choice": ("accuracy",), "bbh": ("exact_match",), "qa": ("exact_match", "f1"),
                 "generation": ("exact_match",)}

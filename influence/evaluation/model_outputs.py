@@ -32,7 +32,9 @@ class ReferenceScores:
 
 
 def _as_example(item: EvalItem, response: str = "") -> Example:
-    return Example(instruction=item.prompt, input="", output=response, subtask=item.subtask)
+    """The item as a prompt whose response turn stays open: only the answer's own tokens are scored,
+    never the template's end-of-turn marker or EOS after it (as the selection targets are scored)."""
+    return Example(instruction=item.prompt, input="", output=response, subtask=item.subtask, closes_turn=False)
 
 
 def _keep_last(encoded: Encoded, max_length: int) -> tuple[Encoded, bool]:
@@ -51,7 +53,7 @@ def _pad_id(tokenizer: Any) -> int:
 
 def reference_scores(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, max_length: int, batch_size: int,
                      progress: bool = False, reuse_prefix: bool = True) -> ReferenceScores:
-    """NLL of each item's reference answer (as a response, end-of-turn marker included) given its prompt.
+    """NLL of each item's reference answer given its prompt: the answer's tokens only, no end-of-turn marker.
 
     For items with options (MMLU letters) the same pass also gives each option's
     log-likelihood as the first response token, when every option is one token; otherwise
