@@ -77,8 +77,9 @@ def compare(config: CompareSettings, out: str | Path, *,
     guard = present[0] if len(present) == 1 else _merged(present, pool, config.keep_contaminated)
     scored_pool = pool.without(guard.indices) if guard is not None and guard.ids and not guard.kept else pool
     cleared = {"ids": guard.ids if guard is not None else [], "kept": config.keep_contaminated}
+    # per-item values are kept: the paired intervals between rows are computed from them
     eval_config = EvalSettings(batch_size=config.eval_batch_size, max_length=config.eval_max_length,
-                             keep_predictions=False, progress=config.train.progress)
+                             keep_predictions=True, progress=config.train.progress)
     wanted = config.eval_metrics()
 
     def evaluate_cell(cell: Cell, model: Any, model_key: str) -> None:
