@@ -21,7 +21,7 @@ from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_
 from influence.data.contamination import Contamination, find_contaminated, has_heldout, heldout_ngrams
 from influence.data.pools import Pool, load_pool
 from influence.data.readers import counted
-from influence.data.targets import Target, load_target
+from influence.data.targets import Target, load_target, split_record
 from influence.errors import ConfigError, OutputError, SelectionError
 from influence.io import (check_output_dir, check_output_file, json_bytes, jsonl_bytes, replace_together, sha256_bytes,
                           sha256_json)
@@ -136,7 +136,8 @@ class Selection:
             "target": None if self.target is None else {
                 "name": self.target.name, "examples": len(self.target),
                 "subtasks": len(self.target.subtasks()), "also_in_pool": self.target_in_pool,
-                "fingerprint": sha256_json([e.id for e in self.target.examples])},
+                "fingerprint": sha256_json([e.id for e in self.target.examples]),
+                **({"split": split} if (split := split_record(self.target.name)) is not None else {})},
             "contamination": None if self.contamination is None else self.contamination.manifest(),
             "selection_seconds": round(self.seconds, 3),
             "selected_ids_sha256": sha256_json([self.pool.ids[i] for i in self.indices]),

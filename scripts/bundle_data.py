@@ -23,6 +23,7 @@ SOURCES = {
     "bbh.tar.xz": ["targets/bbh"],
     "mmlu.tar.xz": ["targets/mmlu"],
     "tydiqa.tar.xz": ["targets/tydiqa"],
+    "self_instruct_user_oriented.tar.xz": ["targets/self_instruct_user_oriented"],
 }
 
 

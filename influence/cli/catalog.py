@@ -6,7 +6,7 @@ import click
 
 from influence.data.pools import POOLS
 from influence.data.readers import FILE_SUFFIXES
-from influence.data.targets import TARGETS
+from influence.data.targets import TARGETS, split_record
 
 
 @click.command("pools")
@@ -23,10 +23,15 @@ def pools_command() -> None:
 
 @click.command("targets")
 def targets_command() -> None:
-    """List the registered targets; a data file with a `subtask` field works too."""
+    """List the registered targets, with the split sizes of those split from one dataset; a data file
+    with a `subtask` field works too."""
+    width = max(len(name) for name in TARGETS)
     for name, target in TARGETS.items():
-        click.echo(f"{name:8} {target.description}")
-    click.echo(f"{'FILE':8} a pool-format file whose records may carry a 'subtask' field")
+        split = split_record(name)
+        sizes = (f" [selection {split['selection']} / validation {split['validation']} / held-out "
+                 f"{split['heldout']}; split seed {split['seed']}; also {name}:validation]") if split else ""
+        click.echo(f"{name:{width}} {target.description}{sizes}")
+    click.echo(f"{'FILE':{width}} a pool-format file whose records may carry a 'subtask' field")
 
 
 COMMANDS = [pools_command, targets_command]

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 from influence.data.example import Example, example_text
-from influence.data.targets import TARGETS, HeldOutItem, load_heldout
+from influence.data.heldout import HeldOutItem
+from influence.data.targets import guarded_items, registered_target
 
 NGRAM_WORDS = 13      # GPT-3's and LLaMA's n
 MIN_ITEM_WORDS = 8    # GPT-3's lower bound for n on short items
@@ -87,15 +88,21 @@ class HeldOutNgrams:
         return False
 
 
-@functools.lru_cache(maxsize=4)
 def heldout_ngrams(target: str, n: int = NGRAM_WORDS, min_words: int = MIN_ITEM_WORDS) -> HeldOutNgrams:
-    """The held-out n-grams of a registered target, built once per process."""
-    return HeldOutNgrams((heldout_text(item) for item in load_heldout(target)), n=n, min_words=min_words)
+    """The n-grams of every item a registered target is evaluated on (held out and validation, whichever
+    part `target` names), built once per process and target."""
+    return _target_ngrams(registered_target(target) or target, n, min_words)
+
+
+@functools.lru_cache(maxsize=4)
+def _target_ngrams(name: str, n: int, min_words: int) -> HeldOutNgrams:
+    return HeldOutNgrams((heldout_text(item) for item in guarded_items(name)), n=n, min_words=min_words)
 
 
 def has_heldout(target: str) -> bool:
-    """Whether `target` names a registered target, whose held-out items the guard can check."""
-    return target in TARGETS
+    """Whether `target` names a registered target (`NAME` or `NAME:validation`), whose evaluation items
+    the guard can check."""
+    return registered_target(target) is not None
 
 
 @dataclass

@@ -7,6 +7,11 @@ code words its validation examples (`get_validation_dataset.py`): the user turn 
 query, the response turn opens with LESS's answer prefix ("A:", "The answer is:", the
 language's "Answer:"), which the model reads but is not scored on. Their held-out splits,
 for evaluation, are kept apart in `load_heldout` and never mixed into the selection target.
+
+Targets split from one dataset (`user_oriented`) carry a third part, for choosing a
+training recipe: `NAME:validation` selects against the same examples as NAME but is
+evaluated on the validation items (`target_part`). Their split's seed and sizes go into
+every manifest that names the target (`split_record`).
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from influence.data.example import Example
+from influence.data.heldout import HELDOUT, SELECTION, VALIDATION, HeldOutItem, TargetSplit
 from influence.data.pools import read_pool_spec
 from influence.data.readers import path_exists
+from influence.data.user_oriented import (USER_ORIENTED_SPLIT, user_oriented_heldout, user_oriented_target,
+                                          user_oriented_validation)
 from influence.data.vendored import bundle, bundle_files
-from influence.errors import DataError, UnknownNameError
+from influence.errors import ConfigError, DataError, UnknownNameError
 
 DEFAULT_SUBTASK = "default"
 MMLU_CHOICES = ("A", "B", "C", "D")
@@ -44,18 +52,6 @@ class Target:
         for index, example in enumerate(self.examples):
             groups.setdefault(example.subtask or DEFAULT_SUBTASK, []).append(index)
         return groups
-
-
-@dataclass(frozen=True)
-class HeldOutItem:
-    """One evaluation item: a question with its reference answer (and options, for MMLU)."""
-
-    subtask: str
-    question: str
-    answer: str
-    choices: tuple[str, ...] = ()     # MMLU option texts, in A-D order
-    answers: tuple[str, ...] = ()     # all accepted answers (TyDi QA)
-    context: str = ""                 # the passage (TyDi QA)
 
 
 # ---------------------------------------------------------------- BBH
@@ -227,9 +223,14 @@ def _tydiqa_heldout() -> list[HeldOutItem]:
 
 @dataclass(frozen=True)
 class NamedTarget:
+    """A registered target: its selection examples, its held-out items and, for a split dataset, its
+    validation items (for choosing a training recipe) and the split that made the three parts."""
+
     description: str
     load: Callable[[], list[Example]]
     heldout: Callable[[], list[HeldOutItem]]
+    validation: Callable[[], list[HeldOutItem]] | None = None
+    split: TargetSplit | None = None
 
 
 TARGETS: dict[str, NamedTarget] = {
@@ -239,18 +240,48 @@ TARGETS: dict[str, NamedTarget] = {
                         _mmlu_target, _mmlu_heldout),
     "tydiqa": NamedTarget("TyDi QA GoldP: one example per language, 9 languages (held out: tiny dev sample)",
                           _tydiqa_target, _tydiqa_heldout),
+    "user_oriented": NamedTarget("Self-Instruct's expert-written user-oriented instructions, subtask = the "
+                                 "motivating app; answer-only loss on the experts' responses",
+                                 user_oriented_target, user_oriented_heldout, user_oriented_validation,
+                                 USER_ORIENTED_SPLIT),
 }
 
 
+def target_part(spec: str) -> tuple[str, str]:
+    """(registered name, the part evaluated) of a target spec: `NAME` evaluates on the held-out items,
+    `NAME:validation` on the validation items; selection scores against NAME's examples either way.
+    A spec that names no registered target comes back whole, with the held-out part.
+
+    Raises:
+        ConfigError: `:validation` of a registered target that has no validation split.
+    """
+    base, sep, part = spec.rpartition(":")
+    if sep and part == VALIDATION and base in TARGETS:
+        if TARGETS[base].validation is None:
+            with_split = ", ".join(f"{name}:{VALIDATION}" for name, t in TARGETS.items() if t.validation)
+            raise ConfigError(f"target {base} has no validation split; targets with one: {with_split}")
+        return base, VALIDATION
+    return spec, HELDOUT
+
+
+def registered_target(spec: str) -> str | None:
+    """The registered target a spec names (`NAME` or `NAME:validation`), or None for a file."""
+    base, _ = target_part(spec)
+    return base if base in TARGETS else None
+
+
 def load_target(spec: str) -> Target:
-    """A registered target name, or a data file whose records may carry a `subtask`.
+    """A registered target name (optionally `:validation`, which changes only what is evaluated), or a
+    data file whose records may carry a `subtask`.
 
     Raises:
         UnknownNameError: neither a registered target nor an existing file.
+        ConfigError: `:validation` of a target without a validation split.
         DataError: the file is unreadable or has no usable example.
     """
-    if spec in TARGETS:
-        examples = TARGETS[spec].load()
+    base = registered_target(spec)
+    if base is not None:
+        examples = TARGETS[base].load()
     elif path_exists(spec) or spec.startswith("hf:"):
         examples = read_pool_spec(spec)[0].examples
     else:
@@ -261,7 +292,27 @@ def load_target(spec: str) -> Target:
 
 
 def load_heldout(name: str) -> list[HeldOutItem]:
-    """The held-out evaluation items of a registered target."""
-    if name not in TARGETS:
+    """The evaluation items of a registered target: its held-out items, or with `NAME:validation` its
+    validation items."""
+    base, part = target_part(name)
+    if base not in TARGETS:
         raise UnknownNameError("target", name, list(TARGETS))
-    return TARGETS[name].heldout()
+    target = TARGETS[base]
+    return target.validation() if part == VALIDATION and target.validation else target.heldout()
+
+
+def guarded_items(name: str) -> list[HeldOutItem]:
+    """Every item a registered target is evaluated on (held out and validation): what no pool may hold."""
+    target = TARGETS[target_part(name)[0]]
+    return target.heldout() + (target.validation() if target.validation else [])
+
+
+def split_record(name: str) -> dict | None:
+    """A split target's split seed, key, method and part sizes, for manifests; None for other targets."""
+    base = registered_target(name)
+    target = TARGETS[base] if base is not None else None
+    if target is None or target.split is None:
+        return None
+    sizes = {SELECTION: len(target.load()), VALIDATION: len(target.validation() if target.validation else []),
+             HELDOUT: len(target.heldout())}
+    return target.split.record(sizes)

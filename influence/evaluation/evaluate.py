@@ -87,14 +87,15 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
     Args:
         model: a LoadedModel, a directory written by `influence train`, a model id/directory/.gguf, or None
             for the bundled default model.
-        target: bbh, mmlu, tydiqa, or a file (question/answers records are scored as QA; instruction/output
+        target: bbh, mmlu, tydiqa, user_oriented[:validation], flan_cot:<source>[:validation], or a file (question/answers records are scored as QA; instruction/output
             records by target loss and exact match).
         limit: evaluate a seeded random subset of this many items.
         seed: picks the subset.
         cot: BBH with its 3-shot chain-of-thought prompt (longer generations).
         config: batch size, lengths, shots; None for the defaults.
         metrics: the task metrics wanted besides the target loss (from `METRICS`); None for the task's
-            own. A task whose metrics are not wanted skips them, and with them its generation.
+            default (its own, or none for user_oriented and flan_cot, whose generation is opt-in). A task
+            whose metrics are not wanted skips them, and with them its generation.
 
     Returns:
         The results: metrics overall and per subtask, notes, settings, and per-item predictions.
@@ -108,6 +109,8 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
         raise ConfigError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
     started = time.perf_counter()
     task = build_task(target, cot=cot, mmlu_shots=config.mmlu_shots)
+    if metrics is None:
+        metrics = task.default_metrics  # () for a target whose generation is opt-in
     items = task.subset(limit, seed)
     if not items:
         raise EvaluationError(f"target {target} has no held-out items to evaluate")
@@ -138,6 +141,7 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
         "notes": list(task.notes),
         "truncated_prompts": scores.truncated,
         "answer_stop": task.stop if task.kind != "choice" else None,
+        **({"split": task.split} if task.split is not None else {}),
         "seconds": round(time.perf_counter() - started, 2),
     }
     results["primary_metric"] = _PRIMARY[task.kind] if per_item else "target_loss"

@@ -9,11 +9,13 @@ Task kinds decide the metric:
 - choice (MMLU): accuracy, by the log-likelihood of each option letter;
 - bbh: exact match of the greedy answer (after "the answer is" when present, else the first line);
 - qa (TyDi QA, or a question/answers file): SQuAD token F1 and exact match of the greedy answer;
-- generation (any instruction/output file): exact match of the whole greedy answer.
+- generation (any instruction/output file): exact match of the whole greedy answer; for
+  `user_oriented` the target loss alone unless a metric is asked for.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from influence.data import load_heldout, load_target
-from influence.data.targets import MMLU_CHOICES, bbh_cot_prompts, mmlu_dev, mmlu_question, tydiqa_prompt
+from influence.data.heldout import VALIDATION
+from influence.data.targets import (MMLU_CHOICES, bbh_cot_prompts, mmlu_dev, mmlu_question, split_record,
+                                    target_part, tydiqa_prompt)
 from influence.errors import EvaluationError, UnknownNameError
 
 KINDS = ("choice", "bbh", "qa", "generation")
@@ -58,6 +62,9 @@ class EvalTask:
     items: list[EvalItem]
     notes: list[str] = field(default_factory=list)
     stop: str | None = None          # where a greedy answer ends (see ANSWER_LINE); None: at end of sequence
+    default_metrics: tuple[str, ...] | None = None  # measured when none are asked for; None: the kind's own,
+    #                                                  (): the target loss alone (generation is opt-in)
+    split: dict[str, Any] | None = None  # a split target's seed and part sizes
 
     def subset(self, limit: int | None, seed: int) -> list[EvalItem]:
         """A seeded random subset of `limit` items (all of them when limit is None), in the original order."""
@@ -107,7 +114,30 @@ def tydiqa_task() -> EvalTask:
     return EvalTask("tydiqa", "qa", items, [TYDIQA_NOTE.format(n=len(items))], stop=ANSWER_LINE)
 
 
-NAMED_TASKS = {"bbh": bbh_task, "mmlu": mmlu_task, "tydiqa": tydiqa_task}
+def user_oriented_task(name: str = "user_oriented") -> EvalTask:
+    """Self-Instruct's user-oriented instructions (held out, or `user_oriented:validation`): the target loss
+    on the experts' responses; exact match of a greedy answer only when asked for."""
+    return _split_task(name, "generation", note="answer-only loss on the experts' responses; exact match of "
+                                                "the greedy answer is opt-in (open-ended answers rarely match)")
+
+
+def _split_task(name: str, kind: str, *, note: str, stop: str | None = None) -> EvalTask:
+    """A split target's items: the prompt as one user turn, the whole reference response scored."""
+    items = [EvalItem(subtask=item.subtask, prompt=item.question, reference=item.response or item.answer,
+                      answers=(item.answer,)) for item in load_heldout(name)]
+    split = split_record(name)
+    part = target_part(name)[1]
+    seed = f"split seed {split['seed']}" if split else ""
+    notes = [f"{name}: the {'validation' if part == VALIDATION else 'held-out'} part, {len(items)} items ({seed}); "
+             f"{note}"]
+    return EvalTask(name, kind, items, notes, stop=stop, default_metrics=(), split=split)
+
+
+# split targets -> their task builder, registered for NAME (held out) and NAME:validation
+SPLIT_TASKS = {"user_oriented": user_oriented_task}
+NAMED_TASKS = {"bbh": bbh_task, "mmlu": mmlu_task, "tydiqa": tydiqa_task,
+               **{spec: functools.partial(task, spec) for name, task in SPLIT_TASKS.items()
+                  for spec in (name, f"{name}:{VALIDATION}")}}
 
 
 def build_task(target: str, *, cot: bool = False, mmlu_shots: int = 5) -> EvalTask:
@@ -119,8 +149,10 @@ def build_task(target: str, *, cot: bool = False, mmlu_shots: int = 5) -> EvalTa
 
     Raises:
         UnknownNameError: neither a named target nor an existing file.
+        ConfigError: `NAME:validation` of a target without a validation split.
         EvaluationError, DataError: the file has no usable item.
     """
+    target_part(target)  # `NAME:validation` of a target without that split is refused with the targets that have it
     if target == "bbh":
         return bbh_task(cot)
     if target == "mmlu":

@@ -1,0 +1,151 @@
+"""Targets split from one dataset: user_oriented's seeded selection / validation / held-out parts,
+what each part is used for, and how the split is recorded."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from influence.cli import main
+from influence.data import Example, load_heldout, load_target
+from influence.data.heldout import HELDOUT, SELECTION, VALIDATION, TargetSplit
+from influence.data.pools import Pool
+from influence.data.targets import split_record
+from influence.data.user_oriented import (USER_ORIENTED_FILE, USER_ORIENTED_SPLIT, user_oriented_examples,
+                                          user_oriented_parts)
+from influence.data.vendored import bundle_text
+from influence.errors import ConfigError, DataError
+from influence.evaluation import EvalSettings, build_task, evaluate
+from influence.models import LoadedModel
+from influence.selection import select
+from influence.selectors import make_selector
+from influence.testing import tiny_model_and_tokenizer
+
+
+def _records() -> list[dict]:
+    return [json.loads(line) for line in bundle_text("self_instruct_user_oriented", USER_ORIENTED_FILE).splitlines()]
+
+
+# ------------------------------------------------------------------------------------------ the split
+def test_user_oriented_parts_are_disjoint_cover_all_252_items_and_have_the_documented_sizes():
+    pairs = user_oriented_examples(_records())
+    parts = USER_ORIENTED_SPLIT.carve([record_id for record_id, _ in pairs])
+    assert {name: len(indices) for name, indices in parts.items()} == {HELDOUT: 180, VALIDATION: 36, SELECTION: 36}
+    chosen = [set(indices) for indices in parts.values()]
+    assert set.union(*chosen) == set(range(252)) and sum(map(len, chosen)) == 252
+    ids = {name: {e.id for e in examples} for name, examples in user_oriented_parts().items()}
+    assert not ids[HELDOUT] & ids[VALIDATION] and not ids[HELDOUT] & ids[SELECTION] \
+        and not ids[VALIDATION] & ids[SELECTION]
+
+
+def test_user_oriented_split_is_stable_and_depends_only_on_the_records_and_the_seed():
+    pairs = user_oriented_examples(_records())
+    keys = [record_id for record_id, _ in pairs]
+    parts = USER_ORIENTED_SPLIT.carve(keys)
+    by_id = {name: [keys[i] for i in indices] for name, indices in parts.items()}
+    # golden: the first records of each part, fixed by sha256("0:<id>") alone
+    assert by_id[HELDOUT][:3] == ["user_oriented_task_1", "user_oriented_task_2", "user_oriented_task_3"]
+    assert by_id[VALIDATION][:3] == ["user_oriented_task_0", "user_oriented_task_6", "user_oriented_task_7"]
+    assert by_id[SELECTION][:3] == ["user_oriented_task_11", "user_oriented_task_13", "user_oriented_task_14"]
+    shuffled = keys[:]
+    random.Random(5).shuffle(shuffled)
+    again = USER_ORIENTED_SPLIT.carve(shuffled)
+    assert {name: sorted(shuffled[i] for i in indices) for name, indices in again.items()} == \
+        {name: sorted(ids) for name, ids in by_id.items()}
+    other_seed = TargetSplit(seed=1, heldout=180, validation=36, selection=None, key="id").carve(keys)
+    assert other_seed[SELECTION] != parts[SELECTION]
+
+
+def test_a_split_refuses_repeated_keys_and_too_few_items():
+    with pytest.raises(DataError, match="one key per item"):
+        TargetSplit(seed=0, heldout=1, validation=1, selection=None, key="id").carve(["a", "a", "b"])
+    with pytest.raises(DataError, match="needs more than 3 items"):
+        TargetSplit(seed=0, heldout=2, validation=1, selection=1, key="id").carve(["a", "b", "c"])
+
+
+def test_each_instruction_gives_one_example_from_its_first_instance():
+    record = {"id": "t1", "motivation_app": "Gmail", "instruction": "Reply politely.",
+              "instances": [{"input": "Can we meet?", "output": "Yes, gladly."},
+                            {"input": "Lunch?", "output": "Sure."}]}
+    no_input = {"id": "t2", "motivation_app": "IMDB", "instruction": "Name a film.",
+                "instances": [{"input": "", "output": "Alien"}]}
+    (first_id, first), (_, second) = user_oriented_examples([record, no_input])
+    assert first_id == "t1" and (first.prompt, first.output, first.subtask) == \
+        ("Reply politely.\n\nCan we meet?", "Yes, gladly.", "Gmail")
+    assert second.prompt == "Name a film." and second.source == "user_oriented"
+    with pytest.raises(DataError, match="record 1"):
+        user_oriented_examples([{"id": "t3", "instruction": "x", "instances": []}])
+
+
+# ------------------------------------------------------------------------------------------ what each part is for
+def test_user_oriented_selects_against_its_selection_part_and_evaluates_on_held_out_or_validation():
+    target = load_target("user_oriented")
+    assert len(target) == 36 and all(e.subtask for e in target.examples)
+    assert len(target.subtasks()) > 20  # the motivating apps
+    validation = load_target("user_oriented:validation")
+    assert validation.name == "user_oriented:validation" and validation.examples == target.examples
+    heldout, valid = load_heldout("user_oriented"), load_heldout("user_oriented:validation")
+    assert (len(heldout), len(valid)) == (180, 36)
+    shown = {e.prompt for e in target.examples}
+    assert not shown & {i.question for i in heldout} and not shown & {i.question for i in valid}
+    with pytest.raises(ConfigError, match="bbh has no validation split; targets with one: user_oriented:validation"):
+        load_target("bbh:validation")
+
+
+def test_the_split_is_recorded_for_every_part_and_absent_for_unsplit_targets():
+    record = split_record("user_oriented:validation")
+    assert record == split_record("user_oriented")
+    assert {k: record[k] for k in ("seed", SELECTION, VALIDATION, HELDOUT)} == \
+        {"seed": 0, SELECTION: 36, VALIDATION: 36, HELDOUT: 180}
+    assert split_record("mmlu") is None and split_record("some_file.jsonl") is None
+
+
+def test_influence_targets_lists_the_split_sizes():
+    result = CliRunner().invoke(main, ["targets"])
+    assert result.exit_code == 0
+    line = next(line for line in result.output.splitlines() if line.startswith("user_oriented "))
+    assert "selection 36 / validation 36 / held-out 180; split seed 0" in line
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+@pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    model, tokenizer = tiny_model_and_tokenizer()
+    return LoadedModel(model=model, tokenizer=tokenizer, spec="tiny-llama", weights_sha256="tiny-llama-seed0")
+
+
+def test_user_oriented_task_scores_the_experts_responses_on_the_chosen_part():
+    task = build_task("user_oriented")
+    assert (task.kind, len(task.items), task.default_metrics) == ("generation", 180, ())
+    item = task.items[0]
+    source = load_heldout("user_oriented")[0]
+    assert (item.prompt, item.reference, item.subtask) == (source.question, source.answer, source.subtask)
+    assert len(build_task("user_oriented:validation").items) == 36
+    with pytest.raises(ConfigError, match="mmlu has no validation split"):
+        build_task("mmlu:validation")
+
+
+def test_user_oriented_measures_the_loss_alone_unless_generation_is_asked_for(tiny):
+    config = EvalSettings.for_tests()
+    loss_only = evaluate(tiny, "user_oriented:validation", limit=3, config=config)
+    assert loss_only["primary_metric"] == "target_loss" and "exact_match" not in loss_only["metrics"]
+    assert loss_only["metrics"]["target_loss"] > 0 and {p["prediction"] for p in loss_only["predictions"]} == {""}
+    assert loss_only["split"]["validation"] == 36 and loss_only["available"] == 36
+    generated = evaluate(tiny, "user_oriented:validation", limit=3, config=config, metrics=["exact_match"])
+    assert generated["primary_metric"] == "exact_match" and "exact_match" in generated["metrics"]
+    assert generated["metrics"]["target_loss"] == pytest.approx(loss_only["metrics"]["target_loss"])
+
+
+# ------------------------------------------------------------------------------------------ the guard and manifests
+def test_the_guard_drops_pool_copies_of_held_out_and_validation_items_and_the_manifest_records_the_split():
+    copies = [Example(next(i.question for i in load_heldout(spec) if len(i.question.split()) >= 13), "",
+                      "a long answer " * 20) for spec in ("user_oriented", "user_oriented:validation")]
+    pool = Pool(examples=[Example(f"Tell me fact number {i}.", "", f"Fact {i} is true.") for i in range(10)] + copies)
+    for spec in ("user_oriented", "user_oriented:validation"):
+        selection = select(pool, 3, make_selector("longest"), target=load_target(spec))
+        assert selection.contamination.ids == [e.id for e in copies]
+        assert not {e.id for e in copies} & {e.id for e in selection.examples}
+        assert selection.manifest("alpaca")["target"]["split"]["heldout"] == 180
