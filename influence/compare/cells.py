@@ -38,18 +38,21 @@ class Cell:
     per_item: dict[str, dict[str, float]] = field(default_factory=dict)  # measure -> item id -> value
     cached: dict[str, bool] = field(default_factory=dict)
 
-    def row(self) -> dict[str, Any]:
+    def row(self, root: Path | None = None) -> dict[str, Any]:
+        """The cell as a record of results.json and results.csv; its files relative to `root` (the
+        comparison's directory) where they lie inside it, so the directory can move."""
         return {"target": self.target, "selector": self.selector, "selection_seed": self.selection_seed,
                 "seed": self.seed, "target_loss": self.target_loss, **self.metrics,
                 "target_loss_tokens": self.target_loss_tokens, "selection_seconds": self.selection_seconds,
                 "training_seconds": self.training_seconds, "evaluation_seconds": self.evaluation_seconds,
-                "selection": _text(self.selection), "run": _text(self.run), "eval": _text(self.eval)}
+                **{name: _text(getattr(self, name), root) for name in ("selection", "run", "eval")}}
 
     @classmethod
-    def from_row(cls, row: dict[str, Any], metrics: Sequence[str]) -> "Cell":
-        """A cell again from its row in results.json, its measures read back from its evaluation file."""
+    def from_row(cls, row: dict[str, Any], metrics: Sequence[str], root: Path) -> "Cell":
+        """A cell again from its row in results.json (under `root`), its measures read back from its
+        evaluation file."""
         cell = cls(row["selector"], row["target"], row["seed"], row["selection_seed"],
-                   *(Path(row[k]) if row.get(k) else None for k in ("selection", "run", "eval")),
+                   *(root / row[k] if row.get(k) else None for k in ("selection", "run", "eval")),
                    selection_seconds=row["selection_seconds"], training_seconds=row["training_seconds"])
         cell.measure(json.loads(cell.eval.read_text(encoding="utf-8")), metrics)
         return cell
@@ -73,8 +76,10 @@ def _number(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _text(path: Path | None) -> str | None:
-    return None if path is None else str(path)
+def _text(path: Path | None, root: Path | None) -> str | None:
+    if path is None:
+        return None
+    return str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
 
 
 def selected_ids(path: Path) -> list[str]:

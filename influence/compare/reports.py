@@ -64,13 +64,11 @@ def markdown(summary: dict[str, Any]) -> str:
             cells.append(entry["spread"])
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", _interval_note(summary)]
-        unpaired = {f"{name} vs {reference}": found["unpaired"] for name, entry in rows.items()
-                    for reference in references for m in present
-                    if (found := entry.get(f"{m}_vs_{reference}")) and found["unpaired"]}
-        if unpaired:
-            lines.append("Runs without a partner of the same training seed, left out of the paired difference: "
-                         + "; ".join(f"{pair}: " + ", ".join(_run_name(r) for r in runs)
-                                     for pair, runs in unpaired.items()) + ".")
+        left_out = [_left_out(name, reference, found, rows[reference]["runs"]) for name, entry in rows.items()
+                    for reference in references if (found := entry.get(f"target_loss_vs_{reference}"))]
+        if any(left_out):
+            lines.append("Runs without a partner of the same training seed are left out of the paired difference: "
+                         + "; ".join(filter(None, left_out)) + ".")
         missing = [n for n, e in rows.items() if n not in (BASELINE, BASE) and references
                    and not any(k.startswith("target_loss_vs_") for k in e)]
         if missing:
@@ -165,6 +163,19 @@ def _interval_note(summary: dict[str, Any]) -> str:
             f"seeds, with its {boot['level']:.0%} bootstrap interval ({boot['resamples']:,} resamples of seeds, "
             f"then items; bootstrap seed {boot['seed']}); the verdict says whether the interval excludes zero. "
             "Target loss is each item's mean token NLL, averaged over items.")
+
+
+def _left_out(name: str, reference: str, found: dict[str, Any], reference_runs: int) -> str:
+    """`less vs random: 2 of random's 3 runs paired; left out: ...`, or '' when every run paired."""
+    unused = reference_runs - found["seeds"] if reference != BASE else 0
+    if not unused and not found["unpaired"]:
+        return ""
+    text = f"{name} vs {reference}: {found['seeds']} run(s) paired"
+    if unused > 0:
+        text += f", {unused} of {reference}'s {reference_runs} unused"
+    if found["unpaired"]:
+        text += f", {name}'s " + ", ".join(_run_name(r) for r in found["unpaired"]) + " left out"
+    return text
 
 
 def _run_name(key: Any) -> str:

@@ -152,7 +152,7 @@ def compare(config: CompareSettings, out: str | Path, *,
                     evaluate_cell(cell, run, train_key)
                     finish(cell)
     contamination = {spec: found.manifest() for spec, found in guards.items() if found is not None}
-    summary = comparison_summary(cells, config.to_dict(), pool, contamination)
+    summary = comparison_summary(cells, config.to_dict(), pool, contamination, out)
     write_reports(summary, out)
     return summary
 
@@ -171,8 +171,8 @@ def regenerate(out: str | Path) -> dict[str, Any]:
     previous = json.loads(saved.read_text(encoding="utf-8"))
     config = previous["config"]
     metrics = [METRICS[m] for m in config["metrics"] if m != "loss"]
-    cells = [Cell.from_row(row, metrics) for row in previous["rows"]]
-    summary = comparison_summary(cells, config, load_pool(config["pools"]), previous.get("contamination", {}))
+    cells = [Cell.from_row(row, metrics, out) for row in previous["rows"]]
+    summary = comparison_summary(cells, config, load_pool(config["pools"]), previous.get("contamination", {}), out)
     write_reports(summary, out)
     return summary
 
@@ -190,7 +190,9 @@ def _name_items(results: dict[str, Any], items: list[tuple[str, str, str]]) -> N
     Raises:
         EvaluationError: the results' items are not the ones the comparison drew.
     """
-    records = results.get("predictions", [])
+    if "predictions" not in results:  # results without per-item records: no paired difference to make
+        return
+    records = results["predictions"]
     if len(records) != len(items) or any((r["subtask"], r["reference"]) != (subtask, reference)
                                          for r, (_, subtask, reference) in zip(records, items)):
         raise EvaluationError(f"the evaluation of {results.get('target')} did not return the held-out items the "

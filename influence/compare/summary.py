@@ -37,11 +37,12 @@ def spread_kind(cells: list[Cell]) -> str:
 
 
 def summarize(cells: list[Cell], metrics: Sequence[str] = (), *, resamples: int = RESAMPLES,
-              bootstrap_seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
+              bootstrap_seed: int = BOOTSTRAP_SEED, root: Path | None = None) -> dict[str, Any]:
     """Per target and row: mean and spread of each measure over the row's runs, and the paired difference
     to random and to base with its bootstrap interval and verdict (see `paired`).
 
-    Runs pair by (selection seed, training seed) where the reference has that run, else by training seed
+    `root`: the comparison's directory, which the records' file paths are relative to. Runs pair by
+    (selection seed, training seed) where the reference has that run, else by training seed
     where the reference has one run of it; against base, every run pairs with its one evaluation.
     """
     measures = ["target_loss", *[m for m in metrics if any(m in c.metrics for c in cells)]]
@@ -71,7 +72,7 @@ def summarize(cells: list[Cell], metrics: Sequence[str] = (), *, resamples: int 
                     if found is not None:
                         rows[name][f"{what}_vs_{reference}"] = found.to_dict()
         per_target[target] = rows
-    return {"rows": [c.row() for c in cells], "selectors": per_target, "measures": measures,
+    return {"rows": [c.row(root) for c in cells], "selectors": per_target, "measures": measures,
             "targets": list(per_target), "bootstrap": {"resamples": resamples, "seed": bootstrap_seed,
                                                        "level": LEVEL}}
 
@@ -188,13 +189,13 @@ def phase_seconds(cells: list[Cell]) -> dict[str, Any]:
 
 
 
-def comparison_summary(cells: list[Cell], config: dict[str, Any], pool: Pool,
-                       contamination: dict[str, Any]) -> dict[str, Any]:
+def comparison_summary(cells: list[Cell], config: dict[str, Any], pool: Pool, contamination: dict[str, Any],
+                       root: Path) -> dict[str, Any]:
     """Everything the reports show, from the cells alone (and the pool they were picked from), so that
-    a comparison's tables can be redone from its saved evaluation files."""
+    a comparison's tables can be redone from its saved evaluation files; `root` is its directory."""
     metrics = [METRICS[m] for m in config["metrics"] if m != "loss"]
     summary = summarize(cells, metrics, resamples=config.get("bootstrap_resamples", RESAMPLES),
-                        bootstrap_seed=config.get("bootstrap_seed", BOOTSTRAP_SEED))
+                        bootstrap_seed=config.get("bootstrap_seed", BOOTSTRAP_SEED), root=root)
     summary["sources"] = source_shares(cells, pool)
     summary["overlap"] = overlaps(cells)
     summary["lengths"] = length_stats(cells, pool)
