@@ -317,6 +317,19 @@ def test_a_summary_from_the_saved_evaluation_files_equals_the_one_in_memory(tmp_
     losses = [p["target_loss"] for p in json.loads(evals[0].read_text())["predictions"]]
     assert all(len(json.loads(p.read_text())["predictions"][0]["item"]) == 16 for p in evals)
     assert any(r["target_loss"] == pytest.approx(sum(losses) / len(losses)) for r in again["rows"])
+    # each row's picks: their response lengths beside the pool's
+    lengths = again["lengths"][str(target)]
+    assert set(lengths) == {"pool", "longest", "random"} and lengths["longest"]["mean"] > lengths["pool"]["mean"]
+    assert lengths["longest"]["median"] >= lengths["random"]["median"]
+    assert f"| longest | {lengths['longest']['mean']:.0f} | {lengths['longest']['median']:.0f} |" in \
+        (moved / "results.md").read_text()
+    # the command redoes the reports from the saved evaluations, and says so when there are none
+    (moved / "results.md").unlink()
+    cli = ["compare", "--pool", str(pool), "--target", str(target), "--k", "4", "--reports-only"]
+    result = CliRunner().invoke(main, [*cli, "--out", str(moved)])
+    assert result.exit_code == 0 and (moved / "results.md").read_text() == (out / "results.md").read_text()
+    result = CliRunner().invoke(main, [*cli, "--out", str(tmp_path / "nothing")])
+    assert result.exit_code != 0 and "error: " in result.output and "holds no results.json" in result.output
     header = (out / "differences.csv").read_text().splitlines()[0]
     assert header.startswith("target,row,measure,reference,difference,low,high,verdict,seeds,items")
     # a later sitting adds a row: the earlier runs and evaluations are reused, the tables gain the row
