@@ -106,10 +106,10 @@ class Recipe:
 
 
 RECIPES = {
-    "less": Recipe(TrainSettings, "LESS's final training (arXiv 2402.04333): lr 2e-5, 4 epochs, as the paper "
-                                  "trained its selections; not tuned on this pool"),
-    "small-k": Recipe(TrainSettings.small_k, "lr 2e-4 and batch 8 by step arithmetic (about the summed learning "
-                                             "rate of LESS's own training at k=60), not by any held-out score"),
+    "less": Recipe(TrainSettings, "LESS's final training (arXiv 2402.04333), as the paper trained its selections; "
+                                  "not tuned on this pool"),
+    "small-k": Recipe(TrainSettings.small_k, "learning rate by step arithmetic (its steps at k=60 sum to about the "
+                                             "learning rate of LESS's own training), not by any held-out score"),
 }
 
 
