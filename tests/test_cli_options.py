@@ -49,11 +49,13 @@ BEFORE = {
                "--lora-r", "--max-length", "--model", "--name", "--pool", "--projector", "--scoring", "--seed",
                "--shard-rows", "--store-features", "--warmup-epochs", "--warmup-fraction", "--warmup-loss-reduction",
                "--warmup-lr"],
-    "compare": ["--adam-form", "--base", "--batch-size", "--device", "--dims", "--dry-run", "--dsir-sampling",
+    "compare": ["--adam-form", "--base", "--batch-size", "--bootstrap-resamples", "--bootstrap-seed", "--device",
+                "--dims", "--dry-run", "--dsir-sampling",
                 "--epochs", "--index", "--index-root", "--k", "--keep-contaminated", "--limit", "--lora-alpha",
                 "--lora-r", "--lr", "--max-length", "--metrics", "--model", "--name", "--no-base", "--out", "--pool",
-                "--projector", "--recipe", "--redraw", "--scoring", "--seeds", "--selection-seeds", "--selectors",
-                "--shard-rows", "--store-features", "--target", "--train-batch-size", "--train-max-length",
+                "--projector", "--recipe", "--redraw", "--reports-only", "--scoring", "--seeds", "--selection-seeds",
+                "--selectors", "--shard-rows", "--store-features", "--target", "--train-batch-size",
+                "--train-max-length", "--train-model",
                 "--warmup-epochs", "--warmup-fraction", "--warmup-loss-reduction", "--warmup-lr"],
     "train": ["--batch-size", "--data", "--epochs", "--full", "--lora", "--loss-reduction", "--lr", "--max-length",
               "--micro-batch-size", "--model", "--no-checkpoints", "--out", "--overwrite", "--seed"],
@@ -66,7 +68,7 @@ TRAIN_REGISTRIES = {"loss_reduction": LOSS_REDUCTIONS, "method": METHODS}
 LORA_FIELDS = {"lora_r": "r", "lora_alpha": "alpha"}  # CLI keyword -> LoraSettings field
 # `influence compare`'s own options, each a CompareSettings field of the same name
 COMPARE_FIELDS = ("k", "selectors", "seeds", "selection_seeds", "redraw", "metrics", "base", "limit", "dsir_sampling",
-                  "keep_contaminated")
+                  "keep_contaminated", "train_model", "bootstrap_resamples", "bootstrap_seed")
 
 
 def params(command: str) -> dict[str, click.Parameter]:
@@ -167,6 +169,7 @@ def test_the_recipe_help_reads_the_recipes():
     for name, recipe in RECIPES.items():
         settings = recipe()
         assert f"{name} (batch {settings.batch_size}, lr " in text and f"{settings.epochs} epochs" in text
+        assert recipe.provenance in text  # how the recipe's learning rate was picked
     assert "lr 2e-5" in text  # the LESS recipe, as the paper writes it
 
 

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from influence.cli import main
-from influence.compare import Cell, CompareSettings as CompareConfig, SelectorRow, estimate_compare, parse_rows, summarize
+from influence.compare import (RECIPES, Cell, CompareSettings as CompareConfig, SelectorRow, estimate_compare, parse_rows,
+                               summarize)
 from influence.errors import ConfigError
 from influence.less import LessSettings
 from influence.lora import LoraSettings
@@ -40,20 +41,29 @@ def _train_args(model) -> list[str]:
             "--warmup-epochs", "1", "--max-length", "128"]
 
 
-def _stand_in_training(monkeypatch) -> list[str]:
+def _stand_in_training(monkeypatch, loss=lambda model, index: 1.0) -> list[str]:
     """Replace training and evaluation with stand-ins that only record which selection files were
-    trained on (the returned list): for tests about what compare selects, not what it trains."""
+    trained on (the returned list): for tests about what compare selects, not what it trains. The
+    stand-in evaluation scores every held-out item `loss(model, item index)` and writes its results."""
     from types import SimpleNamespace
 
     import influence.evaluation
     import influence.training
+    from influence.evaluation import build_task
 
     trained: list[str] = []
+
+    def evaluate(model, target, *, limit=None, seed=0, config=None, metrics=None):
+        items = build_task(target).subset(limit, seed)
+        losses = [float(loss(model, n)) for n in range(len(items))]
+        return {"primary_metric": "target_loss", "metrics": {"target_loss": sum(losses) / len(losses)},
+                "items": len(items), "seconds": 0.0, "target": target,
+                "predictions": [{"subtask": i.subtask, "reference": i.reference, "prediction": "", "target_loss": v}
+                                for i, v in zip(items, losses)]}
+
     monkeypatch.setattr(influence.training, "train", lambda data, config, out_dir: trained.append(data) or
                         SimpleNamespace(reused=False, manifest={"seconds": 0.0}))
-    monkeypatch.setattr(influence.evaluation, "evaluate", lambda *a, **k: {
-        "primary_metric": "target_loss", "metrics": {"target_loss": 1.0}, "items": 1, "seconds": 0.0})
-    monkeypatch.setattr(influence.evaluation, "write_results", lambda results, path: path)
+    monkeypatch.setattr(influence.evaluation, "evaluate", evaluate)
     return trained
 
 
@@ -235,25 +245,101 @@ def _cell(tmp_path, name, seed, loss, metric, selection=None):
                 metrics={"accuracy": metric})
 
 
-def test_differences_to_random_and_to_base_are_judged_against_the_seed_spread(tmp_path):
+def _per_item(losses, accuracy):
+    return {"target_loss": {f"i{n}": v for n, v in enumerate(losses)},
+            "accuracy": {f"i{n}": v for n, v in enumerate(accuracy)}}
+
+
+def _cell(tmp_path, name, seed, shift, hits):
+    """A run whose item i has loss 1 + i/10 + shift (+ a seed wobble) and accuracy hits[i]."""
+    losses = [1.0 + n / 10 + shift + 0.01 * (seed - 0.5) * (-1) ** n for n in range(40)]
+    cell = Cell(name, "t", seed, seed, tmp_path / f"{name}-{seed}", target_loss=sum(losses) / 40,
+                metrics={"accuracy": sum(hits) / 40})
+    cell.per_item = _per_item(losses, hits)
+    return cell
+
+
+def test_differences_to_random_and_to_base_are_paired_intervals_with_verdicts(tmp_path):
     base = Cell("base", "t", None, target_loss=1.5, metrics={"accuracy": 0.3})
-    summary = summarize([base, _cell(tmp_path, "random", 0, 2.0, 0.30), _cell(tmp_path, "random", 1, 2.2, 0.32),
-                         _cell(tmp_path, "longest", 0, 1.0, 0.31), _cell(tmp_path, "longest", 1, 1.2, 0.33),
-                         _cell(tmp_path, "less", 0, 1.45, 0.31), _cell(tmp_path, "less", 1, 1.65, 0.33)],
-                        ["accuracy"])
+    base.per_item = _per_item([1.0 + n / 10 + 0.3 for n in range(40)], [n % 2 for n in range(40)])
+    half, more = [n % 2 for n in range(40)], [int(n % 2 or n < 10) for n in range(40)]
+    summary = summarize([base, _cell(tmp_path, "random", 0, 0.0, half), _cell(tmp_path, "random", 1, 0.0, half),
+                         _cell(tmp_path, "longest", 0, -0.2, more), _cell(tmp_path, "longest", 1, -0.2, more),
+                         _cell(tmp_path, "less", 0, 0.3, half), _cell(tmp_path, "less", 1, 0.3, half)],
+                        ["accuracy"], resamples=500, bootstrap_seed=3)
     rows = summary["selectors"]["t"]
-    assert rows["longest"]["target_loss_vs_random"] == pytest.approx(-1.0)
-    assert rows["longest"]["target_loss_random_beyond_spread"] is True   # 1.0 apart, spreads 0.14 + 0.14
-    assert rows["longest"]["accuracy_random_beyond_spread"] is False     # 0.01 apart, spreads 0.014 + 0.014
-    assert rows["longest"]["target_loss_base_beyond_spread"] is True     # 0.4 below base, spread 0.14
-    assert rows["less"]["target_loss_vs_base"] == pytest.approx(0.05)
-    assert rows["less"]["target_loss_base_beyond_spread"] is False       # 0.05 from base, spread 0.14
-    assert rows["base"]["target_loss_std"] == 0.0 and "target_loss_vs_random" not in rows["base"]
+    longest = rows["longest"]["target_loss_vs_random"]
+    assert longest["difference"] == pytest.approx(-0.2) and longest["high"] < 0 and longest["verdict"] == "better"
+    assert rows["longest"]["accuracy_vs_random"]["verdict"] == "better"      # 5 more hits of 40, by item
+    assert rows["less"]["target_loss_vs_random"]["verdict"] == "worse"
+    assert rows["less"]["accuracy_vs_random"]["verdict"] == "no difference at this size"  # the very same hits
+    assert rows["less"]["target_loss_vs_base"]["verdict"] == "no difference at this size"  # the base's losses
+    assert rows["less"]["target_loss_vs_base"]["seeds"] == 2                  # each run against the one base
+    assert rows["longest"]["target_loss_vs_base"]["verdict"] == "better"
+    assert "target_loss_vs_random" not in rows["base"] and "target_loss_vs_random" not in rows["random"]
+    assert summary["bootstrap"] == {"resamples": 500, "seed": 3, "level": 0.95}
     from influence.compare import markdown
+    from influence.compare.reports import differences
 
     text = markdown(summary)
-    assert "Training did not move the target loss beyond the seed spread for: less" in text
-    assert "random" not in text.split("Training did not move")[1].splitlines()[0]
+    assert "-0.2000 [" in text and "] better" in text and "500 resamples" in text and "bootstrap seed 3" in text
+    assert "Training did not move the target loss measurably for: less" in text
+    records = differences(summary)
+    assert {(r["row"], r["measure"], r["reference"]) for r in records} >= {
+        ("longest", "target_loss", "random"), ("less", "accuracy", "base")}
+    assert all(r["low"] <= r["difference"] <= r["high"] for r in records)
+
+
+def test_a_summary_from_the_saved_evaluation_files_equals_the_one_in_memory(tmp_path, monkeypatch):
+    """Reports are regenerable: the cells' measures are read back from their evaluation files, so a later
+    sitting can add rows and redo the tables; the per-item target loss is the rows' loss."""
+    import shutil
+    import zlib
+
+    from influence.compare import compare, regenerate
+
+    pool, target = _files(tmp_path)
+    _stand_in_training(monkeypatch, loss=lambda model, n: 1.0 + (zlib.crc32(f"{model}-{n}".encode()) % 100) / 100)
+    out = tmp_path / "cmp"
+    config = CompareConfig(pools=[str(pool)], targets=[str(target)], k=4, selectors=["longest", "random"], seeds=3,
+                           bootstrap_resamples=300)
+    memory = compare(config, out)
+    written = json.loads((out / "results.json").read_text())
+    moved = Path(shutil.copytree(out, tmp_path / "moved"))  # the directory may move: its records are relative
+    (moved / "results.md").unlink()
+    again = regenerate(moved)
+    assert json.loads(json.dumps(again)) == json.loads(json.dumps(memory)) == written
+    assert (moved / "results.md").read_text() == (out / "results.md").read_text()
+    rows = again["selectors"][str(target)]
+    assert rows["longest"]["target_loss_vs_random"]["seeds"] == 3
+    assert rows["longest"]["target_loss_vs_random"]["items"] == 2 and rows["random"]["target_loss_vs_base"]["seeds"] == 3
+    evals = list(out.glob("evals/*/*.json"))
+    losses = [p["target_loss"] for p in json.loads(evals[0].read_text())["predictions"]]
+    assert all(len(json.loads(p.read_text())["predictions"][0]["item"]) == 16 for p in evals)
+    assert any(r["target_loss"] == pytest.approx(sum(losses) / len(losses)) for r in again["rows"])
+    # each row's picks: their response lengths beside the pool's
+    lengths = again["lengths"][str(target)]
+    assert set(lengths) == {"pool", "longest", "random"} and lengths["longest"]["mean"] > lengths["pool"]["mean"]
+    assert lengths["longest"]["median"] >= lengths["random"]["median"]
+    assert f"| longest | {lengths['longest']['mean']:.0f} | {lengths['longest']['median']:.0f} |" in \
+        (moved / "results.md").read_text()
+    # the command redoes the reports from the saved evaluations, and says so when there are none
+    (moved / "results.md").unlink()
+    cli = ["compare", "--pool", str(pool), "--target", str(target), "--k", "4", "--reports-only"]
+    result = CliRunner().invoke(main, [*cli, "--out", str(moved)])
+    assert result.exit_code == 0 and (moved / "results.md").read_text() == (out / "results.md").read_text()
+    result = CliRunner().invoke(main, [*cli, "--out", str(tmp_path / "nothing")])
+    assert result.exit_code != 0 and "error: " in result.output and "holds no results.json" in result.output
+    header = (out / "differences.csv").read_text().splitlines()[0]
+    assert header.startswith("target,row,measure,reference,difference,low,high,verdict,seeds,items")
+    # a later sitting adds a row: the earlier runs and evaluations are reused, the tables gain the row
+    evaluated: set[str] = set()
+    _stand_in_training(monkeypatch, loss=lambda model, n: evaluated.add(Path(str(model)).name) or 9.0)
+    more = compare(CompareConfig(pools=[str(pool)], targets=[str(target)], k=4, selectors=["longest", "random", "bm25"],
+                                 seeds=3, bootstrap_resamples=300), out)
+    assert evaluated and all(name.startswith("bm25-") for name in evaluated)
+    assert more["selectors"][str(target)]["longest"] == rows["longest"]
+    assert more["selectors"][str(target)]["bm25"]["target_loss_vs_random"]["verdict"] == "worse"
 
 
 def test_the_dry_run_prices_training_by_epochs_and_k_and_generation_only_when_asked(tmp_path, tiny_model_dir):
@@ -345,3 +431,57 @@ def test_the_dry_run_prices_one_pool_pass_per_target_for_the_exact_score(tmp_pat
         f"LESS pool pass for the exact cosines with {colours}, per checkpoint",
         f"LESS target features, {sums}, for the exact score's queries",
         f"LESS target features, {colours}, for the exact score's queries"])
+
+
+def test_selection_uses_model_and_training_the_train_model_whose_change_never_reuses_runs(tmp_path):
+    """--model scores the pool (ifd's forward passes), --train-model is trained, evaluated and the base row;
+    both are said in results.json and the report, and the training model is part of every run's key."""
+    from influence.constants import manifest_path
+    from influence.testing import tiny_model_and_tokenizer
+
+    models = {}
+    for name, layers in (("selector", 2), ("trainee", 1)):
+        model, tokenizer = tiny_model_and_tokenizer(layers=layers, seed=layers)
+        models[name] = tmp_path / name
+        model.save_pretrained(models[name])
+        tokenizer.save_pretrained(models[name])
+    pool, target = _files(tmp_path)
+    out = tmp_path / "cmp"
+
+    def run(train_model) -> set[str]:
+        args = ["compare", "--pool", str(pool), "--target", str(target), "--k", "4", "--selectors", "ifd",
+                "--seeds", "1", *_train_args(models["selector"]), "--train-model", str(train_model), "--out", str(out)]
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return {p.name for p in (out / "runs").iterdir()}
+
+    first = run(models["trainee"])
+    (selection,) = list(out.glob("selections/*.jsonl"))
+    assert json.loads(manifest_path(selection).read_text())["selector"]["params"]["model"] == str(models["selector"])
+    (trained,) = [out / "runs" / name for name in first]
+    assert json.loads((trained / "manifest.json").read_text())["model"]["spec"] == str(models["trainee"])
+    base = [json.loads(p.read_text()) for p in out.glob("evals/*/base-*.json")]
+    assert [b["model"]["spec"] for b in base] == [str(models["trainee"])]
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["config"]["train_model"] == str(models["trainee"]) == summary["config"]["train"]["model"]
+    assert summary["config"]["less"]["model"] == str(models["selector"])
+    text = (out / "results.md").read_text()
+    assert f"selectors {models['selector']}; training, evaluation and the base row {models['trainee']}" in text
+    assert f"recipe less: {RECIPES['less'].provenance} (changed here: epochs, learning_rate, batch_size, micro_batch_size, max_length)" in text
+    # the same selection trained on the other model is a new run, evaluated anew (and so is the base row)
+    second = run(models["selector"])
+    assert len(second - first) == 1 and len(list(out.glob("evals/*/base-*.json"))) == 2
+    assert len(list(out.glob("selections/*.jsonl"))) == 1   # the selection itself is reused
+
+
+def test_a_recipe_carries_its_provenance_and_names_what_a_comparison_changed():
+    from influence.compare import Recipe
+    from influence.training import TrainSettings as TrainConfig
+
+    assert all(isinstance(r, Recipe) and r.provenance for r in RECIPES.values())
+    small = RECIPES["small-k"]
+    assert small().learning_rate == TrainConfig.small_k().learning_rate
+    assert small.changed(small(model="m", progress=False).to_dict()) == []   # model and runtime are not the recipe
+    assert small.changed(small(learning_rate=1e-4, epochs=2).to_dict()) == ["epochs", "learning_rate"]
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        CompareConfig(pools=["p"], targets=["t"], recipe="huge-k")

@@ -9,12 +9,10 @@ import click
 
 from influence.cli.less_options import less_options, pop_settings
 from influence.cli.settings_options import apply, settings_option
-from influence.compare.run import compare
-from influence.compare.settings import CompareSettings
+from influence.compare.run import compare, regenerate
+from influence.compare.settings import RECIPES, CompareSettings
 from influence.constants import safe_name
 from influence.training.settings import TrainSettings
-
-RECIPES = {"less": TrainSettings, "small-k": TrainSettings.small_k}
 
 
 def recipe_summary(settings: TrainSettings) -> str:
@@ -33,6 +31,9 @@ COMPARISON_OPTIONS = [
     settings_option(CompareSettings, "metrics", metavar="M[,M...]"),
     settings_option(CompareSettings, "base"),
     settings_option(CompareSettings, "limit", type=int),
+    settings_option(CompareSettings, "train_model", metavar="M"),
+    settings_option(CompareSettings, "bootstrap_resamples", type=click.IntRange(min=1)),
+    settings_option(CompareSettings, "bootstrap_seed"),
 ]
 # ... and how every row selects
 SELECTION_OPTIONS = [
@@ -61,9 +62,9 @@ def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) ->
               help="Target(s): each a selection target and an evaluation; repeat for several.")
 @comparison_options
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default="less", show_default=True,
-              help="Training recipe: " + " or ".join(f"{name} ({recipe_summary(recipe())})"
-                                                      for name, recipe in RECIPES.items())
-                   + "; the options below change it.")
+              help="Training recipe: " + "; ".join(f"{name} ({recipe_summary(recipe())}; {recipe.provenance})"
+                                                   for name, recipe in RECIPES.items())
+                   + ". The options below change it.")
 @click.option("--epochs", type=int, default=None, help="Training epochs per selection [default: the recipe's].")
 @click.option("--lr", type=float, default=None, help="Training peak learning rate [default: the recipe's].")
 @click.option("--train-batch-size", type=int, default=None, help="Examples per optimizer step [default: the recipe's].")
@@ -71,11 +72,13 @@ def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) ->
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: compare/<pools>-<targets>-k<k>]; rerun to resume.")
 @click.option("--dry-run", is_flag=True, help="Print the estimated time of each phase and the total; write nothing.")
+@click.option("--reports-only", is_flag=True,
+              help="Redo the tables and plot under --out from its saved evaluations; select, train, evaluate nothing.")
 @selection_options
 @less_options
-def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw, metrics, base, limit, recipe, epochs,
-                    lr, train_batch_size, train_max_length, out, dry_run, dsir_sampling, keep_contaminated,
-                    **less) -> None:
+def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw, metrics, base, limit, train_model,
+                    bootstrap_resamples, bootstrap_seed, recipe, epochs, lr, train_batch_size, train_max_length, out,
+                    dry_run, reports_only, dsir_sampling, keep_contaminated, **less) -> None:
     """For each row, seed and target: select, train, evaluate; then tables, a plot and the overlaps."""
     settings = pop_settings(less)
     changes = {name: value for name, value in (("epochs", epochs), ("learning_rate", lr),
@@ -83,15 +86,16 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw
                if value is not None}
     if train_batch_size:  # micro-batches of up to 4, a divisor of the batch
         changes["micro_batch_size"] = max(d for d in range(1, 5) if train_batch_size % d == 0)
-    train = RECIPES[recipe](model=settings.model, **changes)
+    train = RECIPES[recipe](**changes)  # its model: --train-model, else --model (CompareSettings decides)
 
     def names(text: str) -> list[str]:
         return [name.strip() for name in text.split(",") if name.strip()]
 
     config = CompareSettings(pools=list(pools), targets=list(targets), k=k, selectors=[selectors], seeds=seeds,
                              selection_seeds=selection_seeds, redraw=names(redraw), metrics=names(metrics),
-                             base=base, limit=limit, train=train, less=settings, dsir_sampling=dsir_sampling,
-                             keep_contaminated=keep_contaminated)
+                             base=base, limit=limit, train=train, recipe=recipe, train_model=train_model,
+                             less=settings, dsir_sampling=dsir_sampling, keep_contaminated=keep_contaminated,
+                             bootstrap_resamples=bootstrap_resamples, bootstrap_seed=bootstrap_seed)
     if dry_run:
         # loads torch: imported on use, not at start-up
         from influence.compare.estimate import estimate_compare
@@ -99,6 +103,10 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw
         click.echo("\n".join(estimate_compare(config).lines()))
         return
     out = out or default_out_dir(pools, targets, k)
+    if reports_only:
+        regenerate(out)
+        click.echo(f"wrote {out}/results.md, results.csv, differences.csv, results.json and plot.png again")
+        return
 
     def report(cell) -> None:
         reused = ", ".join(step for step, hit in cell.cached.items() if hit)
@@ -110,7 +118,7 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw
 
     compare(config, out, on_cell=report)
     click.echo((out / "results.md").read_text(encoding="utf-8"))
-    click.echo(f"wrote {out}/results.md, results.csv, results.json and plot.png")
+    click.echo(f"wrote {out}/results.md, results.csv, differences.csv, results.json and plot.png")
 
 
 COMMANDS = [compare_command]

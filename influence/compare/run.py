@@ -28,16 +28,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from influence import evaluation, training
-from influence.compare.cells import Cell, selected_ids
+from influence.compare.cells import ITEM_KEY, Cell, selected_ids
 from influence.compare.reports import write_reports
 from influence.compare.row_selector import make_row_selector, row_diversity
-from influence.compare.settings import BASE, CompareSettings, SelectorRow
-from influence.compare.summary import length_stats, overlaps, phase_seconds, source_shares, summarize
+from influence.compare.settings import BASE, METRICS, CompareSettings, SelectorRow
+from influence.compare.summary import comparison_summary
 from influence.constants import manifest_path, safe_name
 from influence.data.contamination import Contamination
 from influence.data.pools import Pool, load_pool
 from influence.data.targets import load_target
 from influence.evaluation import EvalSettings
+from influence.errors import EvaluationError, OutputError
 from influence.io import check_output_dir, sha256_json
 from influence.selection import decontaminate, select, write_selection
 
@@ -77,10 +78,11 @@ def compare(config: CompareSettings, out: str | Path, *,
     guard = present[0] if len(present) == 1 else _merged(present, pool, config.keep_contaminated)
     scored_pool = pool.without(guard.indices) if guard is not None and guard.ids and not guard.kept else pool
     cleared = {"ids": guard.ids if guard is not None else [], "kept": config.keep_contaminated}
-    # per-item values are kept: the paired intervals between rows are computed from them
+    # per-item records kept: the paired differences match items by their id
     eval_config = EvalSettings(batch_size=config.eval_batch_size, max_length=config.eval_max_length,
-                             keep_predictions=True, progress=config.train.progress)
+                               keep_predictions=True, progress=config.train.progress)
     wanted = config.eval_metrics()
+    item_ids = {spec: _item_ids(spec, config.limit, eval_config) for spec in config.targets}
 
     def evaluate_cell(cell: Cell, model: Any, model_key: str) -> None:
         # every cell of a target is evaluated on the same held-out items (the --limit subset drawn
@@ -96,11 +98,9 @@ def compare(config: CompareSettings, out: str | Path, *,
         else:
             results = evaluation.evaluate(model, cell.target, limit=config.limit, seed=0, config=eval_config,
                                           metrics=wanted)
+            _name_items(results, item_ids[cell.target])
             evaluation.write_results(results, cell.eval)
-        cell.target_loss = float(results["metrics"]["target_loss"])
-        cell.metrics = {m: float(results["metrics"][m]) for m in wanted if m in results["metrics"]}
-        cell.evaluation_seconds = float(results.get("seconds", 0.0))
-        cell.items = int(results["items"])
+        cell.measure(results, wanted)
 
     cells: list[Cell] = []
 
@@ -112,7 +112,7 @@ def compare(config: CompareSettings, out: str | Path, *,
     if config.base:
         for spec in config.targets:
             cell = Cell(BASE, spec, None)
-            evaluate_cell(cell, config.train.model, sha256_json({"base": config.train.model}))
+            evaluate_cell(cell, config.train_model, sha256_json({"base": config.train_model}))
             finish(cell)
     for row in config.rows():
         selector = selectors[row.label]
@@ -152,17 +152,54 @@ def compare(config: CompareSettings, out: str | Path, *,
                     cell.training_seconds = float(result.manifest["seconds"])
                     evaluate_cell(cell, run, train_key)
                     finish(cell)
-    summary = summarize(cells, config.eval_metrics())
-    summary["sources"] = source_shares(cells, pool)
-    summary["overlap"] = overlaps(cells)
-    summary["lengths"] = length_stats(cells, pool)
-    summary["phases"] = phase_seconds(cells)
-    summary["items"] = {c.target: c.items for c in cells}
-    summary["pool"] = {"size": len(pool), "fingerprint": pool.fingerprint, "sources": pool.describe()}
-    summary["contamination"] = {spec: found.manifest() for spec, found in guards.items() if found is not None}
-    summary["config"] = config.to_dict()
+    contamination = {spec: found.manifest() for spec, found in guards.items() if found is not None}
+    summary = comparison_summary(cells, config.to_dict(), pool, contamination, out)
     write_reports(summary, out)
     return summary
+
+
+def regenerate(out: str | Path) -> dict[str, Any]:
+    """Redo a comparison's tables and plot from the evaluation files its results.json names, without
+    selecting, training or evaluating anything; rewrites the reports under `out`.
+
+    Raises:
+        OutputError: `out` holds no results.json.
+    """
+    out = Path(out)
+    saved = out / "results.json"
+    if not saved.exists():
+        raise OutputError(f"{out} holds no results.json: run the comparison first")
+    previous = json.loads(saved.read_text(encoding="utf-8"))
+    config = previous["config"]
+    metrics = [METRICS[m] for m in config["metrics"] if m != "loss"]
+    cells = [Cell.from_row(row, metrics, out) for row in previous["rows"]]
+    summary = comparison_summary(cells, config, load_pool(config["pools"]), previous.get("contamination", {}), out)
+    write_reports(summary, out)
+    return summary
+
+
+def _item_ids(spec: str, limit: int | None, config: EvalSettings) -> list[tuple[str, str, str]]:
+    """Each held-out item of the evaluation, in its order: (id, subtask, reference); the id is a hash of
+    the item's subtask, prompt and reference, the same in every evaluation of the comparison."""
+    items = evaluation.build_task(spec, mmlu_shots=config.mmlu_shots).subset(limit, 0)
+    return [(sha256_json([i.subtask, i.prompt, i.reference])[:16], i.subtask, i.reference) for i in items]
+
+
+def _name_items(results: dict[str, Any], items: list[tuple[str, str, str]]) -> None:
+    """Write each item's id into its record of the results, checking that the records are those items.
+
+    Raises:
+        EvaluationError: the results' items are not the ones the comparison drew.
+    """
+    if "predictions" not in results:  # results without per-item records: no paired difference to make
+        return
+    records = results["predictions"]
+    if len(records) != len(items) or any((r["subtask"], r["reference"]) != (subtask, reference)
+                                         for r, (_, subtask, reference) in zip(records, items)):
+        raise EvaluationError(f"the evaluation of {results.get('target')} did not return the held-out items the "
+                              "comparison drew, one record each in their order: its items cannot be paired")
+    for record, (item, _, _) in zip(records, items):
+        record[ITEM_KEY] = item
 
 
 def _merged(guards: list[Contamination], pool: Pool, kept: bool) -> Contamination | None:

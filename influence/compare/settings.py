@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import InitVar, asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from influence.compare.paired import BOOTSTRAP_SEED, LEVEL, RESAMPLES
 from influence.data.contamination import KEEP_CONTAMINATED_HELP
 from influence.errors import ConfigError, require_positive_ints
 from influence.less.settings import LessSettings
 from influence.selectors import SELECTORS
 from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING, SAMPLING_HELP as DSIR_SAMPLING_HELP, DsirSelector
-from influence.training.settings import TrainSettings
+from influence.training.settings import RUNTIME_FIELDS, TrainSettings
 
 BASELINE = "random"
 BASE = "base"  # the row of the untrained model
@@ -86,6 +87,32 @@ def parse_rows(text: str | Sequence[str]) -> list[str]:
     return rows
 
 
+# ------------------------------------------------------------------ training recipes
+@dataclass(frozen=True)
+class Recipe:
+    """A named training recipe: the settings it makes and how its numbers were chosen (its provenance),
+    which the help and every report of a comparison trained with it repeat."""
+
+    make: Callable[..., TrainSettings]
+    provenance: str  # how the learning rate (and the rest) were picked: a paper, arithmetic, a validation sweep
+
+    def __call__(self, **changes: Any) -> TrainSettings:
+        return self.make(**changes)
+
+    def changed(self, train: dict[str, Any]) -> list[str]:
+        """The recipe's settings that `train` (TrainSettings.to_dict()) changed, the model and runtime aside."""
+        own = self().to_dict()
+        return [k for k, v in train.items() if k not in ("model", *RUNTIME_FIELDS) and own.get(k) != v]
+
+
+RECIPES = {
+    "less": Recipe(TrainSettings, "LESS's final training (arXiv 2402.04333), as the paper trained its selections; "
+                                  "not tuned on this pool"),
+    "small-k": Recipe(TrainSettings.small_k, "learning rate by step arithmetic (its steps at k=60 sum to about the "
+                                             "learning rate of LESS's own training), not by any held-out score"),
+}
+
+
 # ------------------------------------------------------------------ settings
 @dataclass
 class CompareSettings:
@@ -110,7 +137,14 @@ class CompareSettings:
     base: bool = field(default=True, metadata={"help": "Evaluate the untrained model as a row."})
     limit: int | None = field(default=None, metadata={
         "help": "Evaluate each target on a seeded subset of this many held-out items (the same for every row)."})
-    train: TrainSettings = field(default_factory=TrainSettings, metadata={"help": "Training settings."})
+    train: TrainSettings = field(default_factory=TrainSettings, metadata={
+        "help": "Training settings; their model is the training model (see train_model)."})
+    recipe: str | None = field(default=None, metadata={
+        "help": "The named recipe `train` was made from, recorded with its provenance in the reports.",
+        "choices": RECIPES, "none": "settings given directly"})
+    train_model: str | None = field(default=None, metadata={
+        "help": "Model to train and evaluate each selection with (and the base row's model); the selectors "
+                "(LESS gradients, rds, ifd) use --model.", "none": "the selectors' --model"})
     less: LessSettings = field(default_factory=LessSettings, metadata={
         "help": "LESS settings (a row's options change them for that row)."})
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
@@ -118,6 +152,10 @@ class CompareSettings:
     dsir_sampling: str = field(default=DsirSelector.sampling, metadata={
         "help": f"dsir: {DSIR_SAMPLING_HELP}", "choices": DSIR_SAMPLING})
     keep_contaminated: bool = field(default=False, metadata={"help": KEEP_CONTAMINATED_HELP})
+    bootstrap_resamples: int = field(default=RESAMPLES, metadata={
+        "help": f"Resamples of the paired bootstrap behind each {LEVEL:.0%} interval (seeds, then items)."})
+    bootstrap_seed: int = field(default=BOOTSTRAP_SEED, metadata={
+        "help": "Seed of the paired bootstrap's draws: the same seed gives the same intervals."})
     target: InitVar[str | None] = None  # one target, as `targets=[target]`
 
     def __post_init__(self, target: str | None) -> None:
@@ -151,6 +189,13 @@ class CompareSettings:
         self.metrics = ["loss"] + [m for m in dict.fromkeys(self.metrics) if m != "loss"]
         if self.dsir_sampling not in DSIR_SAMPLING:
             raise ConfigError(f"dsir_sampling must be one of {', '.join(DSIR_SAMPLING)}, got {self.dsir_sampling!r}")
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
+        require_positive_ints(self, "bootstrap_resamples")
+        # the training model: as given, else the train settings', else the selectors' own model
+        self.train_model = self.train_model or self.train.model or self.less.model
+        if self.train.model != self.train_model:
+            self.train = self.train.with_(model=self.train_model)
         if self.less.name and self.selection_seeds > 1:
             raise ConfigError("a fixed LESS datastore --name cannot hold several selection seeds; drop --name")
 

@@ -1,5 +1,5 @@
 """A comparison's numbers from its cells: per target and row the mean and spread of each measure and the
-differences to random and to the untrained model; the picks' sources, overlaps and lengths; wall times."""
+paired differences to random and to the untrained model, with bootstrap intervals; the picks' sources, overlaps and lengths; wall times."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from influence.compare.cells import Cell, selected_ids
-from influence.compare.settings import BASE, BASELINE
+from influence.compare.paired import (BOOTSTRAP_SEED, LEVEL, RESAMPLES, SHARED_REFERENCE, lower_is_better,
+                                       paired_difference)
+from influence.compare.settings import BASE, BASELINE, METRICS
 from influence.constants import manifest_path
 from influence.data.pools import Pool
 
@@ -34,20 +36,22 @@ def spread_kind(cells: list[Cell]) -> str:
     return f"{len(selections)} selection seeds x {len({c.seed for c in cells})} training seeds"
 
 
-def summarize(cells: list[Cell], metrics: Sequence[str] = ()) -> dict[str, Any]:
-    """Per target and row: mean and spread of each measure, and differences to random and to base.
+def summarize(cells: list[Cell], metrics: Sequence[str] = (), *, resamples: int = RESAMPLES,
+              bootstrap_seed: int = BOOTSTRAP_SEED, root: Path | None = None) -> dict[str, Any]:
+    """Per target and row: mean and spread of each measure over the row's runs, and the paired difference
+    to random and to base with its bootstrap interval and verdict (see `paired`).
 
-    A difference to random counts when it is larger than the two rows' spreads together; a
-    trained row moved the target when its mean differs from the untrained model's by more
-    than its own spread.
+    `root`: the comparison's directory, which the records' file paths are relative to. Runs pair by
+    (selection seed, training seed) where the reference has that run, else by training seed
+    where the reference has one run of it; against base, every run pairs with its one evaluation.
     """
     measures = ["target_loss", *[m for m in metrics if any(m in c.metrics for c in cells)]]
     per_target: dict[str, dict[str, Any]] = {}
     for target in dict.fromkeys(c.target for c in cells):
         mine = [c for c in cells if c.target == target]
+        groups = {name: [c for c in mine if c.selector == name] for name in dict.fromkeys(c.selector for c in mine)}
         rows: dict[str, Any] = {}
-        for name in dict.fromkeys(c.selector for c in mine):
-            group = [c for c in mine if c.selector == name]
+        for name, group in groups.items():
             entry: dict[str, Any] = {"runs": len(group), "selections": len({c.selection for c in group}),
                                      "spread": spread_kind(group)}
             for what in measures:
@@ -55,23 +59,36 @@ def summarize(cells: list[Cell], metrics: Sequence[str] = ()) -> dict[str, Any]:
                 if all(math.isfinite(v) for v in values):
                     entry[what], entry[f"{what}_std"] = _mean_std(values)
             rows[name] = entry
-        for reference, mode in ((BASELINE, "both"), (BASE, "own")):
-            if reference not in rows:
+        for reference in (BASELINE, BASE):
+            if reference not in groups:
                 continue
-            for name, entry in rows.items():
+            for name, group in groups.items():
                 if name in (reference, BASE):
                     continue
                 for what in measures:
-                    if what not in entry or what not in rows[reference]:
-                        continue
-                    delta = entry[what] - rows[reference][what]
-                    spread = entry[f"{what}_std"] + (rows[reference][f"{what}_std"] if mode == "both" else 0.0)
-                    entry[f"{what}_vs_{reference}"] = delta
-                    # a difference counts only when it is larger than the seed spread
-                    entry[f"{what}_{reference}_beyond_spread"] = bool(abs(delta) > spread) if spread > 0 else None
+                    found = paired_difference(*_paired_values(group, groups[reference], what),
+                                              lower_better=lower_is_better(what), resamples=resamples,
+                                              seed=bootstrap_seed)
+                    if found is not None:
+                        rows[name][f"{what}_vs_{reference}"] = found.to_dict()
         per_target[target] = rows
-    return {"rows": [c.row() for c in cells], "selectors": per_target, "measures": measures,
-            "targets": list(per_target)}
+    return {"rows": [c.row(root) for c in cells], "selectors": per_target, "measures": measures,
+            "targets": list(per_target), "bootstrap": {"resamples": resamples, "seed": bootstrap_seed,
+                                                       "level": LEVEL}}
+
+
+def _paired_values(row: list[Cell], reference: list[Cell], what: str) -> tuple[dict, dict]:
+    """The row's and the reference's per-item values of `what`, keyed so that paired runs share a key."""
+    values = {(c.selection_seed, c.seed): c.per_item.get(what, {}) for c in row}
+    if len(reference) == 1 and reference[0].seed is None:  # the untrained model: one evaluation for every run
+        return values, {SHARED_REFERENCE: reference[0].per_item.get(what, {})}
+    exact = {(c.selection_seed, c.seed): c.per_item.get(what, {}) for c in reference}
+    by_seed: dict[Any, list[dict[str, float]]] = {}
+    for c in reference:
+        by_seed.setdefault(c.seed, []).append(c.per_item.get(what, {}))
+    partners = {key: exact[key] if key in exact else by_seed[key[1]][0]
+                for key in values if key in exact or len(by_seed.get(key[1], ())) == 1}
+    return values, partners
 
 
 def _value(cell: Cell, what: str) -> float:
@@ -170,6 +187,24 @@ def phase_seconds(cells: list[Cell]) -> dict[str, Any]:
     return out
 
 
+
+
+def comparison_summary(cells: list[Cell], config: dict[str, Any], pool: Pool, contamination: dict[str, Any],
+                       root: Path) -> dict[str, Any]:
+    """Everything the reports show, from the cells alone (and the pool they were picked from), so that
+    a comparison's tables can be redone from its saved evaluation files; `root` is its directory."""
+    metrics = [METRICS[m] for m in config["metrics"] if m != "loss"]
+    summary = summarize(cells, metrics, resamples=config.get("bootstrap_resamples", RESAMPLES),
+                        bootstrap_seed=config.get("bootstrap_seed", BOOTSTRAP_SEED), root=root)
+    summary["sources"] = source_shares(cells, pool)
+    summary["overlap"] = overlaps(cells)
+    summary["lengths"] = length_stats(cells, pool)
+    summary["phases"] = phase_seconds(cells)
+    summary["items"] = {c.target: c.items for c in cells}
+    summary["pool"] = {"size": len(pool), "fingerprint": pool.fingerprint, "sources": pool.describe()}
+    summary["contamination"] = contamination
+    summary["config"] = config
+    return summary
 
 
 def measure_label(what: str) -> str:
