@@ -18,7 +18,8 @@ import numpy as np
 
 from influence import distributed
 from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_path, safe_name
-from influence.data.contamination import Contamination, find_contaminated, has_heldout, heldout_ngrams
+from influence.data.contamination import (Contamination, find_contaminated, find_own_rows, has_heldout,
+                                         heldout_ngrams)
 from influence.data.pools import Pool, load_pool
 from influence.data.readers import counted
 from influence.data.targets import Target, load_target, split_record
@@ -187,6 +188,8 @@ def decontaminate(pool: Pool, target: Target | None, *, keep: bool = False) -> t
 
     Runs whenever `target` is a registered target (one with held-out evaluation items), for
     every selector, before any scoring; a target file has no held-out items and is not checked.
+    A target split from a pool's own data (`flan_cot:<source>`) also loses its rows (every
+    part: held out, validation, selection) by example id.
     With keep=True the overlapping examples are found and recorded but stay in the pool.
 
     Returns:
@@ -197,11 +200,13 @@ def decontaminate(pool: Pool, target: Target | None, *, keep: bool = False) -> t
         return pool, None
     start = time.perf_counter()
     ngrams = heldout_ngrams(target.name)
-    found = find_contaminated(pool.examples, ngrams)
     ids = pool.ids
+    own = find_own_rows(ids, target.name)
+    found = sorted(set(find_contaminated(pool.examples, ngrams)) | set(own))
     contamination = Contamination(target=target.name, heldout_items=ngrams.items, heldout_skipped=ngrams.skipped,
                                   indices=found, ids=[ids[i] for i in found], kept=keep, n=ngrams.n,
-                                  min_words=ngrams.min_words, pool_fingerprint=pool.fingerprint)
+                                  min_words=ngrams.min_words, pool_fingerprint=pool.fingerprint, own_rows=len(own),
+                                  template_ngrams=ngrams.template_ngrams)
     if found and not keep:
         pool = pool.without(found)
     contamination.seconds = time.perf_counter() - start

@@ -163,7 +163,7 @@ def test_cli_train_then_evaluate_a_saved_model(tiny, tmp_path):
 
 
 def test_bad_input_gets_a_clear_error(tiny, tmp_path):
-    with pytest.raises(UnknownNameError, match="choose one of: bbh, mmlu, tydiqa"):
+    with pytest.raises(UnknownNameError, match="choose one of: bbh, flan_cot:aqua, .*, mmlu, tydiqa, user_oriented$"):
         evaluate(tiny, "no-such-target")
     with pytest.raises(ConfigError, match="mmlu_shots"):
         EvalConfig(mmlu_shots=7)

@@ -1,5 +1,6 @@
-"""Targets split from one dataset: user_oriented's seeded selection / validation / held-out parts,
-what each part is used for, and how the split is recorded."""
+"""Targets split from one dataset (user_oriented, flan_cot:<source>): seeded selection / validation /
+held-out parts, what each part is used for, how the split is recorded, and the guard's removal of a
+FLAN target's own rows from a pool."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from click.testing import CliRunner
 from influence.cli import main
 from influence.data import Example, load_heldout, load_target
 from influence.data.heldout import HELDOUT, SELECTION, VALIDATION, TargetSplit
-from influence.data.pools import Pool
+from influence.data.contamination import HeldOutNgrams
+from influence.data.flan_cot_targets import flan_cot_parts
+from influence.data.pools import FLAN_COT_SOURCES, Pool, flan_cot_rows, load_pool
 from influence.data.targets import split_record
 from influence.data.user_oriented import (USER_ORIENTED_FILE, USER_ORIENTED_SPLIT, user_oriented_examples,
                                           user_oriented_parts)
 from influence.data.vendored import bundle_text
 from influence.errors import ConfigError, DataError
-from influence.evaluation import EvalSettings, build_task, evaluate
+from influence.evaluation import EvalSettings, build_task, evaluate, extract_answer
+from influence.evaluation.metrics import cot_answer_match
+from influence.evaluation.tasks import COT_ANSWER
 from influence.models import LoadedModel
 from influence.selection import select
 from influence.selectors import make_selector
@@ -149,3 +154,85 @@ def test_the_guard_drops_pool_copies_of_held_out_and_validation_items_and_the_ma
         assert selection.contamination.ids == [e.id for e in copies]
         assert not {e.id for e in copies} & {e.id for e in selection.examples}
         assert selection.manifest("alpaca")["target"]["split"]["heldout"] == 180
+
+
+# ------------------------------------------------------------------------------------------ flan_cot:<source>
+def test_every_bundled_flan_cot_source_is_a_target_with_25_50_200_parts():
+    assert FLAN_COT_SOURCES == tuple(flan_cot_rows())  # the registry names match the bundle's files
+    for source in FLAN_COT_SOURCES:
+        parts = flan_cot_parts(source)
+        assert {name: len(rows) for name, rows in parts.items()} == {HELDOUT: 200, VALIDATION: 50, SELECTION: 25}
+        questions = [{row.question for row, _ in rows} for rows in parts.values()]
+        assert sum(map(len, questions)) == 275 and len(set.union(*questions)) == 275
+        record = split_record(f"flan_cot:{source}:validation")
+        assert {k: record[k] for k in ("seed", SELECTION, VALIDATION, HELDOUT)} == \
+            {"seed": 0, SELECTION: 25, VALIDATION: 50, HELDOUT: 200}
+    result = CliRunner().invoke(main, ["targets"])
+    assert all(f"flan_cot:{source}" in result.output for source in FLAN_COT_SOURCES)
+    assert "flan_cot:gsm8k" in result.output and result.output.count("selection 25 / validation 50 / held-out 200") == 7
+
+
+def test_flan_cot_split_is_stable():
+    parts = flan_cot_parts("strategyqa")
+    assert parts[HELDOUT][0][0].question == "If you were on a diet, would you have to skip lunch at McDonald's?"
+    assert parts[VALIDATION][0][0].question == "Did Eddie Murphy's father see his first stand up show?"
+    assert parts[SELECTION][0][0].question == "Does the anatomy of a camel lend itself to jokes on Wednesdays?"
+
+
+def test_flan_cot_parts_are_worded_as_the_pool_words_its_rows():
+    pool_ids = set(load_pool("flan_cot").ids)
+    target = load_target("flan_cot:gsm8k")
+    assert len(target) == 25 and set(target.subtasks()) == {"gsm8k"}
+    assert {e.id for e in target.examples} <= pool_ids
+    item = load_heldout("flan_cot:gsm8k")[0]
+    assert item.response.endswith(f"\nSo the answer is {item.answer}.") and set(item.pool_ids) <= pool_ids
+    task = build_task("flan_cot:gsm8k:validation")
+    assert (task.kind, len(task.items), task.default_metrics) == ("cot", 50, ())
+    first = load_heldout("flan_cot:gsm8k:validation")[0]
+    assert (task.items[0].prompt, task.items[0].reference, task.items[0].answers) == \
+        (first.question, first.response, (first.answer,))
+
+
+def test_a_flan_cot_pool_used_with_flan_cot_strategyqa_keeps_none_of_its_200_held_out_rows():
+    pool = load_pool("flan_cot")
+    heldout = {i for item in load_heldout("flan_cot:strategyqa") for i in item.pool_ids}
+    own = heldout | {i for item in load_heldout("flan_cot:strategyqa:validation") for i in item.pool_ids} \
+        | {e.id for e in load_target("flan_cot:strategyqa").examples}
+    assert len(heldout & set(pool.ids)) == 200
+    selection = select(pool, 5, make_selector("random"), target=load_target("flan_cot:strategyqa"))
+    assert not own & set(selection.pool.ids)
+    found = selection.contamination
+    assert found.own_rows == len(own) == 275 and own <= set(found.ids)
+    assert selection.manifest("alpaca")["contamination"]["own_rows_by_id"] == 275
+    other = {e.source for e in selection.pool.examples if e.id in set(found.ids) - own}
+    assert other <= {"flan_cot/strategyqa"}  # the n-gram guard found near-copies, not other sources' rows
+
+
+def test_shared_wording_of_a_dataset_is_not_an_items_n_gram():
+    template = "is the claim above correct and can it be verified by human common sense without a web search"
+    items = [f"claim: the {animal} is a {kind} animal that lives in the wild. {template}"
+             for animal, kind in (("lion", "large"), ("owl", "nocturnal"))]
+    dataset = items + [f"claim: some other thing {i} is true. {template}" for i in range(3)]
+    plain, templated = HeldOutNgrams(items), HeldOutNgrams(items, templates=dataset)
+    pool_text = f"claim: an unrelated sentence about cars. {template}"
+    assert plain.overlaps(pool_text) and not templated.overlaps(pool_text)
+    assert templated.template_ngrams > 0 and templated.overlaps(f"copied: {items[1]}")
+
+
+def test_cot_answer_match_reads_the_final_answer_as_flan_writes_it():
+    assert cot_answer_match(extract_answer("Step one. So the answer is (C)."), "(C)") == 1.0
+    assert cot_answer_match("C", "(C)") == 1.0 and cot_answer_match("(B) 992", "(C)") == 0.0
+    assert cot_answer_match(extract_answer("24 + 48 = 72 clips.\nSo the answer is $1,072."), "1072") == 1.0
+    assert cot_answer_match("72.0 clips", "72") == 1.0 and cot_answer_match("73", "72") == 0.0
+    assert cot_answer_match("Yes", "yes") == 1.0 and cot_answer_match("sentence a", "Sentence A") == 1.0
+    assert cot_answer_match("no", "yes") == 0.0 and cot_answer_match("the bloody mess", "bloody mess") == 1.0
+
+
+def test_flan_cot_measures_the_loss_alone_unless_exact_match_is_asked_for(tiny):
+    config = EvalSettings.for_tests()
+    loss_only = evaluate(tiny, "flan_cot:creak", limit=2, config=config)
+    assert loss_only["kind"] == "cot" and "exact_match" not in loss_only["metrics"]
+    assert loss_only["split"][HELDOUT] == 200 and loss_only["available"] == 200
+    generated = evaluate(tiny, "flan_cot:creak", limit=2, config=config, metrics=["exact_match"])
+    assert generated["primary_metric"] == "exact_match" and generated["answer_stop"] == COT_ANSWER
+    assert generated["metrics"]["exact_match"] == 0.0  # a random tiny model says neither yes nor no

@@ -23,10 +23,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from influence.data.example import Example, example_text
 from influence.data.heldout import HeldOutItem
-from influence.data.targets import guarded_items, registered_target
+from influence.data.targets import guarded_items, registered_target, target_row_ids, target_templates
 
 NGRAM_WORDS = 13      # GPT-3's and LLaMA's n
 MIN_ITEM_WORDS = 8    # GPT-3's lower bound for n on short items
+TEMPLATE_TEXTS = 3    # an n-gram in this many distinct texts of a target's dataset is its template, not an item's
 KEEP_CONTAMINATED_HELP = (f"Keep pool examples that share a {NGRAM_WORDS}-gram with the target's held-out evaluation "
                           "items (by default they are dropped before scoring; either way the manifest lists them).")
 
@@ -55,10 +56,14 @@ class HeldOutNgrams:
     used for (nothing is stored); a 64-bit collision between a pool n-gram and a held-out
     one has probability about 1e-19 per pair. Items shorter than n words are found by their
     first `min_words` words, then compared whole, so a pool text is read twice, not once per
-    short length.
+    short length. Given `templates` (every text of the dataset the items were split from),
+    an n-gram found in at least `template_texts` of them is the dataset's wording ("Is the
+    claim above correct, and can it be verified by human common sense and without a web
+    search?") rather than an item's, and is not checked.
     """
 
-    def __init__(self, texts: Iterable[str], *, n: int = NGRAM_WORDS, min_words: int = MIN_ITEM_WORDS):
+    def __init__(self, texts: Iterable[str], *, n: int = NGRAM_WORDS, min_words: int = MIN_ITEM_WORDS,
+                 templates: Iterable[str] = (), template_texts: int = TEMPLATE_TEXTS):
         if not 1 <= min_words <= n:
             raise ValueError(f"min_words must be in [1, n={n}], got {min_words}")
         self.n, self.min_words = n, min_words
@@ -74,6 +79,15 @@ class HeldOutNgrams:
                 self.short.setdefault(hash(tuple(words[:min_words])), set()).add(tuple(words))
             else:
                 self.keys.update(_ngram_keys(words, n))
+        self.template_ngrams = 0
+        if templates:
+            found: dict[int, int] = {}
+            for text in dict.fromkeys(templates):
+                for key in set(_ngram_keys(normalized_words(text), n)) & self.keys:
+                    found[key] = found.get(key, 0) + 1
+            common = {key for key, count in found.items() if count >= template_texts}
+            self.keys -= common
+            self.template_ngrams = len(common)
 
     def overlaps(self, text: str) -> bool:
         """Whether `text` contains one of the held-out n-grams, or a short held-out item whole."""
@@ -96,7 +110,14 @@ def heldout_ngrams(target: str, n: int = NGRAM_WORDS, min_words: int = MIN_ITEM_
 
 @functools.lru_cache(maxsize=4)
 def _target_ngrams(name: str, n: int, min_words: int) -> HeldOutNgrams:
-    return HeldOutNgrams((heldout_text(item) for item in guarded_items(name)), n=n, min_words=min_words)
+    return HeldOutNgrams((heldout_text(item) for item in guarded_items(name)), n=n, min_words=min_words,
+                         templates=target_templates(name))
+
+
+def find_own_rows(ids: Sequence[str], target: str) -> list[int]:
+    """Positions of the pool examples that are a registered target's own rows, by example id."""
+    own = target_row_ids(target)
+    return [position for position, example_id in enumerate(ids) if example_id in own] if own else []
 
 
 def has_heldout(target: str) -> bool:
@@ -119,11 +140,15 @@ class Contamination:
     min_words: int = MIN_ITEM_WORDS
     seconds: float = 0.0
     pool_fingerprint: str = ""  # the pool as given, before any example was dropped
+    own_rows: int = 0           # of `ids`, those that are the target's own rows by example id (FLAN CoT targets)
+    template_ngrams: int = 0    # held-out n-grams not checked: the wording of the target's whole dataset
 
     def manifest(self) -> dict[str, Any]:
         return {"target": self.target, "heldout_items": self.heldout_items, "heldout_skipped": self.heldout_skipped,
                 "ngram_words": self.n, "min_item_words": self.min_words, "normalization": "lower-case, whitespace",
                 "found": len(self.ids), "action": "kept" if self.kept else "dropped", "ids": self.ids,
+                **({"own_rows_by_id": self.own_rows, "template_ngrams_skipped": self.template_ngrams,
+                    "template_texts": TEMPLATE_TEXTS} if self.own_rows or self.template_ngrams else {}),
                 "pool_fingerprint_before": self.pool_fingerprint, "seconds": round(self.seconds, 3)}
 
     def describe(self) -> str:
@@ -131,8 +156,9 @@ class Contamination:
             return (f"contamination guard: no pool example shares a {self.n}-gram with {self.target}'s "
                     f"{self.heldout_items:,} held-out items")
         action = "kept (--keep-contaminated)" if self.kept else "dropped before scoring"
+        rows = f" or is one of its own rows ({self.own_rows:,} by example id)" if self.own_rows else ""
         return (f"contamination guard: {len(self.ids):,} pool example(s) share a {self.n}-gram with {self.target}'s "
-                f"{self.heldout_items:,} held-out items: {action}")
+                f"{self.heldout_items:,} held-out items{rows}: {action}")
 
 
 def find_contaminated(examples: Iterable[Example], ngrams: HeldOutNgrams) -> list[int]:

@@ -13,6 +13,7 @@ examples in the same order without holding anything, for pools larger than memor
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -155,17 +156,43 @@ def _load_alpaca() -> tuple[ReadReport, str]:
     return report, "bundled offline sample of Stanford Alpaca (CC BY-NC 4.0)"
 
 
-def _load_flan_cot() -> tuple[ReadReport, str]:
-    """FLAN v2 CoT rows (question, answer, rationale) as instruction -> rationale then answer."""
-    report = ReadReport()
+FLAN_COT_SOURCES = ("aqua", "creak", "ecqa", "gsm8k", "qasc", "sensemaking", "strategyqa")  # the bundled files
+FLAN_COT_ANSWER = "So the answer is"  # the pool's last line: "<rationale>\nSo the answer is <answer>."
+
+
+@dataclass(frozen=True)
+class FlanCotRow:
+    """One FLAN v2 CoT row and the pool example made of it."""
+
+    question: str
+    answer: str
+    rationale: str
+    example: Example
+
+
+@functools.lru_cache(maxsize=1)
+def flan_cot_rows() -> dict[str, tuple[FlanCotRow, ...]]:
+    """Source name -> its FLAN v2 CoT rows in file order, each as instruction -> rationale then answer."""
+    rows: dict[str, tuple[FlanCotRow, ...]] = {}
     for name, data in bundle_files("flan_v2_cot", "pools/flan_v2_cot/", "_train.tsv").items():
+        found = []
         for line in data.decode("utf-8").split("\n"):
             if not line:
                 continue
             question, answer, rationale = (part.replace("\\n", "\n").strip() for part in line.split("\t"))
-            report.read += 1
-            report.examples.append(Example(instruction=question, input="", source=f"flan_cot/{name}",
-                                           output=f"{rationale}\nSo the answer is {answer}."))
+            found.append(FlanCotRow(question, answer, rationale, Example(
+                instruction=question, input="", source=f"flan_cot/{name}",
+                output=f"{rationale}\n{FLAN_COT_ANSWER} {answer}.")))
+        rows[name] = tuple(found)
+    return rows
+
+
+def _load_flan_cot() -> tuple[ReadReport, str]:
+    """FLAN v2 CoT rows (question, answer, rationale) as instruction -> rationale then answer."""
+    report = ReadReport()
+    for rows in flan_cot_rows().values():
+        report.read += len(rows)
+        report.examples.extend(row.example for row in rows)
     return report, "bundled FLAN v2 chain-of-thought data, 7 sources (Apache-2.0)"
 
 

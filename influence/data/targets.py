@@ -8,7 +8,7 @@ query, the response turn opens with LESS's answer prefix ("A:", "The answer is:"
 language's "Answer:"), which the model reads but is not scored on. Their held-out splits,
 for evaluation, are kept apart in `load_heldout` and never mixed into the selection target.
 
-Targets split from one dataset (`user_oriented`) carry a third part, for choosing a
+Targets split from one dataset (`user_oriented`, `flan_cot:<source>`) carry a third part, for choosing a
 training recipe: `NAME:validation` selects against the same examples as NAME but is
 evaluated on the validation items (`target_part`). Their split's seed and sizes go into
 every manifest that names the target (`split_record`).
@@ -17,6 +17,7 @@ every manifest that names the target (`split_record`).
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import json
@@ -24,8 +25,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from influence.data.example import Example
+from influence.data.flan_cot_targets import (FLAN_COT_SPLIT, flan_cot_heldout, flan_cot_questions, flan_cot_row_ids,
+                                             flan_cot_target, flan_cot_target_names, flan_cot_validation)
 from influence.data.heldout import HELDOUT, SELECTION, VALIDATION, HeldOutItem, TargetSplit
-from influence.data.pools import read_pool_spec
+from influence.data.pools import FLAN_COT_SOURCES, read_pool_spec
 from influence.data.readers import path_exists
 from influence.data.user_oriented import (USER_ORIENTED_SPLIT, user_oriented_heldout, user_oriented_target,
                                           user_oriented_validation)
@@ -231,6 +234,8 @@ class NamedTarget:
     heldout: Callable[[], list[HeldOutItem]]
     validation: Callable[[], list[HeldOutItem]] | None = None
     split: TargetSplit | None = None
+    pool_rows: Callable[[], frozenset[str]] | None = None  # ids of pool examples that are the target's own rows
+    templates: Callable[[], list[str]] | None = None  # the texts of the dataset it was split from (for the guard)
 
 
 TARGETS: dict[str, NamedTarget] = {
@@ -244,6 +249,12 @@ TARGETS: dict[str, NamedTarget] = {
                                  "motivating app; answer-only loss on the experts' responses",
                                  user_oriented_target, user_oriented_heldout, user_oriented_validation,
                                  USER_ORIENTED_SPLIT),
+    **{name: NamedTarget(f"FLAN v2 CoT {source}, worded as the flan_cot pool (whose copies of these rows any "
+                         "pool loses); answer-only loss on rationale and answer",
+                         functools.partial(flan_cot_target, source), functools.partial(flan_cot_heldout, source),
+                         functools.partial(flan_cot_validation, source), FLAN_COT_SPLIT,
+                         functools.partial(flan_cot_row_ids, source), functools.partial(flan_cot_questions, source))
+       for source, name in zip(FLAN_COT_SOURCES, flan_cot_target_names())},
 }
 
 
@@ -305,6 +316,18 @@ def guarded_items(name: str) -> list[HeldOutItem]:
     """Every item a registered target is evaluated on (held out and validation): what no pool may hold."""
     target = TARGETS[target_part(name)[0]]
     return target.heldout() + (target.validation() if target.validation else [])
+
+
+def target_row_ids(name: str) -> frozenset[str]:
+    """Ids of pool examples that are a registered target's own rows (every part): removed from any pool by id."""
+    target = TARGETS[target_part(name)[0]]
+    return target.pool_rows() if target.pool_rows else frozenset()
+
+
+def target_templates(name: str) -> list[str]:
+    """The texts of the dataset a registered target was split from, whose shared n-grams are its template."""
+    target = TARGETS[target_part(name)[0]]
+    return target.templates() if target.templates else []
 
 
 def split_record(name: str) -> dict | None:

@@ -7,7 +7,8 @@
 Target loss is the mean NLL per token of the reference answers (token-weighted over all
 items), given the task's prompt: the sensitive metric at small model sizes. The task
 metric is MMLU accuracy by option log-likelihood, BBH exact match, TyDi QA F1 and exact
-match, or exact match for an instruction/output file.
+match, or exact match for an instruction/output file; for user_oriented and flan_cot:<source>
+(exact match of the chain of thought's final answer) it is measured only when asked for.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ RESULTS_ARTIFACT = "influence.eval-results"
 RESULTS_FORMAT = 2  # 2: the target loss scores the answer only (1 also scored the end-of-turn marker)
 # each task kind's metrics beside the target loss; all but MMLU's accuracy need generation
 TASK_METRICS = {"choice": ("accuracy",), "bbh": ("exact_match",), "qa": ("exact_match", "f1"),
-                "generation": ("exact_match",)}
+                "generation": ("exact_match",), "cot": ("exact_match",)}
 METRICS = ("accuracy", "exact_match", "f1")
 
 
@@ -87,8 +88,8 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
     Args:
         model: a LoadedModel, a directory written by `influence train`, a model id/directory/.gguf, or None
             for the bundled default model.
-        target: bbh, mmlu, tydiqa, user_oriented[:validation], flan_cot:<source>[:validation], or a file (question/answers records are scored as QA; instruction/output
-            records by target loss and exact match).
+        target: bbh, mmlu, tydiqa, user_oriented[:validation], flan_cot:<source>[:validation], or a file
+            (question/answers records are scored as QA; instruction/output records by target loss and exact match).
         limit: evaluate a seeded random subset of this many items.
         seed: picks the subset.
         cot: BBH with its 3-shot chain-of-thought prompt (longer generations).
@@ -158,7 +159,7 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
     return results
 
 
-_PRIMARY = {"choice": "accuracy", "bbh": "exact_match", "qa": "f1", "generation": "exact_match"}
+_PRIMARY = {"choice": "accuracy", "bbh": "exact_match", "qa": "f1", "generation": "exact_match", "cot": "exact_match"}
 
 
 def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any, config: EvalSettings, cot: bool,
@@ -170,7 +171,7 @@ def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any
     if task.kind == "generation":
         budget: int | list[int] = [min(_tokens(loaded.tokenizer, item.reference) + 8, config.cot_max_new_tokens)
                                    for item in items]
-    elif cot:
+    elif cot or task.kind == "cot":
         budget = config.cot_max_new_tokens
     else:
         caps = answer_caps(task, loaded.tokenizer, config.max_new_tokens)
@@ -179,6 +180,10 @@ def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any
     if task.kind == "bbh":
         answers = [metrics.extract_answer(text) for text in raw]
         return answers, {"exact_match": [metrics.bbh_match(a, item.reference) for a, item in zip(answers, items)]}
+    if task.kind == "cot":
+        answers = [metrics.extract_answer(text) for text in raw]
+        return answers, {"exact_match": [metrics.cot_answer_match(a, item.answers[0])
+                                         for a, item in zip(answers, items)]}
     if task.kind == "qa":
         answers = [metrics.extract_answer(text) for text in raw]
         return answers, {"exact_match": [metrics.exact_match(a, item.answers) for a, item in zip(answers, items)],

@@ -82,6 +82,28 @@ def bbh_match(prediction: str, reference: str) -> float:
     return float(clean(prediction) == clean(reference))
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def cot_answer_match(prediction: str, reference: str) -> float:
+    """Whether a chain of thought's final answer (see `extract_answer`) is the reference, FLAN CoT style.
+
+    An option label ("(C)") is compared with the first label in the prediction (a bare "C" counts);
+    a number with the first number in the prediction, after dropping "$" and thousands commas
+    ("1,000.0" counts as "1000"); anything else ("yes", "Sentence A", "bloody mess") by
+    `normalize_answer` equality.
+    """
+    reference = reference.strip()
+    if _OPTION.fullmatch(reference):
+        found = _OPTION.search(prediction)
+        label = found.group(0) if found else f"({normalize_answer(prediction).upper()})"
+        return float(label == reference)
+    if _NUMBER.fullmatch(reference.replace(",", "")):
+        found = _NUMBER.search(re.sub(r"(?<=\d),(?=\d{3})", "", prediction.replace("$", "")))
+        return float(found is not None and float(found.group(0)) == float(reference.replace(",", "")))
+    return exact_match(prediction, reference)
+
+
 def accuracy(predicted: Sequence[str], references: Sequence[str]) -> float:
     """Fraction of equal pairs (e.g. MMLU option letters)."""
     if len(predicted) != len(references):

@@ -10,7 +10,9 @@ Task kinds decide the metric:
 - bbh: exact match of the greedy answer (after "the answer is" when present, else the first line);
 - qa (TyDi QA, or a question/answers file): SQuAD token F1 and exact match of the greedy answer;
 - generation (any instruction/output file): exact match of the whole greedy answer; for
-  `user_oriented` the target loss alone unless a metric is asked for.
+  `user_oriented` the target loss alone unless a metric is asked for;
+- cot (`flan_cot:<source>`): the target loss on rationale and answer; asked for, exact match
+  of the final answer of a greedy chain of thought (`metrics.cot_answer_match`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from influence.data import load_heldout, load_target
+from influence.data.flan_cot_targets import flan_cot_target_names
 from influence.data.heldout import VALIDATION
-from influence.data.targets import (MMLU_CHOICES, bbh_cot_prompts, mmlu_dev, mmlu_question, split_record,
+from influence.data.targets import (MMLU_CHOICES, TARGETS, bbh_cot_prompts, mmlu_dev, mmlu_question, split_record,
                                     target_part, tydiqa_prompt)
 from influence.errors import EvaluationError, UnknownNameError
 
@@ -121,6 +124,14 @@ def user_oriented_task(name: str = "user_oriented") -> EvalTask:
                                                 "the greedy answer is opt-in (open-ended answers rarely match)")
 
 
+def flan_cot_task(name: str) -> EvalTask:
+    """A FLAN v2 CoT source's held-out (or `:validation`) questions: the target loss on the reference rationale
+    and answer; exact match of the final answer of a greedy chain of thought only when asked for."""
+    return _split_task(name, "cot", stop=COT_ANSWER,
+                       note="answer-only loss on the reference rationale and 'So the answer is ...'; exact match "
+                            "of the answer after 'So the answer is' in a greedy chain of thought is opt-in")
+
+
 def _split_task(name: str, kind: str, *, note: str, stop: str | None = None) -> EvalTask:
     """A split target's items: the prompt as one user turn, the whole reference response scored."""
     items = [EvalItem(subtask=item.subtask, prompt=item.question, reference=item.response or item.answer,
@@ -134,7 +145,7 @@ def _split_task(name: str, kind: str, *, note: str, stop: str | None = None) -> 
 
 
 # split targets -> their task builder, registered for NAME (held out) and NAME:validation
-SPLIT_TASKS = {"user_oriented": user_oriented_task}
+SPLIT_TASKS = {"user_oriented": user_oriented_task, **{name: flan_cot_task for name in flan_cot_target_names()}}
 NAMED_TASKS = {"bbh": bbh_task, "mmlu": mmlu_task, "tydiqa": tydiqa_task,
                **{spec: functools.partial(task, spec) for name, task in SPLIT_TASKS.items()
                   for spec in (name, f"{name}:{VALIDATION}")}}
@@ -161,7 +172,7 @@ def build_task(target: str, *, cot: bool = False, mmlu_shots: int = 5) -> EvalTa
         return NAMED_TASKS[target]()
     path = Path(target)
     if not path.exists():
-        raise UnknownNameError("evaluation target (or file)", target, list(NAMED_TASKS))
+        raise UnknownNameError("evaluation target (or file)", target, list(TARGETS))  # split ones: also :validation
     qa = _qa_items(path)
     if qa is not None:
         if not qa:
