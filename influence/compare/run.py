@@ -85,7 +85,8 @@ def compare(config: CompareSettings, out: str | Path, *,
         # every cell of a target is evaluated on the same held-out items (the --limit subset drawn
         # with seed 0), so differences between rows and seeds come from the selections and training
         key = sha256_json({"model": model_key, "target": cell.target, "limit": config.limit, "seed": 0,
-                           "eval": eval_config.to_dict(), "metrics": wanted})[:10]
+                           "eval": eval_config.to_dict(), "metrics": wanted,
+                           "format": evaluation.RESULTS_FORMAT})[:10]
         stem = cell.run.name if cell.run is not None else BASE
         cell.eval = out / "evals" / _safe(cell.target) / f"{stem}-{key}.json"
         cell.cached["evaluation"] = cell.eval.exists()
