@@ -156,6 +156,7 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
         "notes": list(task.notes),
         "truncated_prompts": scores.truncated,
         "answer_stop": task.stop if task.kind != "choice" else None,
+        "answer_tokens": answer_budget(task, config, cot) if per_item and task.kind != "choice" else None,
         "seconds": round(time.perf_counter() - started, 2),
     }
     results["primary_metric"] = _PRIMARY[task.kind] if per_item else "target_loss"
@@ -209,7 +210,7 @@ def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any
 def _reference_metric(task: EvalTask, items: list[EvalItem], loaded: Any, config: EvalSettings,
                       common: dict[str, Any]) -> tuple[list[str], dict[str, list[float]]]:
     """BBH and TyDi QA as the reference scripts read and score a greedy answer."""
-    budget = config.answer_tokens or task.answer_tokens or config.max_new_tokens
+    budget = answer_budget(task, config, cot=True)
     raw = generate_answers(loaded.model, loaded.tokenizer, items, max_new_tokens=budget, stop=task.stop, **common)
     if task.kind == "bbh":
         answers = [metrics.bbh_reference_answer(text) for text in raw]
@@ -218,6 +219,14 @@ def _reference_metric(task: EvalTask, items: list[EvalItem], loaded: Any, config
     answers = [text.strip() for text in raw]
     return answers, {"exact_match": [metrics.exact_match(a, item.answers, squad=True) for a, item in zip(answers, items)],
                      "f1": [metrics.token_f1(a, item.answers, squad=True) for a, item in zip(answers, items)]}
+
+
+def answer_budget(task: EvalTask, config: EvalSettings, cot: bool) -> int:
+    """The most new tokens a greedy answer may take: the reference protocol's own (or answer_tokens), else the
+    chat protocol's settings (a direct answer is further capped per subtask, see `answer_caps`)."""
+    if task.protocol == "reference" and task.answer_tokens is not None:
+        return config.answer_tokens or task.answer_tokens
+    return config.cot_max_new_tokens if cot or task.kind == "generation" else config.max_new_tokens
 
 
 ANSWER_MARGIN = 16  # new tokens allowed beyond a subtask's longest reference answer (a lead-in, a period)
