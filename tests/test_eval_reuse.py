@@ -16,6 +16,7 @@ from influence.evaluation import EvalSettings as EvalConfig
 from influence.evaluation import build_task, evaluate
 from influence.evaluation import model_outputs as scoring
 from influence.evaluation.evaluate import answer_caps
+from influence.evaluation.encoding import encode_item, item_prompt_ids
 from influence.evaluation.tasks import ANSWER_LINE, COT_ANSWER, EvalItem
 from influence.models import LoadedModel
 from influence.testing import tiny_model_and_tokenizer
@@ -45,8 +46,9 @@ def prefixes_run(monkeypatch) -> list[int]:
     return lengths
 
 
-def mmlu_items(per_subject: int, subjects: int = 2, shots: int = 2) -> list[EvalItem]:
-    task = build_task("mmlu", mmlu_shots=shots)
+def mmlu_items(per_subject: int, subjects: int = 2, shots: int = 2, protocol: str = "chat") -> list[EvalItem]:
+    """MMLU items as chat turns by default: their options are single tokens, scored in the loss pass."""
+    task = build_task("mmlu", mmlu_shots=shots, protocol=protocol)
     names = list(dict.fromkeys(item.subtask for item in task.items))[:subjects]
     return [item for name in names for item in [i for i in task.items if i.subtask == name][:per_subject]]
 
@@ -74,8 +76,7 @@ def test_shared_prefix_gives_the_full_sequence_target_loss_and_mmlu_accuracy(sha
 
 def test_prompts_cut_to_max_length_still_score_as_their_full_sequence(sharp):
     items = mmlu_items(per_subject=4, subjects=1)
-    shortest = min(len(scoring.encode_example(scoring._as_example(i, i.reference), sharp.tokenizer).input_ids)
-                   for i in items)
+    shortest = min(len(encode_item(i, sharp.tokenizer).input_ids) for i in items)
     common = {"max_length": shortest - 40, "batch_size": 2}         # every item loses its oldest tokens
     plain = scoring.reference_scores(sharp.model, sharp.tokenizer, items, reuse_prefix=False, **common)
     fast = scoring.reference_scores(sharp.model, sharp.tokenizer, items, reuse_prefix=True, **common)
@@ -99,7 +100,7 @@ def one_at_a_time(loaded: LoadedModel, items: list[EvalItem], budget: int, stop:
     tokenizer, answers = loaded.tokenizer, []
     pattern = re.compile(stop, re.IGNORECASE) if stop else None
     for item in items:
-        ids = scoring.encode_prompt(scoring._as_example(item), tokenizer)
+        ids = item_prompt_ids(item, tokenizer)
         output = loaded.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
                                        dtype=torch.long), max_new_tokens=budget, do_sample=False, use_cache=False,
                                        pad_token_id=tokenizer.pad_token_id)
@@ -146,13 +147,14 @@ def test_stop_patterns_end_an_answer_where_the_metric_reads_it():
     assert cut(COT_ANSWER, cot) == "A is before B.\nSo the answer is (B).\n"
     assert extract_answer(cut(COT_ANSWER, cot)) == "(B)"
     assert cut(COT_ANSWER, "step one\n\nQ: a new question") == "step one\n\nQ:"
-    tasks = {name: build_task(name) for name in ("bbh", "tydiqa")}
+    tasks = {name: build_task(name, protocol="chat") for name in ("bbh", "tydiqa")}
     assert tasks["bbh"].stop == tasks["tydiqa"].stop == ANSWER_LINE
-    assert build_task("bbh", cot=True).stop == COT_ANSWER and build_task("mmlu", mmlu_shots=0).stop is None
+    assert build_task("bbh", cot=True, protocol="chat").stop == COT_ANSWER
+    assert build_task("mmlu", mmlu_shots=0).stop is None
 
 
 def test_answer_caps_follow_each_subtasks_longest_answer(sharp):
-    task = build_task("bbh")
+    task = build_task("bbh", protocol="chat")
     caps = answer_caps(task, sharp.tokenizer, limit=1000)
     longest = max(len(a) for item in task.items if item.subtask == "word_sorting" for a in item.answers)
     assert caps["word_sorting"] == longest + 16                          # one token a character
@@ -161,7 +163,7 @@ def test_answer_caps_follow_each_subtasks_longest_answer(sharp):
 
 
 def test_evaluate_gives_the_same_results_with_and_without_prefix_reuse(sharp, prefixes_run):
-    runs = [evaluate(sharp, "bbh", limit=40, seed=1, config=EvalConfig.for_tests(reuse_prefix=reuse))
+    runs = [evaluate(sharp, "bbh", limit=40, seed=1, config=EvalConfig.for_tests(reuse_prefix=reuse, protocol="chat"))
             for reuse in (True, False)]
     fast, plain = ({"loss": [p["target_loss"] for p in r["predictions"]],
                     "answers": [p["prediction"] for p in r["predictions"]]} for r in runs)

@@ -118,8 +118,9 @@ def test_question_answering_files_in_squad_and_jsonl_form(tiny, tmp_path):
     task = build_task(str(tmp_path / "dev.json"))
     assert task.kind == "qa" and task.items[0].answers == ("Paris",) and task.items[0].subtask == "english"
     path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "2+2?", "answers": ["4", "four"]}])
-    results = evaluate(tiny, str(path), config=EvalConfig.for_tests())
+    results = evaluate(tiny, str(path), config=EvalConfig.for_tests(), metrics=["exact_match", "f1"])
     assert results["kind"] == "qa" and set(results["metrics"]) >= {"f1", "exact_match", "target_loss"}
+    assert "f1" not in evaluate(tiny, str(path), config=EvalConfig.for_tests())["metrics"]  # a file: loss only
 
 
 # ------------------------------------------------------------------ train, then evaluate

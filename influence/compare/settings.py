@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 from influence.compare.paired import BOOTSTRAP_SEED, LEVEL, RESAMPLES
 from influence.data.contamination import KEEP_CONTAMINATED_HELP
 from influence.errors import ConfigError, require_positive_ints
+from influence.evaluation.metrics import GENERATION_OPTIONS, METRIC_OPTIONS
 from influence.less.settings import LessSettings
 from influence.selectors import SELECTORS
 from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING, SAMPLING_HELP as DSIR_SAMPLING_HELP, DsirSelector
@@ -19,9 +20,8 @@ from influence.training.settings import RUNTIME_FIELDS, TrainSettings
 
 BASELINE = "random"
 BASE = "base"  # the row of the untrained model
-# --metrics names -> the evaluation's metric names; the target loss is always measured
-METRICS = {"loss": "target_loss", "accuracy": "accuracy", "em": "exact_match", "f1": "f1"}
-GENERATION_METRICS = ("em", "f1")
+# --metrics names -> the evaluation's metric names (the target loss always measured), as `evaluate` reads them
+METRICS, GENERATION_METRICS = METRIC_OPTIONS, GENERATION_OPTIONS
 
 
 # ------------------------------------------------------------------ rows: a selector and its options

@@ -5,10 +5,12 @@
     print(format_table(results))
 
 Target loss is the mean NLL per token of the reference answers (token-weighted over all
-items), given the task's prompt: the sensitive metric at small model sizes. The task
-metric is MMLU accuracy by option log-likelihood, BBH exact match, TyDi QA F1 and exact
-match, or exact match for an instruction/output file; for user_oriented and flan_cot:<source>
-(exact match of the chain of thought's final answer) it is measured only when asked for.
+items; the answer's own tokens only), given the task's prompt: the sensitive metric at small
+model sizes. The task metric is MMLU accuracy by option log-likelihood, BBH exact match, TyDi
+QA F1 and exact match, or exact match for an instruction/output file; for user_oriented and
+flan_cot:<source> (exact match of the chain of thought's final answer) it is measured only when
+asked for. Named targets are asked under the reference protocol by default (see
+`influence.evaluation.reference`).
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from typing import Any, Sequence
 from influence.errors import ConfigError, EvaluationError, require_positive_ints
 from influence.evaluation import metrics
 from influence.evaluation.model_outputs import ReferenceScores, generate_answers, reference_scores
-from influence.evaluation.tasks import EvalItem, EvalTask, build_task
+from influence.evaluation.tasks import NAMED_TARGETS, PROTOCOLS, EvalItem, EvalTask, build_task
 from influence.io import write_json
 from influence.models import LoadedModel, load_model
 from influence.provenance import envelope
 from influence.training import is_training_output, load_trained
 
 RESULTS_ARTIFACT = "influence.eval-results"
-RESULTS_FORMAT = 2  # 2: the target loss scores the answer only (1 also scored the end-of-turn marker)
+RESULTS_FORMAT = 2   # 2: protocols (reference prompts by default), answer-only target loss (1 scored the end-of-turn marker)
 # each task kind's metrics beside the target loss; all but MMLU's accuracy need generation
 TASK_METRICS = {"choice": ("accuracy",), "bbh": ("exact_match",), "qa": ("exact_match", "f1"),
                 "generation": ("exact_match",), "cot": ("exact_match",)}
@@ -41,13 +43,21 @@ METRICS = ("accuracy", "exact_match", "f1")
 class EvalSettings:
     """Evaluation settings."""
 
+    protocol: str = field(default="reference", metadata={
+        "help": "reference: the named targets as LESS's evaluation scripts ask them (MMLU 5-shot and BBH 3-shot "
+                "chain of thought as raw text, TyDi QA 1-shot per language as a chat turn); chat: every prompt as "
+                "a user turn in the model's format, as results before format 2 were measured.",
+        "choices": PROTOCOLS})
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass or generation batch."})
     max_length: int = field(default=2048, metadata={
         "help": "Token budget per sequence; longer prompts lose their oldest few-shot tokens."})
     max_new_tokens: int = field(default=32, metadata={
-        "help": "Greedy answer length without chain of thought (at most each subtask's longest answer + 16)."})
+        "help": "chat protocol: greedy answer length without chain of thought (at most each subtask's longest "
+                "answer + 16)."})
     cot_max_new_tokens: int = field(default=256, metadata={
-        "help": "Greedy answer length with chain of thought (the reasoning comes first)."})
+        "help": "chat protocol: greedy answer length with chain of thought (the reasoning comes first)."})
+    answer_tokens: int | None = field(default=None, metadata={
+        "help": "reference protocol: greedy answer length [default: the reference's, BBH 512, TyDi QA 50]."})
     mmlu_shots: int = field(default=5, metadata={"help": "MMLU dev examples before each question (0-5)."})
     reuse_prefix: bool = field(default=True, metadata={
         "help": "Run the prompt tokens a subtask's items share (the few-shot context) once per subtask and "
@@ -57,6 +67,10 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         require_positive_ints(self, "batch_size", "max_length", "max_new_tokens", "cot_max_new_tokens")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.answer_tokens is not None and (isinstance(self.answer_tokens, bool) or self.answer_tokens <= 0):
+            raise ConfigError(f"answer_tokens must be a positive integer, got {self.answer_tokens!r}")
         if not 0 <= self.mmlu_shots <= 5:
             raise ConfigError(f"mmlu_shots must be 0 to 5 (MMLU has 5 dev examples per subject), got {self.mmlu_shots}")
 
@@ -92,11 +106,12 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
             (question/answers records are scored as QA; instruction/output records by target loss and exact match).
         limit: evaluate a seeded random subset of this many items.
         seed: picks the subset.
-        cot: BBH with its 3-shot chain-of-thought prompt (longer generations).
-        config: batch size, lengths, shots; None for the defaults.
-        metrics: the task metrics wanted besides the target loss (from `METRICS`); None for the task's
-            default (its own, or none for user_oriented and flan_cot, whose generation is opt-in). A task
-            whose metrics are not wanted skips them, and with them its generation.
+        cot: chat protocol: BBH with its 3-shot chain-of-thought prompt (the reference protocol always is).
+        config: protocol, batch size, lengths, shots; None for the defaults.
+        metrics: the task metrics wanted besides the target loss (from `METRICS`); None for a named target's
+            default (its own; none for user_oriented and flan_cot, whose generation is opt-in), and none for a
+            file (its loss only: exact match needs generation). A task whose metrics are not wanted skips
+            them, and with them its generation.
 
     Returns:
         The results: metrics overall and per subtask, notes, settings, and per-item predictions.
@@ -109,18 +124,21 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
     if unknown:
         raise ConfigError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
     started = time.perf_counter()
-    task = build_task(target, cot=cot, mmlu_shots=config.mmlu_shots)
-    if metrics is None:
+    task = build_task(target, protocol=config.protocol, cot=cot, mmlu_shots=config.mmlu_shots)
+    if metrics is None and task.default_metrics is not None:
         metrics = task.default_metrics  # () for a target whose generation is opt-in
     items = task.subset(limit, seed)
     if not items:
         raise EvaluationError(f"target {target} has no held-out items to evaluate")
+    if metrics is None:
+        metrics = TASK_METRICS[task.kind] if target in NAMED_TARGETS else ()
     loaded = as_loaded_model(model)
     loaded.model.eval()
+    items = task.fitted(items, loaded.tokenizer, config.max_length)
     common = {"max_length": config.max_length, "batch_size": config.batch_size, "progress": config.progress,
               "reuse_prefix": config.reuse_prefix}
     scores = reference_scores(loaded.model, loaded.tokenizer, items, **common)
-    if metrics is None or set(metrics) & set(TASK_METRICS[task.kind]):
+    if set(metrics) & set(TASK_METRICS[task.kind]):
         predictions, per_item = _task_metric(task, items, scores, loaded, config, cot, common)
     else:
         predictions, per_item = [""] * len(items), {}
@@ -134,7 +152,8 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
         "available": len(task.items),
         "limit": limit,
         "seed": seed,
-        "cot": cot,
+        "protocol": task.protocol,
+        "cot": cot or (task.protocol == "reference" and task.kind == "bbh"),
         "metrics": _aggregate(items, scores, per_item),
         "subtasks": {name: _aggregate([items[i] for i in idx], _pick(scores, idx), {k: [v[i] for i in idx]
                                       for k, v in per_item.items()})
@@ -143,9 +162,13 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
         "truncated_prompts": scores.truncated,
         "answer_stop": task.stop if task.kind != "choice" else None,
         **({"split": task.split} if task.split is not None else {}),
+        "answer_tokens": answer_budget(task, config, cot) if per_item and task.kind != "choice" else None,
         "seconds": round(time.perf_counter() - started, 2),
     }
     results["primary_metric"] = _PRIMARY[task.kind] if per_item else "target_loss"
+    # the reference scripts average their metric over subtasks (tasks, languages); here beside the item mean
+    results["subtask_mean"] = {name: sum(s[name] for s in results["subtasks"].values()) / len(results["subtasks"])
+                               for name in per_item}
     if limit is not None and limit < len(task.items):
         results["notes"].append(f"a seeded subset: {len(items)} of {len(task.items)} items (seed {seed})")
     if scores.truncated:
@@ -168,6 +191,8 @@ def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any
     if task.kind == "choice":
         chosen = [metrics.choose_option(loglik, item.options) for loglik, item in zip(scores.option_loglik, items)]
         return chosen, {"accuracy": [float(c == item.reference) for c, item in zip(chosen, items)]}
+    if task.protocol == "reference" and task.kind in ("bbh", "qa"):
+        return _reference_metric(task, items, loaded, config, common)
     if task.kind == "generation":
         budget: int | list[int] = [min(_tokens(loaded.tokenizer, item.reference) + 8, config.cot_max_new_tokens)
                                    for item in items]
@@ -190,6 +215,28 @@ def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any
                          "f1": [metrics.token_f1(a, item.answers) for a, item in zip(answers, items)]}
     answers = [text.strip() for text in raw]
     return answers, {"exact_match": [metrics.exact_match(a, item.answers) for a, item in zip(answers, items)]}
+
+
+def _reference_metric(task: EvalTask, items: list[EvalItem], loaded: Any, config: EvalSettings,
+                      common: dict[str, Any]) -> tuple[list[str], dict[str, list[float]]]:
+    """BBH and TyDi QA as the reference scripts read and score a greedy answer."""
+    budget = answer_budget(task, config, cot=True)
+    raw = generate_answers(loaded.model, loaded.tokenizer, items, max_new_tokens=budget, stop=task.stop, **common)
+    if task.kind == "bbh":
+        answers = [metrics.bbh_reference_answer(text) for text in raw]
+        return answers, {"exact_match": [metrics.bbh_reference_match(a, item.reference)
+                                         for a, item in zip(answers, items)]}
+    answers = [text.strip() for text in raw]
+    return answers, {"exact_match": [metrics.exact_match(a, item.answers, squad=True) for a, item in zip(answers, items)],
+                     "f1": [metrics.token_f1(a, item.answers, squad=True) for a, item in zip(answers, items)]}
+
+
+def answer_budget(task: EvalTask, config: EvalSettings, cot: bool) -> int:
+    """The most new tokens a greedy answer may take: the reference protocol's own (or answer_tokens), else the
+    chat protocol's settings (a direct answer is further capped per subtask, see `answer_caps`)."""
+    if task.protocol == "reference" and task.answer_tokens is not None:
+        return config.answer_tokens or task.answer_tokens
+    return config.cot_max_new_tokens if cot or task.kind == "generation" else config.max_new_tokens
 
 
 ANSWER_MARGIN = 16  # new tokens allowed beyond a subtask's longest reference answer (a lead-in, a period)

@@ -1,6 +1,8 @@
 """What the model does with evaluation items: reference NLL, option log-likelihoods, greedy answers.
 
-Batched and length-sorted. Prompts longer than the model's budget lose their oldest tokens
+Batched and length-sorted: a subtask whose items share a prompt prefix (the few-shot context)
+runs it once and batches its items together; every other item is batched by length with the
+rest, whatever its subtask. Prompts longer than the model's budget lose their oldest tokens
 (the start of the few-shot context), never the question or the answer.
 """
 
@@ -13,9 +15,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterator, Sequence
 
-from influence.data.example import Example
-from influence.data.formatting import IGNORE_INDEX, Encoded, collate, encode_example, encode_prompt
-from influence.evaluation.tasks import EvalItem
+from influence.data.formatting import IGNORE_INDEX, Encoded, collate
+from influence.evaluation.encoding import continuation_ids, encode_item, item_prompt_ids
+from influence.evaluation.items import EvalItem
 from influence.training.loss import accepts_logits_to_keep, response_logits
 
 _log = logging.getLogger(__name__)
@@ -29,12 +31,6 @@ class ReferenceScores:
     tokens: list[int]
     option_loglik: list[list[float]] | None
     truncated: int
-
-
-def _as_example(item: EvalItem, response: str = "") -> Example:
-    """The item as a prompt whose response turn stays open: only the answer's own tokens are scored,
-    never the template's end-of-turn marker or EOS after it (as the selection targets are scored)."""
-    return Example(instruction=item.prompt, input="", output=response, subtask=item.subtask, closes_turn=False)
 
 
 def _keep_last(encoded: Encoded, max_length: int) -> tuple[Encoded, bool]:
@@ -53,10 +49,11 @@ def _pad_id(tokenizer: Any) -> int:
 
 def reference_scores(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, max_length: int, batch_size: int,
                      progress: bool = False, reuse_prefix: bool = True) -> ReferenceScores:
-    """NLL of each item's reference answer given its prompt: the answer's tokens only, no end-of-turn marker.
+    """NLL of each item's scored answer given its prompt: the answer's tokens only, no end-of-turn marker
+    (see `influence.evaluation.encoding`).
 
     For items with options (MMLU letters) the same pass also gives each option's
-    log-likelihood as the first response token, when every option is one token; otherwise
+    log-likelihood as the first answer token, when every option is one token; otherwise
     each option is scored as its own continuation of the prompt. With `reuse_prefix`, the
     tokens a subtask's items share (the few-shot context) run once per subtask.
     """
@@ -65,14 +62,13 @@ def reference_scores(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, m
 
     encoded, truncated = [], 0
     for item in items:
-        row, cut = _keep_last(encode_example(_as_example(item, item.reference), tokenizer, max_length=1 << 30),
-                              max_length)
+        row, cut = _keep_last(encode_item(item, tokenizer), max_length)
         encoded.append(row)
         truncated += cut
     option_ids = _single_token_options(tokenizer, items, encoded)
     nll, tokens = [0.0] * len(items), [0] * len(items)
     loglik: list[list[float]] | None = [[] for _ in items] if any(item.options for item in items) else None
-    groups = _subtask_groups(items) if reuse_prefix else [list(range(len(items)))]
+    groups = _subtask_groups(items)
     with torch.no_grad():
         for batch_indices, logits, targets in _response_batches(model, encoded, groups, batch_size=batch_size,
                                                                 pad_id=_pad_id(tokenizer), reuse_prefix=reuse_prefix,
@@ -206,29 +202,60 @@ def _subtask_groups(items: Sequence[EvalItem], owners: Sequence[int] | None = No
     return list(groups.values())
 
 
-def _group_prefix(model: Any, sequences: list[Sequence[int]], limit: int, enabled: bool) -> SharedPrefix | None:
-    if not enabled or len(sequences) < 2:
-        return None
-    length = shared_prefix_length(sequences, limit)
-    return encode_prefix(model, sequences[0][:length]) if length >= MIN_SHARED_PREFIX else None
+def plan_groups(sequences: Sequence[Sequence[int]], groups: list[list[int]], limits: Sequence[int],
+                reuse_prefix: bool) -> tuple[list[tuple[list[int], int]], list[int]]:
+    """Split rows into groups worth running after their shared prefix, and the rest.
+
+    Returns (each group whose rows share at least MIN_SHARED_PREFIX tokens, with that length,
+    at most the group's limit), and the rows of every other group, together: those are batched
+    by length across groups, since keeping them apart would only make smaller batches.
+    """
+    shared, loose = [], []
+    for group, limit in zip(groups, limits):
+        length = shared_prefix_length([sequences[r] for r in group], limit) if reuse_prefix and len(group) > 1 else 0
+        if length >= MIN_SHARED_PREFIX:
+            shared.append((group, length))
+        else:
+            loose.extend(group)
+    return shared, loose
+
+
+def _planned_batches(model: Any, sequences: Sequence[Sequence[int]], groups: list[list[int]], limits: Sequence[int],
+                     *, batch_size: int, reuse_prefix: bool, progress: bool,
+                     desc: str) -> Iterator[tuple[list[int], SharedPrefix | None]]:
+    """(rows, the prefix they continue or None), every row once: a shared prefix's group in batches of its own,
+    all other rows batched by length, longest first."""
+    shared, loose = plan_groups(sequences, groups, limits, reuse_prefix)
+    count = sum(-(-len(g) // batch_size) for g, _ in shared) + -(-len(loose) // batch_size)
+    by_length = lambda r: -len(sequences[r])  # noqa: E731
+    with _progress_bar(count, progress, desc) as bar:
+        for group, length in shared:
+            prefix = encode_prefix(model, sequences[group[0]][:length])
+            if prefix is None:   # the model cannot share a cache: these rows run in full with the rest
+                loose.extend(group)
+                continue
+            for batch in _batches(sorted(group, key=by_length), batch_size):
+                yield batch, prefix
+                bar.update()
+        for batch in _batches(sorted(loose, key=by_length), batch_size):
+            yield batch, None
+            bar.update()
 
 
 def _response_batches(model: Any, rows: list[Encoded], groups: list[list[int]], *, batch_size: int, pad_id: int,
                       reuse_prefix: bool, progress: bool, desc: str) -> Iterator[tuple[list[int], Any, Any]]:
-    """(row indices, logits, targets) as `response_logits` gives them, for every row, batched within groups.
+    """(row indices, logits, targets) as `response_logits` gives them, for every row, batched as planned.
 
     A group's shared prefix stops before the position that predicts its first labelled token,
     so every needed logit comes from a row's own tokens.
     """
     device = next(model.parameters()).device
-    with _progress_bar(sum(-(-len(group) // batch_size) for group in groups), progress, desc) as bar:
-        for group in groups:
-            first_label = min(next((i for i, label in enumerate(rows[r].labels) if label != IGNORE_INDEX),
-                                   len(rows[r].labels)) for r in group)
-            prefix = _group_prefix(model, [rows[r].input_ids for r in group], first_label - 1, reuse_prefix)
-            for batch in _batches(sorted(group, key=lambda r: -len(rows[r].input_ids)), batch_size):
-                yield batch, *_batch_logits(model, rows, batch, prefix, pad_id, device)
-                bar.update()
+    limits = [min(next((i for i, label in enumerate(rows[r].labels) if label != IGNORE_INDEX),
+                       len(rows[r].labels)) for r in group) - 1 for group in groups]
+    for batch, prefix in _planned_batches(model, [row.input_ids for row in rows], groups, limits,
+                                          batch_size=batch_size, reuse_prefix=reuse_prefix, progress=progress,
+                                          desc=desc):
+        yield batch, *_batch_logits(model, rows, batch, prefix, pad_id, device)
 
 
 def _batch_logits(model: Any, rows: list[Encoded], batch: list[int], prefix: SharedPrefix | None, pad_id: int,
@@ -247,7 +274,7 @@ def _single_token_options(tokenizer: Any, items: Sequence[EvalItem], encoded: li
         if not item.options:
             ids.append([])
             continue
-        tokens = [tokenizer(option, add_special_tokens=False)["input_ids"] for option in item.options]
+        tokens = [continuation_ids(item, tokenizer, option) for option in item.options]
         if any(len(t) != 1 for t in tokens) or item.reference not in item.options:
             return None
         response = [label for label in row.labels if label != IGNORE_INDEX]
@@ -265,15 +292,15 @@ def option_logliks(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, max
 
     rows, owners = [], []
     for index, item in enumerate(items):
-        prompt_ids = encode_prompt(_as_example(item), tokenizer)
+        prompt_ids = item_prompt_ids(item, tokenizer, loss=True)
         for option in item.options:
-            option_ids = tokenizer(option, add_special_tokens=False)["input_ids"]
+            option_ids = continuation_ids(item, tokenizer, option)
             row = Encoded(prompt_ids + option_ids, [IGNORE_INDEX] * len(prompt_ids) + option_ids, False)
             rows.append(_keep_last(row, max_length)[0])
             owners.append(index)
     out: list[list[float]] = [[] for _ in items]
     scores = [0.0] * len(rows)
-    groups = _subtask_groups(items, owners) if reuse_prefix else [list(range(len(rows)))]
+    groups = _subtask_groups(items, owners)
     with torch.no_grad():
         for batch_indices, logits, targets in _response_batches(model, rows, groups, batch_size=batch_size,
                                                                 pad_id=_pad_id(tokenizer), reuse_prefix=reuse_prefix,
@@ -303,25 +330,23 @@ def generate_answers(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, m
     import torch
 
     budgets = [max_new_tokens] * len(items) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    prompts = [encode_prompt(_as_example(item), tokenizer)[-max(1, max_length - budget):]
+    prompts = [item_prompt_ids(item, tokenizer)[-max(1, max_length - budget):]
                for item, budget in zip(items, budgets)]
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ends = {t for t in [tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])] if isinstance(t, int)}
     decoder = _Decoder(tokenizer, re.compile(stop, re.IGNORECASE) if stop else None)
-    groups = _subtask_groups(items) if reuse_prefix else [list(range(len(items)))]
+    groups = _subtask_groups(items)
+    limits = [min(len(prompts[i]) for i in group) - 1 for group in groups]
     answers = [""] * len(items)
     device = next(model.parameters()).device
-    with torch.no_grad(), _progress_bar(sum(-(-len(g) // batch_size) for g in groups), progress, "generate") as bar:
-        for group in groups:
-            prefix = _group_prefix(model, [prompts[i] for i in group], min(len(prompts[i]) for i in group) - 1,
-                                   reuse_prefix)
+    with torch.no_grad():
+        for batch, prefix in _planned_batches(model, prompts, groups, limits, batch_size=batch_size,
+                                              reuse_prefix=reuse_prefix, progress=progress, desc="generate"):
             start = prefix.length if prefix is not None else 0
-            for batch in _batches(sorted(group, key=lambda i: -len(prompts[i])), batch_size):
-                texts = _greedy(model, [prompts[i][start:] for i in batch], [budgets[i] for i in batch], prefix,
-                                pad_id=_pad_id(tokenizer), ends=ends, decoder=decoder, device=device)
-                for index, text in zip(batch, texts):
-                    answers[index] = text
-                bar.update()
+            texts = _greedy(model, [prompts[i][start:] for i in batch], [budgets[i] for i in batch], prefix,
+                            pad_id=_pad_id(tokenizer), ends=ends, decoder=decoder, device=device)
+            for index, text in zip(batch, texts):
+                answers[index] = text
     return answers
 
 

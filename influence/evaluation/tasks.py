@@ -1,13 +1,18 @@
-"""Evaluation items: each target's held-out questions, with its few-shot prompt, as prompt/reference pairs.
+"""Evaluation tasks: each target's held-out questions, with its few-shot prompt, as prompt/reference pairs.
 
-Every prompt is the text of one user turn; the model sees it through the same formatting
-as in training (`influence.data.formatting`), so a chat model is asked in its chat format.
-The few examples a targeted selector scores against are never evaluated on: named
-targets use `load_heldout`, which keeps them apart.
+Two protocols (`PROTOCOLS`):
+- reference (the default): the named targets as LESS's released evaluation scripts ask them
+  (`influence.evaluation.reference`): MMLU 5-shot raw text, BBH 3-shot chain of thought as raw
+  text, TyDi QA 1-shot in the language's template as a chat turn;
+- chat: every prompt as one user turn in the model's own format, as in training
+  (`influence.data.formatting`): what results before the reference protocols measured, and a
+  way to ask a chat model the way it was tuned.
+The few examples a targeted selector scores against are never evaluated on: named targets
+use `load_heldout`, which keeps them apart.
 
 Task kinds decide the metric:
 - choice (MMLU): accuracy, by the log-likelihood of each option letter;
-- bbh: exact match of the greedy answer (after "the answer is" when present, else the first line);
+- bbh: exact match of the greedy answer (the text after "So the answer is");
 - qa (TyDi QA, or a question/answers file): SQuAD token F1 and exact match of the greedy answer;
 - generation (any instruction/output file): exact match of the whole greedy answer; for
   `user_oriented` the target loss alone unless a metric is asked for;
@@ -19,24 +24,24 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from influence.data import load_heldout, load_target
 from influence.data.flan_cot_targets import flan_cot_target_names
 from influence.data.heldout import VALIDATION
-from influence.data.targets import (MMLU_CHOICES, TARGETS, bbh_cot_prompts, mmlu_dev, mmlu_question, split_record,
-                                    target_part, tydiqa_prompt)
+from influence.data.targets import (MMLU_CHOICES, TARGETS, TYDIQA_TEMPLATES, bbh_cot_prompts, mmlu_dev, mmlu_question,
+                                    split_record, target_part, tydiqa_prompt)
 from influence.errors import EvaluationError, UnknownNameError
+from influence.evaluation import reference
+from influence.evaluation.items import KINDS, PROTOCOLS, EvalItem, EvalTask
 
-KINDS = ("choice", "bbh", "qa", "generation")
-# Where a greedy answer ends (regular expressions, case-insensitive; generation stops at the first
-# match and keeps the text up to its end). A direct answer is its first non-empty line, unless that
-# line only leads in ("The answer is:"); a chain of thought ends with the line that gives the answer,
-# or where the model starts a new exemplar ("Q:").
+__all__ = ["KINDS", "PROTOCOLS", "EvalItem", "EvalTask", "build_task", "ANSWER_LINE", "COT_ANSWER"]
+
+# Where a greedy answer ends under the chat protocol (regular expressions, case-insensitive;
+# generation stops at the first match and keeps the text up to its end). A direct answer is its
+# first non-empty line, unless that line only leads in ("The answer is:"); a chain of thought ends
+# with the line that gives the answer, or where the model starts a new exemplar ("Q:").
 ANSWER_IS_LINE = r"the answer is\s*:?\s*\S[^\n]*\n"
 ANSWER_LINE = ANSWER_IS_LINE + r"|^\s*(?![^\n]*answer is\s*:?\s*\n)\S[^\n]*\n"
 COT_ANSWER = ANSWER_IS_LINE + r"|\n\s*\nQ:"
@@ -45,45 +50,9 @@ TYDIQA_NOTE = ("TyDi QA: only {n} held-out items ship with this package (the off
                "(SQuAD-format JSON, or JSONL with question/context/answers) as --target FILE for a real evaluation")
 
 
-@dataclass(frozen=True)
-class EvalItem:
-    """One held-out question, ready for the model."""
-
-    subtask: str
-    prompt: str                      # the user turn, few-shot context included
-    reference: str                   # the answer whose NLL is the target loss
-    answers: tuple[str, ...] = ()    # every accepted answer (exact match, F1)
-    options: tuple[str, ...] = ()    # choice tasks: the candidates scored by log-likelihood
-
-
-@dataclass
-class EvalTask:
-    """A target's evaluation items and how to score them."""
-
-    name: str
-    kind: str
-    items: list[EvalItem]
-    notes: list[str] = field(default_factory=list)
-    stop: str | None = None          # where a greedy answer ends (see ANSWER_LINE); None: at end of sequence
-    default_metrics: tuple[str, ...] | None = None  # measured when none are asked for; None: the kind's own,
-    #                                                  (): the target loss alone (generation is opt-in)
-    split: dict[str, Any] | None = None  # a split target's seed and part sizes
-
-    def subset(self, limit: int | None, seed: int) -> list[EvalItem]:
-        """A seeded random subset of `limit` items (all of them when limit is None), in the original order."""
-        if limit is None or limit >= len(self.items):
-            return list(self.items)
-        if limit <= 0:
-            raise EvaluationError(f"--limit must be positive, got {limit}")
-        chosen = np.random.default_rng(seed).choice(len(self.items), size=limit, replace=False)
-        return [self.items[i] for i in sorted(chosen.tolist())]
-
-
 # ------------------------------------------------------------------ named targets
-def mmlu_task(shots: int = 5) -> EvalTask:
-    """MMLU test items, each after `shots` dev examples of its subject (the standard 5-shot prompt)."""
-    if not 0 <= shots <= 5:
-        raise EvaluationError(f"MMLU has 5 dev examples per subject; choose 0 to 5 shots, not {shots}")
+def chat_mmlu_task(shots: int = 5) -> EvalTask:
+    """MMLU test items as a chat turn, each after `shots` dev examples of its subject."""
     dev = mmlu_dev()
     items = []
     for item in load_heldout("mmlu"):
@@ -95,8 +64,8 @@ def mmlu_task(shots: int = 5) -> EvalTask:
     return EvalTask("mmlu", "choice", items, [f"MMLU: {shots}-shot prompts from the subject's dev examples"])
 
 
-def bbh_task(cot: bool = False) -> EvalTask:
-    """BBH task items: the task description and question; with cot, after its 3 worked exemplars."""
+def chat_bbh_task(cot: bool = False) -> EvalTask:
+    """BBH task items as a chat turn: the task description and question; with cot, after its 3 worked exemplars."""
     prompts = bbh_cot_prompts()
     items = []
     for item in load_heldout("bbh"):
@@ -109,7 +78,7 @@ def bbh_task(cot: bool = False) -> EvalTask:
     return EvalTask("bbh", "bbh", items, [note], stop=COT_ANSWER if cot else ANSWER_LINE)
 
 
-def tydiqa_task() -> EvalTask:
+def chat_tydiqa_task() -> EvalTask:
     items = [EvalItem(subtask=item.subtask, prompt=tydiqa_prompt(item.context, item.question),
                       reference=item.answers[0] if item.answers else item.answer,
                       answers=item.answers or (item.answer,))
@@ -146,39 +115,52 @@ def _split_task(name: str, kind: str, *, note: str, stop: str | None = None) -> 
 
 # split targets -> their task builder, registered for NAME (held out) and NAME:validation
 SPLIT_TASKS = {"user_oriented": user_oriented_task, **{name: flan_cot_task for name in flan_cot_target_names()}}
-NAMED_TASKS = {"bbh": bbh_task, "mmlu": mmlu_task, "tydiqa": tydiqa_task,
-               **{spec: functools.partial(task, spec) for name, task in SPLIT_TASKS.items()
-                  for spec in (name, f"{name}:{VALIDATION}")}}
+SPLIT_TARGETS = {spec: functools.partial(task, spec) for name, task in SPLIT_TASKS.items()
+                 for spec in (name, f"{name}:{VALIDATION}")}
+NAMED_TARGETS = ("bbh", "mmlu", "tydiqa")
 
 
-def build_task(target: str, *, cot: bool = False, mmlu_shots: int = 5) -> EvalTask:
-    """The evaluation task of a named target, or of a file.
+def build_task(target: str, *, protocol: str = "reference", cot: bool = False, mmlu_shots: int = 5) -> EvalTask:
+    """The evaluation task of a named target, or of a file, under `protocol`.
 
     A file is read as question answering when its records carry `question` and `answers`
     (JSONL, a JSON list, or SQuAD/TyDi GoldP JSON with data/paragraphs/qas), else as
-    instruction/output records (with an optional `subtask`) scored by exact match.
+    instruction/output records (with an optional `subtask`) scored by exact match. Under the
+    reference protocol, a QA file's items in a TyDi QA language take that language's template.
+    `cot` (chat protocol) asks BBH with its chain-of-thought prompt; the reference protocol always does.
 
     Raises:
         UnknownNameError: neither a named target nor an existing file.
         ConfigError: `NAME:validation` of a target without a validation split.
-        EvaluationError, DataError: the file has no usable item.
+        EvaluationError, DataError: the file has no usable item, or a setting is out of range.
     """
+    if protocol not in PROTOCOLS:
+        raise EvaluationError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    if not 0 <= mmlu_shots <= 5:
+        raise EvaluationError(f"MMLU has 5 dev examples per subject; choose 0 to 5 shots, not {mmlu_shots}")
     target_part(target)  # `NAME:validation` of a target without that split is refused with the targets that have it
-    if target == "bbh":
-        return bbh_task(cot)
-    if target == "mmlu":
-        return mmlu_task(mmlu_shots)
-    if target in NAMED_TASKS:
-        return NAMED_TASKS[target]()
+    if target in SPLIT_TARGETS:  # one user turn under either protocol, as the pool's examples are trained
+        return SPLIT_TARGETS[target]()
+    if target in NAMED_TARGETS:
+        if protocol == "chat":
+            return {"bbh": lambda: chat_bbh_task(cot), "mmlu": lambda: chat_mmlu_task(mmlu_shots),
+                    "tydiqa": chat_tydiqa_task}[target]()
+        if target == "tydiqa":
+            return reference.tydiqa_task(notes=[TYDIQA_NOTE.format(n=len(load_heldout("tydiqa")))])
+        return reference.mmlu_task(mmlu_shots) if target == "mmlu" else reference.bbh_task()
     path = Path(target)
     if not path.exists():
         raise UnknownNameError("evaluation target (or file)", target, list(TARGETS))  # split ones: also :validation
-    qa = _qa_items(path)
+    qa = _qa_records(path)
     if qa is not None:
         if not qa:
             raise EvaluationError(f"{path}: no question with an answer found")
-        return EvalTask(str(path), "qa", qa, [f"question answering from {path}: {len(qa)} items"],
-                        stop=ANSWER_LINE)
+        note = f"question answering from {path}: {len(qa)} items"
+        if protocol == "reference" and all(language in TYDIQA_TEMPLATES for language, *_ in qa):
+            return reference.tydiqa_task(qa, name=str(path), notes=[note])
+        items = [EvalItem(subtask=subtask, prompt=tydiqa_prompt(context, question) if context else question.strip(),
+                          reference=answers[0], answers=answers) for subtask, context, question, answers in qa]
+        return EvalTask(str(path), "qa", items, [note], stop=ANSWER_LINE)   # a chat turn under either protocol
 
     examples = load_target(str(path)).examples
     items = [EvalItem(subtask=e.subtask or "default", prompt=e.prompt, reference=e.output, answers=(e.output,))
@@ -187,8 +169,9 @@ def build_task(target: str, *, cot: bool = False, mmlu_shots: int = 5) -> EvalTa
 
 
 # ------------------------------------------------------------------ question-answering files
-def _qa_items(path: Path) -> list[EvalItem] | None:
-    """QA items from a JSON/JSONL file shaped like SQuAD or question/answers records; None if not that shape."""
+def _qa_records(path: Path) -> list[tuple[str, str, str, tuple[str, ...]]] | None:
+    """(subtask, passage, question, answers) from a JSON/JSONL file shaped like SQuAD or question/answers
+    records; None if not that shape. The subtask is the record's, its language, or its id's first part."""
     name = path.name.lower()
     if not name.endswith((".json", ".jsonl")):
         return None
@@ -199,16 +182,15 @@ def _qa_items(path: Path) -> list[EvalItem] | None:
     records = _json_records(path, text)
     if records is None:
         return None
-    items = []
+    rows = []
     for record in records:
         question, answers = record.get("question"), _answer_texts(record.get("answers"))
         if not isinstance(question, str) or not question.strip() or not answers:
             continue
         context = record.get("context") if isinstance(record.get("context"), str) else ""
-        prompt = tydiqa_prompt(context, question) if context else question.strip()
         subtask = record.get("subtask") or record.get("language") or str(record.get("id", "")).split("-")[0] or "default"
-        items.append(EvalItem(subtask=str(subtask), prompt=prompt, reference=answers[0], answers=tuple(answers)))
-    return items
+        rows.append((str(subtask), context, question, tuple(answers)))
+    return rows
 
 
 def _json_records(path: Path, text: str) -> list[dict[str, Any]] | None:
