@@ -181,7 +181,7 @@ def regenerate(out: str | Path) -> dict[str, Any]:
 def _item_ids(spec: str, limit: int | None, config: EvalSettings) -> list[tuple[str, str, str]]:
     """Each held-out item of the evaluation, in its order: (id, subtask, reference); the id is a hash of
     the item's subtask, prompt and reference, the same in every evaluation of the comparison."""
-    items = evaluation.build_task(spec, mmlu_shots=config.mmlu_shots).subset(limit, 0)
+    items = evaluation.build_task(spec, protocol=config.protocol, mmlu_shots=config.mmlu_shots).subset(limit, 0)
     return [(sha256_json([i.subtask, i.prompt, i.reference])[:16], i.subtask, i.reference) for i in items]
 
 
