@@ -29,7 +29,7 @@ from influence.data.readers import (FILE_SUFFIXES, ReadReport, counted, examples
                                     iter_file_records, iter_hf_records, parse_hf_spec, path_exists, read_file, read_hf)
 from influence.data.vendored import bundle_files, bundle_text
 from influence.errors import ConfigError, DataError, SelectionError, UnknownNameError
-from influence.hub import hub_reachable
+from influence.hub import offline
 from influence.io import sha256_json
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def _datasets_cache_has(dataset_id: str) -> bool:
 
 
 def _load_alpaca() -> tuple[ReadReport, str]:
-    if _datasets_cache_has("tatsu-lab/alpaca") or hub_reachable():
+    if _datasets_cache_has("tatsu-lab/alpaca") or not offline():
         try:
             return read_hf("hf:tatsu-lab/alpaca:train", source="alpaca"), "tatsu-lab/alpaca via datasets"
         except DataError as exc:
