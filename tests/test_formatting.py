@@ -72,3 +72,12 @@ def test_a_single_turn_example_is_labelled_the_same_under_both_settings():
 def test_an_unknown_label_turns_setting_is_refused():
     with pytest.raises(ValueError, match="label_turns"):
         encode_example(Example("a", "", "b"), tiny_tokenizer(), label_turns="first")
+
+
+def test_the_formatting_identity_tells_a_template_from_tulu_and_the_turns_labelled():
+    from influence.data.formatting import formatting_identity
+
+    templated, plain = tiny_tokenizer(), tiny_tokenizer(chat_template=False)
+    assert formatting_identity(plain)["format"] == "tulu"
+    assert formatting_identity(templated) != formatting_identity(tiny_tokenizer(adds_bos=True))  # other template
+    assert formatting_identity(templated, "all") != formatting_identity(templated, "last")

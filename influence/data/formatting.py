@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from influence.constants import DEFAULT_LABEL_TURNS, LABEL_TURNS
 from influence.data.example import Example
+from influence.io import sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,14 @@ def response_text(example: Example, tokenizer: Any) -> str:
     if full.startswith(prompt):
         return full[len(prompt):]
     return example.output + (tokenizer.eos_token or "")
+
+
+def formatting_identity(tokenizer: Any, label_turns: str = DEFAULT_LABEL_TURNS) -> dict[str, Any]:
+    """What decides an example's token ids and labels besides the model: the format (the chat template,
+    hashed, or Tulu), the turns labelled, and that special tokens are added once. Datastores record it."""
+    template = getattr(tokenizer, "chat_template", None)
+    layout = {"chat_template_sha256": sha256_json(template)} if template else {"format": "tulu"}
+    return {**layout, "label_turns": label_turns, "special_tokens": "once"}
 
 
 def tokenize(text: str, tokenizer: Any, *, first: bool) -> list[int]:

@@ -24,6 +24,7 @@ import torch
 from influence import distributed
 from influence.constants import ADAPTER_WEIGHTS_FILE, safe_name
 from influence.data.example import Example
+from influence.data.formatting import formatting_identity
 from influence.data.pools import Pool, example_ids, load_pool
 from influence.data.targets import Target, load_target
 from influence.errors import DataError, DatastoreError, ModelError
@@ -297,6 +298,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
     common = {"model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256},
               "lora": settings.lora.to_dict(), "lora_signature": lora_signature(model)["sha256"],
               "projector": projector.describe(), "max_length": settings.max_length, "dtype": "float16",
+              "formatting": formatting_identity(loaded.tokenizer),
               "versions": {k: v for k, v in package_versions().items() if k in ("influence", "torch")}}
     target_fp = sha256_json([e.id for e in target.examples]) if target is not None else ""
     roles = [("pool", pool.examples, settings.pool_grad, pool.fingerprint)]
