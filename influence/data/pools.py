@@ -135,6 +135,7 @@ class SubsetExamples(Sequence[Example]):
 class NamedPool:
     description: str
     load: Callable[[], tuple[ReadReport, str]]  # -> (examples read, origin in words)
+    license: str = "unknown"  # the data's licence as the Hub names it; it travels with published examples
 
 
 def _datasets_cache_has(dataset_id: str) -> bool:
@@ -171,8 +172,9 @@ def _load_flan_cot() -> tuple[ReadReport, str]:
 
 POOLS: dict[str, NamedPool] = {
     "alpaca": NamedPool("Stanford Alpaca: 52,002 via datasets, or the bundled 5,000-example sample offline",
-                        _load_alpaca),
-    "flan_cot": NamedPool("FLAN v2 chain-of-thought: 33,443 rows from 7 sources (bundled)", _load_flan_cot),
+                        _load_alpaca, license="cc-by-nc-4.0"),
+    "flan_cot": NamedPool("FLAN v2 chain-of-thought: 33,443 rows from 7 sources (bundled)", _load_flan_cot,
+                          license="apache-2.0"),
 }
 
 
