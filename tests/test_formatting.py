@@ -81,3 +81,12 @@ def test_the_formatting_identity_tells_a_template_from_tulu_and_the_turns_labell
     assert formatting_identity(plain)["format"] == "tulu"
     assert formatting_identity(templated) != formatting_identity(tiny_tokenizer(adds_bos=True))  # other template
     assert formatting_identity(templated, "all") != formatting_identity(templated, "last")
+
+
+def test_ifd_scores_only_the_last_response_of_a_chat():
+    from influence.features.difficulty import ifd_pair
+
+    tokenizer = tiny_tokenizer()
+    conditioned, alone = ifd_pair(Example.from_messages(CHAT), tokenizer, 2048)
+    assert labelled_text(tokenizer, conditioned) == "5<|end|>"
+    assert labelled_text(tokenizer, alone) == "5<|end|>"

@@ -63,8 +63,8 @@ def reference_scores(model: Any, tokenizer: Any, items: Sequence[EvalItem], *, m
 
     encoded, truncated = [], 0
     for item in items:
-        row, cut = _keep_last(encode_example(_as_example(item, item.reference), tokenizer, max_length=1 << 30),
-                              max_length)
+        row, cut = _keep_last(encode_example(_as_example(item, item.reference), tokenizer, max_length=1 << 30,
+                                             label_turns="last"), max_length)  # the answer's loss alone
         encoded.append(row)
         truncated += cut
     option_ids = _single_token_options(tokenizer, items, encoded)
