@@ -40,6 +40,10 @@ class ManifestMismatchError(InfluenceError):
     """Artifacts made under different settings would be mixed."""
 
 
+class PublishError(InfluenceError):
+    """A selection cannot be pushed to the hub (offline, not logged in, no access)."""
+
+
 class ModelError(InfluenceError):
     """A model or tokenizer could not be loaded."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from influence.errors import ModelError
-from influence.hub import hub_reachable
+from influence.hub import offline, resolve_commit
 from influence.io import atomic_directory, sha256_file, sha256_json, write_json
 
 log = logging.getLogger(__name__)
@@ -130,14 +130,17 @@ def resolve_model(spec: str | None) -> tuple[str, str]:
 
 
 def resolve_directory_or_hub_id(spec: str, *, option: str, takes: str) -> tuple[str, str]:
-    """A model directory -> (it, its weights digest); a hub id -> (it, "hub:<id>").
+    """A model directory -> (it, its weights digest); a hub id -> (it, "hub:<id>@<commit>"), the commit
+    its main branch resolves to (offline: the one in the local cache), so that a manifest names the
+    weights, not a name whose weights may change.
 
     Args:
         option: the CLI option that took `spec`, for the error message.
         takes: what `option` accepts, for the error message.
 
     Raises:
-        ModelError: `spec` is an existing file, or a path that does not exist.
+        ModelError: `spec` is an existing file, a path that does not exist, or a hub id that cannot be
+            resolved (offline and not cached, or not on the hub).
     """
     path = Path(spec)
     if path.is_dir():
@@ -146,7 +149,25 @@ def resolve_directory_or_hub_id(spec: str, *, option: str, takes: str) -> tuple[
         raise ModelError(f"{spec}: expected {takes}")
     if _looks_like_path(spec):
         raise ModelError(f"{spec} does not exist; {option} takes {takes} (org/name)")
-    return spec, f"hub:{spec}"
+    return spec, f"{HUB_PREFIX}{spec}@{resolve_commit(spec)}"
+
+
+HUB_PREFIX = "hub:"
+
+
+def model_commit(spec: str | None) -> str | None:
+    """The commit a --model hub id resolves to; None for the bundled default, a .gguf file or a directory
+    (whose contents, not a commit, identify them)."""
+    if spec is None or spec == DEFAULT_MODEL or Path(spec).suffix == ".gguf" or Path(spec).exists():
+        return None
+    return hub_commit(resolve_model(spec)[1])
+
+
+def hub_commit(identity: str) -> str | None:
+    """The commit in a hub model's weights identity ("hub:<id>@<commit>"); None for a local model."""
+    if not identity.startswith(HUB_PREFIX) or "@" not in identity:
+        return None
+    return identity.rsplit("@", 1)[1]
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -193,12 +214,14 @@ def load_model(spec: str | None = None, *, device: str | None = None, dtype: Any
     location, digest = resolve_model(spec)
     device = default_device(device)
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    local_only = Path(location).is_dir() or not hub_reachable()
+    local_only = Path(location).is_dir() or offline()
+    revision = hub_commit(digest)  # the commit the identity names is the one loaded
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, local_files_only=local_only,
+                                                     revision=revision)
     except OSError as exc:
-        hint = " (offline: the hub cannot be reached and it is not in the local cache)" if local_only else ""
+        hint = " (offline, and it is not in the local cache)" if local_only else ""
         raise ModelError(f"cannot load model {spec or DEFAULT_MODEL!r}{hint}: {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

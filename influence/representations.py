@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from influence.data.example import Example
+from influence.data.formatting import formatting_identity
 from influence.data.pools import Pool, example_ids
 from influence.data.targets import Target
 from influence.errors import DataError
@@ -82,7 +83,7 @@ def rds_features(pool: Pool, target: Target | None, settings: LessSettings, *, p
     workdir = workdir_for(pool, settings)
     common = {"model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256}, "features": "hidden-state",
               "layer": "final", "pooling": pooling, "normalised": "l2", "max_length": settings.max_length,
-              "dtype": "float16", "versions": _versions()}
+              "formatting": formatting_identity(loaded.tokenizer), "dtype": "float16", "versions": _versions()}
     stores: dict[str, Path] = {}
     totals: dict[str, dict[str, Any]] = {}
     for role, examples, fingerprint in roles:

@@ -325,7 +325,7 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
         selector: a registered selector name; `selector_options` go to its factory.
         target: a target name or file; its held-out items are kept out of the pool either way.
         out: the JSONL path [default: `default_output_path`]; its manifest goes beside it.
-        fmt: alpaca or messages [default: `Selection.default_format`].
+        fmt: alpaca, messages or prompt-completion [default: `Selection.default_format`].
         keep_contaminated: keep pool examples that share a 13-gram with the target's held-out items.
         ignored: options the user gave that do not apply to the selector, named once in a note.
         diversity: diversity-aware top-k instead of plain top-k.

@@ -12,10 +12,14 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer(*, chat_template: bool = True) -> Any:
-    """A character-level fast tokenizer: every printable ASCII character is one token."""
+def tiny_tokenizer(*, chat_template: bool = True, adds_bos: bool = False) -> Any:
+    """A character-level fast tokenizer: every printable ASCII character is one token.
+
+    `adds_bos` makes it behave as Llama's, Mistral's and Gemma's do: the tokenizer puts BOS
+    before any text tokenized with special tokens, and the chat template opens with BOS too.
+    """
     # heavy: imported on use, not at start-up
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
@@ -23,11 +27,14 @@ def tiny_tokenizer(*, chat_template: bool = True) -> Any:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     backend.decoder = decoders.Fuse()
+    if adds_bos:
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                               special_tokens=[("<s>", vocab["<s>"])])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
                                         bos_token="<s>", eos_token="</s>",
                                         additional_special_tokens=specials[4:])
     if chat_template:
-        tokenizer.chat_template = CHAT_TEMPLATE
+        tokenizer.chat_template = ("{{ bos_token }}" if adds_bos else "") + CHAT_TEMPLATE
     return tokenizer
 
 

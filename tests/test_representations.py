@@ -242,7 +242,7 @@ def test_an_encoder_hub_id_offline_fails_at_once(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
-    with pytest.raises(ModelError, match="not in the local cache and the hub cannot be reached"):
+    with pytest.raises(ModelError, match="offline .*not in the local cache"):
         load_encoder("nobody-here/no-such-encoder")
     assert time.perf_counter() - started < 5
 

@@ -129,11 +129,11 @@ def test_a_response_prefix_is_read_not_scored_and_ordinary_ids_do_not_change():
     assert prefixed.id != Example("What is 2+2?", "", "A: 4").id  # same text, other loss: another example
     assert prefixed.to_record("alpaca")["response_prefix"] == "A:"
     plain = tiny_tokenizer(chat_template=False)
-    assert prompt_text(prefixed, plain) == "### Instruction:\nWhat is 2+2?\n\n### Response:\nA:"
-    assert response_text(prefixed, plain) == " 4</s>"
+    assert prompt_text(prefixed, plain) == "<|user|>\nWhat is 2+2?\n<|assistant|>\nA:"
+    assert response_text(prefixed, plain) == " 4</s>\n"
     encoded = encode_example(prefixed, plain)
     scored = [t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
-    assert plain.decode(scored) == " 4</s>"
+    assert plain.decode(scored) == " 4</s>\n"
 
 
 @pytest.mark.parametrize("fmt", ["alpaca", "messages"])

@@ -54,7 +54,7 @@ def main(verbose: bool) -> None:
 
 
 # One module per command group under influence/cli/, each exposing COMMANDS.
-COMMAND_MODULES = ("select", "catalog", "less", "train", "evaluate", "compare")
+COMMAND_MODULES = ("select", "catalog", "less", "train", "evaluate", "compare", "publish")
 
 
 def _register() -> None:

@@ -27,7 +27,7 @@ def selection_options(function):
                      help="Seed for random choices."),
         click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default=None,
                      help="Record layout of the output JSONL [default: alpaca, or messages when a selected "
-                          "chat has several turns]."),
+                          "chat has several turns]; prompt-completion is TRL's conversational prompt/completion."),
         click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="Output JSONL [default: selections/<pool>-<selector>-k<k>.jsonl]; the manifest goes "
                           "beside it as .<name>.manifest.json (hidden, so `datasets` loads the records only). "

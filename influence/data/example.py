@@ -88,11 +88,15 @@ class Example:
                    subtask=subtask, source=source, response_prefix=response_prefix)
 
     def to_record(self, fmt: str) -> dict:
-        """The SFT-ready record: alpaca (instruction/input/output) or messages."""
+        """The SFT-ready record: alpaca (instruction/input/output), messages, or prompt-completion (the
+        messages up to the last user turn, then the response as a one-message list)."""
         if fmt == "alpaca":
             record = {"instruction": self.instruction, "input": self.input, "output": self.output}
         elif fmt == "messages":
             record = {"messages": self.chat()}
+        elif fmt == "prompt-completion":  # TRL's conversational prompt-completion: loss on the completion only
+            chat = self.chat()
+            record = {"prompt": chat[:-1], "completion": chat[-1:]}
         else:
             raise ValueError(f"unknown output format {fmt!r}")
         if self.response_prefix:

@@ -30,7 +30,7 @@ from influence.data.readers import (FILE_SUFFIXES, ReadReport, counted, examples
                                     iter_file_records, iter_hf_records, parse_hf_spec, path_exists, read_file, read_hf)
 from influence.data.vendored import bundle_files, bundle_text
 from influence.errors import ConfigError, DataError, SelectionError, UnknownNameError
-from influence.hub import hub_reachable
+from influence.hub import offline
 from influence.io import sha256_json
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ class SubsetExamples(Sequence[Example]):
 class NamedPool:
     description: str
     load: Callable[[], tuple[ReadReport, str]]  # -> (examples read, origin in words)
+    license: str = "unknown"  # the data's licence as the Hub names it; it travels with published examples
 
 
 def _datasets_cache_has(dataset_id: str) -> bool:
@@ -145,7 +146,7 @@ def _datasets_cache_has(dataset_id: str) -> bool:
 
 
 def _load_alpaca() -> tuple[ReadReport, str]:
-    if _datasets_cache_has("tatsu-lab/alpaca") or hub_reachable():
+    if _datasets_cache_has("tatsu-lab/alpaca") or not offline():
         try:
             return read_hf("hf:tatsu-lab/alpaca:train", source="alpaca"), "tatsu-lab/alpaca via datasets"
         except DataError as exc:
@@ -198,8 +199,9 @@ def _load_flan_cot() -> tuple[ReadReport, str]:
 
 POOLS: dict[str, NamedPool] = {
     "alpaca": NamedPool("Stanford Alpaca: 52,002 via datasets, or the bundled 5,000-example sample offline",
-                        _load_alpaca),
-    "flan_cot": NamedPool("FLAN v2 chain-of-thought: 33,443 rows from 7 sources (bundled)", _load_flan_cot),
+                        _load_alpaca, license="cc-by-nc-4.0"),
+    "flan_cot": NamedPool("FLAN v2 chain-of-thought: 33,443 rows from 7 sources (bundled)", _load_flan_cot,
+                          license="apache-2.0"),
 }
 
 

@@ -2,8 +2,9 @@
 
 Local files: `.json` (a list of records, or an object holding one list), `.jsonl`,
 `.parquet`, `.csv`, each optionally gzip-compressed (`.gz`). Records carry either
-`instruction`/`input`/`output` fields, `prompt`/`response` fields, or a chat `messages`
-list whose last turn is the assistant's response; an optional `subtask` field is kept.
+`instruction`/`input`/`output` fields, `prompt`/`response` (or `completion`) fields, a chat
+`messages` list whose last turn is the assistant's response, or TRL's conversational
+`prompt`/`completion` message lists; an optional `subtask` field is kept.
 `hf:<dataset>[:<split>]` reads any datasets id.
 """
 
@@ -354,6 +355,8 @@ def record_to_example(record: Any, *, source: str, where: str) -> Example:
         raise _error(f"{where}: expected an object with fields, got {type(record).__name__}")
     subtask = _subtask(record, where)
     prefix = _text_field(record, "response_prefix", where, optional=True)  # opens the response, read, not scored
+    if isinstance(record.get("prompt"), list) and isinstance(record.get("completion"), list):
+        record = {**record, "messages": record["prompt"] + record["completion"]}  # conversational prompt-completion
     if "messages" in record and record["messages"] is not None:
         messages = _messages(record, where)
         try:
@@ -365,14 +368,15 @@ def record_to_example(record: Any, *, source: str, where: str) -> Example:
                        input=_text_field(record, "input", where, optional=True),
                        output=_text_field(record, "output", where), subtask=subtask, source=source,
                        response_prefix=prefix)
-    if "prompt" in record and "response" in record:
-        return Example(instruction=_text_field(record, "prompt", where), input="",
-                       output=_text_field(record, "response", where), subtask=subtask, source=source,
-                       response_prefix=prefix)
+    for answer in ("response", "completion"):
+        if "prompt" in record and answer in record:
+            return Example(instruction=_text_field(record, "prompt", where), input="",
+                           output=_text_field(record, answer, where), subtask=subtask, source=source,
+                           response_prefix=prefix)
     keys = one_line(", ".join(sorted(one_line(repr(k) if not isinstance(k, str) else k, 40) for k in record))
                     or "none", 200)
     raise _error(f"{where}: missing fields: need 'instruction' and 'output' (optional 'input'), "
-                 f"'prompt' and 'response', or 'messages'; found: {keys}")
+                 f"'prompt' and 'response' (or 'completion'), or 'messages'; found: {keys}")
 
 
 def iter_examples(records: Iterable[tuple[int, Any]], *, source: str, origin: str,

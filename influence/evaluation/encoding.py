@@ -46,7 +46,7 @@ def _training_response(item: EvalItem) -> bool:
 def encode_item(item: EvalItem, tokenizer: Any) -> Encoded:
     """The loss pass's token ids, labels on the scored answer only; never cut (the caller keeps the last tokens)."""
     if _training_response(item):
-        return encode_example(as_example(item, item.reference), tokenizer, max_length=1 << 30)
+        return encode_example(as_example(item, item.reference), tokenizer, max_length=1 << 30, label_turns="last")
     prompt = item_prompt_ids(item, tokenizer, loss=True)
     answer = tokenizer(item.scored_text, add_special_tokens=False)["input_ids"]
     return Encoded(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer, False)

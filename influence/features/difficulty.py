@@ -34,7 +34,7 @@ def ifd_pair(example: Example, tokenizer: Any, max_length: int) -> tuple[Encoded
     The conditioned sequence is cut at `max_length` as in training; the response tokens
     that survive are the ones both sequences score.
     """
-    conditioned = encode_example(example, tokenizer, max_length)
+    conditioned = encode_example(example, tokenizer, max_length, label_turns="last")  # IFD scores the response alone
     response = [label for label in conditioned.labels if label != IGNORE_INDEX]
     context = encode_prompt(without_instruction(example), tokenizer)
     alone = Encoded(context + response, [IGNORE_INDEX] * len(context) + response, conditioned.truncated)

