@@ -236,3 +236,20 @@ def test_flan_cot_measures_the_loss_alone_unless_exact_match_is_asked_for(tiny):
     generated = evaluate(tiny, "flan_cot:creak", limit=2, config=config, metrics=["exact_match"])
     assert generated["primary_metric"] == "exact_match" and generated["answer_stop"] == COT_ANSWER
     assert generated["metrics"]["exact_match"] == 0.0  # a random tiny model says neither yes nor no
+
+
+def test_influence_evaluate_takes_a_validation_part_and_generates_only_with_generate(tiny_model_dir, tmp_path):
+    runner = CliRunner()
+    common = ["evaluate", "--model", str(tiny_model_dir), "--target", "user_oriented:validation", "--limit", "2",
+              "--batch-size", "2", "--max-new-tokens", "4"]
+    result = runner.invoke(main, [*common, "--out", str(tmp_path / "loss.json")])
+    assert result.exit_code == 0, result.output
+    loss = json.loads((tmp_path / "loss.json").read_text())
+    assert loss["target"] == "user_oriented:validation" and "exact_match" not in loss["metrics"]
+    assert loss["split"]["seed"] == 0 and loss["available"] == 36
+    result = runner.invoke(main, [*common, "--generate", "--out", str(tmp_path / "em.json")])
+    assert result.exit_code == 0, result.output
+    assert "exact_match" in json.loads((tmp_path / "em.json").read_text())["metrics"]
+    result = runner.invoke(main, ["evaluate", "--model", str(tiny_model_dir), "--target", "bbh:validation"])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith(
+        "error: target bbh has no validation split")
