@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -253,3 +254,28 @@ def test_influence_evaluate_takes_a_validation_part_and_generates_only_with_gene
     result = runner.invoke(main, ["evaluate", "--model", str(tiny_model_dir), "--target", "bbh:validation"])
     assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith(
         "error: target bbh has no validation split")
+
+
+def test_compare_on_a_validation_part_selects_clear_of_the_targets_rows_and_evaluates_that_part(tmp_path, monkeypatch):
+    import influence.evaluation
+    from influence.compare import compare
+    from influence.compare.settings import CompareSettings
+    from tests.conftest import write_jsonl
+    from tests.test_compare import _stand_in_training
+
+    trained = _stand_in_training(monkeypatch)
+    asked: list[str] = []
+    monkeypatch.setattr(influence.evaluation, "evaluate", lambda model, target, **k: asked.append(target) or {
+        "primary_metric": "target_loss", "metrics": {"target_loss": 1.0}, "items": 1, "seconds": 0.0})
+    rows = [row for part in (HELDOUT, VALIDATION, SELECTION) for row, _ in flan_cot_parts("strategyqa")[part][:2]]
+    planted = [{"instruction": row.question, "output": row.example.output} for row in rows]
+    filler = [{"instruction": f"Is {n} an even number?", "output": f"{n} is {'even' if n % 2 == 0 else 'odd'}."}
+              for n in range(12)]
+    pool = write_jsonl(tmp_path / "pool.jsonl", filler + planted)
+    spec = "flan_cot:strategyqa:validation"
+    summary = compare(CompareSettings(pools=[str(pool)], targets=[spec], k=3, selectors=["bm25", "longest"], seeds=1,
+                                      base=False), tmp_path / "cmp")
+    own = {row.example.id for row in rows}
+    assert summary["contamination"][spec]["own_rows_by_id"] == 6
+    assert trained and all(not any(i in Path(p).read_text() for i in own) for p in trained)
+    assert set(asked) == {spec}
