@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -236,3 +237,45 @@ def test_flan_cot_measures_the_loss_alone_unless_exact_match_is_asked_for(tiny):
     generated = evaluate(tiny, "flan_cot:creak", limit=2, config=config, metrics=["exact_match"])
     assert generated["primary_metric"] == "exact_match" and generated["answer_stop"] == COT_ANSWER
     assert generated["metrics"]["exact_match"] == 0.0  # a random tiny model says neither yes nor no
+
+
+def test_influence_evaluate_takes_a_validation_part_and_generates_only_with_generate(tiny_model_dir, tmp_path):
+    runner = CliRunner()
+    common = ["evaluate", "--model", str(tiny_model_dir), "--target", "user_oriented:validation", "--limit", "2",
+              "--batch-size", "2", "--max-new-tokens", "4"]
+    result = runner.invoke(main, [*common, "--out", str(tmp_path / "loss.json")])
+    assert result.exit_code == 0, result.output
+    loss = json.loads((tmp_path / "loss.json").read_text())
+    assert loss["target"] == "user_oriented:validation" and "exact_match" not in loss["metrics"]
+    assert loss["split"]["seed"] == 0 and loss["available"] == 36
+    result = runner.invoke(main, [*common, "--generate", "--out", str(tmp_path / "em.json")])
+    assert result.exit_code == 0, result.output
+    assert "exact_match" in json.loads((tmp_path / "em.json").read_text())["metrics"]
+    result = runner.invoke(main, ["evaluate", "--model", str(tiny_model_dir), "--target", "bbh:validation"])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith(
+        "error: target bbh has no validation split")
+
+
+def test_compare_on_a_validation_part_selects_clear_of_the_targets_rows_and_evaluates_that_part(tmp_path, monkeypatch):
+    import influence.evaluation
+    from influence.compare import compare
+    from influence.compare.settings import CompareSettings
+    from tests.conftest import write_jsonl
+    from tests.test_compare import _stand_in_training
+
+    trained = _stand_in_training(monkeypatch)
+    asked: list[str] = []
+    monkeypatch.setattr(influence.evaluation, "evaluate", lambda model, target, **k: asked.append(target) or {
+        "primary_metric": "target_loss", "metrics": {"target_loss": 1.0}, "items": 1, "seconds": 0.0})
+    rows = [row for part in (HELDOUT, VALIDATION, SELECTION) for row, _ in flan_cot_parts("strategyqa")[part][:2]]
+    planted = [{"instruction": row.question, "output": row.example.output} for row in rows]
+    filler = [{"instruction": f"Is {n} an even number?", "output": f"{n} is {'even' if n % 2 == 0 else 'odd'}."}
+              for n in range(12)]
+    pool = write_jsonl(tmp_path / "pool.jsonl", filler + planted)
+    spec = "flan_cot:strategyqa:validation"
+    summary = compare(CompareSettings(pools=[str(pool)], targets=[spec], k=3, selectors=["bm25", "longest"], seeds=1,
+                                      base=False), tmp_path / "cmp")
+    own = {row.example.id for row in rows}
+    assert summary["contamination"][spec]["own_rows_by_id"] == 6
+    assert trained and all(not any(i in Path(p).read_text() for i in own) for p in trained)
+    assert set(asked) == {spec}

@@ -4,7 +4,11 @@ An example is contaminated when it shares a word 13-gram with a held-out item, a
 lower-casing and splitting on whitespace: the test of the GPT-3 (Brown et al. 2020, app. C)
 and LLaMA contamination analyses. As in GPT-3, an item shorter than 13 words is matched
 whole (its full word sequence), down to 8 words; shorter items are too generic to match
-("True and False is") and are not checked.
+("True and False is") and are not checked. A target split from a dataset (`flan_cot:<source>`)
+names that dataset's texts, and an n-gram found in 3 or more of them is its shared wording
+("Is the claim above correct, and can it be verified by human common sense ..."), not an
+item's: it is not checked, or every row of the source would look like a copy. Such a target's
+own rows are also found by example id (`find_own_rows`), whatever their length.
 
 The held-out n-grams are kept exactly, as 64-bit hashes in a Python set (about 70 bytes
 each: MMLU's 14,042 test items give about 0.9M n-grams, some 60 MB), and the pool is read
@@ -156,7 +160,7 @@ class Contamination:
             return (f"contamination guard: no pool example shares a {self.n}-gram with {self.target}'s "
                     f"{self.heldout_items:,} held-out items")
         action = "kept (--keep-contaminated)" if self.kept else "dropped before scoring"
-        rows = f" or is one of its own rows ({self.own_rows:,} by example id)" if self.own_rows else ""
+        rows = f" or are its own rows ({self.own_rows:,} by example id)" if self.own_rows else ""
         return (f"contamination guard: {len(self.ids):,} pool example(s) share a {self.n}-gram with {self.target}'s "
                 f"{self.heldout_items:,} held-out items{rows}: {action}")
 
