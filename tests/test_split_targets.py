@@ -239,7 +239,7 @@ def test_flan_cot_measures_the_loss_alone_unless_exact_match_is_asked_for(tiny):
     assert generated["metrics"]["exact_match"] == 0.0  # a random tiny model says neither yes nor no
 
 
-def test_influence_evaluate_takes_a_validation_part_and_generates_only_with_generate(tiny_model_dir, tmp_path):
+def test_influence_evaluate_takes_a_validation_part_and_generates_only_when_a_metric_asks(tiny_model_dir, tmp_path):
     runner = CliRunner()
     common = ["evaluate", "--model", str(tiny_model_dir), "--target", "user_oriented:validation", "--limit", "2",
               "--batch-size", "2", "--max-new-tokens", "4"]
@@ -248,7 +248,7 @@ def test_influence_evaluate_takes_a_validation_part_and_generates_only_with_gene
     loss = json.loads((tmp_path / "loss.json").read_text())
     assert loss["target"] == "user_oriented:validation" and "exact_match" not in loss["metrics"]
     assert loss["split"]["seed"] == 0 and loss["available"] == 36
-    result = runner.invoke(main, [*common, "--generate", "--out", str(tmp_path / "em.json")])
+    result = runner.invoke(main, [*common, "--metrics", "loss,em", "--out", str(tmp_path / "em.json")])
     assert result.exit_code == 0, result.output
     assert "exact_match" in json.loads((tmp_path / "em.json").read_text())["metrics"]
     result = runner.invoke(main, ["evaluate", "--model", str(tiny_model_dir), "--target", "bbh:validation"])
