@@ -28,6 +28,7 @@ COMPARISON_OPTIONS = [
     settings_option(CompareSettings, "seeds", type=click.IntRange(min=1)),
     settings_option(CompareSettings, "selection_seeds", type=click.IntRange(min=1)),
     settings_option(CompareSettings, "redraw", metavar="NAME[,NAME...]"),
+    settings_option(CompareSettings, "only_seeds", metavar="S[,S...]"),
     settings_option(CompareSettings, "metrics", metavar="M[,M...]"),
     settings_option(CompareSettings, "base"),
     settings_option(CompareSettings, "limit", type=int),
@@ -76,7 +77,7 @@ def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) ->
               help="Redo the tables and plot under --out from its saved evaluations; select, train, evaluate nothing.")
 @selection_options
 @less_options
-def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw, metrics, base, limit, train_model,
+def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw, only_seeds, metrics, base, limit, train_model,
                     bootstrap_resamples, bootstrap_seed, recipe, epochs, lr, train_batch_size, train_max_length, out,
                     dry_run, reports_only, dsir_sampling, keep_contaminated, **less) -> None:
     """For each row, seed and target: select, train, evaluate; then tables, a plot and the overlaps."""
@@ -93,6 +94,7 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw
 
     config = CompareSettings(pools=list(pools), targets=list(targets), k=k, selectors=[selectors], seeds=seeds,
                              selection_seeds=selection_seeds, redraw=names(redraw), metrics=names(metrics),
+                             only_seeds=[int(s) for s in names(only_seeds)] if only_seeds else None,
                              base=base, limit=limit, train=train, recipe=recipe, train_model=train_model,
                              less=settings, dsir_sampling=dsir_sampling, keep_contaminated=keep_contaminated,
                              bootstrap_resamples=bootstrap_resamples, bootstrap_seed=bootstrap_seed)

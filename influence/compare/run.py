@@ -52,10 +52,11 @@ def _safe(text: str) -> str:
 
 
 def _plan(config: CompareSettings, row: SelectorRow) -> list[tuple[int, int]]:
-    """(selection seed, training seed) pairs of one row."""
+    """(selection seed, training seed) pairs of one row (only those of `only_seeds` when given)."""
+    seeds = [s for s in range(config.seeds) if config.only_seeds is None or s in config.only_seeds]
     if row.name in config.redraw:
-        return [(seed, seed) for seed in range(config.seeds)]
-    return list(itertools.product(range(config.selection_seeds), range(config.seeds)))
+        return [(seed, seed) for seed in seeds]
+    return list(itertools.product(range(config.selection_seeds), seeds))
 
 
 def compare(config: CompareSettings, out: str | Path, *,

@@ -135,6 +135,9 @@ class CompareSettings:
         "help": "Selection seeds (0..M-1) of the other rows: LESS's warmup sample, adapter init, projection."})
     redraw: list[str] = field(default_factory=lambda: [BASELINE], metadata={
         "help": "Selectors drawn again for every training seed, with it as their seed ('' for none)."})
+    only_seeds: list[int] | None = field(default=None, metadata={
+        "help": "Run only these of the training seeds 0..N-1, to share a comparison's runs among processes or "
+                "sittings; its reports cover the runs made so far.", "none": "every seed"})
     metrics: list[str] = field(default_factory=lambda: ["loss", "accuracy"], metadata={
         "help": "loss (always), accuracy (MMLU, from the same forward pass), em and f1 (generate answers: slow)."})
     base: bool = field(default=True, metadata={"help": "Evaluate the untrained model as a row."})
@@ -184,6 +187,8 @@ class CompareSettings:
             raise ConfigError(f"every row needs its own name (and {BASE!r} is the untrained model's row); got "
                               f"{', '.join(labels)}")
         require_positive_ints(self, "k", "seeds", "selection_seeds")
+        if self.only_seeds is not None and (not self.only_seeds or any(not 0 <= s < self.seeds for s in self.only_seeds)):
+            raise ConfigError(f"only_seeds must name training seeds from 0 to {self.seeds - 1}, got {self.only_seeds}")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"limit must be positive, got {self.limit}")
         unknown = [m for m in self.metrics if m not in METRICS]
