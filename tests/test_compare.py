@@ -485,3 +485,18 @@ def test_a_recipe_carries_its_provenance_and_names_what_a_comparison_changed():
     assert small.changed(small(learning_rate=1e-4, epochs=2).to_dict()) == ["epochs", "learning_rate"]
     with pytest.raises(ConfigError, match="unknown recipe"):
         CompareConfig(pools=["p"], targets=["t"], recipe="huge-k")
+
+
+def test_only_seeds_runs_those_training_seeds_of_every_row_and_refuses_others():
+    from influence.compare.run import _plan
+
+    config = CompareConfig(pools=["alpaca"], targets=["bbh"], selectors=["random", "longest"], seeds=3,
+                           selection_seeds=2, only_seeds=[2, 0])
+    random_row, longest_row = config.rows()
+    assert _plan(config, random_row) == [(0, 0), (2, 2)]               # redrawn with each kept seed
+    assert _plan(config, longest_row) == [(0, 0), (0, 2), (1, 0), (1, 2)]  # every selection seed, kept seeds
+    everything = CompareConfig(pools=["alpaca"], targets=["bbh"], selectors=["longest"], seeds=3)
+    assert [seed for _, seed in _plan(everything, everything.rows()[0])] == [0, 1, 2]
+    for bad in ([3], []):
+        with pytest.raises(ConfigError, match="only_seeds"):
+            CompareConfig(pools=["alpaca"], targets=["bbh"], seeds=3, only_seeds=bad)
