@@ -16,7 +16,8 @@ DEFAULT_INDEX_ROOT = Path("indexes")
 DEFAULT_SELECTION_DIR = Path("selections")
 OUTPUT_FORMATS = ("alpaca", "messages")
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # inside a peft adapter directory
-POOLINGS = ("last", "mean")  # how rds reads an example's final hidden states: its last token's, or their mean
+# how rds reads an example's final hidden states: its last token's, their mean, or RDS+'s position-weighted mean
+POOLINGS = ("last", "mean", "weighted")
 ID_LENGTH = 16  # hex characters of the content hash kept as an example's id
 
 GRAD_TYPES: dict[str, str] = {
