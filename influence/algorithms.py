@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 
 TARGET, SUBTASK = "target", "subtask"   # what a similarity column stands for
 COLUMN_UNITS = (TARGET, SUBTASK)
-# The [pool, columns] float32 matrix an algorithm may hold: 4 GiB is a 1M pool against 1,000 target
-# examples. Past it the selection is refused before scoring: use top-k, a smaller pool (a prefilter)
-# or fewer target examples.
+# The memory an algorithm may hold for the [pool, columns] similarities: 4 GiB is round-robin's float32
+# matrix of a 1M pool against 1,000 target examples, or UOT's (about 52 bytes a pair) for 80k x 1,000.
+# Past it the selection is refused before scoring: use top-k, a smaller pool (a prefilter) or fewer
+# target examples.
 SIMILARITY_BUDGET_BYTES = 4 << 30
 
 
@@ -84,16 +85,16 @@ class Similarities:
 
 def check_similarity_size(pool_size: int, columns: int, *, bytes_per_value: int = 4,
                           budget: int = SIMILARITY_BUDGET_BYTES) -> None:
-    """Refuse, before any scoring, a similarity matrix larger than `budget`.
+    """Refuse, before any scoring, similarities that would take more than `budget` bytes to hold.
 
     Raises:
         SelectionError: pool_size x columns x bytes_per_value exceeds the budget.
     """
     need = int(pool_size) * int(columns) * bytes_per_value
     if need > budget:
-        raise SelectionError(f"this algorithm holds a {pool_size:,} x {columns:,} similarity matrix ({need / 2**30:.1f} "
-                             f"GiB), more than the {budget / 2**30:.0f} GiB allowed; use --algorithm top-k, a "
-                             "smaller pool, or fewer target examples")
+        raise SelectionError(f"this algorithm needs {need / 2**30:.1f} GiB for the {pool_size:,} x {columns:,} "
+                             f"[pool, target] similarities, more than the {budget / 2**30:.0f} GiB allowed; use "
+                             "--algorithm top-k, a smaller pool, or fewer target examples")
 
 
 def _id_ranks(ids: Sequence[Any]) -> np.ndarray:
@@ -251,6 +252,7 @@ class RoundRobin:
                 "(the mean over its examples).", "choices": COLUMN_UNITS})
     name: str = field(default="round-robin", init=False)
     pairwise: bool = field(default=True, init=False)
+    bytes_per_pair: int = field(default=4, init=False)  # the float32 matrix
 
     def __post_init__(self) -> None:
         if self.over not in COLUMN_UNITS:
@@ -283,6 +285,8 @@ class Uot:
                                                 "choices": COLUMN_UNITS})
     name: str = field(default="uot", init=False)
     pairwise: bool = field(default=True, init=False)
+    # the float32 matrix, and POT's dense float64 cost, kernel, plan and temporaries: about six of them
+    bytes_per_pair: int = field(default=4 + 6 * 8, init=False)
 
     def __post_init__(self) -> None:
         if not self.eps > 0 or not math.isfinite(self.eps):
@@ -320,7 +324,8 @@ def _number(value: float) -> float | str:
     return "inf" if math.isinf(value) else value
 
 
-Algorithm = Any  # TopK | RoundRobin | Uot, or a registered one with name, pairwise, choose and to_dict
+# TopK | RoundRobin | Uot, or a registered one with name, pairwise, bytes_per_pair (when pairwise), choose, to_dict
+Algorithm = Any
 
 ALGORITHMS: dict[str, Callable[..., Algorithm]] = {"top-k": TopK, "round-robin": RoundRobin, "uot": Uot}
 DEFAULT_ALGORITHM = "top-k"

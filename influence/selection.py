@@ -229,7 +229,7 @@ def check_algorithm(selector: Selector, algorithm: Algorithm, *, diversity: Dive
                              f"{selector.name!r} gives one score per example; use less, rds, embed or bm25, or "
                              "--algorithm top-k")
     if pool_size is not None and target_size is not None:
-        check_similarity_size(pool_size, target_size)
+        check_similarity_size(pool_size, target_size, bytes_per_value=algorithm.bytes_per_pair)
 
 
 def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = None, seed: int = 0,

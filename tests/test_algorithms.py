@@ -173,9 +173,15 @@ def test_the_unprojected_subtask_matrix_is_the_score_before_its_max():
 
 
 def test_a_matrix_past_the_memory_bound_is_refused_with_the_way_out():
+    from influence.selection import check_algorithm
+
     check_similarity_size(5_000, 300)  # 6 MB
     with pytest.raises(SelectionError, match="1,000,000 x 2,000 .*--algorithm top-k"):
         check_similarity_size(1_000_000, 2_000)
+    bm25 = make_selector("bm25")
+    check_algorithm(bm25, RoundRobin(), pool_size=1_000_000, target_size=300)  # 1.2 GB of float32
+    with pytest.raises(SelectionError, match="14.5 GiB"):  # UOT's dense float64 transport on top
+        check_algorithm(bm25, Uot(), pool_size=1_000_000, target_size=300)
 
 
 # ------------------------------------------------------------------ RDS+ pooling
