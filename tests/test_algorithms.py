@@ -267,6 +267,10 @@ def test_select_cli_runs_an_algorithm_and_refuses_one_the_selector_cannot_serve(
         "error: --algorithm uot needs per-target similarities, and selector 'longest' gives one score per "
         "example; use less, rds, embed or bm25, or --algorithm top-k"]
     assert not (tmp_path / "no.jsonl").exists()
+    noted = _cli("select", "--pool", str(pool_file), "--target", str(target_file), "--selector", "bm25",
+                 "--uot-eps", "0.1", "--k", "4", "--out", str(tmp_path / "top.jsonl"))
+    assert noted.exit_code == 0 and "note: --algorithm top-k ignores --uot-eps" in noted.output
+    assert json.loads(manifest_path(tmp_path / "top.jsonl").read_text())["algorithm"]["name"] == "top-k"
 
 
 def test_a_compare_row_takes_its_algorithm_from_its_options():

@@ -127,7 +127,8 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
     algorithm_given = {"algorithm_over": algorithm_over, "uot_eps": uot_eps,
                        "uot_target_marginal": uot_target_marginal, "uot_pool_marginal": uot_pool_marginal}
     method, not_taken = algorithm_from_options(algorithm, algorithm_given)
-    ignored += given_options(not_taken)
+    if given_options(not_taken):
+        click.echo(f"note: --algorithm {algorithm} ignores {', '.join(given_options(not_taken))}", err=True)
     chosen = None if diversity is None else Diversity(tau=diversity, encoder=embed_model, settings=settings)
     run_selection(pools, k, name, seed=seed, fmt=fmt, out=out, overwrite=overwrite, target=target,
                   selector_options=options, keep_contaminated=keep_contaminated, ignored=ignored, diversity=chosen,
