@@ -20,6 +20,10 @@ class LessSelector(Selector):
     and each target example's SGD gradient, weighted by the checkpoint's learning rate and
     summed; then the mean over each subtask and the max over subtasks. The gradients are
     the full ones by default (scoring="unprojected"), projected features otherwise.
+
+    For a selection algorithm other than top-k (`context.pairwise`) it hands over the scores
+    before aggregation: per target example from projected features (every pair, exactly, no
+    FAISS search), per subtask from the exact cosines, whose queries are subtask means.
     """
 
     name = "less"
