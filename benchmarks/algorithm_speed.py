@@ -4,7 +4,7 @@ Each run is one `choose` call of an algorithm from `influence.algorithms` on a f
 cosine-like similarities (uniform in [-1, 1], seed 0), with the aggregated score top-k ranks; the
 matrix itself is made before timing. Printed per size and algorithm: seconds (median of the
 repeats) and the peak of the memory numpy allocates during the call (tracemalloc), beside the
-matrix's own size.
+matrix's own size. POT is imported before timing.
 
     python benchmarks/algorithm_speed.py                                  # 5k, 50k and 200k x 300, k=1000
     python benchmarks/algorithm_speed.py --pools 5000 --targets 300 --repeats 1 --algorithms round-robin
@@ -27,6 +27,8 @@ from influence.algorithms import TARGET, Similarities, make_algorithm  # noqa: E
 
 
 def measure(name: str, values: np.ndarray, k: int, repeats: int) -> tuple[float, int]:
+    if name == "uot":
+        import ot.unbalanced  # noqa: F401  imported before timing: loading POT (and torch) is not the algorithm
     sims = Similarities(values, TARGET, tuple(f"t{j}" for j in range(values.shape[1])),
                         {"all": list(range(values.shape[1]))})
     scores = sims.aggregate()

@@ -132,7 +132,12 @@ def round_robin(values: np.ndarray, ids: Sequence[Any], k: int) -> tuple[np.ndar
     k = check_k(k, n)
     ranks = _id_ranks(ids)
     depth = min(n, k)  # a column passes over at most the k - 1 rows others took before its own picks
-    orders = [_column_order(values[:, c], ranks, depth) for c in range(width)]
+    orders: list[np.ndarray] = []
+    # a column of a row-major matrix is a strided read: copy blocks of columns to rows of about 64 MB
+    block = max(1, (64 << 20) // (4 * max(n, 1)))
+    for start in range(0, width, block):
+        part = np.ascontiguousarray(values[:, start: start + block].T)
+        orders += [_column_order(column, ranks, depth) for column in part]
     depths = [depth] * width
     pointers = [0] * width
     taken_rows = np.zeros(n, dtype=bool)
