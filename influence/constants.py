@@ -16,7 +16,8 @@ DEFAULT_INDEX_ROOT = Path("indexes")
 DEFAULT_SELECTION_DIR = Path("selections")
 OUTPUT_FORMATS = ("alpaca", "messages", "prompt-completion")
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # inside a peft adapter directory
-POOLINGS = ("last", "mean")  # how rds reads an example's final hidden states: its last token's, or their mean
+# how rds reads an example's final hidden states: its last token's, their mean, or RDS+'s position-weighted mean
+POOLINGS = ("last", "mean", "weighted")
 LABEL_TURNS: dict[str, str] = {  # in a chat of several turns, which assistant turns carry the loss
     "all": "every assistant turn, as open-instruct's encode_with_messages_format (and so LESS) labels them",
     "last": "only the final assistant turn, the example's response",

@@ -39,7 +39,8 @@ from influence.features.encoder import embeddings, load_encoder
 from influence.features.fill import fill_store
 from influence.features.represent import hidden_size, hidden_states
 from influence.io import sha256_json
-from influence.less.pipeline import LessRun, score_features, workdir_for
+from influence.algorithms import Similarities
+from influence.less.pipeline import LessRun, score_features, similarity_matrix, workdir_for
 from influence.less.settings import LessSettings
 from influence.models import load_model
 from influence.provenance import package_versions
@@ -157,19 +158,26 @@ def pool_embeddings(pool: Pool, settings: LessSettings, *, encoder_spec: str | N
 
 
 def similarity_scores(features: LessRun, pool: Pool, target: Target, settings: LessSettings, *,
-                      k: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Cosine to the target, mean over each subtask, max over subtasks: LESS's scoring with one checkpoint.
+                      k: int | None = None, pairwise: bool = False
+                      ) -> tuple[np.ndarray, dict[str, Any], Similarities | None]:
+    """Cosine to the target, mean over each subtask, max over subtasks: LESS's scoring with one checkpoint;
+    with `pairwise`, also every [pool, target example] cosine, for the selection algorithms.
 
     These features are the representations themselves, nothing is projected, so LESS's
     default `unprojected` scoring means the FAISS top-k here (exact with the flat index).
     """
     if settings.scoring == "unprojected":
         settings = settings.with_(scoring="faiss")
-    scores, scoring = score_features(features, pool, target, settings, k=k)
+    similarities = None
+    if pairwise:
+        similarities, scoring = similarity_matrix(features, pool, target, settings)
+        scores = similarities.aggregate()
+    else:
+        scores, scoring = score_features(features, pool, target, settings, k=k)
     return scores, {"datastore": {"workdir": str(features.workdir),
                                   "pool_stores": [str(p) for p in features.pool_stores],
                                   "target_stores": [str(p) for p in features.target_stores],
-                                  **features.stats, "scoring": scoring}}
+                                  **features.stats, "scoring": scoring}}, similarities
 
 
 # ------------------------------------------------------------------ ifd: two losses per example

@@ -232,19 +232,10 @@ def less_scores(pool_features: Any, target_features: Any, learning_rates: Sequen
     return out
 
 
-def unprojected_scores(cosines: Sequence[Sequence[Any]], learning_rates: Sequence[float], *,
-                       memory_bytes: int = DEFAULT_MEMORY_BYTES) -> np.ndarray:
-    """The exact LESS score from precomputed subtask cosines, float64 [N].
-
-    ``cosines[c][g]`` is [N, S_g]: at checkpoint c, each pool example's cosine with the
-    queries of the subtasks in group g (the same groups, in the same order, at every
-    checkpoint). The score is ``max_s sum_c w_c cos_c[:, s]``: the definition above with
-    unprojected gradients, the mean over a subtask already inside its query.
-
-    Raises:
-        ManifestMismatchError: checkpoints, groups or row counts disagree.
-        ConfigError: bad learning rates.
-    """
+def _unprojected_blocks(cosines: Sequence[Sequence[Any]], learning_rates: Sequence[float],
+                        memory_bytes: int) -> tuple[int, Iterator[tuple[slice, np.ndarray]]]:
+    """Check the inputs of `unprojected_scores`; the pool's row count and its (rows, [rows, S] float64
+    subtask scores) chunks."""
     weights = checkpoint_weights(learning_rates)
     if len(cosines) != len(weights):
         raise ManifestMismatchError(f"cosines for {len(cosines)} checkpoint(s) but {len(weights)} learning rate(s); "
@@ -258,12 +249,68 @@ def unprojected_scores(cosines: Sequence[Sequence[Any]], learning_rates: Sequenc
         raise DataError("the pool has no examples to score")
     width = sum(s[1] for s in shapes[0])
     step = max(1, int(memory_bytes) // (16 * width + 8))
+
+    def blocks() -> Iterator[tuple[slice, np.ndarray]]:
+        for start in range(0, num_rows, step):
+            rows = slice(start, min(start + step, num_rows))
+            yield rows, sum(w * np.concatenate([np.asarray(g[rows], dtype=np.float64) for g in groups], axis=1)
+                            for w, groups in zip(weights, cosines))
+
+    return num_rows, blocks()
+
+
+def unprojected_scores(cosines: Sequence[Sequence[Any]], learning_rates: Sequence[float], *,
+                       memory_bytes: int = DEFAULT_MEMORY_BYTES) -> np.ndarray:
+    """The exact LESS score from precomputed subtask cosines, float64 [N].
+
+    ``cosines[c][g]`` is [N, S_g]: at checkpoint c, each pool example's cosine with the
+    queries of the subtasks in group g (the same groups, in the same order, at every
+    checkpoint). The score is ``max_s sum_c w_c cos_c[:, s]``: the definition above with
+    unprojected gradients, the mean over a subtask already inside its query.
+
+    Raises:
+        ManifestMismatchError: checkpoints, groups or row counts disagree.
+        ConfigError: bad learning rates.
+    """
+    num_rows, blocks = _unprojected_blocks(cosines, learning_rates, memory_bytes)
     out = np.empty(num_rows, dtype=np.float64)
-    for start in range(0, num_rows, step):
-        rows = slice(start, min(start + step, num_rows))
-        total = sum(w * np.concatenate([np.asarray(g[rows], dtype=np.float64) for g in groups], axis=1)
-                    for w, groups in zip(weights, cosines))
+    for rows, total in blocks:
         out[rows] = total.max(axis=1)
+    return out
+
+
+def unprojected_subtask_scores(cosines: Sequence[Sequence[Any]], learning_rates: Sequence[float], *,
+                               memory_bytes: int = DEFAULT_MEMORY_BYTES) -> np.ndarray:
+    """`unprojected_scores` before the max: each pool example's score per subtask, [N, S] float32,
+    columns in the groups' order. Per-target-example similarities do not exist for this score:
+    its queries are subtask means of the target gradients. Raises as `unprojected_scores`."""
+    num_rows, blocks = _unprojected_blocks(cosines, learning_rates, memory_bytes)
+    out = np.empty((num_rows, sum(int(g.shape[1]) for g in cosines[0])), dtype=np.float32)
+    for rows, total in blocks:
+        out[rows] = total
+    return out
+
+
+def pairwise_scores(pool_features: Any, target_features: Any, learning_rates: Sequence[float], *,
+                    memory_bytes: int = DEFAULT_MEMORY_BYTES) -> np.ndarray:
+    """Each pool example's score with each target example, ``sum_c w_c <P_c[i], T_c[j]>``, [N, M] float32.
+
+    The LESS score before the mean over a subtask (for one checkpoint of weight 1, the cosine of
+    RDS or sentence-embedding features). Computed in float64 a chunk of pool rows at a time;
+    the result holds N x M float32.
+
+    Raises:
+        DataError, ManifestMismatchError, ConfigError: as `scoring_problem`.
+    """
+    num_targets = int(_per_checkpoint(target_features, "target")[0].shape[0])
+    if num_targets == 0:
+        raise DataError("the target has no examples")
+    # one subtask per target example: the queries are then the weighted target rows themselves
+    problem = scoring_problem(pool_features, target_features, learning_rates,
+                              {str(j): [j] for j in range(num_targets)})
+    out = np.empty((problem.num_rows, num_targets), dtype=np.float32)
+    for start, block in _iter_subtask_scores(problem, memory_bytes):
+        out[start: start + len(block)] = block
     return out
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from influence import distributed
+from influence.algorithms import Algorithm, TopK, check_similarity_size
 from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_path, safe_name
 from influence.data.contamination import (Contamination, find_contaminated, find_own_rows, has_heldout,
                                          heldout_ngrams)
@@ -94,6 +95,7 @@ class Selection:
     extra: dict[str, Any] = field(default_factory=dict)  # selector-specific provenance (e.g. datastore)
     contamination: Contamination | None = None  # what the guard found in the pool as given
     target_in_pool: int = 0    # target examples whose content is also in the pool
+    algorithm: dict[str, Any] = field(default_factory=lambda: TopK().to_dict())  # what chose, with its settings
 
     @functools.cached_property
     def examples(self) -> list:
@@ -124,6 +126,7 @@ class Selection:
             **envelope(SELECTION_ARTIFACT, SELECTION_FORMAT),
             "kind": "selection",  # what readers of selection manifests key on, beside the envelope's artifact
             "selector": {"name": self.selector.name, "params": self.selector.params()},
+            "algorithm": self.algorithm,
             "k": self.k,
             "seed": self.seed,
             "format": fmt,
@@ -158,7 +161,8 @@ class Selection:
             pool_lengths.append(len(example.response))
             pool_sources.add(example.source)
         lines = [self.contamination.describe()] if self.contamination is not None else []
-        lines += [f"selected {len(chosen):,} of {counted(len(self.pool), 'example')} with {self.selector.name}"
+        how = "" if self.algorithm["name"] == TopK().name else f" by {self.algorithm['name']}"
+        lines += [f"selected {len(chosen):,} of {counted(len(self.pool), 'example')} with {self.selector.name}{how}"
                   f" in {self.seconds:.1f}s",
                   f"  response chars, selection: {stats([len(e.response) for e in chosen])}",
                   f"  response chars, pool:      {stats(pool_lengths)}"]
@@ -213,11 +217,33 @@ def decontaminate(pool: Pool, target: Target | None, *, keep: bool = False) -> t
     return pool, contamination
 
 
+def check_algorithm(selector: Selector, algorithm: Algorithm, *, diversity: Diversity | None = None,
+                    pool_size: int | None = None, target_size: int | None = None) -> None:
+    """Refuse, before any work, an algorithm the selector cannot serve or a matrix past the memory bound.
+
+    Raises:
+        SelectionError: an algorithm that needs per-target similarities with a selector that keeps
+            none, or a [pool, target] matrix larger than `algorithms.SIMILARITY_BUDGET_BYTES`.
+        ConfigError: diversity-aware top-k with another algorithm.
+    """
+    if diversity is not None and algorithm.name != TopK().name:
+        raise ConfigError(f"--diversity walks the top-k ranking; it does not combine with --algorithm {algorithm.name}")
+    if not algorithm.pairwise:
+        return
+    if not selector.pairwise:
+        raise SelectionError(f"--algorithm {algorithm.name} needs per-target similarities, and selector "
+                             f"{selector.name!r} gives one score per example; use less, rds, embed or bm25, or "
+                             "--algorithm top-k")
+    if pool_size is not None and target_size is not None:
+        check_similarity_size(pool_size, target_size, bytes_per_value=algorithm.bytes_per_pair)
+
+
 def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = None, seed: int = 0,
            keep_contaminated: bool = False, contamination: Contamination | None = None,
-           diversity: Diversity | None = None) -> Selection:
-    """Score `pool` with `selector` and keep the top `k` (with `diversity`, the top k that are not
-    near-duplicates of a better one; every example is then scored, as the walk may pass k).
+           diversity: Diversity | None = None, algorithm: Algorithm | None = None) -> Selection:
+    """Score `pool` with `selector` and keep `k` by `algorithm` (default: the top k; with `diversity`,
+    the top k that are not near-duplicates of a better one; every example is then scored, as the
+    walk may pass k). An algorithm other than top-k is given the selector's [pool, target] similarities.
 
     A registered `target` turns on the contamination guard (`decontaminate`) for every
     selector, targeted or not: an untargeted selector ignores the target but its selection
@@ -225,15 +251,22 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
     `decontaminate` passes its pool and `contamination`, and the guard is not run again.
 
     Raises:
-        SelectionError: bad k, a targeted selector without a target, or bad scores.
+        SelectionError: bad k, a targeted selector without a target, bad scores, or an algorithm
+            the selector cannot serve (see `check_algorithm`).
     """
     k = check_k(k, len(pool))
+    algorithm = algorithm or TopK()
     if selector.requires_target and target is None:
         raise SelectionError(f"selector {selector.name!r} needs a target; pass --target (see `influence targets`)")
+    check_algorithm(selector, algorithm, diversity=diversity, pool_size=len(pool),
+                    target_size=len(target) if target is not None else None)
     start = time.perf_counter()
     if contamination is None:
         pool, contamination = decontaminate(pool, target, keep=keep_contaminated)
-    result = selector.score(pool, SelectionContext(target=target, seed=seed, k=None if diversity else k))
+    # the FAISS top-k scores only its candidates: enough for top-k, not for a walk or another algorithm
+    context = SelectionContext(target=target, seed=seed, k=None if diversity or algorithm.pairwise else k,
+                               pairwise=algorithm.pairwise)
+    result = selector.score(pool, context)
     if not isinstance(result, Scores):
         raise SelectionError(f"selector {selector.name!r} returned {type(result).__name__}; "
                              "Selector.score must return influence.selectors.Scores")
@@ -244,12 +277,13 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
     in_pool = len({e.id for e in target.examples} & set(pool.ids)) if target is not None and selector.requires_target \
         else 0
     if diversity is None:
-        indices = top_k(scores, pool.ids, k)
+        indices, record = algorithm.choose(scores, pool.ids, k, result.similarities)
     else:
         indices, extra["diversity"] = diverse_selection(pool, scores, k, diversity)
+        record = algorithm.to_dict()
     return Selection(pool=pool, indices=indices, scores=scores, selector=selector, k=k, seed=seed,
                      target=target, seconds=time.perf_counter() - start, extra=extra, contamination=contamination,
-                     target_in_pool=in_pool)
+                     target_in_pool=in_pool, algorithm=record)
 
 
 def diverse_selection(pool: Pool, scores: np.ndarray, k: int, diversity: Diversity) -> tuple[np.ndarray, dict]:
@@ -312,6 +346,7 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
                   out: str | Path | None = None, overwrite: bool = False, target: str | None = None,
                   selector_options: dict[str, Any] | None = None, keep_contaminated: bool = False,
                   ignored: Sequence[str] = (), diversity: Diversity | None = None,
+                  algorithm: Algorithm | None = None,
                   echo: Callable[..., None] = echo_line) -> tuple[Path, Path] | None:
     """Check, load, decontaminate, select, summarise and write: `influence select` and `influence score`.
 
@@ -329,6 +364,7 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
         keep_contaminated: keep pool examples that share a 13-gram with the target's held-out items.
         ignored: options the user gave that do not apply to the selector, named once in a note.
         diversity: diversity-aware top-k instead of plain top-k.
+        algorithm: how k are chosen from the scores [default: top-k] (`influence.algorithms`).
         echo: receives each report line (and `err=True` for notes and warnings).
 
     Returns:
@@ -348,7 +384,10 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
     chosen = make_selector(selector, **selector_options)
     if chosen.requires_target and not target:
         raise SelectionError(f"selector {selector!r} needs a target; pass --target (see `influence targets`)")
+    algorithm = algorithm or TopK()
+    check_algorithm(chosen, algorithm, diversity=diversity)
     label = selector if diversity is None else f"{selector}+{DIVERSE}"
+    label = label if algorithm.name == TopK().name else f"{label}+{algorithm.name}"
     out = out or default_output_path(list(pool_specs), label, k, target if chosen.requires_target else None)
     check_writable(out, overwrite)
     if "settings" in selector_options and not selector_options.get("existing_only"):
@@ -357,6 +396,8 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
         say(f"note: selector {selector!r} ignores {', '.join(ignored)}")
     target_set = load_target(target) if target else None  # before the pool: a bad name fails at once
     pool = load_pool(list(pool_specs), stream=True)  # ids in memory; examples read a chunk at a time
+    if target_set is not None:  # the similarity matrix's size is known now: refuse it before any scoring
+        check_algorithm(chosen, algorithm, pool_size=len(pool), target_size=len(target_set))
     for line in pool.describe():
         say(line)
     if target and not chosen.requires_target:
@@ -369,7 +410,7 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
         chosen.prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
         return None
     selection = select(pool, k, chosen, target=target_set, seed=seed, contamination=contamination,
-                       diversity=diversity)
+                       diversity=diversity, algorithm=algorithm)
     fmt = fmt or selection.default_format()
     for line in selection.summary(fmt):
         say(line)

@@ -32,11 +32,12 @@ from tests.test_safe_outputs import cli, one_error_line
 
 # The options each command listed before its options were made from the settings.
 BEFORE = {
-    "select": ["--adam-form", "--batch-size", "--device", "--dims", "--diversity", "--dry-run", "--dsir-sampling",
+    "select": ["--adam-form", "--algorithm", "--algorithm-over", "--batch-size", "--device", "--dims", "--diversity", "--dry-run", "--dsir-sampling",
                "--embed-model", "--format", "--index", "--index-root", "--k", "--keep-contaminated", "--length-unit",
                "--lora-alpha", "--lora-r", "--max-length", "--model", "--name", "--out", "--overwrite", "--pool",
                "--pooling", "--projector", "--scoring", "--seed", "--selector", "--shard-rows", "--store-features",
-               "--target", "--warmup-epochs", "--warmup-fraction", "--warmup-loss-reduction", "--warmup-lr"],
+               "--target", "--uot-eps", "--uot-pool-marginal", "--uot-target-marginal", "--warmup-epochs",
+               "--warmup-fraction", "--warmup-loss-reduction", "--warmup-lr"],
     "featurize": ["--adam-form", "--batch-size", "--device", "--dims", "--dry-run", "--index", "--index-root",
                   "--keep-contaminated", "--lora-alpha", "--lora-r", "--max-length", "--model", "--name", "--pool",
                   "--projector", "--scoring", "--seed", "--shard-rows", "--store-features", "--target",

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from influence.cli import main
 from influence.compare import (RECIPES, Cell, CompareSettings as CompareConfig, SelectorRow, estimate_compare, parse_rows,
                                summarize)
-from influence.errors import ConfigError
+from influence.errors import ConfigError, SelectionError
 from influence.less import LessSettings
 from influence.lora import LoraSettings
 from tests.conftest import write_jsonl
@@ -405,6 +405,26 @@ def test_a_row_can_walk_its_ranking_with_diversity_aware_top_k(tmp_path, monkeyp
     with pytest.raises(ConfigError, match="diversity must be a cosine"):
         compare(CompareConfig(pools=[str(pool)], targets=["tydiqa"], k=2, selectors=["longest:diversity=\"x\""],
                               seeds=1, base=False), tmp_path / "bad")
+
+
+def test_a_row_can_choose_by_a_selection_algorithm_and_one_its_selector_cannot_serve_fails_first(tmp_path,
+                                                                                                 monkeypatch):
+    """`bm25:algorithm=round-robin` selects by round-robin and records it; `longest:algorithm=...` is
+    refused before any selection. Training and evaluation are stand-ins: only the picks matter."""
+    from influence.compare import compare
+    from influence.constants import manifest_path
+
+    trained = _stand_in_training(monkeypatch)
+    pool, target = _files(tmp_path)
+    rows = ["bm25", "bm25:algorithm=round-robin,algorithm_over=subtask"]
+    compare(CompareConfig(pools=[str(pool)], targets=[str(target)], k=3, selectors=rows, seeds=1, base=False),
+            tmp_path / "cmp")
+    algorithms = sorted(json.loads(manifest_path(p).read_text())["algorithm"]["name"] for p in trained)
+    assert algorithms == ["round-robin", "top-k"]
+    with pytest.raises(SelectionError, match="needs per-target similarities"):
+        compare(CompareConfig(pools=[str(pool)], targets=[str(target)], k=3, selectors=["longest:algorithm=uot"],
+                              seeds=1, base=False), tmp_path / "bad")
+    assert not (tmp_path / "bad" / "selections").exists()
 
 
 def test_the_dry_run_prices_one_pool_pass_per_target_for_the_exact_score(tmp_path, tiny_model_dir):

@@ -22,7 +22,7 @@ LAYERS = [
     ("models", ["influence.models", "influence.lora"]),
     ("training", ["influence.training"]),
     ("features", ["influence.features"]),
-    ("index", ["influence.index", "influence.scoring"]),
+    ("index", ["influence.index", "influence.scoring", "influence.algorithms"]),
     ("less", ["influence.less", "influence.representations"]),
     ("selectors", ["influence.selectors"]),
     ("selection", ["influence.selection", "influence"]),   # `influence` itself: the public facade
@@ -32,7 +32,7 @@ LAYERS = [
 ]
 HEAVY = {"torch", "transformers", "peft", "datasets", "faiss", "pyarrow", "matplotlib", "safetensors", "fast_jl",
          "trak", "tokenizers", "tqdm", "bm25s", "Stemmer", "data_selection", "nltk", "sentence_transformers",
-         "huggingface_hub"}
+         "huggingface_hub", "ot"}
 
 
 def module_name(path: Path) -> str:

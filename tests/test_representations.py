@@ -73,6 +73,9 @@ def _plain_hidden(loaded: LoadedModel, example: Example, pooling: str) -> np.nda
         tokenizer(response_text(example, tokenizer), add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         states = loaded.model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+    if pooling == "weighted":  # RDS+ as its authors' code pools one unpadded example: weights 1..T, summing to 1
+        weights = torch.arange(1, len(states) + 1, dtype=states.dtype)
+        return (states * (weights / weights.sum()).unsqueeze(-1)).sum(dim=0).double().numpy()
     vector = states[-1] if pooling == "last" else states.mean(dim=0)
     return vector.double().numpy()
 

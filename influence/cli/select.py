@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from influence.algorithms import ALGORITHMS, DEFAULT_ALGORITHM, RoundRobin, Uot, algorithm_from_options
 from influence.cli.less_options import NAMES, less_options, pop_settings
 from influence.cli.settings_options import settings_option
 from influence.constants import OUTPUT_FORMATS, POOLINGS
@@ -38,6 +39,28 @@ def selection_options(function):
     return function
 
 
+ALGORITHM_HELP = ("How k examples are chosen from the scores: top-k of the aggregated score; round-robin, each "
+                  "target example in turn taking its most similar example not yet chosen; uot, unbalanced optimal "
+                  "transport from the target to the pool. round-robin and uot need a selector with per-target "
+                  "similarities (less, rds, embed, bm25).")
+algorithm_options = [
+    click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default=DEFAULT_ALGORITHM, show_default=True,
+                 help=ALGORITHM_HELP),
+    settings_option(RoundRobin, "over", flag="--algorithm-over", param="algorithm_over",
+                    help="round-robin and uot: turns (or transported mass) per target example or per subtask; "
+                         "less's exact scoring keeps per-subtask similarities only."),
+    settings_option(Uot, "eps", flag="--uot-eps", param="uot_eps"),
+    settings_option(Uot, "target_marginal", flag="--uot-target-marginal", param="uot_target_marginal"),
+    settings_option(Uot, "pool_marginal", flag="--uot-pool-marginal", param="uot_pool_marginal"),
+]
+
+
+def with_algorithm_options(function):
+    for option in reversed(algorithm_options):
+        function = option(function)
+    return function
+
+
 dsir_sampling_option = settings_option(DsirSelector, "sampling", flag="--dsir-sampling", param="dsir_sampling",
                                        help=f"dsir: {DSIR_SAMPLING_HELP}")
 keep_contaminated_option = click.option("--keep-contaminated", is_flag=True, help=KEEP_CONTAMINATED_HELP)
@@ -64,7 +87,8 @@ def given_options(names) -> list[str]:
 @click.option("--length-unit", type=click.Choice(LENGTH_UNITS), default="chars", show_default=True,
               help="longest: measure responses in characters or words.")
 @click.option("--pooling", type=click.Choice(POOLINGS), default="last", show_default=True,
-              help="rds: the last token's final hidden state (as LESS), or the mean over tokens.")
+              help="rds: the last token's final hidden state (as LESS), the mean over tokens, or RDS+'s "
+                   "position-weighted mean (weighted).")
 @click.option("--embed-model", default=None, metavar="M",
               help="embed and --diversity: a sentence-transformers directory or hub id "
                    "[default: the bundled all-MiniLM-L6-v2].")
@@ -72,11 +96,13 @@ def given_options(names) -> list[str]:
               help="Walk the ranking and skip an example whose embedding has cosine above TAU with one already "
                    "chosen (DEITA's filter; 0.9 in its paper) [default: off].")
 @click.option("--dry-run", is_flag=True, help="less: estimate time, disk and memory; compute and write nothing.")
+@with_algorithm_options
 @dsir_sampling_option
 @keep_contaminated_option
 @less_options
 def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, pooling, embed_model, diversity,
-                   dry_run, dsir_sampling, keep_contaminated, **less) -> None:
+                   dry_run, algorithm, algorithm_over, uot_eps, uot_target_marginal, uot_pool_marginal, dsir_sampling,
+                   keep_contaminated, **less) -> None:
     """Select k examples from a pool and write them, SFT-ready, with a manifest.
 
     With --selector less (the default when --target is given) every LESS step runs here,
@@ -98,10 +124,15 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
                             + ([] if name == "dsir" else ["dsir_sampling"]) + ([] if name == "rds" else ["pooling"])
                             + ([] if name == "embed" or diversity is not None else ["embed_model"])
                             + ([] if name in model_based or diversity is not None else list(NAMES)))
+    algorithm_given = {"algorithm_over": algorithm_over, "uot_eps": uot_eps,
+                       "uot_target_marginal": uot_target_marginal, "uot_pool_marginal": uot_pool_marginal}
+    method, not_taken = algorithm_from_options(algorithm, algorithm_given)
+    if given_options(not_taken):
+        click.echo(f"note: --algorithm {algorithm} ignores {', '.join(given_options(not_taken))}", err=True)
     chosen = None if diversity is None else Diversity(tau=diversity, encoder=embed_model, settings=settings)
     run_selection(pools, k, name, seed=seed, fmt=fmt, out=out, overwrite=overwrite, target=target,
                   selector_options=options, keep_contaminated=keep_contaminated, ignored=ignored, diversity=chosen,
-                  echo=click.echo)
+                  algorithm=method, echo=click.echo)
 
 
 COMMANDS = [select_command]

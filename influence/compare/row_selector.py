@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from influence.algorithms import ALGORITHM_OPTIONS, DEFAULT_ALGORITHM, Algorithm, algorithm_from_options
 from influence.compare.settings import CompareSettings, SelectorRow
-from influence.errors import ConfigError
+from influence.errors import ConfigError, InfluenceError
 from influence.selection import Diversity
 from influence.selectors import make_selector
 
 DIVERSITY_OPTIONS = ("diversity", "diversity_encoder")  # row options for the shared top-k, not the selector
+# row options for the selection algorithm, not the selector
+ROW_ALGORITHM_OPTIONS = ("algorithm", *ALGORITHM_OPTIONS)
 
 
 def make_row_selector(row: SelectorRow, config: CompareSettings) -> Any:
@@ -17,7 +20,8 @@ def make_row_selector(row: SelectorRow, config: CompareSettings) -> Any:
     rds, embed and ifd their model and datastore; DSIR's sampling) changed by the row's own options."""
     defaults = {"less": {"settings": config.less}, "rds": {"settings": config.less}, "embed": {"settings": config.less},
                 "ifd": {"settings": config.less}, "dsir": {"sampling": config.dsir_sampling}}.get(row.name, {})
-    options = {**defaults, **{k: v for k, v in row.options if k not in DIVERSITY_OPTIONS}}
+    options = {**defaults, **{k: v for k, v in row.options
+                              if k not in DIVERSITY_OPTIONS and k not in ROW_ALGORITHM_OPTIONS}}
     try:
         return make_selector(row.name, **options)
     except TypeError as exc:
@@ -40,3 +44,22 @@ def row_diversity(row: SelectorRow, config: CompareSettings) -> Diversity | None
     if isinstance(tau, bool) or not isinstance(tau, (int, float)):
         raise ConfigError(f"selector row {row.label!r}: diversity must be a cosine in (0, 1), got {tau!r}")
     return Diversity(tau=float(tau), encoder=options.get("diversity_encoder"), settings=config.less)
+
+
+def row_algorithm(row: SelectorRow) -> Algorithm:
+    """The selection algorithm of a row such as `less:algorithm=round-robin` (with `algorithm_over=subtask`,
+    `uot_eps=0.05`, ...); top-k without one.
+
+    Raises:
+        ConfigError: an unknown algorithm, an option it does not take, or a bad value.
+    """
+    options = dict(row.options)
+    name = options.get("algorithm", DEFAULT_ALGORITHM)
+    given = {key: options[key] for key in ALGORITHM_OPTIONS if key in options}
+    try:
+        algorithm, ignored = algorithm_from_options(str(name), given)
+    except InfluenceError as exc:
+        raise ConfigError(f"selector row {row.label!r}: {exc}") from None
+    if ignored:
+        raise ConfigError(f"selector row {row.label!r}: algorithm {name!r} takes no {', '.join(ignored)}")
+    return algorithm

@@ -30,7 +30,8 @@ from typing import Any, Callable
 from influence import evaluation, training
 from influence.compare.cells import ITEM_KEY, Cell, selected_ids
 from influence.compare.reports import write_reports
-from influence.compare.row_selector import make_row_selector, row_diversity
+from influence.algorithms import TopK
+from influence.compare.row_selector import make_row_selector, row_algorithm, row_diversity
 from influence.compare.settings import BASE, METRICS, CompareSettings, SelectorRow
 from influence.compare.summary import comparison_summary
 from influence.constants import manifest_path, safe_name
@@ -40,7 +41,7 @@ from influence.data.targets import load_target
 from influence.evaluation import EvalSettings
 from influence.errors import EvaluationError, OutputError
 from influence.io import check_output_dir, sha256_json
-from influence.selection import decontaminate, select, write_selection
+from influence.selection import check_algorithm, decontaminate, select, write_selection
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ def compare(config: CompareSettings, out: str | Path, *,
     targets = {spec: load_target(spec) for spec in config.targets}
     selectors = {row.label: make_row_selector(row, config) for row in config.rows()}  # bad options fail here
     diversities = {row.label: row_diversity(row, config) for row in config.rows()}
+    algorithms = {row.label: row_algorithm(row) for row in config.rows()}
+    for row in config.rows():  # an algorithm the row's selector cannot serve fails before any work
+        check_algorithm(selectors[row.label], algorithms[row.label], diversity=diversities[row.label])
     # the contamination guard, once for every row: the pool less what overlaps any target's held-out items,
     # so an untargeted selection (evaluated on every target) never trains on a test item, and every
     # targeted row scores the same pool (one LESS warmup and datastore serve all targets)
@@ -123,17 +127,18 @@ def compare(config: CompareSettings, out: str | Path, *,
             target_fp = sha256_json([e.id for e in target.examples]) if target is not None else None
             seen: set[tuple[str, int]] = set()
             for selection_seed, seed in _plan(config, row):
-                diversity = diversities[row.label]
+                diversity, algorithm = diversities[row.label], algorithms[row.label]
+                chosen_by = {} if algorithm.name == TopK().name else {"algorithm": algorithm.to_dict()}
                 key = sha256_json({"pool": pool.fingerprint, "target": target_fp, "selector": row.name,
                                    "params": selector.params(), "seed": selection_seed, "k": config.k,
                                    "contamination": cleared,
-                                   **({"diversity": diversity.to_dict()} if diversity else {})})[:10]
+                                   **({"diversity": diversity.to_dict()} if diversity else {}), **chosen_by})[:10]
                 where = _safe(target_spec) if target_spec is not None else "any"
                 selection = out / "selections" / f"{_safe(row.label)}-{where}-s{selection_seed}-{key}.jsonl"
                 cached = selection.exists() and manifest_path(selection).exists()
                 if not cached:
                     made = select(scored_pool, config.k, selector, target=target, seed=selection_seed,
-                                  contamination=guard, diversity=diversity)
+                                  contamination=guard, diversity=diversity, algorithm=algorithm)
                     write_selection(made, selection, overwrite=True)
                 ids = selected_ids(selection)
                 picked = sha256_json(ids)

@@ -128,7 +128,9 @@ class CompareSettings:
     selectors: list[str] = field(default_factory=lambda: ["less", "longest", "random"], metadata={
         "help": "Rows: registered selectors, each optionally with options, as in "
                 "less:scoring=unprojected,less:scoring=faiss,longest:unit=words,random; diversity=TAU "
-                "(and diversity_encoder=DIR) on any row walks its ranking with diversity-aware top-k."})
+                "(and diversity_encoder=DIR) on any row walks its ranking with diversity-aware top-k; "
+                "algorithm=round-robin or algorithm=uot (with algorithm_over=subtask, uot_eps=...) on a less, rds, "
+                "embed or bm25 row chooses by that algorithm instead of top-k."})
     seeds: int = field(default=3, metadata={
         "help": "Training seeds per selection (0..N-1); random draws again with each."})
     selection_seeds: int = field(default=1, metadata={

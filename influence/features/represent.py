@@ -2,7 +2,9 @@
 
 LESS's RDS baseline (Xia et al., arXiv 2402.04333) represents an example by the
 final-layer hidden state of its last token, the prompt and response read together, and
-scores by cosine; we also offer the mean over the example's tokens. No gradients, no
+scores by cosine; we also offer the mean over the example's tokens, and RDS+'s
+position-weighted mean (Ivison et al., arXiv 2503.01807: token t of T weighs t / sum(1..T),
+every token of prompt and response, as in their released code). No gradients, no
 adapter: the features are the model's own, batched like the gradient features and
 yielded as the same `FeatureBatch`es, so the same datastore stores them.
 """
@@ -21,16 +23,27 @@ from influence.features.compute import FeatureBatch, FeaturizeStats, length_batc
 from influence.training.loss import accepts_logits_to_keep
 
 
-
 def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """[B, T, H] hidden states of right-padded rows -> [B, H]: the last real token's, or the mean over real tokens."""
+    """[B, T, H] hidden states of right-padded rows -> [B, H]: the last real token's, the mean over real
+    tokens, or their position-weighted mean (`position_weights`)."""
     if pooling == "last":
         last = attention_mask.sum(dim=1) - 1
         return hidden[torch.arange(len(hidden), device=hidden.device), last]
     if pooling == "mean":
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    if pooling == "weighted":
+        return (hidden * position_weights(attention_mask).unsqueeze(-1).to(hidden.dtype)).sum(dim=1)
     raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+
+
+def position_weights(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] weights of RDS+'s pooling (SGPT's weighted mean): the real token at 1-based position t of
+    a row of T real tokens weighs t / (1 + 2 + ... + T); padding weighs 0. Later tokens, which have
+    read more of the example, count for more. float32."""
+    mask = attention_mask.to(torch.float32)
+    positions = mask.cumsum(dim=1) * mask
+    return positions / positions.sum(dim=1, keepdim=True).clamp(min=1)
 
 
 def forward_plan(tokenizer: Any, count: int, batch_size: int, indices: Iterable[int] | None) -> tuple[int, list[int]]:

@@ -38,7 +38,9 @@ from influence.less.settings import LessSettings
 from influence.lora import add_lora, lora_signature
 from influence.models import hub_commit, load_model, model_commit, resolve_model
 from influence.provenance import package_versions
-from influence.scoring import checkpoint_weights, less_scores, less_top_k, unprojected_scores
+from influence.algorithms import SUBTASK, TARGET, Similarities
+from influence.scoring import (checkpoint_weights, less_scores, less_top_k, pairwise_scores, unprojected_scores,
+                               unprojected_subtask_scores)
 from influence.training import TrainSettings, load_adapter_weights, load_checkpoint, train
 
 log = logging.getLogger(__name__)
@@ -444,6 +446,26 @@ def score_features(features: LessRun, pool: Pool, target: Target, settings: Less
         return scores, {"method": "faiss", "index": settings.index, "candidates": int(len(found.candidates)),
                         "exact": bool(found.exact), "searched_k": int(found.searched_k), "subtasks": len(subtasks)}
     return less_scores(pool_rows, target_rows, lrs, subtasks), {"method": "exact", "subtasks": len(subtasks)}
+
+
+def similarity_matrix(features: LessRun, pool: Pool, target: Target, settings: LessSettings
+                      ) -> tuple[Similarities, dict[str, Any]]:
+    """The scores before LESS's aggregation, for the selection algorithms: [pool, target example]
+    from stored features, or [pool, subtask] from the exact cosines (scoring=unprojected keeps
+    subtask-mean target gradients only, so no per-example similarity exists there)."""
+    lrs = _score_rates(features.checkpoints, warn=False)
+    subtasks = target.subtasks()
+    if settings.scoring == "unprojected" and features.cosine_stores:
+        cosines = [[FeatureStore.open(p).rows() for p in group] for group in features.cosine_stores]
+        names = [name for p in features.cosine_stores[0] for name in FeatureStore.open(p).identity["subtasks"]]
+        values = unprojected_subtask_scores(cosines, lrs)
+        return (Similarities(values, SUBTASK, tuple(names), {name: [i] for i, name in enumerate(names)}),
+                {"method": "unprojected", "matrix": "pool x subtask", "subtasks": len(names)})
+    pool_rows = [FeatureStore.open(p).rows() for p in features.pool_stores]
+    target_rows = [np.asarray(FeatureStore.open(p).rows()[:]) for p in features.target_stores]
+    values = pairwise_scores(pool_rows, target_rows, lrs)
+    return (Similarities(values, TARGET, tuple(e.id for e in target.examples), subtasks),
+            {"method": "exact", "matrix": "pool x target example", "subtasks": len(subtasks)})
 
 
 def less_run(pool: Pool, target: Target, settings: LessSettings, *, k: int | None = None,

@@ -10,6 +10,7 @@ import bm25s
 import numpy as np
 from bm25s.tokenization import Tokenizer
 
+from influence.algorithms import TARGET, Similarities
 from influence.data.example import example_text
 from influence.data.pools import Pool
 from influence.scoring import mean_max_over_subtasks
@@ -48,6 +49,7 @@ class Bm25Selector(Selector):
     stopwords: str = "en"
     name: str = "bm25"
     requires_target: bool = True
+    pairwise: bool = True
 
     def __post_init__(self) -> None:
         if not self.k1 >= 0:
@@ -93,7 +95,11 @@ class Bm25Selector(Selector):
             query = [token for token in query if token != empty]
             if query:
                 per_target[:, column] = index.get_scores(query)
-        return Scores(mean_max_over_subtasks(per_target, target.subtasks()))
+        similarities = None
+        if context.pairwise:  # BM25 has no upper bound: not a cosine
+            similarities = Similarities(per_target, TARGET, tuple(e.id for e in target.examples), target.subtasks(),
+                                        bounded=False)
+        return Scores(mean_max_over_subtasks(per_target, target.subtasks()), similarities=similarities)
 
     def params(self) -> dict[str, Any]:
         return {"k1": self.k1, "b": self.b, "method": self.method, "tokenizer": f"bm25s regex {TOKEN_PATTERN}, lower",

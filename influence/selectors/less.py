@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from influence.data.pools import Pool
 from influence.features.projection import default_projector_name
-from influence.less.pipeline import build_features, less_run
+from influence.less.pipeline import build_features, less_run, similarity_matrix
 from influence.less.settings import LessSettings
 from influence.models import DEFAULT_MODEL
 from influence.selectors.base import Scores, SelectionContext, Selector
@@ -19,10 +20,15 @@ class LessSelector(Selector):
     and each target example's SGD gradient, weighted by the checkpoint's learning rate and
     summed; then the mean over each subtask and the max over subtasks. The gradients are
     the full ones by default (scoring="unprojected"), projected features otherwise.
+
+    For a selection algorithm other than top-k (`context.pairwise`) it hands over the scores
+    before aggregation: per target example from projected features (every pair, exactly, no
+    FAISS search), per subtask from the exact cosines, whose queries are subtask means.
     """
 
     name = "less"
     requires_target = True
+    pairwise = True  # per target example from projected features; per subtask with the exact score
 
     def __init__(self, settings: LessSettings | None = None, *, loaded: Any = None, existing_only: bool = False,
                  **changes: Any):
@@ -40,6 +46,13 @@ class LessSelector(Selector):
                        existing_only=self.existing_only)
 
     def score(self, pool: Pool, context: SelectionContext) -> Scores:
+        settings = self.settings.with_(seed=context.seed)
+        if context.pairwise:
+            features = build_features(pool, context.target, settings, loaded=self._loaded,
+                                      existing_only=self.existing_only)
+            similarities, scoring = similarity_matrix(features, pool, context.target, settings)
+            run = replace(features, stats={**features.stats, "scoring": scoring})
+            return Scores(similarities.aggregate(), run.provenance(), similarities)
         run = less_run(pool, context.target, self.settings.with_(seed=context.seed), k=context.k,
                        loaded=self._loaded, existing_only=self.existing_only)
         return Scores(run.scores, run.provenance())

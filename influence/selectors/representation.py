@@ -24,14 +24,17 @@ def _settings(settings: LessSettings | None, changes: dict[str, Any]) -> LessSet
 
 
 class RdsSelector(Selector):
-    """Cosine between pooled final-layer hidden states of the base model (no warmup)."""
+    """Cosine between pooled final-layer hidden states of the base model (no warmup); with
+    pooling="weighted" this is RDS+."""
 
     name = "rds"
     requires_target = True
+    pairwise = True
 
     def __init__(self, settings: LessSettings | None = None, *, pooling: str = "last", loaded: Any = None,
                  **changes: Any):
-        """`pooling`: "last" (the last token's state, as LESS's code does) or "mean" over the tokens."""
+        """`pooling`: "last" (the last token's state, as LESS's code does), "mean" over the tokens, or
+        "weighted", RDS+'s position-weighted mean (Ivison et al., arXiv 2503.01807)."""
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.settings = _settings(settings, changes)
@@ -40,7 +43,8 @@ class RdsSelector(Selector):
 
     def score(self, pool: Pool, context: SelectionContext) -> Scores:
         features = rds_features(pool, context.target, self.settings, pooling=self.pooling, loaded=self._loaded)
-        return Scores(*similarity_scores(features, pool, context.target, self.settings, k=context.k))
+        return Scores(*similarity_scores(features, pool, context.target, self.settings, k=context.k,
+                                         pairwise=context.pairwise))
 
     def params(self) -> dict[str, Any]:
         s = self.settings
@@ -53,6 +57,7 @@ class EmbedSelector(Selector):
 
     name = "embed"
     requires_target = True
+    pairwise = True
 
     def __init__(self, settings: LessSettings | None = None, *, encoder: str | None = None,
                  encoder_batch_size: int = 64, **changes: Any):
@@ -66,7 +71,8 @@ class EmbedSelector(Selector):
     def score(self, pool: Pool, context: SelectionContext) -> Scores:
         features = embed_features(pool, context.target, self.settings, encoder_spec=self.encoder,
                                   batch_size=self.encoder_batch_size)
-        return Scores(*similarity_scores(features, pool, context.target, self.settings, k=context.k))
+        return Scores(*similarity_scores(features, pool, context.target, self.settings, k=context.k,
+                                         pairwise=context.pairwise))
 
     def params(self) -> dict[str, Any]:
         return {"encoder": self.encoder, "scoring": self.settings.scoring, "index": self.settings.index}
