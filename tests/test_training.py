@@ -169,10 +169,11 @@ def test_the_update_does_not_depend_on_the_micro_batch_split(tiny, tmp_path):
 def test_each_loss_reduction_takes_the_step_its_plain_loss_gives(reduction):
     import torch.nn.functional as F
 
+    from accelerate import Accelerator
+
     from influence.data.formatting import IGNORE_INDEX, encode_example
-    from influence.distributed import Dist
     from influence.lora import add_lora
-    from influence.training.trainer import _optimizer_step
+    from influence.training.trainer import _optimizer_step, _release
 
     base, tokenizer = tiny_model_and_tokenizer()
     model = add_lora(base, LoraSettings.for_tests())
@@ -198,8 +199,12 @@ def test_each_loss_reduction_takes_the_step_its_plain_loss_gives(reduction):
 
     before = [p.detach().clone() for _, p in params]
     optimizer = torch.optim.SGD([p for _, p in params], lr=1.0)  # the step is minus the gradient
-    _, tokens, step_loss = _optimizer_step(model, params, optimizer, [[0, 1], [2], [3, 4]], [0, 1, 2], encoded,
-                                           tokenizer.pad_token_id, "cpu", 0.0, Dist(), reduction)
+    accelerator = Accelerator(cpu=True)
+    try:
+        _, tokens, step_loss = _optimizer_step(model, optimizer, [[0, 1], [2], [3, 4]], [0, 1, 2], encoded,
+                                               tokenizer.pad_token_id, accelerator, 0.0, reduction)
+    finally:
+        _release(accelerator)
     assert tokens == sum(len(t) for t in per_example)
     assert step_loss == pytest.approx(float(plain.detach()), rel=1e-5)
     for (name, param), old, grad in zip(params, before, want):

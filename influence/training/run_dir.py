@@ -20,6 +20,7 @@ from influence.locks import FileLock
 from influence.provenance import settings_differences
 from influence.training.checkpoint import ADAPTER_DIR, CHECKPOINT_DIR, list_checkpoints, remove_stale_staging
 from influence.training.outputs import MANIFEST_FILE, MODEL_DIR, TrainResult, read_manifest
+from influence.training.tracking import LOGS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def finished_run(out_dir: Path, identity: dict[str, Any]) -> TrainResult | None:
     return TrainResult(out_dir=out_dir, weights_dir=out_dir / manifest["output"]["path"],
                        manifest_path=out_dir / MANIFEST_FILE, manifest=manifest,
                        checkpoints=list_checkpoints(out_dir), resumed_from_epoch=len(manifest["epochs"]),
+                       resumed_from_step=manifest["steps"],
                        reused=True)
 
 
@@ -102,7 +104,7 @@ def _require_same(out_dir: Path, previous: Any, identity: dict[str, Any]) -> Non
 
 def _is_run_entry(name: str) -> bool:
     """Whether a name in an output directory is one a training run (or `influence evaluate` beside it) writes."""
-    return (name in (RUN_FILE, MANIFEST_FILE, LOCK_FILE, ADAPTER_DIR, MODEL_DIR, CHECKPOINT_DIR)
+    return (name in (RUN_FILE, MANIFEST_FILE, LOCK_FILE, ADAPTER_DIR, MODEL_DIR, CHECKPOINT_DIR, LOGS_DIR)
             or (name.startswith(".") and name.endswith(".tmp"))
             or (name.startswith("eval-") and name.endswith(".json")))
 
