@@ -157,6 +157,40 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny, tmp_path
     assert [e["mean_loss"] for e in whole.manifest["epochs"]] == [e["mean_loss"] for e in resumed.manifest["epochs"]]
 
 
+def test_a_run_stopped_mid_epoch_resumes_at_that_step_and_equals_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    # 3 steps an epoch; every 2 steps a checkpoint: step-2 (epoch 1), epoch-1 (step 3), step-4 (epoch 2)
+    config = TrainConfig.for_tests(epochs=2, lora=LoraSettings(r=4, alpha=16, dropout=0.1), warmup_ratio=0.2,
+                                   save_steps=2)
+    whole = train(EXAMPLES, config, tmp_path / "whole", loaded=tiny)
+    assert [p.name for p in whole.checkpoints] == ["epoch-1", "epoch-2"]
+    assert not list((tmp_path / "whole" / "checkpoints").glob("step-*"))  # only for resuming: gone when done
+
+    real_save = checkpoint_module.save_checkpoint
+
+    def save_then_die(directory, **kwargs):
+        real_save(directory, **kwargs)
+        if directory.name == "step-4":
+            raise KeyboardInterrupt("killed at step 4, one step into epoch 2")
+
+    monkeypatch.setattr("influence.training.trainer.save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(EXAMPLES, config, tmp_path / "resumed", loaded=tiny)
+    monkeypatch.undo()
+    left = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
+    assert left == ["epoch-1", "step-4"]  # an older mid-epoch checkpoint is dropped once a newer one exists
+
+    resumed = train(EXAMPLES, config, tmp_path / "resumed", loaded=tiny)
+    assert (resumed.resumed_from_step, resumed.resumed_from_epoch) == (4, 1)
+    a, b = adapter_tensors(whole.out_dir), adapter_tensors(resumed.out_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = load_checkpoint(whole.checkpoints[-1]), load_checkpoint(resumed.checkpoints[-1])
+    assert all(torch.equal(ma.exp_avg[k], mb.exp_avg[k]) and torch.equal(ma.exp_avg_sq[k], mb.exp_avg_sq[k])
+               for k in ma.exp_avg)
+    assert ma.losses == mb.losses and ma.avg_lr == mb.avg_lr
+    drop_time = [{k: v for k, v in e.items() if k != "seconds"} for e in whole.manifest["epochs"]]
+    assert drop_time == [{k: v for k, v in e.items() if k != "seconds"} for e in resumed.manifest["epochs"]]
+
+
 def test_the_update_does_not_depend_on_the_micro_batch_split(tiny, tmp_path):
     config = TrainConfig.for_tests(batch_size=4, micro_batch_size=1)
     a = adapter_tensors(train(EXAMPLES, config, tmp_path / "a", loaded=tiny).out_dir)

@@ -399,7 +399,7 @@ def _checkpoint(directory: Path, accelerator: Any, model: Any, optimizer: Any, c
     if accelerator.is_main_process:
         save_checkpoint(directory, model=accelerator.unwrap_model(model), gathered=gathered, method=config.method,
                         state=state)
-        for path in step_checkpoints(directory.parent):
+        for path in step_checkpoints(directory.parent.parent):  # checkpoints/<name> of the run's directory
             if path != directory:
                 shutil.rmtree(path, ignore_errors=True)
     accelerator.wait_for_everyone()
