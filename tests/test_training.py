@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
@@ -334,7 +333,7 @@ def test_kill_9_during_training_then_rerun_equals_an_uninterrupted_run(tiny, tmp
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-    assert not (out / "manifest.json").exists() and (out / ".lock").exists()   # a dead run's lock
+    assert not (out / "manifest.json").exists() and (out / ".lock").exists()   # a dead run's lock record
 
     config = TrainConfig.for_tests(epochs=3, lora=LoraSettings(r=4, alpha=16, dropout=0.1))
     resumed = train(EXAMPLES, config, out, loaded=tiny)
@@ -345,38 +344,34 @@ def test_kill_9_during_training_then_rerun_equals_an_uninterrupted_run(tiny, tmp
 
 
 # ------------------------------------------------------------------ one run per directory
+HOLD_LOCK = """
+import sys, time
+from influence.training.run_dir import out_dir_lock
+from pathlib import Path
+with out_dir_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
 def test_a_directory_locked_by_a_live_run_is_refused(tmp_path, tiny):
     import subprocess
-
-    from influence.io import process_start
+    import sys
 
     out = tmp_path / "run"
-    out.mkdir()
-    holder = subprocess.Popen(["sleep", "60"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
     try:
-        (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
-                                               "process_start": process_start(holder.pid)}))
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(TrainingError, match=f"another training run \\(pid {holder.pid}\\)"):
             train(EXAMPLES, TrainConfig.for_tests(epochs=1), out, loaded=tiny)
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     assert not (out / "manifest.json").exists()
-
-
-def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path, tiny):
-    import subprocess
-
-    out = tmp_path / "run"
-    out.mkdir()
-    stranger = subprocess.Popen(["sleep", "60"])  # alive, but started after the lock's writer
-    try:
-        (out / ".lock").write_text(json.dumps({"pid": stranger.pid, "host": socket.gethostname(),
-                                               "process_start": "1"}))
-        result = train(EXAMPLES, TrainConfig.for_tests(epochs=1), out, loaded=tiny)
-    finally:
-        stranger.kill()
-        stranger.wait()
+    # the killed holder's lock went with it; its record is left, and overwritten by the next run
+    assert json.loads((out / ".lock").read_text())["pid"] == holder.pid
+    result = train(EXAMPLES[:2], TrainConfig.for_tests(epochs=1), out, loaded=tiny)
     assert result.manifest_path.exists() and not (out / ".lock").exists()
 
 

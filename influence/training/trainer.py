@@ -58,7 +58,7 @@ from influence.training.loss import example_nll
 from influence.training.outputs import MANIFEST_ARTIFACT, MANIFEST_FILE, MANIFEST_FORMAT, MODEL_DIR, TrainResult
 from influence.training.run_dir import check_out_dir, finished_run, out_dir_lock, prepare_out_dir
 from influence.training.settings import TrainSettings
-from influence.training.tracking import check_tracker, finish_tracking, start_tracking, tracker_names
+from influence.training.tracking import LOGS_DIR, check_tracker, finish_tracking, start_tracking, tracker_names
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +286,6 @@ def _accelerator(config: TrainSettings, loaded: Any, out_dir: Path) -> Any:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
-
-    from influence.training.tracking import LOGS_DIR
 
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), mixed_precision=_autocast(config, loaded),
