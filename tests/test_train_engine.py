@@ -103,3 +103,19 @@ def test_engine_settings_validate():
     plain = TrainSettings()
     assert plain.with_(save_steps=5, report_to="tensorboard", gradient_checkpointing=True).identity() == plain.identity()
     assert plain.with_(precision="bf16").identity() != plain.identity()
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_a_bf16_loaded_model_trains_under_autocast_with_float32_masters(tmp_path):
+    from safetensors.torch import load_file
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    loaded = LoadedModel(model.to("cuda", torch.bfloat16), tokenizer, "tiny-llama-bf16", "bf16-cuda")
+    before = {name: p.detach().float().cpu() for name, p in loaded.model.named_parameters()}
+    config = TrainSettings.for_tests(method="full", epochs=2, learning_rate=2e-5, batch_size=2, micro_batch_size=1)
+    result = train(EXAMPLES, config, tmp_path / "gpu", loaded=loaded)
+    assert result.manifest["engine"]["autocast"] == "bf16"
+    after = load_file(str(result.checkpoints[-1] / "weights.safetensors"))
+    assert all(tensor.dtype == torch.float32 for tensor in after.values())
+    moved = [(after[name] != before[name]).float().mean() for name in after]
+    assert min(moved) > 0.5  # six steps of about 2e-5 each: nearly every weight moved
