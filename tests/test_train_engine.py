@@ -101,7 +101,8 @@ def test_engine_settings_validate():
         TrainSettings(save_steps=-1)
     # where and how a run is logged, checkpointed or recomputed does not change what it computes
     plain = TrainSettings()
-    assert plain.with_(save_steps=5, report_to="tensorboard", gradient_checkpointing=True).identity() == plain.identity()
+    runtime = plain.with_(save_steps=5, report_to="tensorboard", gradient_checkpointing=True)
+    assert runtime.identity() == plain.identity()
     assert plain.with_(precision="bf16").identity() != plain.identity()
 
 

@@ -294,7 +294,8 @@ def restore_checkpoint(checkpoint: Checkpoint, *, model: Any, optimizer: Any) ->
                        optim_state_dict=layout, options=StateDictOptions(full_state_dict=True, strict=False))
     except RuntimeError as exc:  # torch reports a shape that differs from the model's this way
         raise ManifestMismatchError(f"{checkpoint.path}: its tensors do not fit the model "
-                                    f"({str(exc).strip().splitlines()[-1].strip()}); use a new output directory") from None
+                                    f"({str(exc).strip().splitlines()[-1].strip()}); "
+                                    "use a new output directory") from None
 
 
 def _check_shape(path: Path, name: str, tensor: Any, param: Any) -> None:

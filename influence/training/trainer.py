@@ -165,8 +165,8 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainSettings
                 eps=config.eps, weight_decay=config.weight_decay))
             per_epoch = steps_per_epoch(len(encoded), config.batch_size)
             total_steps = per_epoch * config.epochs
-            scheduler = get_linear_schedule_with_warmup(optimizer.optimizer, math.ceil(config.warmup_ratio * total_steps),
-                                                        total_steps)
+            warmup_steps = math.ceil(config.warmup_ratio * total_steps)
+            scheduler = get_linear_schedule_with_warmup(optimizer.optimizer, warmup_steps, total_steps)
             history, running, step = _resume(out_dir, config, model, optimizer.optimizer, scheduler, lora_signature,
                                              total_steps)
             resumed_epochs, resumed_step = len(history), step
@@ -180,7 +180,8 @@ def train(examples: Sequence[Example] | str | os.PathLike, config: TrainSettings
             try:
                 model.train()
                 for epoch in range(len(history) + 1, config.epochs + 1):
-                    plan = plan_epoch(lengths, config.batch_size, config.micro_batch_size, seed=config.seed, epoch=epoch)
+                    plan = plan_epoch(lengths, config.batch_size, config.micro_batch_size, seed=config.seed,
+                                      epoch=epoch)
                     progress = running if running is not None and running.epoch == epoch else EpochProgress(epoch)
                     started = time.perf_counter() - progress.seconds
                     for micro_batches in plan[progress.done:]:
