@@ -1,4 +1,14 @@
-"""One writer per directory: the lock file shared by the feature store and the trainer."""
+"""One writer per directory: an OS file lock (the `filelock` library) held by one process, and a record of who holds it.
+
+The lock itself is `<name>.flock`, locked with flock/fcntl through `filelock`: the operating
+system releases it when its holder exits, however it dies, so a dead run's lock is never
+in the way and never needs taking over. Beside it, `<name>` records the holder (pid, host,
+group, start time) while it is held, for the message a refused writer sees; a record left by
+a killed process is simply overwritten by the next holder.
+
+Ranks of one distributed job share a lock: one rank holds it, and the others, passing the
+same ``group`` (`influence.distributed.job_key`), join it by reading the record.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +17,19 @@ import logging
 import os
 import socket
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import filelock
+
 from influence.errors import InfluenceError
-from influence.io import pid_alive, process_start
+from influence.io import write_json
 
 log = logging.getLogger(__name__)
 
-_ATTEMPTS = 20
-_FRESH_SECONDS = 10.0   # an empty lock file younger than this may be being filled by its writer
+_JOIN_WAIT_SECONDS = 10.0   # how long a joining rank waits for the holder to write its record
+_POLL_SECONDS = 0.05
+OS_LOCK_SUFFIX = ".flock"
 
 
 def describe_holder(info: Mapping[str, Any]) -> str:
@@ -28,20 +40,25 @@ def describe_holder(info: Mapping[str, Any]) -> str:
     return f"pid {info.get('pid', '?')} on host {info.get('host', '?')}{group} since {when}"
 
 
-class FileLock:
-    """An exclusive lock file made with O_CREAT|O_EXCL, holding the owner's pid, host and start time.
+def os_lock_path(path: str | os.PathLike) -> Path:
+    """The file `filelock` locks for the lock recorded at `path`."""
+    path = Path(path)
+    return path.with_name(path.name + OS_LOCK_SUFFIX)
 
-    A lock left by a dead process on this host is taken over (and logged). Processes that
-    pass the same non-empty ``group`` (for instance a torchrun job id) share the lock: the
-    first one creates it, the others join, and only the creator removes it.
+
+class FileLock:
+    """An exclusive OS lock on a directory's writer, with the holder recorded for others to read.
+
+    Processes that pass the same non-empty ``group`` share the lock: the first one holds it,
+    the others join, and only the holder releases it.
 
     Args:
-        path: the lock file.
+        path: the holder's record; the OS lock is `os_lock_path(path)`.
         group: share the lock with processes passing the same group.
         what: what the locked directory is, for the messages ("datastore").
         error: the error raised when the lock cannot be taken.
         busy: the message for that error, from the holder's recorded info; by default it names
-            the holder (`describe_holder`) and says to wait, or to delete the lock if it is dead.
+            the holder (`describe_holder`) and says to wait.
     """
 
     def __init__(self, path: str | os.PathLike, group: str | None = None, *, what: str = "directory",
@@ -52,85 +69,53 @@ class FileLock:
         self.owner = False
         self._error = error
         self._busy = busy or (lambda held: f"{what} {self.path.parent} is being written by {describe_holder(held)}; "
-                                           f"wait for that run to finish, or if it is dead, delete {self.path}")
-        self._nonce = uuid.uuid4().hex
+                                           "wait for that run to finish")
+        self._os_lock: Any = None
 
-    def _read(self) -> dict[str, Any] | None:
+    def _read(self) -> dict[str, Any]:
         try:
             info = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
         except (OSError, ValueError, RecursionError):
             return {}
         return info if isinstance(info, dict) else {}
 
     def acquire(self) -> "FileLock":
-        """Take the lock (or join its group); raises `error` with `busy`'s message if a live run holds it."""
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "group": self.group,
-                "started": time.time(), "process_start": process_start(os.getpid()), "nonce": self._nonce}
-        for _attempt in range(_ATTEMPTS):
+        """Take the lock (or join its group); raises `error` with `busy`'s message if another run holds it."""
+        os_lock = filelock.FileLock(str(os_lock_path(self.path)), thread_local=False)
+        deadline = time.monotonic() + _JOIN_WAIT_SECONDS
+        while True:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+                os_lock.acquire(blocking=False)
+            except filelock.Timeout:
                 held = self._read()
-                if held is None:
-                    continue  # released between our attempts; try again
                 if self.group and held.get("group") == self.group:
                     log.info("joined the lock on %s held by %s", self.path.parent, describe_holder(held))
                     return self
-                if self._is_stale(held):
-                    self._take_over(held)
-                    continue
-                raise self._error(self._busy(held))
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(info, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            self.owner = True
-            return self
-        raise self._error(f"could not take the lock {self.path} after {_ATTEMPTS} attempts; another process keeps "
-                          f"taking it; delete it if no run is writing {self.path.parent}")
-
-    def _is_stale(self, held: Mapping[str, Any]) -> bool:
-        if not held:  # empty or unreadable: a writer died between creating and filling it, or is filling it now
-            try:
-                return time.time() - self.path.stat().st_mtime > _FRESH_SECONDS
-            except FileNotFoundError:
-                return False
-        pid = held.get("pid")
-        if held.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool):
-            return False  # cannot see processes on other hosts
-        return not pid_alive(pid, held.get("process_start"))
-
-    def _take_over(self, held: Mapping[str, Any]) -> None:
-        # Move the stale file aside under a unique name, then check it is the one we judged
-        # stale: another process may have taken it over and locked anew in the meantime.
-        aside = self.path.with_name(f"{self.path.name}.stale.{self._nonce}")
+                if held or not self.group or time.monotonic() > deadline:
+                    raise self._error(self._busy(held)) from None
+                time.sleep(_POLL_SECONDS)  # held, but its record is not written yet: it may be our group's
+                continue
+            break
+        self._os_lock = os_lock
+        previous = self._read()
+        if previous:
+            log.info("the lock on %s was left by %s, which has ended", self.path.parent, describe_holder(previous))
         try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return
-        try:
-            moved = json.loads(aside.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError):
-            moved = {}
-        if (moved or {}) != dict(held) and moved:
-            try:  # not the stale lock: put it back (link fails if a new lock appeared meanwhile)
-                os.link(aside, self.path)
-            except FileExistsError:
-                pass
-        else:
-            log.warning("took over the lock on %s left by a dead process (%s)", self.path.parent,
-                        describe_holder(held) if held else "unreadable lock file")
-        aside.unlink(missing_ok=True)
+            write_json(self.path, {"pid": os.getpid(), "host": socket.gethostname(), "group": self.group,
+                                   "started": time.time()})
+        except BaseException:
+            os_lock.release()
+            raise
+        self.owner = True
+        return self
 
     def release(self) -> None:
-        """Remove the lock file if this process created it."""
+        """Remove the record and let the OS lock go, if this process holds it."""
         if not self.owner:
             return
-        held = self._read()
-        if held and held.get("nonce") == self._nonce:
-            self.path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)  # before the OS lock goes: a record never names a holder that is gone
+        self._os_lock.release()
+        self._os_lock = None
         self.owner = False
 
     def __enter__(self) -> "FileLock":

@@ -27,7 +27,7 @@ from influence.index import INDEX_KINDS
 from influence.less.settings import SCORING_METHODS, LessSettings
 from influence.models import DEVICES
 from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING, DsirSelector
-from influence.training.settings import LOSS_REDUCTIONS, METHODS, TrainSettings
+from influence.training.settings import LOSS_REDUCTIONS, METHODS, PRECISIONS, REPORT_TO, TrainSettings
 from tests.test_safe_outputs import cli, one_error_line
 
 # The options each command listed before its options were made from the settings.
@@ -59,14 +59,16 @@ BEFORE = {
                 "--selectors", "--shard-rows", "--store-features", "--target", "--train-batch-size",
                 "--train-max-length", "--train-model",
                 "--warmup-epochs", "--warmup-fraction", "--warmup-loss-reduction", "--warmup-lr"],
-    "train": ["--batch-size", "--data", "--epochs", "--full", "--lora", "--loss-reduction", "--lr", "--max-length",
-              "--micro-batch-size", "--model", "--no-checkpoints", "--out", "--overwrite", "--seed"],
+    "train": ["--batch-size", "--data", "--epochs", "--full", "--gradient-checkpointing", "--lora", "--loss-reduction",
+              "--lr", "--max-length", "--micro-batch-size", "--model", "--no-checkpoints", "--out", "--overwrite",
+              "--precision", "--report-to", "--save-steps", "--seed"],
 }
 # The registry each choice of the settings reads, by field.
 LESS_REGISTRIES = {"projector": PROJECTOR_KINDS, "warmup_loss_reduction": LOSS_REDUCTIONS, "adam_form": ADAM_FORMS,
                    "scoring": SCORING_METHODS, "index": INDEX_KINDS, "device": DEVICES, "pool_grad": GRAD_TYPES,
                    "target_grad": GRAD_TYPES}
-TRAIN_REGISTRIES = {"loss_reduction": LOSS_REDUCTIONS, "method": METHODS}
+TRAIN_REGISTRIES = {"loss_reduction": LOSS_REDUCTIONS, "method": METHODS, "precision": PRECISIONS,
+                    "report_to": REPORT_TO}
 LORA_FIELDS = {"lora_r": "r", "lora_alpha": "alpha"}  # CLI keyword -> LoraSettings field
 # `influence compare`'s own options, each a CompareSettings field of the same name
 COMPARE_FIELDS = ("k", "selectors", "seeds", "selection_seeds", "redraw", "metrics", "base", "limit", "dsir_sampling",
@@ -143,7 +145,9 @@ def test_train_options_default_to_train_settings():
     options = params("train")
     for cli_name, name in {"model": "model", "epochs": "epochs", "lr": "learning_rate", "batch_size": "batch_size",
                            "micro_batch_size": "micro_batch_size", "loss_reduction": "loss_reduction",
-                           "max_length": "max_length", "seed": "seed"}.items():
+                           "max_length": "max_length", "seed": "seed", "precision": "precision",
+                           "gradient_checkpointing": "gradient_checkpointing", "save_steps": "save_steps",
+                           "report_to": "report_to"}.items():
         assert options[cli_name].default == getattr(defaults, name), cli_name
         assert options[cli_name].help.startswith(field_metadata(TrainSettings, name)["help"]), cli_name
     assert list(options["loss_reduction"].type.choices) == list(LOSS_REDUCTIONS)

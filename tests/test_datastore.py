@@ -306,10 +306,6 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     with FeatureStore.create(path, identity=make_identity(), example_ids=make_ids(), dim=D) as store:
         assert json.loads((path / "lock").read_text())["pid"] == os.getpid()
         assert store.pending_shards() == [0]
-    # a lock from another host is never taken over: its process cannot be seen from here
-    (path / "lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": time.time()}))
-    with pytest.raises(DatastoreError, match="pid 1 on host elsewhere.*delete"):
-        FeatureStore.create(path, identity=make_identity(), example_ids=make_ids(), dim=D)
 
 
 def test_ranks_writing_disjoint_shards_match_a_single_writer(tmp_path):
@@ -376,10 +372,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 def test_damaged_files_fail_with_one_clear_error(tmp_path_factory, data, field, value):
     path = make_clean(tmp_path_factory.mktemp("fuzz") / "s", make_features(n=20))
     (path / "shards" / "000001.json").write_bytes(data)   # a damaged sidecar: that shard is recomputed
-    (path / "lock").write_bytes(data)                     # an unreadable lock (fresh): reported, not crashed on
-    with pytest.raises(DatastoreError, match="being written by"):
-        FeatureStore.create(path, identity=make_identity(), example_ids=make_ids(20), dim=D, shard_rows=SHARD)
-    (path / "lock").unlink()
+    (path / "lock").write_bytes(data)                     # a damaged record of no live holder: overwritten
     with FeatureStore.create(path, identity=make_identity(), example_ids=make_ids(20), dim=D,
                              shard_rows=SHARD) as store:
         assert store.pending_shards() == [1]

@@ -8,13 +8,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from influence.data import Example
 from influence.less import LessSettings, build_features
-from influence.lora import LoraSettings
-from influence.training import TrainSettings as TrainConfig, list_checkpoints, read_manifest, train
+from influence.training import list_checkpoints, read_manifest
 from tests.test_less import TARGET, _loaded, _pool
 
 
@@ -25,9 +25,6 @@ def _settings(root: Path, name: str) -> LessSettings:
 # 7 examples in steps of 3: micro-batches split 2 + 1 between the ranks, and the last step leaves rank 1 idle
 EXAMPLES = [Example(f"Task {i}: repeat the word {word}.", "", f"{word} " * (1 + i % 3))
             for i, word in enumerate(["red", "blue", "green", "apple", "river", "stone", "cloud"])]
-TRAIN_CONFIG = TrainConfig.for_tests(lora=LoraSettings(r=4, alpha=16, dropout=0.1), epochs=2, batch_size=3,
-                                     micro_batch_size=1)
-
 
 def _join(rank: int, world_size: int, init_file: str) -> None:
     import torch.distributed as dist
@@ -42,16 +39,6 @@ def _featurize_rank(rank: int, world_size: int, init_file: str, root: str) -> No
     _join(rank, world_size, init_file)
     try:
         build_features(_pool(), TARGET, _settings(Path(root), "run"), loaded=_loaded())
-    finally:
-        dist.destroy_process_group()
-
-
-def _train_rank(rank: int, world_size: int, init_file: str, out: str) -> None:
-    import torch.distributed as dist
-
-    _join(rank, world_size, init_file)
-    try:
-        train(EXAMPLES, TRAIN_CONFIG, out, loaded=_loaded())
     finally:
         dist.destroy_process_group()
 
@@ -80,21 +67,43 @@ def test_two_gloo_ranks_write_the_same_datastore_as_one_process(tmp_path):
     assert all(one[name] == two[name] for name in one)
 
 
-def test_two_gloo_ranks_train_the_same_adapter_as_one_process(tmp_path):
-    single = train(EXAMPLES, TRAIN_CONFIG, tmp_path / "single", loaded=_loaded())
-    mp.spawn(_train_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "dist")), nprocs=2, join=True)
+@pytest.mark.slow  # three interpreters importing torch and transformers, two at once: over a minute on 2 cores
+def test_accelerate_launch_on_two_cpu_processes_trains_the_same_adapter_as_one_process(tmp_path, tiny_model_dir):
+    import os
+    import subprocess
+    import sys
 
-    manifest = read_manifest(tmp_path / "dist")
-    assert manifest["steps"] == single.manifest["steps"] == 6
-    np.testing.assert_allclose([e["mean_loss"] for e in manifest["epochs"]], single.epoch_losses, rtol=1e-5)
-    assert [e["avg_lr"] for e in manifest["epochs"]] == [e["avg_lr"] for e in single.manifest["epochs"]]
-    assert len(list_checkpoints(tmp_path / "dist")) == 2
-    one, two = _adapter(tmp_path / "single"), _adapter(tmp_path / "dist")
-    assert one.keys() == two.keys()
-    assert all(one[name].abs().max() > 0 for name in one if "lora_B" in name)  # B starts at zero: it trained
-    for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
+    from tests.conftest import write_jsonl
 
+    data = write_jsonl(tmp_path / "data.jsonl", [e.to_record("alpaca") for e in EXAMPLES])
+    # steps of 3 micro-batches: 2 + 1 between the ranks, and the last step's one leaves rank 1 a stand-in
+    options = ["train", "--data", str(data), "--model", str(tiny_model_dir), "--epochs", "2", "--lr", "0.01",
+               "--batch-size", "3", "--micro-batch-size", "1", "--max-length", "64", "--seed", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "influence.cli", *options, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    # accelerate's torchrun launcher; on a machine without GPUs its processes train on the CPU over gloo
+    # (`--cpu` with several processes expects mpirun, and without it runs a single process)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "influence.cli"]
+    two = subprocess.run([*launch, *options, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # rank 0 alone writes and reports
+
+    single, dist = read_manifest(tmp_path / "one"), read_manifest(tmp_path / "two")
+    assert (single["engine"]["processes"], dist["engine"]["processes"]) == (1, 2)
+    assert dist["steps"] == single["steps"] == 6
+    np.testing.assert_allclose([e["mean_loss"] for e in dist["epochs"]], [e["mean_loss"] for e in single["epochs"]],
+                               rtol=1e-5)
+    assert [e["avg_lr"] for e in dist["epochs"]] == [e["avg_lr"] for e in single["epochs"]]
+    assert len(list_checkpoints(tmp_path / "two")) == 2
+    a, b = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
+    assert a.keys() == b.keys()
+    assert all(a[name].abs().max() > 0 for name in a if "lora_B" in name)  # B starts at zero: it trained
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
 
 
 def test_the_torchrun_commands_of_the_readme_run_on_two_cpu_processes(tmp_path, tiny_model_dir):

@@ -85,9 +85,9 @@ def test_kill_9_during_featurize_then_rerun_equals_an_uninterrupted_run(tmp_path
 
 # ------------------------------------------------------------------ train
 def _train_args(data: Path, model: Path, out: Path) -> list[str]:
-    # 12 steps an epoch for 6 epochs: a kill after the first checkpoint lands with most of the run to go
+    # 12 steps an epoch for 6 epochs, a checkpoint every 5 steps: a kill after the first lands mid-epoch
     return ["train", "--data", str(data), "--model", str(model), "--epochs", "6", "--lr", "0.001",
-            "--batch-size", "2", "--max-length", "64", "--out", str(out)]
+            "--batch-size", "2", "--max-length", "64", "--save-steps", "5", "--out", str(out)]
 
 
 def _adapter(out: Path) -> dict[str, bytes]:
@@ -100,7 +100,7 @@ def _epochs(out: Path) -> list[dict]:
     return [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in manifest["epochs"]]
 
 
-def test_kill_9_during_train_then_rerun_resumes_from_the_last_epoch_and_equals_an_uninterrupted_run(
+def test_kill_9_during_train_then_rerun_resumes_mid_epoch_and_equals_an_uninterrupted_run(
         tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "data.jsonl", [
         {"instruction": f"What is {i} plus {i}?", "output": f"{i} plus {i} is {2 * i}."} for i in range(24)])
@@ -109,11 +109,13 @@ def test_kill_9_during_train_then_rerun_resumes_from_the_last_epoch_and_equals_a
 
     killed = tmp_path / "killed"
     process = _start(_influence(*_train_args(data, tiny_model_dir, killed)), tmp_path / "killed.log")
-    _kill_9_when(process, lambda: (killed / "checkpoints" / "epoch-1").is_dir(), tmp_path / "killed.log")
+    _kill_9_when(process, lambda: any((killed / "checkpoints").glob("step-*")), tmp_path / "killed.log")
     assert not (killed / "manifest.json").exists()
+    newest = max(int(p.name.split("-")[1]) for p in (killed / "checkpoints").glob("step-*"))
 
     resumed = _invoke(_train_args(data, tiny_model_dir, killed))
-    assert "resumed after epoch" in resumed
+    step = int(resumed.split("resumed at step ")[1].split()[0])
+    assert step >= newest and step % 12  # a mid-epoch step, not an epoch's end
     assert _adapter(killed) == _adapter(clean) and _adapter(clean)
     assert _epochs(killed) == _epochs(clean)
     assert len(_epochs(clean)) == 6

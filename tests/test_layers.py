@@ -32,7 +32,7 @@ LAYERS = [
 ]
 HEAVY = {"torch", "transformers", "peft", "datasets", "faiss", "pyarrow", "matplotlib", "safetensors", "fast_jl",
          "trak", "tokenizers", "tqdm", "bm25s", "Stemmer", "data_selection", "nltk", "sentence_transformers",
-         "huggingface_hub", "ot"}
+         "huggingface_hub", "ot", "accelerate"}
 
 
 def module_name(path: Path) -> str:

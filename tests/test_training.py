@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
@@ -157,6 +156,40 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny, tmp_path
     assert [e["mean_loss"] for e in whole.manifest["epochs"]] == [e["mean_loss"] for e in resumed.manifest["epochs"]]
 
 
+def test_a_run_stopped_mid_epoch_resumes_at_that_step_and_equals_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    # 3 steps an epoch; every 2 steps a checkpoint: step-2 (epoch 1), epoch-1 (step 3), step-4 (epoch 2)
+    config = TrainConfig.for_tests(epochs=2, lora=LoraSettings(r=4, alpha=16, dropout=0.1), warmup_ratio=0.2,
+                                   save_steps=2)
+    whole = train(EXAMPLES, config, tmp_path / "whole", loaded=tiny)
+    assert [p.name for p in whole.checkpoints] == ["epoch-1", "epoch-2"]
+    assert not list((tmp_path / "whole" / "checkpoints").glob("step-*"))  # only for resuming: gone when done
+
+    real_save = checkpoint_module.save_checkpoint
+
+    def save_then_die(directory, **kwargs):
+        real_save(directory, **kwargs)
+        if directory.name == "step-4":
+            raise KeyboardInterrupt("killed at step 4, one step into epoch 2")
+
+    monkeypatch.setattr("influence.training.trainer.save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(EXAMPLES, config, tmp_path / "resumed", loaded=tiny)
+    monkeypatch.undo()
+    left = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
+    assert left == ["epoch-1", "step-4"]  # an older mid-epoch checkpoint is dropped once a newer one exists
+
+    resumed = train(EXAMPLES, config, tmp_path / "resumed", loaded=tiny)
+    assert (resumed.resumed_from_step, resumed.resumed_from_epoch) == (4, 1)
+    a, b = adapter_tensors(whole.out_dir), adapter_tensors(resumed.out_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = load_checkpoint(whole.checkpoints[-1]), load_checkpoint(resumed.checkpoints[-1])
+    assert all(torch.equal(ma.exp_avg[k], mb.exp_avg[k]) and torch.equal(ma.exp_avg_sq[k], mb.exp_avg_sq[k])
+               for k in ma.exp_avg)
+    assert ma.losses == mb.losses and ma.avg_lr == mb.avg_lr
+    drop_time = [{k: v for k, v in e.items() if k != "seconds"} for e in whole.manifest["epochs"]]
+    assert drop_time == [{k: v for k, v in e.items() if k != "seconds"} for e in resumed.manifest["epochs"]]
+
+
 def test_the_update_does_not_depend_on_the_micro_batch_split(tiny, tmp_path):
     config = TrainConfig.for_tests(batch_size=4, micro_batch_size=1)
     a = adapter_tensors(train(EXAMPLES, config, tmp_path / "a", loaded=tiny).out_dir)
@@ -169,10 +202,11 @@ def test_the_update_does_not_depend_on_the_micro_batch_split(tiny, tmp_path):
 def test_each_loss_reduction_takes_the_step_its_plain_loss_gives(reduction):
     import torch.nn.functional as F
 
+    from accelerate import Accelerator
+
     from influence.data.formatting import IGNORE_INDEX, encode_example
-    from influence.distributed import Dist
     from influence.lora import add_lora
-    from influence.training.trainer import _optimizer_step
+    from influence.training.trainer import _optimizer_step, _release
 
     base, tokenizer = tiny_model_and_tokenizer()
     model = add_lora(base, LoraSettings.for_tests())
@@ -198,8 +232,12 @@ def test_each_loss_reduction_takes_the_step_its_plain_loss_gives(reduction):
 
     before = [p.detach().clone() for _, p in params]
     optimizer = torch.optim.SGD([p for _, p in params], lr=1.0)  # the step is minus the gradient
-    _, tokens, step_loss = _optimizer_step(model, params, optimizer, [[0, 1], [2], [3, 4]], [0, 1, 2], encoded,
-                                           tokenizer.pad_token_id, "cpu", 0.0, Dist(), reduction)
+    accelerator = Accelerator(cpu=True)
+    try:
+        _, tokens, step_loss = _optimizer_step(model, optimizer, [[0, 1], [2], [3, 4]], [0, 1, 2], encoded,
+                                               tokenizer.pad_token_id, accelerator, 0.0, reduction)
+    finally:
+        _release(accelerator)
     assert tokens == sum(len(t) for t in per_example)
     assert step_loss == pytest.approx(float(plain.detach()), rel=1e-5)
     for (name, param), old, grad in zip(params, before, want):
@@ -295,7 +333,7 @@ def test_kill_9_during_training_then_rerun_equals_an_uninterrupted_run(tiny, tmp
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-    assert not (out / "manifest.json").exists() and (out / ".lock").exists()   # a dead run's lock
+    assert not (out / "manifest.json").exists() and (out / ".lock").exists()   # a dead run's lock record
 
     config = TrainConfig.for_tests(epochs=3, lora=LoraSettings(r=4, alpha=16, dropout=0.1))
     resumed = train(EXAMPLES, config, out, loaded=tiny)
@@ -306,38 +344,34 @@ def test_kill_9_during_training_then_rerun_equals_an_uninterrupted_run(tiny, tmp
 
 
 # ------------------------------------------------------------------ one run per directory
+HOLD_LOCK = """
+import sys, time
+from influence.training.run_dir import out_dir_lock
+from pathlib import Path
+with out_dir_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
 def test_a_directory_locked_by_a_live_run_is_refused(tmp_path, tiny):
     import subprocess
-
-    from influence.io import process_start
+    import sys
 
     out = tmp_path / "run"
-    out.mkdir()
-    holder = subprocess.Popen(["sleep", "60"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
     try:
-        (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
-                                               "process_start": process_start(holder.pid)}))
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(TrainingError, match=f"another training run \\(pid {holder.pid}\\)"):
             train(EXAMPLES, TrainConfig.for_tests(epochs=1), out, loaded=tiny)
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     assert not (out / "manifest.json").exists()
-
-
-def test_a_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path, tiny):
-    import subprocess
-
-    out = tmp_path / "run"
-    out.mkdir()
-    stranger = subprocess.Popen(["sleep", "60"])  # alive, but started after the lock's writer
-    try:
-        (out / ".lock").write_text(json.dumps({"pid": stranger.pid, "host": socket.gethostname(),
-                                               "process_start": "1"}))
-        result = train(EXAMPLES, TrainConfig.for_tests(epochs=1), out, loaded=tiny)
-    finally:
-        stranger.kill()
-        stranger.wait()
+    # the killed holder's lock went with it; its record is left, and overwritten by the next run
+    assert json.loads((out / ".lock").read_text())["pid"] == holder.pid
+    result = train(EXAMPLES[:2], TrainConfig.for_tests(epochs=1), out, loaded=tiny)
     assert result.manifest_path.exists() and not (out / ".lock").exists()
 
 

@@ -37,22 +37,28 @@ def default_out_dir(data: str, method: str, seed: int) -> Path:
 @settings_option(_DEFAULTS, "loss_reduction")
 @settings_option(_DEFAULTS, "max_length")
 @settings_option(_DEFAULTS, "seed", type=click.IntRange(min=0))
+@settings_option(_DEFAULTS, "precision")
+@settings_option(_DEFAULTS, "gradient_checkpointing")
+@settings_option(_DEFAULTS, "save_steps", type=click.IntRange(min=0), metavar="N")
+@settings_option(_DEFAULTS, "report_to")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: runs/<data>-<lora|full>-s<seed>]; rerun to resume.")
 @click.option("--overwrite", is_flag=True,
               help="Delete the training run --out holds and start again (a directory of other files is refused).")
 @click.option("--no-checkpoints", is_flag=True, help="Delete the per-epoch checkpoints after a successful run.")
-def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, loss_reduction, max_length, seed, out,
-                  overwrite, no_checkpoints) -> None:
+def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, loss_reduction, max_length, seed,
+                  precision, gradient_checkpointing, save_steps, report_to, out, overwrite, no_checkpoints) -> None:
     """Fine-tune a model on DATA; saves the adapter (or model) and manifest.json under --out.
 
-    Under `torchrun --nproc_per_node N`, the N processes train data parallel (one gradient
-    all-reduce per step) and rank 0 writes the output.
+    Under `accelerate launch` or `torchrun --nproc_per_node N`, the N processes train data
+    parallel (DDP, or FSDP as accelerate's config says) and rank 0 writes the output.
     """
     method = "lora" if lora else "full"
     config = TrainSettings(model=model, method=method, epochs=epochs, learning_rate=lr, batch_size=batch_size,
-                         micro_batch_size=min(micro_batch_size, batch_size), loss_reduction=loss_reduction,
-                         max_length=max_length, seed=seed, keep_checkpoints=not no_checkpoints)
+                           micro_batch_size=min(micro_batch_size, batch_size), loss_reduction=loss_reduction,
+                           max_length=max_length, seed=seed, precision=precision,
+                           gradient_checkpointing=gradient_checkpointing, save_steps=save_steps, report_to=report_to,
+                           keep_checkpoints=not no_checkpoints)
     out = out or default_out_dir(data, method, seed)
     job = distributed.init_from_env()
     result = train(data, config, out, overwrite=overwrite)
@@ -61,8 +67,8 @@ def train_command(data, model, lora, epochs, lr, batch_size, micro_batch_size, l
     manifest = result.manifest
     if result.reused:
         click.echo(f"{out} already holds this finished run; nothing to do")
-    elif result.resumed_from_epoch:
-        click.echo(f"resumed after epoch {result.resumed_from_epoch}")
+    elif result.resumed_from_step:
+        click.echo(f"resumed at step {result.resumed_from_step} ({result.resumed_from_epoch} epochs done)")
     encoding = manifest["data"]
     if encoding["truncated"]:
         click.echo(f"{encoding['truncated']:,} of {counted(encoding['examples'], 'example')} "

@@ -145,6 +145,7 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
     from tqdm.auto import tqdm
 
     job = distributed.current()
+    group = job.group  # the job's lock key: a collective the first time, so every rank asks here, together
     stats = FeaturizeStats()
     ids = example_ids(examples)
     slices = dim_slices(settings.all_dims)
@@ -159,7 +160,7 @@ def featurize_examples(examples: Sequence[Example], store_paths: dict[int, Path]
         try:
             for key, (path, own, dim, dtype) in wanted.items():
                 opened[key] = FeatureStore.create(path, identity=own, example_ids=ids, dim=dim, dtype=dtype,
-                                                  shard_rows=settings.shard_rows, group=job.group)
+                                                  shard_rows=settings.shard_rows, group=group)
         except BaseException:
             for store in opened.values():
                 store.close()

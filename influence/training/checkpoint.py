@@ -1,17 +1,22 @@
-"""Per-epoch checkpoints: the weights, AdamW's moments keyed by parameter name, and the state.
+"""Training checkpoints: the weights, AdamW's moments keyed by parameter name, and the state.
 
-Layout of `checkpoints/epoch-N/` (a directory appears only complete: it is written under a
-temporary name and renamed):
+Every epoch ends in `checkpoints/epoch-N/`; with `save_steps`, every N optimizer steps also
+leave `checkpoints/step-S/` (only the newest is kept: it exists to resume a killed run
+mid-epoch). Both have one layout, and a directory appears only complete (it is written
+under a temporary name and renamed):
 
     adapter/                  the LoRA adapter (peft save_pretrained, safetensors)   [lora]
-    weights.safetensors       every trained parameter by name                        [full]
+    weights.safetensors       every trained parameter by name, float32 master copies
     exp_avg.safetensors       AdamW first moments, keyed by parameter name
     exp_avg_sq.safetensors    AdamW second moments, keyed by parameter name
-    state.json                epoch, step, the epoch's average learning rate, betas, eps,
-                              the LoRA signature, seeds and losses
+    state.json                epoch, step, steps done in the epoch, the learning rates and
+                              losses so far, betas, eps, the LoRA signature and seeds
 
-The warmup step of LESS reads these with `load_checkpoint` / `list_checkpoints`: the
-moments precondition pool gradients, and `avg_lr` weights each checkpoint's scores.
+Under FSDP each rank holds a shard of the weights and moments; `gather_training_state`
+collects full tensors by parameter name (torch.distributed.checkpoint's state dicts) and rank
+0 writes them, so LESS's warmup reads the same files however the run was sharded. The
+warmup reads epoch checkpoints with `load_checkpoint` / `list_checkpoints`: the moments
+precondition pool gradients, and `avg_lr` weights each checkpoint's scores.
 """
 
 from __future__ import annotations
@@ -39,11 +44,12 @@ EXP_AVG_FILE = "exp_avg.safetensors"
 EXP_AVG_SQ_FILE = "exp_avg_sq.safetensors"
 STATE_FILE = "state.json"
 _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
+_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass
 class Checkpoint:
-    """One epoch's end: where its weights are, its Adam moments by parameter name, its state.
+    """One epoch's end (or, mid-epoch, a step's): where its weights are, its Adam moments by name, its state.
 
     `exp_avg` and `exp_avg_sq` are empty when loaded with `moments=False`.
     """
@@ -59,6 +65,8 @@ class Checkpoint:
     lora_signature: dict[str, Any] | None
     seeds: dict[str, int]
     losses: list[float]
+    steps_done_in_epoch: int = 0     # optimizer steps of `epoch` this checkpoint has taken
+    steps_in_epoch: int = 0
     exp_avg: dict[str, Any] = field(default_factory=dict, repr=False)
     exp_avg_sq: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -68,9 +76,13 @@ class Checkpoint:
         return self.path / ADAPTER_DIR if self.method == "lora" else None
 
     @property
-    def weights_file(self) -> Path | None:
-        """Every trained parameter by name (full fine-tuning runs)."""
-        return self.path / WEIGHTS_FILE if self.method == "full" else None
+    def weights_file(self) -> Path:
+        """Every trained parameter by name, float32 (the LoRA weights, or the whole model's)."""
+        return self.path / WEIGHTS_FILE
+
+    @property
+    def ends_epoch(self) -> bool:
+        return self.steps_done_in_epoch >= self.steps_in_epoch
 
     @property
     def moments(self) -> dict[str, tuple[Any, Any]]:
@@ -82,14 +94,35 @@ def checkpoint_dir(out_dir: str | os.PathLike, epoch: int) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR / f"epoch-{epoch}"
 
 
+def step_checkpoint_dir(out_dir: str | os.PathLike, step: int) -> Path:
+    """Where a mid-epoch checkpoint after optimizer step `step` goes."""
+    return Path(out_dir) / CHECKPOINT_DIR / f"step-{step}"
+
+
+def step_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
+    """The complete mid-epoch checkpoints of a training output directory, oldest first."""
+    return _complete(out_dir, _STEP_DIR)
+
+
+def latest_checkpoint(out_dir: str | os.PathLike, max_step: int) -> Checkpoint | None:
+    """The checkpoint (epoch end or mid-epoch) with the most steps, up to `max_step`, with its moments."""
+    found = [(state["step"], path) for path in list_checkpoints(out_dir) + step_checkpoints(out_dir)
+             if (state := read_state(path))["step"] <= max_step]
+    return load_checkpoint(max(found)[1]) if found else None
+
+
 def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
     """The complete epoch checkpoints of a training output directory, in epoch order."""
+    return _complete(out_dir, _EPOCH_DIR)
+
+
+def _complete(out_dir: str | os.PathLike, pattern: re.Pattern) -> list[Path]:
     root = Path(out_dir) / CHECKPOINT_DIR
     if not root.is_dir():
         return []
     found = []
     for path in root.iterdir():
-        match = _EPOCH_DIR.match(path.name)
+        match = pattern.match(path.name)
         if match and (path / STATE_FILE).is_file():
             found.append((int(match.group(1)), path))
     return [path for _, path in sorted(found)]
@@ -110,7 +143,9 @@ def load_checkpoint(path: str | os.PathLike, *, moments: bool = True) -> Checkpo
     checkpoint = Checkpoint(path=path, epoch=state["epoch"], step=state["step"], avg_lr=state["avg_lr"],
                             betas=tuple(state["betas"]), eps=state["eps"], weight_decay=state["weight_decay"],
                             method=state["method"], lora_signature=state.get("lora_signature"),
-                            seeds=state["seeds"], losses=state["losses"])
+                            seeds=state["seeds"], losses=state["losses"],
+                            steps_done_in_epoch=state.get("steps_done_in_epoch", state["steps_in_epoch"]),
+                            steps_in_epoch=state["steps_in_epoch"])
     if moments:
         checkpoint.exp_avg = _read_tensors(path / EXP_AVG_FILE)
         checkpoint.exp_avg_sq = _read_tensors(path / EXP_AVG_SQ_FILE)
@@ -165,70 +200,109 @@ def remove_stale_staging(directory: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def save_checkpoint(directory: Path, *, model: Any, params: list[tuple[str, Any]], optimizer: Any,
-                    method: str, state: dict[str, Any]) -> Path:
-    """Write one checkpoint atomically (see the module docstring for the layout)."""
+@dataclass
+class TrainingState:
+    """Full tensors by parameter name, gathered from however the model and optimizer are sharded.
+
+    Empty on every rank but 0 under torch.distributed (rank 0 alone writes them).
+    """
+
+    weights: dict[str, Any]
+    exp_avg: dict[str, Any]
+    exp_avg_sq: dict[str, Any]
+
+
+_FULL = {"full_state_dict": True, "cpu_offload": True}
+
+
+def gather_training_state(model: Any, optimizer: Any) -> TrainingState:
+    """The trained parameters and AdamW moments as full CPU tensors keyed by parameter name.
+
+    A collective under torch.distributed: every rank calls it. Names are the unwrapped
+    model's (no DDP `module.` or FSDP prefixes), as `lora_parameters` gives them.
+    """
+    # heavy: imported on use, not at start-up
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    weights, optim = get_state_dict(model, optimizer, options=StateDictOptions(**_FULL, ignore_frozen_params=True))
     moments: dict[str, dict[str, Any]] = {"exp_avg": {}, "exp_avg_sq": {}}
-    for name, param in params:
-        slot = optimizer.state.get(param, {})
+    for name, slot in optim.get("state", {}).items():
         for key in moments:
-            moments[key][name] = slot[key] if key in slot else param.detach().new_zeros(param.shape)
+            moments[key][name] = slot[key] if key in slot else weights[name].new_zeros(weights[name].shape)
+    trained = {name: weights[name] for name in moments["exp_avg"]}  # tied weights once, under their optimizer name
+    return TrainingState(weights=trained, **moments)
+
+
+def save_checkpoint(directory: Path, *, model: Any, gathered: TrainingState, method: str,
+                    state: dict[str, Any]) -> Path:
+    """Write one checkpoint atomically (see the module docstring for the layout); rank 0 only.
+
+    Args:
+        model: the unwrapped model (its peft config goes beside the adapter).
+        gathered: `gather_training_state`'s full tensors.
+    """
     with staged_directory(directory) as staging:
         if method == "lora":
-            save_adapter(model, staging / ADAPTER_DIR)
-        else:
-            write_bytes(staging / WEIGHTS_FILE, _tensor_bytes(dict(params), "weights"))
-        write_bytes(staging / EXP_AVG_FILE, _tensor_bytes(moments["exp_avg"], "exp-avg"))
-        write_bytes(staging / EXP_AVG_SQ_FILE, _tensor_bytes(moments["exp_avg_sq"], "exp-avg-sq"))
+            save_adapter(model, staging / ADAPTER_DIR, state_dict=gathered.weights)
+        write_bytes(staging / WEIGHTS_FILE, _tensor_bytes(gathered.weights, "weights"))
+        write_bytes(staging / EXP_AVG_FILE, _tensor_bytes(gathered.exp_avg, "exp-avg"))
+        write_bytes(staging / EXP_AVG_SQ_FILE, _tensor_bytes(gathered.exp_avg_sq, "exp-avg-sq"))
         write_json(staging / STATE_FILE, {**envelope(CHECKPOINT_ARTIFACT, CHECKPOINT_FORMAT), **state})
     return directory
 
 
-def save_adapter(model: Any, directory: Path) -> None:
-    """peft's save_pretrained (safetensors), without a transformers deprecation notice it triggers."""
+def save_adapter(model: Any, directory: Path, state_dict: dict[str, Any] | None = None) -> None:
+    """peft's save_pretrained (safetensors), without a transformers deprecation notice it triggers.
+
+    `state_dict`: full LoRA tensors by parameter name, when the model's own are sharded.
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model.save_pretrained(str(directory), safe_serialization=True)
+        model.save_pretrained(str(directory), safe_serialization=True, state_dict=state_dict)
 
 
-def restore_checkpoint(checkpoint: Checkpoint, *, model: Any, params: list[tuple[str, Any]], optimizer: Any) -> None:
-    """Load a checkpoint's weights into `model` and its moments into `optimizer`, by name.
+def restore_checkpoint(checkpoint: Checkpoint, *, model: Any, optimizer: Any) -> None:
+    """Load a checkpoint's weights into `model` and its moments into `optimizer`, by name, on every rank.
+
+    Works on a plain, DDP or FSDP model alike (torch.distributed.checkpoint shards full tensors).
 
     Raises:
         ManifestMismatchError: the checkpoint's parameters differ from the model's.
+        TrainingError: a file of the checkpoint is missing or unreadable.
     """
     # heavy: imported on use, not at start-up
     import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_state_dict
 
-    names = [name for name, _ in params]
+    options = StateDictOptions(**_FULL, ignore_frozen_params=True)
+    layout = get_optimizer_state_dict(model, optimizer, options=options)  # this run's names and param groups
+    names = [name for group in layout["param_groups"] for name in group["params"]]
     if sorted(names) != sorted(checkpoint.exp_avg):
         missing = sorted(set(names) - set(checkpoint.exp_avg))[:3]
         extra = sorted(set(checkpoint.exp_avg) - set(names))[:3]
         raise ManifestMismatchError(f"{checkpoint.path}: its parameters differ from the model's "
                                     f"(missing {missing}, unexpected {extra}); use a new output directory")
-    with torch.no_grad():
-        if checkpoint.method == "lora":
-            load_adapter_weights(model, checkpoint.path / ADAPTER_DIR)
-        else:
-            weights = _read_tensors(checkpoint.path / WEIGHTS_FILE)
-            for name, param in params:
-                _check_shape(checkpoint.path, name, weights.get(name), param)
-                param.copy_(weights[name])
-    for name, param in params:
-        for key, source in (("exp_avg", checkpoint.exp_avg), ("exp_avg_sq", checkpoint.exp_avg_sq)):
-            _check_shape(checkpoint.path, name, source[name], param)
-        optimizer.state[param] = {
-            "step": torch.tensor(float(checkpoint.step)),
-            "exp_avg": checkpoint.exp_avg[name].to(device=param.device, dtype=param.dtype).clone(),
-            "exp_avg_sq": checkpoint.exp_avg_sq[name].to(device=param.device, dtype=param.dtype).clone(),
-        }
+    weights = _read_tensors(checkpoint.weights_file)
+    for name in names:
+        for source in (weights, checkpoint.exp_avg_sq):
+            _check_shape(checkpoint.path, name, source.get(name), checkpoint.exp_avg[name])
+    step = torch.tensor(float(checkpoint.step))
+    layout["state"] = {name: {"step": step.clone(), "exp_avg": checkpoint.exp_avg[name].clone(),
+                              "exp_avg_sq": checkpoint.exp_avg_sq[name].clone()} for name in names}
+    try:
+        set_state_dict(model, optimizer, model_state_dict={name: weights[name] for name in names},
+                       optim_state_dict=layout, options=StateDictOptions(full_state_dict=True, strict=False))
+    except RuntimeError as exc:  # torch reports a shape that differs from the model's this way
+        raise ManifestMismatchError(f"{checkpoint.path}: its tensors do not fit the model "
+                                    f"({str(exc).strip().splitlines()[-1].strip()}); "
+                                    "use a new output directory") from None
 
 
 def _check_shape(path: Path, name: str, tensor: Any, param: Any) -> None:
     if tensor is None or tuple(tensor.shape) != tuple(param.shape):
         shape = None if tensor is None else tuple(tensor.shape)
         raise ManifestMismatchError(f"{path}: parameter {name} has shape {shape} in the checkpoint but "
-                                    f"{tuple(param.shape)} in the model; use a new output directory")
+                                    f"{tuple(param.shape)} in its moments; delete the checkpoint")
 
 
 def load_adapter_weights(model: Any, adapter_dir: str | os.PathLike) -> None:

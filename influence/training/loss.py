@@ -26,6 +26,7 @@ def _accepts_logits_to_keep(forward: Any) -> bool:
 
 def accepts_logits_to_keep(model: Any) -> bool:
     """Whether the model's forward can compute logits at chosen positions only (transformers >= 4.50)."""
+    model = getattr(model, "module", model)  # a DDP or FSDP wrapper passes its keywords to the model inside
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return _accepts_logits_to_keep(type(base).forward)
 

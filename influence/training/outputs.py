@@ -35,7 +35,8 @@ class TrainResult:
     manifest_path: Path
     manifest: dict[str, Any]
     checkpoints: list[Path] = field(default_factory=list)
-    resumed_from_epoch: int = 0      # 0: started fresh
+    resumed_from_epoch: int = 0      # epochs finished before this call: 0 when started fresh
+    resumed_from_step: int = 0       # optimizer steps taken before this call (a mid-epoch checkpoint's)
     reused: bool = False             # the directory already held this finished run; nothing was trained
 
     @property

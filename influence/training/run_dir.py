@@ -1,9 +1,9 @@
 """The output directory of a training run: checked before any work, claimed, locked, cleared.
 
 A directory holds one run. ``run.json`` records the identity of the run in progress, so a
-rerun resumes only the same run; ``.lock`` keeps two processes from writing at once (a
-lock left by a dead process is taken over); `--overwrite` clears a run's own files and never
-a directory of other files.
+rerun resumes only the same run; ``.lock`` (an OS lock on ``.lock.flock``, see `influence.locks`)
+keeps two processes from writing at once, and goes with its process however it ends;
+`--overwrite` clears a run's own files and never a directory of other files.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ from typing import Any
 
 from influence.errors import ManifestMismatchError, TrainingError
 from influence.io import check_output_dir, write_json
-from influence.locks import FileLock
+from influence.locks import FileLock, os_lock_path
 from influence.provenance import settings_differences
 from influence.training.checkpoint import ADAPTER_DIR, CHECKPOINT_DIR, list_checkpoints, remove_stale_staging
 from influence.training.outputs import MANIFEST_FILE, MODEL_DIR, TrainResult, read_manifest
+from influence.training.tracking import LOGS_DIR
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"          # the identity of the run in progress; a resume must match it
 LOCK_FILE = ".lock"
+_LOCK_FILES = (LOCK_FILE, os_lock_path(LOCK_FILE).name)
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -43,7 +45,7 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def out_dir_lock(out_dir: Path) -> FileLock:
-    """One training run per output directory at a time; a lock left by a dead process is taken over."""
+    """One training run per output directory at a time; the lock of a dead process is free again."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return FileLock(out_dir / LOCK_FILE, error=TrainingError,
                     busy=lambda held: f"another training run (pid {held.get('pid', '?')}) is writing to {out_dir}; "
@@ -72,6 +74,7 @@ def finished_run(out_dir: Path, identity: dict[str, Any]) -> TrainResult | None:
     return TrainResult(out_dir=out_dir, weights_dir=out_dir / manifest["output"]["path"],
                        manifest_path=out_dir / MANIFEST_FILE, manifest=manifest,
                        checkpoints=list_checkpoints(out_dir), resumed_from_epoch=len(manifest["epochs"]),
+                       resumed_from_step=manifest["steps"],
                        reused=True)
 
 
@@ -85,7 +88,7 @@ def _claim(out_dir: Path, identity: dict[str, Any]) -> None:
             previous = None
         _require_same(out_dir, previous, identity)
         return
-    if out_dir.exists() and any(p.name != LOCK_FILE for p in out_dir.iterdir()):
+    if out_dir.exists() and any(p.name not in _LOCK_FILES for p in out_dir.iterdir()):
         raise TrainingError(f"{out_dir} exists and is not a training run; choose a new or empty --out")
     write_json(path, identity)
 
@@ -102,7 +105,7 @@ def _require_same(out_dir: Path, previous: Any, identity: dict[str, Any]) -> Non
 
 def _is_run_entry(name: str) -> bool:
     """Whether a name in an output directory is one a training run (or `influence evaluate` beside it) writes."""
-    return (name in (RUN_FILE, MANIFEST_FILE, LOCK_FILE, ADAPTER_DIR, MODEL_DIR, CHECKPOINT_DIR)
+    return (name in (RUN_FILE, MANIFEST_FILE, *_LOCK_FILES, ADAPTER_DIR, MODEL_DIR, CHECKPOINT_DIR, LOGS_DIR)
             or (name.startswith(".") and name.endswith(".tmp"))
             or (name.startswith("eval-") and name.endswith(".json")))
 
@@ -110,7 +113,7 @@ def _is_run_entry(name: str) -> bool:
 def _clear(out_dir: Path) -> None:
     """Delete what a training run wrote in `out_dir` (and evaluations beside it); nothing else."""
     for path in out_dir.iterdir():
-        if path.name == LOCK_FILE or not _is_run_entry(path.name):
+        if path.name in _LOCK_FILES or not _is_run_entry(path.name):
             continue
         if path.is_dir():
             shutil.rmtree(path)

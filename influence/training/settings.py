@@ -20,6 +20,9 @@ Why the defaults (`TrainSettings()`, what `influence train` uses):
 - Gradient clipping at norm 1.0, AdamW betas (0.9, 0.999) and eps 1e-8: the transformers
   Trainer defaults that LESS ran with. The warmup step of LESS reads betas and eps from each
   checkpoint rather than assuming them.
+- Precision "auto": bf16 autocast when the model was loaded in bf16 (on a GPU), float32
+  otherwise; either way the trained weights and AdamW's moments are float32 master copies,
+  so an update of 2e-5 is not rounded away as it would be in bf16 storage.
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ from influence.errors import ConfigError, require_positive_ints
 from influence.lora import LoraSettings
 
 METHODS = ("lora", "full")
+PRECISIONS: dict[str, str] = {
+    "auto": "bf16 autocast when the model was loaded in bf16 (GPU), else float32",
+    "bf16": "bf16 autocast over float32 master weights",
+    "fp32": "float32 throughout",
+}
+REPORT_TO: dict[str, str] = {
+    "none": "no tracker",
+    "tensorboard": "event files under <out>/logs (needs the tensorboard extra)",
+    "wandb": "a wandb run, offline unless WANDB_MODE says otherwise (needs wandb)",
+}
 LOSS_REDUCTIONS: dict[str, str] = {
     "token": "mean NLL over every response token of the optimizer step (long responses weigh more)",
     "example": "mean over the step's examples of each example's mean response-token NLL (LESS's warmup)",
@@ -38,7 +51,7 @@ LOSS_REDUCTIONS: dict[str, str] = {
 
 # Settings that change where or how loudly a run goes, not what it computes; two runs that
 # differ only in these may resume one another.
-RUNTIME_FIELDS = ("progress", "keep_checkpoints")
+RUNTIME_FIELDS = ("progress", "keep_checkpoints", "save_steps", "gradient_checkpointing", "report_to")
 
 
 @dataclass
@@ -69,6 +82,15 @@ class TrainSettings:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this; 0 disables."})
     max_length: int = field(default=2048, metadata={"help": "Tokens per example; longer ones are cut and counted."})
     seed: int = field(default=0, metadata={"help": "Seeds the adapter init, the data order and dropout."})
+    precision: str = field(default="auto", metadata={
+        "help": "Arithmetic: " + "; ".join(f"{k}: {v}" for k, v in PRECISIONS.items()) + ".", "choices": PRECISIONS})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "Recompute activations in the backward pass: less memory, about a third more time, same losses."})
+    save_steps: int = field(default=0, metadata={
+        "help": "Also checkpoint every N optimizer steps, so a killed run resumes mid-epoch (0: at epoch ends only)."})
+    report_to: str = field(default="none", metadata={
+        "help": "Log losses and learning rates to: " + "; ".join(f"{k}: {v}" for k, v in REPORT_TO.items()) + ".",
+        "choices": REPORT_TO})
     keep_checkpoints: bool = field(default=True, metadata={
         "help": "Keep the per-epoch checkpoints (adapter, Adam moments, state) after a successful run."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar with an ETA on stderr."})
@@ -96,6 +118,12 @@ class TrainSettings:
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if not self.eps > 0:
             raise ConfigError(f"eps must be positive, got {self.eps}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.report_to not in REPORT_TO:
+            raise ConfigError(f"report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
+        if self.save_steps < 0:
+            raise ConfigError(f"save_steps must be >= 0 (0 checkpoints at epoch ends only), got {self.save_steps}")
         if self.max_grad_norm < 0:
             raise ConfigError(f"max_grad_norm must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
 
