@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from influence import distributed
+from influence.cascade import Prefilter, shortlist
 from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_path, safe_name
 from influence.data.contamination import Contamination, find_contaminated, has_heldout, heldout_ngrams
 from influence.data.pools import Pool, load_pool
@@ -174,6 +175,10 @@ class Selection:
             lines.append(f"note: {counted(turns, 'selected example')} with several chat turns "
                          f"{'is' if turns == 1 else 'are'} written as \"User: ... Assistant: ...\" text in the "
                          "instruction (--format alpaca); --format messages keeps the turns")
+        if "prefilter" in self.extra:
+            kept = self.extra["prefilter"]
+            lines.append(f"  prefilter: {kept['selector']} shortlisted {kept['n']:,} of {kept['pool_size']:,} in "
+                         f"{kept['seconds']:.1f}s; {self.selector.name} scored only those")
         if "diversity" in self.extra:
             diversity = self.extra["diversity"]
             lines.append(f"  diversity: skipped {diversity['skipped']:,} examples with cosine above "
@@ -209,9 +214,12 @@ def decontaminate(pool: Pool, target: Target | None, *, keep: bool = False) -> t
 
 def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = None, seed: int = 0,
            keep_contaminated: bool = False, contamination: Contamination | None = None,
-           diversity: Diversity | None = None) -> Selection:
+           diversity: Diversity | None = None, prefilter: Prefilter | None = None) -> Selection:
     """Score `pool` with `selector` and keep the top `k` (with `diversity`, the top k that are not
     near-duplicates of a better one; every example is then scored, as the walk may pass k).
+
+    With `prefilter` (the cascade), its selector first shortlists N examples of the cleared
+    pool and `selector` scores only those; examples off the shortlist get NaN scores.
 
     A registered `target` turns on the contamination guard (`decontaminate`) for every
     selector, targeted or not: an untargeted selector ignores the target but its selection
@@ -224,9 +232,15 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
     k = check_k(k, len(pool))
     if selector.requires_target and target is None:
         raise SelectionError(f"selector {selector.name!r} needs a target; pass --target (see `influence targets`)")
+    if prefilter is not None:
+        prefilter.check(k, target)
     start = time.perf_counter()
     if contamination is None:
         pool, contamination = decontaminate(pool, target, keep=keep_contaminated)
+    whole, short = pool, None
+    if prefilter is not None:
+        short = shortlist(whole, prefilter, target=target, seed=seed)
+        pool = short.pool
     result = selector.score(pool, SelectionContext(target=target, seed=seed, k=None if diversity else k))
     if not isinstance(result, Scores):
         raise SelectionError(f"selector {selector.name!r} returned {type(result).__name__}; "
@@ -241,6 +255,9 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
         indices = top_k(scores, pool.ids, k)
     else:
         indices, extra["diversity"] = diverse_selection(pool, scores, k, diversity)
+    if short is not None:  # back to the whole pool, which the manifest describes
+        pool, indices, scores = whole, short.indices[indices], short.expand(scores, len(whole))
+        extra["prefilter"] = short.record
     return Selection(pool=pool, indices=indices, scores=scores, selector=selector, k=k, seed=seed,
                      target=target, seconds=time.perf_counter() - start, extra=extra, contamination=contamination,
                      target_in_pool=in_pool)
@@ -306,6 +323,7 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
                   out: str | Path | None = None, overwrite: bool = False, target: str | None = None,
                   selector_options: dict[str, Any] | None = None, keep_contaminated: bool = False,
                   ignored: Sequence[str] = (), diversity: Diversity | None = None,
+                  prefilter: Prefilter | None = None,
                   echo: Callable[..., None] = echo_line) -> tuple[Path, Path] | None:
     """Check, load, decontaminate, select, summarise and write: `influence select` and `influence score`.
 
@@ -323,6 +341,7 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
         keep_contaminated: keep pool examples that share a 13-gram with the target's held-out items.
         ignored: options the user gave that do not apply to the selector, named once in a note.
         diversity: diversity-aware top-k instead of plain top-k.
+        prefilter: the cascade: a cheap selector's shortlist, which `selector` alone scores.
         echo: receives each report line (and `err=True` for notes and warnings).
 
     Returns:
@@ -342,7 +361,10 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
     chosen = make_selector(selector, **selector_options)
     if chosen.requires_target and not target:
         raise SelectionError(f"selector {selector!r} needs a target; pass --target (see `influence targets`)")
+    if prefilter is not None:
+        prefilter.check(k, target)
     label = selector if diversity is None else f"{selector}+{DIVERSE}"
+    label = label if prefilter is None else f"{prefilter.selector}{prefilter.n}+{label}"
     out = out or default_output_path(list(pool_specs), label, k, target if chosen.requires_target else None)
     check_writable(out, overwrite)
     if "settings" in selector_options and not selector_options.get("existing_only"):
@@ -351,19 +373,22 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
         say(f"note: selector {selector!r} ignores {', '.join(ignored)}")
     target_set = load_target(target) if target else None  # before the pool: a bad name fails at once
     pool = load_pool(list(pool_specs), stream=True)  # ids in memory; examples read a chunk at a time
+    if prefilter is not None:
+        prefilter.check_pool(len(pool))
     for line in pool.describe():
         say(line)
-    if target and not chosen.requires_target:
+    if target and not chosen.requires_target and not (prefilter and prefilter.make().requires_target):
         use = ("its held-out items are still kept out of the pool" if has_heldout(target)
                else "a target file has no held-out items to keep out")
         say(f"note: selector {selector!r} does not score against --target; {use}")
     # every rank drops the same contaminated examples, so that all of them score the same pool
     pool, contamination = decontaminate(pool, target_set, keep=keep_contaminated)
-    if not job.is_main:
-        chosen.prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
+    if not job.is_main:  # every rank draws the same shortlist, so that all of them score the same pool
+        scored = pool if prefilter is None else shortlist(pool, prefilter, target=target_set, seed=seed).pool
+        chosen.prepare(scored, SelectionContext(target=target_set, seed=seed, k=k))
         return None
     selection = select(pool, k, chosen, target=target_set, seed=seed, contamination=contamination,
-                       diversity=diversity)
+                       diversity=diversity, prefilter=prefilter)
     fmt = fmt or selection.default_format()
     for line in selection.summary(fmt):
         say(line)

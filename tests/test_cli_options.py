@@ -35,7 +35,7 @@ BEFORE = {
     "select": ["--adam-form", "--batch-size", "--device", "--dims", "--diversity", "--dry-run", "--dsir-sampling",
                "--embed-model", "--format", "--index", "--index-root", "--k", "--keep-contaminated", "--length-unit",
                "--lora-alpha", "--lora-r", "--max-length", "--model", "--name", "--out", "--overwrite", "--pool",
-               "--pooling", "--projector", "--scoring", "--seed", "--selector", "--shard-rows", "--store-features",
+               "--prefilter", "--pooling", "--projector", "--scoring", "--seed", "--selector", "--shard-rows", "--store-features",
                "--target", "--warmup-epochs", "--warmup-fraction", "--warmup-loss-reduction", "--warmup-lr"],
     "featurize": ["--adam-form", "--batch-size", "--device", "--dims", "--dry-run", "--index", "--index-root",
                   "--keep-contaminated", "--lora-alpha", "--lora-r", "--max-length", "--model", "--name", "--pool",
