@@ -378,11 +378,18 @@ def _cosine_job(folder: Path, group: list[str], common: dict[str, Any], checkpoi
         identity["adam_form"] = settings.adam_form
 
     def queries() -> Any:
-        return subtask_queries(model, tokenizer, target.examples, {name: rows[name] for name in group},
-                               grad_type=settings.target_grad,
-                               moments=moments if settings.target_grad == "adam" else None,
-                               batch_size=settings.batch_size, max_length=settings.max_length,
-                               stats=target_stats)
+        # heavy: imported on use, not at start-up
+        from tqdm.auto import tqdm
+
+        wanted = {name: rows[name] for name in group}
+        count = len({i for members in wanted.values() for i in members})
+        label = settings.grad_label(settings.target_grad)
+        with tqdm(total=count, desc=f"features {folder.name.replace('-', ' ')} target ({label}) queries", unit="ex",
+                  disable=not settings.progress, dynamic_ncols=True) as bar:
+            return subtask_queries(model, tokenizer, target.examples, wanted, grad_type=settings.target_grad,
+                                   moments=moments if settings.target_grad == "adam" else None,
+                                   batch_size=settings.batch_size, max_length=settings.max_length,
+                                   stats=target_stats, progress=bar.update)
 
     path = cosine_dir(folder, settings.grad_label(settings.pool_grad), settings.grad_label(settings.target_grad),
                       target_fp, group)
