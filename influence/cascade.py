@@ -70,7 +70,7 @@ class Prefilter:
         if self.n < k:
             raise SelectionError(f"the prefilter keeps {self.n:,} examples, fewer than k={k:,}; give "
                                  f"--prefilter {self.selector}:N with N >= {k:,}")
-        if not target and self.make().requires_target:
+        if not target and self.targeted:
             raise SelectionError(f"prefilter {self.selector!r} ranks against a target; pass --target (see "
                                  "`influence targets`)")
 
@@ -87,6 +87,11 @@ class Prefilter:
     def make(self) -> Any:
         """The shortlisting selector."""
         return make_selector(self.selector, **self.options)
+
+    @property
+    def targeted(self) -> bool:
+        """Whether the prefilter ranks against a target (bm25, embed, ...), so its shortlist differs by target."""
+        return bool(self.make().requires_target)
 
     def to_dict(self) -> dict[str, Any]:
         return {"selector": self.selector, "n": self.n}

@@ -377,7 +377,7 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
         prefilter.check_pool(len(pool))
     for line in pool.describe():
         say(line)
-    if target and not chosen.requires_target and not (prefilter and prefilter.make().requires_target):
+    if target and not chosen.requires_target and not (prefilter and prefilter.targeted):
         use = ("its held-out items are still kept out of the pool" if has_heldout(target)
                else "a target file has no held-out items to keep out")
         say(f"note: selector {selector!r} does not score against --target; {use}")

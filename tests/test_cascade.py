@@ -173,3 +173,22 @@ def test_scaled_token_stats_keep_the_mean_length():
     half = stats.scaled(10)
     assert half.examples == 10 and half.mean == pytest.approx(stats.mean, rel=0.01)
     assert half.longest == stats.longest
+
+
+def test_a_compare_row_takes_a_prefilter_for_its_selector():
+    from influence.compare.row_selector import make_row_selector, row_prefilter
+    from influence.compare.settings import CompareSettings, SelectorRow, parse_rows
+
+    config = CompareSettings(pools=["alpaca"], targets=["bbh"], k=100)
+    assert parse_rows("random,less:prefilter=embed:1000,scoring=exact") == [
+        "random", "less:prefilter=embed:1000,scoring=exact"]
+    row = SelectorRow.parse("less:prefilter=embed:1000,scoring=exact")
+    prefilter = row_prefilter(row, config)
+    assert prefilter.label == "embed:1000" and prefilter.options == {"settings": config.less}
+    made = make_row_selector(row, config)  # the prefilter is the cascade's, not an option of the selector
+    assert made.name == "less" and made.settings.scoring == "exact"
+    assert row_prefilter(SelectorRow.parse("less"), config) is None
+    with pytest.raises(SelectionError, match="fewer than k=100"):
+        row_prefilter(SelectorRow.parse("less:prefilter=bm25:50"), config)
+    with pytest.raises(UnknownNameError):
+        row_prefilter(SelectorRow.parse("less:prefilter=nosuch:500"), config)

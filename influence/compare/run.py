@@ -30,7 +30,7 @@ from typing import Any, Callable
 from influence import evaluation, training
 from influence.compare.cells import Cell, selected_ids
 from influence.compare.reports import write_reports
-from influence.compare.row_selector import make_row_selector, row_diversity
+from influence.compare.row_selector import make_row_selector, row_diversity, row_prefilter
 from influence.compare.settings import BASE, CompareSettings, SelectorRow
 from influence.compare.summary import length_stats, overlaps, phase_seconds, source_shares, summarize
 from influence.constants import manifest_path, safe_name
@@ -66,6 +66,7 @@ def compare(config: CompareSettings, out: str | Path, *,
     targets = {spec: load_target(spec) for spec in config.targets}
     selectors = {row.label: make_row_selector(row, config) for row in config.rows()}  # bad options fail here
     diversities = {row.label: row_diversity(row, config) for row in config.rows()}
+    prefilters = {row.label: row_prefilter(row, config) for row in config.rows()}
     # the contamination guard, once for every row: the pool less what overlaps any target's held-out items,
     # so an untargeted selection (evaluated on every target) never trains on a test item, and every
     # targeted row scores the same pool (one LESS warmup and datastore serve all targets)
@@ -76,6 +77,8 @@ def compare(config: CompareSettings, out: str | Path, *,
     present = [g for g in guards.values() if g is not None]
     guard = present[0] if len(present) == 1 else _merged(present, pool, config.keep_contaminated)
     scored_pool = pool.without(guard.indices) if guard is not None and guard.ids and not guard.kept else pool
+    for prefilter in filter(None, prefilters.values()):
+        prefilter.check_pool(len(scored_pool))  # before any selection, training or evaluation
     cleared = {"ids": guard.ids if guard is not None else [], "kept": config.keep_contaminated}
     eval_config = EvalSettings(batch_size=config.eval_batch_size, max_length=config.eval_max_length,
                              keep_predictions=False, progress=config.train.progress)
@@ -114,7 +117,9 @@ def compare(config: CompareSettings, out: str | Path, *,
             finish(cell)
     for row in config.rows():
         selector = selectors[row.label]
-        row_targets = list(targets) if selector.requires_target else [None]
+        prefilter = prefilters[row.label]
+        targeted = selector.requires_target or (prefilter is not None and prefilter.targeted)
+        row_targets = list(targets) if targeted else [None]
         for target_spec in row_targets:
             target = targets[target_spec] if target_spec is not None else None
             target_fp = sha256_json([e.id for e in target.examples]) if target is not None else None
@@ -124,13 +129,14 @@ def compare(config: CompareSettings, out: str | Path, *,
                 key = sha256_json({"pool": pool.fingerprint, "target": target_fp, "selector": row.name,
                                    "params": selector.params(), "seed": selection_seed, "k": config.k,
                                    "contamination": cleared,
-                                   **({"diversity": diversity.to_dict()} if diversity else {})})[:10]
+                                   **({"diversity": diversity.to_dict()} if diversity else {}),
+                                   **({"prefilter": prefilter.to_dict()} if prefilter else {})})[:10]
                 where = _safe(target_spec) if target_spec is not None else "any"
                 selection = out / "selections" / f"{_safe(row.label)}-{where}-s{selection_seed}-{key}.jsonl"
                 cached = selection.exists() and manifest_path(selection).exists()
                 if not cached:
                     made = select(scored_pool, config.k, selector, target=target, seed=selection_seed,
-                                  contamination=guard, diversity=diversity)
+                                  contamination=guard, diversity=diversity, prefilter=prefilter)
                     write_selection(made, selection, overwrite=True)
                 ids = selected_ids(selection)
                 picked = sha256_json(ids)
