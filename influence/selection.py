@@ -383,6 +383,11 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
         say(f"note: selector {selector!r} does not score against --target; {use}")
     # every rank drops the same contaminated examples, so that all of them score the same pool
     pool, contamination = decontaminate(pool, target_set, keep=keep_contaminated)
+    if prefilter is not None and job.world_size > 1:
+        # rank 0 draws the shortlist first, so that a model-based prefilter stores its features once
+        if job.is_main:
+            shortlist(pool, prefilter, target=target_set, seed=seed)
+        distributed.barrier()
     if not job.is_main:  # every rank draws the same shortlist, so that all of them score the same pool
         scored = pool if prefilter is None else shortlist(pool, prefilter, target=target_set, seed=seed).pool
         chosen.prepare(scored, SelectionContext(target=target_set, seed=seed, k=k))
