@@ -130,7 +130,8 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| target | run | wall s | prefilter s | speed-up | shortlist holds | cascade keeps |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['target']} | {r['run']} | {r['seconds']:,.0f} | {r.get('prefilter_seconds', 0):,.1f} | "
+        prefilter = f"{r['prefilter_seconds']:,.1f}" if "prefilter_seconds" in r else "-"
+        lines.append(f"| {r['target']} | {r['run']} | {r['seconds']:,.0f} | {prefilter} | "
                      f"{full[r['target']] / r['seconds']:.1f}x | {r['shortlist']:.0%} | {r['kept']:.0%} |")
     return lines
 
