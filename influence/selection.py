@@ -18,6 +18,7 @@ import numpy as np
 
 from influence import distributed
 from influence.algorithms import Algorithm, TopK, check_similarity_size
+from influence.cascade import Prefilter, shortlist
 from influence.constants import DEFAULT_SELECTION_DIR, OUTPUT_FORMATS, manifest_path, safe_name
 from influence.data.contamination import (Contamination, find_contaminated, find_own_rows, has_heldout,
                                          heldout_ngrams)
@@ -180,6 +181,10 @@ class Selection:
             lines.append(f"note: {counted(turns, 'selected example')} with several chat turns "
                          f"{'is' if turns == 1 else 'are'} written as \"User: ... Assistant: ...\" text in the "
                          "instruction (--format alpaca); --format messages keeps the turns")
+        if "prefilter" in self.extra:
+            kept = self.extra["prefilter"]
+            lines.append(f"  prefilter: {kept['selector']} shortlisted {kept['n']:,} of {kept['pool_size']:,} in "
+                         f"{kept['seconds']:.1f}s; {self.selector.name} scored only those")
         if "diversity" in self.extra:
             diversity = self.extra["diversity"]
             lines.append(f"  diversity: skipped {diversity['skipped']:,} examples with cosine above "
@@ -240,10 +245,14 @@ def check_algorithm(selector: Selector, algorithm: Algorithm, *, diversity: Dive
 
 def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = None, seed: int = 0,
            keep_contaminated: bool = False, contamination: Contamination | None = None,
-           diversity: Diversity | None = None, algorithm: Algorithm | None = None) -> Selection:
+           diversity: Diversity | None = None, algorithm: Algorithm | None = None,
+           prefilter: Prefilter | None = None) -> Selection:
     """Score `pool` with `selector` and keep `k` by `algorithm` (default: the top k; with `diversity`,
     the top k that are not near-duplicates of a better one; every example is then scored, as the
     walk may pass k). An algorithm other than top-k is given the selector's [pool, target] similarities.
+
+    With `prefilter` (the cascade), its selector first shortlists N examples of the cleared
+    pool and `selector` scores only those; examples off the shortlist get NaN scores.
 
     A registered `target` turns on the contamination guard (`decontaminate`) for every
     selector, targeted or not: an untargeted selector ignores the target but its selection
@@ -260,9 +269,15 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
         raise SelectionError(f"selector {selector.name!r} needs a target; pass --target (see `influence targets`)")
     check_algorithm(selector, algorithm, diversity=diversity, pool_size=len(pool),
                     target_size=len(target) if target is not None else None)
+    if prefilter is not None:
+        prefilter.check(k, target)
     start = time.perf_counter()
     if contamination is None:
         pool, contamination = decontaminate(pool, target, keep=keep_contaminated)
+    whole, short = pool, None
+    if prefilter is not None:
+        short = shortlist(whole, prefilter, target=target, seed=seed)
+        pool = short.pool
     # the FAISS top-k scores only its candidates: enough for top-k, not for a walk or another algorithm
     context = SelectionContext(target=target, seed=seed, k=None if diversity or algorithm.pairwise else k,
                                pairwise=algorithm.pairwise)
@@ -281,6 +296,9 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
     else:
         indices, extra["diversity"] = diverse_selection(pool, scores, k, diversity)
         record = algorithm.to_dict()
+    if short is not None:  # back to the whole pool, which the manifest describes
+        pool, indices, scores = whole, short.indices[indices], short.expand(scores, len(whole))
+        extra["prefilter"] = short.record
     return Selection(pool=pool, indices=indices, scores=scores, selector=selector, k=k, seed=seed,
                      target=target, seconds=time.perf_counter() - start, extra=extra, contamination=contamination,
                      target_in_pool=in_pool, algorithm=record)
@@ -346,7 +364,7 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
                   out: str | Path | None = None, overwrite: bool = False, target: str | None = None,
                   selector_options: dict[str, Any] | None = None, keep_contaminated: bool = False,
                   ignored: Sequence[str] = (), diversity: Diversity | None = None,
-                  algorithm: Algorithm | None = None,
+                  algorithm: Algorithm | None = None, prefilter: Prefilter | None = None,
                   echo: Callable[..., None] = echo_line) -> tuple[Path, Path] | None:
     """Check, load, decontaminate, select, summarise and write: `influence select` and `influence score`.
 
@@ -365,6 +383,7 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
         ignored: options the user gave that do not apply to the selector, named once in a note.
         diversity: diversity-aware top-k instead of plain top-k.
         algorithm: how k are chosen from the scores [default: top-k] (`influence.algorithms`).
+        prefilter: the cascade: a cheap selector's shortlist, which `selector` alone scores.
         echo: receives each report line (and `err=True` for notes and warnings).
 
     Returns:
@@ -386,8 +405,11 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
         raise SelectionError(f"selector {selector!r} needs a target; pass --target (see `influence targets`)")
     algorithm = algorithm or TopK()
     check_algorithm(chosen, algorithm, diversity=diversity)
+    if prefilter is not None:
+        prefilter.check(k, target)
     label = selector if diversity is None else f"{selector}+{DIVERSE}"
     label = label if algorithm.name == TopK().name else f"{label}+{algorithm.name}"
+    label = label if prefilter is None else f"{prefilter.selector}{prefilter.n}+{label}"
     out = out or default_output_path(list(pool_specs), label, k, target if chosen.requires_target else None)
     check_writable(out, overwrite)
     if "settings" in selector_options and not selector_options.get("existing_only"):
@@ -398,19 +420,27 @@ def run_selection(pool_specs: Sequence[str], k: int, selector: str, *, seed: int
     pool = load_pool(list(pool_specs), stream=True)  # ids in memory; examples read a chunk at a time
     if target_set is not None:  # the similarity matrix's size is known now: refuse it before any scoring
         check_algorithm(chosen, algorithm, pool_size=len(pool), target_size=len(target_set))
+    if prefilter is not None:
+        prefilter.check_pool(len(pool))
     for line in pool.describe():
         say(line)
-    if target and not chosen.requires_target:
+    if target and not chosen.requires_target and not (prefilter and prefilter.targeted):
         use = ("its held-out items are still kept out of the pool" if has_heldout(target)
                else "a target file has no held-out items to keep out")
         say(f"note: selector {selector!r} does not score against --target; {use}")
     # every rank drops the same contaminated examples, so that all of them score the same pool
     pool, contamination = decontaminate(pool, target_set, keep=keep_contaminated)
-    if not job.is_main:
-        chosen.prepare(pool, SelectionContext(target=target_set, seed=seed, k=k))
+    if prefilter is not None and job.world_size > 1:
+        # rank 0 draws the shortlist first, so that a model-based prefilter stores its features once
+        if job.is_main:
+            shortlist(pool, prefilter, target=target_set, seed=seed)
+        distributed.barrier()
+    if not job.is_main:  # every rank draws the same shortlist, so that all of them score the same pool
+        scored = pool if prefilter is None else shortlist(pool, prefilter, target=target_set, seed=seed).pool
+        chosen.prepare(scored, SelectionContext(target=target_set, seed=seed, k=k))
         return None
     selection = select(pool, k, chosen, target=target_set, seed=seed, contamination=contamination,
-                       diversity=diversity, algorithm=algorithm)
+                       diversity=diversity, algorithm=algorithm, prefilter=prefilter)
     fmt = fmt or selection.default_format()
     for line in selection.summary(fmt):
         say(line)

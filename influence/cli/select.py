@@ -8,6 +8,7 @@ import click
 from click.core import ParameterSource
 
 from influence.algorithms import ALGORITHMS, DEFAULT_ALGORITHM, RoundRobin, Uot, algorithm_from_options
+from influence.cascade import PREFILTER_HELP, Prefilter
 from influence.cli.less_options import NAMES, less_options, pop_settings
 from influence.cli.settings_options import settings_option
 from influence.constants import OUTPUT_FORMATS, POOLINGS
@@ -95,14 +96,15 @@ def given_options(names) -> list[str]:
 @click.option("--diversity", type=float, default=None, metavar="TAU",
               help="Walk the ranking and skip an example whose embedding has cosine above TAU with one already "
                    "chosen (DEITA's filter; 0.9 in its paper) [default: off].")
+@click.option("--prefilter", default=None, metavar="SELECTOR:N", help=PREFILTER_HELP)
 @click.option("--dry-run", is_flag=True, help="less: estimate time, disk and memory; compute and write nothing.")
 @with_algorithm_options
 @dsir_sampling_option
 @keep_contaminated_option
 @less_options
 def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, pooling, embed_model, diversity,
-                   dry_run, algorithm, algorithm_over, uot_eps, uot_target_marginal, uot_pool_marginal, dsir_sampling,
-                   keep_contaminated, **less) -> None:
+                   prefilter, dry_run, algorithm, algorithm_over, uot_eps, uot_target_marginal, uot_pool_marginal,
+                   dsir_sampling, keep_contaminated, **less) -> None:
     """Select k examples from a pool and write them, SFT-ready, with a manifest.
 
     With --selector less (the default when --target is given) every LESS step runs here,
@@ -110,20 +112,30 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
     """
     name = selector or ("less" if target else "longest")
     settings = pop_settings(less, seed=seed)
+
+    def options_for(selector_name: str) -> dict:
+        return selector_options(selector_name, settings, length_unit=length_unit, pooling=pooling,
+                                embed_model=embed_model, dsir_sampling=dsir_sampling)
+
+    first = None
+    if prefilter is not None:
+        first = Prefilter.parse(prefilter)
+        first.options = options_for(first.selector)
+        first.check(k, target)
     if dry_run:
         if name != "less":
             raise SelectionError(f"--dry-run estimates the less selector; {name!r} takes a second anyway")
         from influence.less.pipeline import print_estimate  # imports torch: only when asked
 
-        print_estimate(pools, target, settings, echo=click.echo)
+        print_estimate(pools, target, settings, echo=click.echo, shortlist=first.n if first else None)
         return
-    options = selector_options(name, settings, length_unit=length_unit, pooling=pooling, embed_model=embed_model,
-                               dsir_sampling=dsir_sampling)
+    options = options_for(name)
+    used = {name} | ({first.selector} if first else set())
     model_based = ("less", "rds", "embed", "ifd")  # the LESS options give their model, datastore and device
-    ignored = given_options(([] if name == "longest" else ["length_unit"])
-                            + ([] if name == "dsir" else ["dsir_sampling"]) + ([] if name == "rds" else ["pooling"])
-                            + ([] if name == "embed" or diversity is not None else ["embed_model"])
-                            + ([] if name in model_based or diversity is not None else list(NAMES)))
+    ignored = given_options(([] if "longest" in used else ["length_unit"])
+                            + ([] if "dsir" in used else ["dsir_sampling"]) + ([] if "rds" in used else ["pooling"])
+                            + ([] if "embed" in used or diversity is not None else ["embed_model"])
+                            + ([] if used & set(model_based) or diversity is not None else list(NAMES)))
     algorithm_given = {"algorithm_over": algorithm_over, "uot_eps": uot_eps,
                        "uot_target_marginal": uot_target_marginal, "uot_pool_marginal": uot_pool_marginal}
     method, not_taken = algorithm_from_options(algorithm, algorithm_given)
@@ -132,7 +144,7 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
     chosen = None if diversity is None else Diversity(tau=diversity, encoder=embed_model, settings=settings)
     run_selection(pools, k, name, seed=seed, fmt=fmt, out=out, overwrite=overwrite, target=target,
                   selector_options=options, keep_contaminated=keep_contaminated, ignored=ignored, diversity=chosen,
-                  algorithm=method, echo=click.echo)
+                  algorithm=method, prefilter=first, echo=click.echo)
 
 
 COMMANDS = [select_command]

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
-from influence.compare.row_selector import make_row_selector
+from influence.compare.row_selector import make_row_selector, row_prefilter
 from influence.compare.settings import GENERATION_METRICS, METRICS, CompareSettings, SelectorRow
 from influence.data.example import Example
 from influence.data.pools import load_pool
@@ -110,10 +110,15 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
         model_config, tokenizer = model(settings.model)
         shape = ModelShape.from_config(model_config, settings.lora)
         stats = token_stats(pool.examples, tokenizer=tokenizer, max_length=settings.max_length)
-        warm = sha256_json(settings.warmup_identity())
-        features = sha256_json({"warm": warm, "projector": settings.projector, "dims": settings.all_dims,
-                                "grad": settings.pool_grad})
+        prefilter = row_prefilter(row, config)
+        if prefilter is not None:  # the cascade: LESS over a shortlist of N, drawn anew for each target
+            stats = stats.scaled(prefilter.n)
+        whole_pool_warmup = sha256_json(settings.warmup_identity())
         for spec, target in targets.items():
+            warm = whole_pool_warmup if prefilter is None else sha256_json(
+                {"warm": whole_pool_warmup, "shortlist": prefilter.label, "target": spec})
+            features = sha256_json({"warm": warm, "projector": settings.projector, "dims": settings.all_dims,
+                                    "grad": settings.pool_grad})
             estimate = estimate_less(stats, target.examples, settings, shape=shape, tokenizer=tokenizer,
                                      device=device, flops_per_second=probe)
             if warm not in warmups:
@@ -136,7 +141,7 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
                     phase(f"LESS pool pass for the exact cosines with {spec}, per checkpoint" if again
                           else "LESS pool features, per checkpoint", per_checkpoint,
                           estimate.checkpoints * draws(row),
-                          f"{len(pool):,} examples; {seeds_detail}; once per target"
+                          f"{stats.examples:,} examples; {seeds_detail}; once per target"
                           + ("; also writes the projected features" if settings.store_features
                              and features not in pool_features else ""))
                     phase(unique(f"LESS target features, {spec}", "for the exact score's queries"),
@@ -150,7 +155,7 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
                     pool_features.add(features)
                     pool_passes.add(warm)
                     phase("LESS pool features, per checkpoint", per_checkpoint, estimate.checkpoints * draws(row),
-                          f"{len(pool):,} examples; {seeds_detail}; computed once, reused for every target")
+                          f"{stats.examples:,} examples; {seeds_detail}; computed once, reused for every target")
                 if (features, spec) not in target_features:
                     target_features.add((features, spec))
                     phase(unique(f"LESS target features, {spec}", "projected"), estimate.seconds["featurize_target"],
@@ -165,8 +170,12 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
     model_config, tokenizer = model(config.train.model)
     train_shape = ModelShape.from_config(model_config, config.train.lora)
     train_stats = token_stats(pool.examples, tokenizer=tokenizer, max_length=config.train.max_length)
-    runs = sum(draws(r) * (config.seeds if r.name not in config.redraw else 1)
-               * (len(targets) if selectors[r.label].requires_target else 1) for r in rows)
+    def per_target(r: SelectorRow) -> bool:  # a targeted selector or prefilter selects anew for every target
+        prefilter = row_prefilter(r, config)
+        return selectors[r.label].requires_target or (prefilter is not None and prefilter.targeted)
+
+    runs = sum(draws(r) * (config.seeds if r.name not in config.redraw else 1) * (len(targets) if per_target(r) else 1)
+               for r in rows)
     full = config.train.method == "full"
     each = training_seconds(scaled_stats(train_stats, config.k), train_shape, epochs=config.train.epochs,
                             flops_per_second=rate, full=full)

@@ -31,7 +31,7 @@ from influence import evaluation, training
 from influence.compare.cells import ITEM_KEY, Cell, selected_ids
 from influence.compare.reports import write_reports
 from influence.algorithms import TopK
-from influence.compare.row_selector import make_row_selector, row_algorithm, row_diversity
+from influence.compare.row_selector import make_row_selector, row_algorithm, row_diversity, row_prefilter
 from influence.compare.settings import BASE, METRICS, CompareSettings, SelectorRow
 from influence.compare.summary import comparison_summary
 from influence.constants import manifest_path, safe_name
@@ -72,6 +72,7 @@ def compare(config: CompareSettings, out: str | Path, *,
     algorithms = {row.label: row_algorithm(row) for row in config.rows()}
     for row in config.rows():  # an algorithm the row's selector cannot serve fails before any work
         check_algorithm(selectors[row.label], algorithms[row.label], diversity=diversities[row.label])
+    prefilters = {row.label: row_prefilter(row, config) for row in config.rows()}
     # the contamination guard, once for every row: the pool less what overlaps any target's held-out items,
     # so an untargeted selection (evaluated on every target) never trains on a test item, and every
     # targeted row scores the same pool (one LESS warmup and datastore serve all targets)
@@ -82,6 +83,8 @@ def compare(config: CompareSettings, out: str | Path, *,
     present = [g for g in guards.values() if g is not None]
     guard = present[0] if len(present) == 1 else _merged(present, pool, config.keep_contaminated)
     scored_pool = pool.without(guard.indices) if guard is not None and guard.ids and not guard.kept else pool
+    for prefilter in filter(None, prefilters.values()):
+        prefilter.check_pool(len(scored_pool))  # before any selection, training or evaluation
     cleared = {"ids": guard.ids if guard is not None else [], "kept": config.keep_contaminated}
     # per-item records kept: the paired differences match items by their id
     eval_config = EvalSettings(batch_size=config.eval_batch_size, max_length=config.eval_max_length,
@@ -121,7 +124,9 @@ def compare(config: CompareSettings, out: str | Path, *,
             finish(cell)
     for row in config.rows():
         selector = selectors[row.label]
-        row_targets = list(targets) if selector.requires_target else [None]
+        prefilter = prefilters[row.label]
+        targeted = selector.requires_target or (prefilter is not None and prefilter.targeted)
+        row_targets = list(targets) if targeted else [None]
         for target_spec in row_targets:
             target = targets[target_spec] if target_spec is not None else None
             target_fp = sha256_json([e.id for e in target.examples]) if target is not None else None
@@ -132,13 +137,15 @@ def compare(config: CompareSettings, out: str | Path, *,
                 key = sha256_json({"pool": pool.fingerprint, "target": target_fp, "selector": row.name,
                                    "params": selector.params(), "seed": selection_seed, "k": config.k,
                                    "contamination": cleared,
-                                   **({"diversity": diversity.to_dict()} if diversity else {}), **chosen_by})[:10]
+                                   **({"diversity": diversity.to_dict()} if diversity else {}), **chosen_by,
+                                   **({"prefilter": prefilter.to_dict()} if prefilter else {})})[:10]
                 where = _safe(target_spec) if target_spec is not None else "any"
                 selection = out / "selections" / f"{_safe(row.label)}-{where}-s{selection_seed}-{key}.jsonl"
                 cached = selection.exists() and manifest_path(selection).exists()
                 if not cached:
                     made = select(scored_pool, config.k, selector, target=target, seed=selection_seed,
-                                  contamination=guard, diversity=diversity, algorithm=algorithm)
+                                  contamination=guard, diversity=diversity, algorithm=algorithm,
+                                  prefilter=prefilter)
                     write_selection(made, selection, overwrite=True)
                 ids = selected_ids(selection)
                 picked = sha256_json(ids)

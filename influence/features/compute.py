@@ -294,10 +294,12 @@ class SubtaskQueries:
 def subtask_queries(model: Any, tokenizer: Any, examples: Sequence[Example], subtasks: Mapping[str, Sequence[int]],
                     *, grad_type: str = "sgd", moments: AdamMoments | None = None, batch_size: int = 8,
                     max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS, max_length: int = 2048,
-                    stats: FeaturizeStats | None = None) -> torch.Tensor:
+                    stats: FeaturizeStats | None = None,
+                    progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """The subtask queries (`SubtaskQueries`) of `examples`: float32 [S, dim] on the model's device.
 
-    Memory: the queries, plus one batch of gradients.
+    Memory: the queries, plus one batch of gradients. `progress` is called with each batch's
+    example count as it is done (a progress bar's `update`).
 
     Raises:
         DataError: an empty subtask or one naming an example that does not exist.
@@ -317,4 +319,6 @@ def subtask_queries(model: Any, tokenizer: Any, examples: Sequence[Example], sub
         stats.gradient_seconds += time.perf_counter() - started
         stats.done += len(items)
         stats.tokens += sum(len(e.input_ids) for e in items)
+        if progress is not None:
+            progress(len(items))
     return found.queries if found.queries is not None else torch.zeros(found.shape, device=gradients.device)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -70,6 +70,14 @@ class TokenStats:
     @property
     def mean(self) -> float:
         return self.tokens / self.examples if self.examples else 0.0
+
+    def scaled(self, examples: int) -> "TokenStats":
+        """The same lengths for `examples` examples: a cascade's shortlist of N, priced before it is drawn."""
+        share = examples / self.examples if self.examples else 0.0
+        return replace(self, examples=int(examples), tokens=int(round(self.tokens * share)),
+                       response_tokens=int(round(self.response_tokens * share)),
+                       squared_tokens=self.squared_tokens * share, truncated=int(round(self.truncated * share)),
+                       method=f"{self.method}; scaled to a shortlist of {examples:,}")
 
 
 def _approximate_lengths(example: Example) -> tuple[int, int]:

@@ -27,13 +27,13 @@ from influence.data.example import Example
 from influence.data.formatting import formatting_identity
 from influence.data.pools import Pool, example_ids, load_pool
 from influence.data.targets import Target, load_target
-from influence.errors import DataError, DatastoreError, ModelError
+from influence.errors import DataError, DatastoreError, ModelError, SelectionError
 from influence.features import (AdamMoments, FeaturizeStats, LoraGradients, SubtaskQueries, dim_slices, featurize,
                                 make_projector, query_memory_bytes, subtask_queries)
 from influence.features.datastore import FeatureStore
 from influence.hub import offline
 from influence.io import sha256_file, sha256_json
-from influence.less.estimate import ModelShape, available_memory, estimate_less, subtask_groups
+from influence.less.estimate import ModelShape, available_memory, estimate_less, subtask_groups, token_stats
 from influence.less.settings import LessSettings
 from influence.lora import add_lora, lora_signature
 from influence.models import hub_commit, load_model, model_commit, resolve_model
@@ -388,11 +388,18 @@ def _cosine_job(folder: Path, group: list[str], common: dict[str, Any], checkpoi
         identity["adam_form"] = settings.adam_form
 
     def queries() -> Any:
-        return subtask_queries(model, tokenizer, target.examples, {name: rows[name] for name in group},
-                               grad_type=settings.target_grad,
-                               moments=moments if settings.target_grad == "adam" else None,
-                               batch_size=settings.batch_size, max_length=settings.max_length,
-                               stats=target_stats)
+        # heavy: imported on use, not at start-up
+        from tqdm.auto import tqdm
+
+        wanted = {name: rows[name] for name in group}
+        count = len({i for members in wanted.values() for i in members})
+        label = settings.grad_label(settings.target_grad)
+        with tqdm(total=count, desc=f"features {folder.name.replace('-', ' ')} target ({label}) queries", unit="ex",
+                  disable=not settings.progress, dynamic_ncols=True) as bar:
+            return subtask_queries(model, tokenizer, target.examples, wanted, grad_type=settings.target_grad,
+                                   moments=moments if settings.target_grad == "adam" else None,
+                                   batch_size=settings.batch_size, max_length=settings.max_length,
+                                   stats=target_stats, progress=bar.update)
 
     path = cosine_dir(folder, settings.grad_label(settings.pool_grad), settings.grad_label(settings.target_grad),
                       target_fp, group)
@@ -483,15 +490,26 @@ def less_run(pool: Pool, target: Target, settings: LessSettings, *, k: int | Non
 
 
 def print_estimate(pool_specs: Sequence[str], target: str | None, settings: LessSettings, *,
-                   echo: Callable[[str], None] = print) -> Any:
+                   echo: Callable[[str], None] = print, shortlist: int | None = None) -> Any:
     """The dry run of featurize and select: load the pool's ids, estimate, report; nothing is written.
 
+    `shortlist`: a cascade's N; LESS then runs over N examples of the pool's lengths, and only
+    those are priced (the prefilter's own pass is not).
     Returns the estimate after `echo` has received the pool's description and its lines.
+
+    Raises:
+        SelectionError: a shortlist larger than the pool.
     """
     pool = load_pool(list(pool_specs), stream=True)  # ids in memory; examples read a chunk at a time
     for line in pool.describe():
         echo(line)
-    estimate = dry_run(pool, load_target(target) if target else None, settings)
+    if shortlist is not None and shortlist > len(pool):
+        raise SelectionError(f"the prefilter keeps {shortlist:,} examples but the pool has {len(pool):,}; give "
+                             f"N <= {len(pool):,}")
+    estimate = dry_run(pool, load_target(target) if target else None, settings, shortlist=shortlist)
+    if shortlist is not None:
+        echo(f"cascade: LESS scores a shortlist of {shortlist:,} of the pool's {len(pool):,} examples, priced at "
+             "the pool's lengths; the prefilter's own pass is not priced")
     for line in estimate.lines():
         echo(line)
     return estimate
@@ -511,9 +529,14 @@ def model_config_and_tokenizer(model: str | None) -> tuple[Any, Any]:
         raise ModelError(f"cannot read model {model!r} for an estimate: {str(exc).splitlines()[0]}") from None
 
 
-def dry_run(pool: Pool, target: Target | None, settings: LessSettings) -> Any:
+def dry_run(pool: Pool, target: Target | None, settings: LessSettings, *, shortlist: int | None = None) -> Any:
     """Estimate a LESS run's time, disk and memory from sizes alone: loads the model's config and
-    tokenizer, never its weights, and writes nothing."""
+    tokenizer, never its weights, and writes nothing. `shortlist`: price N examples of the pool's
+    lengths instead of the whole pool (a cascade's LESS pass)."""
     config, tokenizer = model_config_and_tokenizer(settings.model)
-    return estimate_less(pool.examples, target.examples if target is not None else [], settings,
+    lengths: Any = pool.examples
+    if shortlist is not None:
+        lengths = token_stats(pool.examples, tokenizer=tokenizer, max_length=settings.max_length,
+                              seed=settings.seed).scaled(shortlist)
+    return estimate_less(lengths, target.examples if target is not None else [], settings,
                          shape=ModelShape.from_config(config, settings.lora), tokenizer=tokenizer)
