@@ -49,7 +49,8 @@ def require_harness() -> Any:
 
 
 def mmlu_rows(limit: int | None, seed: int) -> list[tuple[str, list[str]]]:
-    """(subject, [question, A, B, C, D, letter]) of the items `evaluate(..., "mmlu", limit=, seed=)` scores, in its order."""
+    """(subject, [question, A, B, C, D, letter]) of the items `evaluate(model, "mmlu", limit=limit, seed=seed)`
+    scores, in its order."""
     indices = build_task("mmlu").subset_indices(limit, seed)
     held = load_heldout("mmlu")
     return [(held[i].subtask, [held[i].question, *held[i].choices, held[i].answer]) for i in indices]
