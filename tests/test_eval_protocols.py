@@ -254,3 +254,15 @@ def test_cli_tydiqa_asks_each_language_in_its_own_1_shot_template(lettered, tmp_
     prompts = {i.subtask: i.prompt for i in build_task("tydiqa").items}
     assert prompts["finnish"].startswith("Vastaa seuraavaan kysymykseen annetun kappaleen tiedon perusteella.\n\n"
                                          "Kappale: ")
+
+
+def test_cli_rejects_unknown_metrics_and_protocols_before_any_work(tmp_path):
+    from influence.cli import main
+
+    runner = CliRunner()
+    unknown = "error: unknown metric(s) bleu; choose from loss, accuracy, em, f1"
+    for args, message in ((["--metrics", "loss,bleu"], unknown), (["--protocol", "lm-eval"], "error: ")):
+        result = runner.invoke(main, ["evaluate", "--target", "mmlu", "--model", str(tmp_path / "absent"), *args])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    help_text = runner.invoke(main, ["evaluate", "--help"]).output
+    assert "a file: loss only" in help_text and "reference" in help_text and "chat" in help_text

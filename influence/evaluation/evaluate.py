@@ -169,15 +169,17 @@ def evaluate(model: Any, target: str, *, limit: int | None = None, seed: int = 0
     # the reference scripts average their metric over subtasks (tasks, languages); here beside the item mean
     results["subtask_mean"] = {name: sum(s[name] for s in results["subtasks"].values()) / len(results["subtasks"])
                                for name in per_item}
-    if limit is not None and limit < len(task.items):
-        results["notes"].append(f"a seeded subset: {len(items)} of {len(task.items)} items (seed {seed})")
+    if len(items) < len(task.items):
+        per = f", at most {task.per_subtask} per subtask" if limit is None else ""
+        results["notes"].append(f"a seeded subset: {len(items)} of {len(task.items)} items{per} (seed {seed})")
     if scores.truncated:
         results["notes"].append(f"{scores.truncated} prompts were longer than max_length={config.max_length} "
                                 "and lost their oldest tokens")
     if config.keep_predictions:
         results["predictions"] = [
             {"subtask": item.subtask, "reference": item.reference, "prediction": predictions[i],
-             "target_loss": scores.nll[i] / max(scores.tokens[i], 1), **{k: v[i] for k, v in per_item.items()}}
+             "target_loss": scores.nll[i] / max(scores.tokens[i], 1), **{k: v[i] for k, v in per_item.items()},
+             **({"option_loglik": scores.option_loglik[i]} if scores.option_loglik and per_item else {})}
             for i, item in enumerate(items)]
     return results
 
@@ -227,8 +229,9 @@ def _reference_metric(task: EvalTask, items: list[EvalItem], loaded: Any, config
         return answers, {"exact_match": [metrics.bbh_reference_match(a, item.reference)
                                          for a, item in zip(answers, items)]}
     answers = [text.strip() for text in raw]
-    return answers, {"exact_match": [metrics.exact_match(a, item.answers, squad=True) for a, item in zip(answers, items)],
-                     "f1": [metrics.token_f1(a, item.answers, squad=True) for a, item in zip(answers, items)]}
+    pairs = list(zip(answers, items))
+    return answers, {"exact_match": [metrics.exact_match(a, item.answers, squad=True) for a, item in pairs],
+                     "f1": [metrics.token_f1(a, item.answers, squad=True) for a, item in pairs]}
 
 
 def answer_budget(task: EvalTask, config: EvalSettings, cot: bool) -> int:
@@ -299,8 +302,8 @@ def format_table(results: dict[str, Any], *, max_rows: int = 15) -> str:
     names = ["target_loss"] + [k for k in ("accuracy", "exact_match", "f1") if k in results["metrics"]]
     width = max([len("overall")] + [len(s) for s in results["subtasks"]][:200]) + 2
     width = min(width, 40)
-    lines = [f"{results['target']} ({results['kind']}): {results['items']} of {results['available']} held-out items, "
-             f"model {results['model']['spec']}",
+    lines = [f"{results['target']} ({results['kind']}, {results.get('protocol', 'chat')} protocol): {results['items']} "
+             f"of {results['available']} held-out items, model {results['model']['spec']}",
              f"{'subtask':<{width}}{'n':>6}" + "".join(f"{name:>13}" for name in names)]
 
     def row(label: str, values: dict[str, Any]) -> str:

@@ -64,6 +64,10 @@ class EvalTask:
     def subset(self, limit: int | None, seed: int) -> list[EvalItem]:
         """A seeded random subset of `limit` items; without a limit, at most `per_subtask` per subtask
         (all of them when that is None); in the original order either way."""
+        return [self.items[i] for i in self.subset_indices(limit, seed)]
+
+    def subset_indices(self, limit: int | None, seed: int) -> list[int]:
+        """The positions in `items` of `subset(limit, seed)`, ascending."""
         if limit is not None and limit <= 0:
             raise EvaluationError(f"--limit must be positive, got {limit}")
         rng = np.random.default_rng(seed)
@@ -71,14 +75,12 @@ class EvalTask:
             groups: dict[str, list[int]] = {}
             for index, item in enumerate(self.items):
                 groups.setdefault(item.subtask, []).append(index)
-            chosen = sorted(i for indices in groups.values()
-                            for i in (indices if len(indices) <= self.per_subtask
-                                      else rng.choice(indices, size=self.per_subtask, replace=False).tolist()))
-            return [self.items[i] for i in chosen]
+            return sorted(i for indices in groups.values()
+                          for i in (indices if len(indices) <= self.per_subtask
+                                    else rng.choice(indices, size=self.per_subtask, replace=False).tolist()))
         if limit is None or limit >= len(self.items):
-            return list(self.items)
-        picked = rng.choice(len(self.items), size=limit, replace=False)
-        return [self.items[i] for i in sorted(picked.tolist())]
+            return list(range(len(self.items)))
+        return sorted(rng.choice(len(self.items), size=limit, replace=False).tolist())
 
     def fitted(self, items: list[EvalItem], tokenizer: Any, max_length: int) -> list[EvalItem]:
         """The items as the protocol sends them to this tokenizer within `max_length` tokens."""
