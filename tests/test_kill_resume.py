@@ -183,7 +183,7 @@ def test_kill_9_during_the_warmup_then_rerun_equals_an_uninterrupted_run(tmp_pat
     assert not (killed / "run" / "features").exists()
 
     resumed = subprocess.run(command(killed), check=True, env=ENV, capture_output=True, text=True)
-    assert "resuming" in resumed.stderr and "after epoch" in resumed.stderr
+    assert "resuming" in resumed.stderr and "the end of epoch" in resumed.stderr
     assert _features(killed) == _features(clean)
     assert not list(killed.rglob("*.tmp"))
     adapter = Path("warmup", "adapter", "adapter_model.safetensors")
