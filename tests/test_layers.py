@@ -32,7 +32,7 @@ LAYERS = [
 ]
 HEAVY = {"torch", "transformers", "peft", "datasets", "faiss", "pyarrow", "matplotlib", "safetensors", "fast_jl",
          "trak", "tokenizers", "tqdm", "bm25s", "Stemmer", "data_selection", "nltk", "sentence_transformers",
-         "huggingface_hub", "ot", "accelerate"}
+         "huggingface_hub", "ot", "accelerate", "lm_eval"}
 
 
 def module_name(path: Path) -> str:
