@@ -266,3 +266,25 @@ def test_cli_rejects_unknown_metrics_and_protocols_before_any_work(tmp_path):
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     help_text = runner.invoke(main, ["evaluate", "--help"]).output
     assert "a file: loss only" in help_text and "reference" in help_text and "chat" in help_text
+
+
+def test_a_prefix_every_item_shares_runs_once_and_the_items_batch_across_subtasks(lettered, monkeypatch):
+    # a chat template's system prompt: 40 tokens every item starts with, then nothing a subtask shares
+    system = "You are a careful assistant. Answer briefly. "[:40]
+    items = [EvalItem(subtask=f"app{i}", prompt=f"{system}{'abcdef'[i]} item {i}?", reference=f"answer {i}", chat=False)
+             for i in range(6)]
+    ids = [encode_item(item, lettered.tokenizer).input_ids for item in items]
+    groups = scoring._subtask_groups(items)
+    limits = [min(len(ids[r]) for r in group) - 2 for group in groups]
+    shared, loose = scoring.plan_groups(ids, groups, limits, True)
+    assert loose == [] and len(shared) == 1 and sorted(shared[0][0]) == list(range(6))
+    assert shared[0][1] >= scoring.MIN_SHARED_PREFIX
+    batches = []
+    original = scoring._batch_logits
+    monkeypatch.setattr(scoring, "_batch_logits", lambda model, rows, batch, *rest: (
+        batches.append(sorted(batch)), original(model, rows, batch, *rest))[1])
+    fast = scoring.reference_scores(lettered.model, lettered.tokenizer, items, max_length=4096, batch_size=3)
+    assert len(batches) == 2                             # six one-item subtasks in two batches, not six
+    slow = scoring.reference_scores(lettered.model, lettered.tokenizer, items, max_length=4096, batch_size=1,
+                                    reuse_prefix=False)
+    assert fast.nll == pytest.approx(slow.nll, rel=1e-4) and fast.tokens == slow.tokens

@@ -206,17 +206,30 @@ def plan_groups(sequences: Sequence[Sequence[int]], groups: list[list[int]], lim
                 reuse_prefix: bool) -> tuple[list[tuple[list[int], int]], list[int]]:
     """Split rows into groups worth running after their shared prefix, and the rest.
 
-    Returns (each group whose rows share at least MIN_SHARED_PREFIX tokens, with that length,
-    at most the group's limit), and the rows of every other group, together: those are batched
-    by length across groups, since keeping them apart would only make smaller batches.
+    A group runs apart only when its rows share at least MIN_SHARED_PREFIX tokens beyond what
+    every row shares (a chat template's system prompt is shared by all items, and is no reason
+    to keep a subtask's few items in small batches of their own). All other rows are pooled and
+    batched by length across groups, after the prefix they all share when that is long enough.
+
+    Returns (each group to run after a shared prefix, with that length, at most the group's limit),
+    and the rows that run in full.
     """
-    shared, loose = [], []
+    if not reuse_prefix:
+        return [], [row for group in groups for row in group]
+    every = [row for group in groups for row in group]
+    common = shared_prefix_length([sequences[r] for r in every], min(limits)) if len(every) > 1 else 0
+    shared, loose, loose_limit = [], [], None
     for group, limit in zip(groups, limits):
-        length = shared_prefix_length([sequences[r] for r in group], limit) if reuse_prefix and len(group) > 1 else 0
-        if length >= MIN_SHARED_PREFIX:
+        length = shared_prefix_length([sequences[r] for r in group], limit) if len(group) > 1 else 0
+        if length >= MIN_SHARED_PREFIX and length - common >= MIN_SHARED_PREFIX:
             shared.append((group, length))
         else:
             loose.extend(group)
+            loose_limit = limit if loose_limit is None else min(loose_limit, limit)
+    if len(loose) > 1:
+        length = shared_prefix_length([sequences[r] for r in loose], loose_limit)
+        if length >= MIN_SHARED_PREFIX:
+            return [*shared, (loose, length)], []
     return shared, loose
 
 
