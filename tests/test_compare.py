@@ -414,12 +414,13 @@ def test_a_row_can_choose_by_a_selection_algorithm_and_one_its_selector_cannot_s
     from influence.compare import compare
     from influence.constants import manifest_path
 
-    trained = _stand_in_training(monkeypatch)
+    _stand_in_training(monkeypatch)
     pool, target = _files(tmp_path)
     rows = ["bm25", "bm25:algorithm=round-robin,algorithm_over=subtask"]
     compare(CompareConfig(pools=[str(pool)], targets=[str(target)], k=3, selectors=rows, seeds=1, base=False),
             tmp_path / "cmp")
-    algorithms = sorted(json.loads(manifest_path(p).read_text())["algorithm"]["name"] for p in trained)
+    selections = (tmp_path / "cmp" / "selections").glob("*.jsonl")
+    algorithms = sorted(json.loads(manifest_path(p).read_text())["algorithm"]["name"] for p in selections)
     assert algorithms == ["round-robin", "top-k"]
     with pytest.raises(SelectionError, match="needs per-target similarities"):
         compare(CompareConfig(pools=[str(pool)], targets=[str(target)], k=3, selectors=["longest:algorithm=uot"],
@@ -520,3 +521,29 @@ def test_only_seeds_runs_those_training_seeds_of_every_row_and_refuses_others():
     for bad in ([3], []):
         with pytest.raises(ConfigError, match="only_seeds"):
             CompareConfig(pools=["alpaca"], targets=["bbh"], seeds=3, only_seeds=bad)
+
+
+def test_a_later_sitting_without_the_training_runs_reuses_their_committed_evaluations(tmp_path, monkeypatch):
+    """Training runs (weights) are never committed, their evaluations are: a sitting on a fresh machine finds
+    a run's evaluations under --out and does not train it again; a run with no evaluation is trained."""
+    import shutil
+
+    from influence.compare import compare
+
+    pool, target = _files(tmp_path)
+    trained = _stand_in_training(monkeypatch, loss=lambda model, n: 1.0 + n / 10)
+    out = tmp_path / "cmp"
+    config = CompareConfig(pools=[str(pool)], targets=[str(target)], k=4, selectors=["longest", "random"], seeds=2,
+                           bootstrap_resamples=200)
+    first = compare(config, out)
+    assert len(trained) == 4
+    fresh = Path(shutil.copytree(out, tmp_path / "fresh", ignore=shutil.ignore_patterns("runs")))
+    trained.clear()
+    again = compare(config, fresh)
+    assert trained == []                                              # nothing trained again
+    assert [r["target_loss"] for r in again["rows"]] == [r["target_loss"] for r in first["rows"]]
+    assert again["selectors"] == first["selectors"]
+    (stale,) = [p for p in fresh.glob("evals/*/random-s1-*.json")]
+    stale.unlink()                                                    # one run lost its evaluation: it is trained
+    compare(config, fresh)
+    assert len(trained) == 1 and "random-any-s1" in trained[0]

@@ -92,14 +92,23 @@ def compare(config: CompareSettings, out: str | Path, *,
     wanted = config.eval_metrics()
     item_ids = {spec: _item_ids(spec, config.limit, eval_config) for spec in config.targets}
 
-    def evaluate_cell(cell: Cell, model: Any, model_key: str) -> None:
+    def eval_key(target: str, model_key: str) -> str:
         # every cell of a target is evaluated on the same held-out items (the --limit subset drawn
         # with seed 0), so differences between rows and seeds come from the selections and training
-        key = sha256_json({"model": model_key, "target": cell.target, "limit": config.limit, "seed": 0,
-                           "eval": eval_config.to_dict(), "metrics": wanted,
-                           "format": evaluation.RESULTS_FORMAT})[:10]
+        return sha256_json({"model": model_key, "target": target, "limit": config.limit, "seed": 0,
+                            "eval": eval_config.to_dict(), "metrics": wanted,
+                            "format": evaluation.RESULTS_FORMAT})[:10]
+
+    def saved_evaluation(target: str, model_key: str) -> Path | None:
+        """A training run's evaluation on `target` already under `out` (named `<run>-<key>.json`), if any."""
+        found = sorted((out / "evals" / _safe(target)).glob(f"*-{model_key}-{eval_key(target, model_key)}.json"))
+        return found[0] if found else None
+
+    seconds_before = _training_seconds(out)
+
+    def evaluate_cell(cell: Cell, model: Any, model_key: str) -> None:
         stem = cell.run.name if cell.run is not None else BASE
-        cell.eval = out / "evals" / _safe(cell.target) / f"{stem}-{key}.json"
+        cell.eval = out / "evals" / _safe(cell.target) / f"{stem}-{eval_key(cell.target, model_key)}.json"
         cell.cached["evaluation"] = cell.eval.exists()
         if cell.cached["evaluation"]:
             results = json.loads(cell.eval.read_text())
@@ -157,8 +166,21 @@ def compare(config: CompareSettings, out: str | Path, *,
                 existing = sorted((out / "runs").glob(f"*-t{seed}-{train_key}"))
                 run = existing[0] if existing else \
                     out / "runs" / f"{_safe(row.label)}-s{selection_seed}-t{seed}-{train_key}"
+                evaluated_on = config.targets if target_spec is None else [target_spec]
+                saved = {spec: saved_evaluation(spec, train_key) for spec in evaluated_on}
+                if not existing and all(saved.values()):
+                    # a later sitting, perhaps on another machine: the run's evaluations are kept, its weights
+                    # (never committed) need not be, so it is not trained again
+                    for spec in evaluated_on:
+                        cell = Cell(row.label, spec, seed, selection_seed, selection, None, saved[spec])
+                        cell.cached.update(selection=cached, training=True, evaluation=True)
+                        cell.selection_seconds = json.loads(manifest_path(selection).read_text())["selection_seconds"]
+                        cell.training_seconds = seconds_before.get(saved[spec].name, 0.0)
+                        cell.measure(json.loads(saved[spec].read_text()), wanted)
+                        finish(cell)
+                    continue
                 result = training.train(str(selection), config.train.with_(seed=seed), run)
-                for spec in (config.targets if target_spec is None else [target_spec]):
+                for spec in evaluated_on:
                     cell = Cell(row.label, spec, seed, selection_seed, selection, run)
                     cell.cached.update(selection=cached, training=result.reused)
                     cell.selection_seconds = json.loads(manifest_path(selection).read_text())["selection_seconds"]
@@ -169,6 +191,15 @@ def compare(config: CompareSettings, out: str | Path, *,
     summary = comparison_summary(cells, config.to_dict(), pool, contamination, out)
     write_reports(summary, out)
     return summary
+
+
+def _training_seconds(out: Path) -> dict[str, float]:
+    """Evaluation file name -> the training seconds an earlier report of `out` recorded for its run."""
+    saved = out / "results.json"
+    if not saved.exists():
+        return {}
+    rows = json.loads(saved.read_text(encoding="utf-8")).get("rows", [])
+    return {Path(row["eval"]).name: float(row.get("training_seconds") or 0.0) for row in rows if row.get("eval")}
 
 
 def regenerate(out: str | Path) -> dict[str, Any]:
