@@ -144,6 +144,8 @@ class TrainSettings:
             data.pop(name)
         if self.method == "full":
             data.pop("lora")
+        if self.precision == "auto":  # follows the loaded model's dtype (fp32 on a CPU), as every run before the
+            data.pop("precision")     # setting existed trained: such runs keep their identity; bf16/fp32 given count
         return data
 
     @classmethod
