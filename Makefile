@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The hub is asked only when HF_HUB_OFFLINE=0 is given: offline, huggingface_hub would retry for
+# about half a minute before the bundled Alpaca sample is read.
+HF_HUB_OFFLINE ?= 1
+
 demo: $(STAMP)
-	$(BIN)/influence select --pool alpaca --k 1000 --overwrite
+	HF_HUB_OFFLINE=$(HF_HUB_OFFLINE) $(BIN)/influence select --pool alpaca --k 1000 --overwrite
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
