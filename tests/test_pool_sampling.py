@@ -32,6 +32,14 @@ def test_a_stratified_sample_keeps_each_groups_share_is_seeded_and_keeps_the_sou
     assert "seeded sample of 20 (seed 0, stratified by subtask)" in sample.describe()[0]
 
 
+def test_a_sample_does_not_report_the_examples_it_left_out_as_duplicates(tmp_path):
+    path = _subtask_file(tmp_path)
+    line = load_pool([f"{path}:sample=20"]).describe()[0]
+    assert line.startswith(f"pool {path}:sample=20: 20 examples") and "duplicate" not in line
+    doubled = load_pool([f"{path}:sample=20", str(path)]).describe()
+    assert "20 exact duplicates of examples already in the pool removed" in doubled[1]
+
+
 def test_the_bundled_flan_cot_recipe_draws_from_all_seven_sources_in_proportion():
     flan = load_pool(["flan_cot"])
     sample = load_pool(["flan_cot:sample=300,stratify=source"])

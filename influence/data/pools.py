@@ -45,6 +45,7 @@ class PoolSource:
     read: int            # records read
     skipped_empty: int   # records skipped for an empty response
     kept: int            # examples added to the pool (after removing duplicates)
+    duplicates: int = 0  # examples dropped as exact duplicates of ones already in the pool
 
 
 def example_ids(examples: Sequence[Example]) -> list[str]:
@@ -89,9 +90,8 @@ class Pool:
         """One line per source (plus a total of duplicates when several sources are mixed), for the terminal."""
         lines = []
         for source in self.sources:
-            duplicates = source.read - source.skipped_empty - source.kept
-            notes = [f"{counted(duplicates, 'exact duplicate')} of examples already in the pool removed"] \
-                if duplicates else []
+            notes = [f"{counted(source.duplicates, 'exact duplicate')} of examples already in the pool removed"] \
+                if source.duplicates else []
             if source.skipped_empty:
                 notes.append(f"{counted(source.skipped_empty, 'record')} with an empty response skipped")
             origin = "" if source.origin in (f"file {Path(source.spec)}", f"datasets {source.spec[3:]}") \
@@ -376,15 +376,16 @@ def load_pool(specs: str | Iterable[str], *, stream: bool = False) -> Pool:
     pool = Pool(examples=[])
     for spec in specs:
         report, origin = read_pool_spec(spec)
-        kept = 0
+        kept = dropped = 0
         for example in report.examples:
             if example.id in seen:
-                pool.duplicates += 1
+                dropped += 1
                 continue
             seen.add(example.id)
             pool.examples.append(example)
             kept += 1
-        pool.sources.append(PoolSource(spec, origin, report.read, report.skipped_empty, kept))
+        pool.duplicates += dropped
+        pool.sources.append(PoolSource(spec, origin, report.read, report.skipped_empty, kept, dropped))
     if not pool.examples:
         raise SelectionError(f"the pool {' + '.join(specs)} has no usable examples "
                              "(empty, or every response is empty)")
@@ -424,11 +425,12 @@ class PoolStream:
         digest = hashlib.sha256(b"[")  # sha256_json of the id list, written as it grows
         for spec in self.specs:
             examples, reading = iter_pool_spec(spec)
-            kept = 0
+            kept = dropped = 0
             for example in examples:
                 key = int(example.id, 16)
                 if key in seen:
                     self.duplicates += 1
+                    dropped += 1
                     continue
                 seen.add(key)
                 digest.update((b',"' if self.count else b'"') + example.id.encode() + b'"')
@@ -436,7 +438,7 @@ class PoolStream:
                 kept += 1
                 yield example
             report = reading.report
-            self.sources.append(PoolSource(spec, reading.origin, report.read, report.skipped_empty, kept))
+            self.sources.append(PoolSource(spec, reading.origin, report.read, report.skipped_empty, kept, dropped))
         if not self.count:
             raise SelectionError(f"the pool {' + '.join(self.specs)} has no usable examples "
                                  "(empty, or every response is empty)")
