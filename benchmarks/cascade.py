@@ -18,6 +18,14 @@ top k that the shortlist holds (the most the cascade can keep) and that the casc
 
 The full run takes hours on 2 CPU cores: `influence select --pool alpaca --target T --k 250
 --dry-run` prices the full LESS pass, and `--prefilter bm25:N` beside it prices a cascade's.
+A full LESS selection already made (by `influence select` or a comparison, same pool, target,
+k, seed and LESS settings) can stand in for the first target's full run: `--reference SEL.jsonl`
+takes its picks and the selection time its manifest records, and only the cascades run;
+`--shortlist-only` then prices many prefilters in seconds: the share of full LESS's picks each
+shortlist holds, the most its cascade can keep.
+
+    python benchmarks/cascade.py --pool-size 1000 --k 100 --n 200 --flan-source '' \
+        --reference examples/results/lima/selections/less-user_oriented-s0-....jsonl
 """
 
 from __future__ import annotations
@@ -72,6 +80,29 @@ def kept_share(chosen: np.ndarray, reference: np.ndarray) -> float:
     return len(set(chosen.tolist()) & set(reference.tolist())) / len(reference)
 
 
+def reference_run(path: str, pool: Any, cleared: Any, target: Any, k: int, seed: int) -> tuple[np.ndarray, float]:
+    """The picks (as indices into `cleared`, the pool the guard left) and the selection seconds of a
+    full LESS selection saved earlier, after checking it was made on this pool and target with this k and seed."""
+    from influence.errors import DataError
+    from influence.io import sha256_json
+    from influence.publish import read_selection
+
+    saved = read_selection(path)
+    manifest = saved.manifest
+    expected = {"selector": "less", "k": k, "seed": seed, "pool": pool.fingerprint,
+                "target": sha256_json([e.id for e in target.examples])}
+    found = {"selector": manifest["selector"]["name"], "k": manifest["k"], "seed": manifest["seed"],
+             "pool": manifest["pool"]["fingerprint"], "target": (manifest.get("target") or {}).get("fingerprint")}
+    differs = [key for key in expected if expected[key] != found[key]]
+    if differs:
+        raise DataError(f"{path}: not a full LESS selection of this benchmark's run ({', '.join(differs)} differ: "
+                        f"{', '.join(f'{key} {found[key]!r} != {expected[key]!r}' for key in differs)})")
+    if manifest.get("prefilter") or (manifest.get("algorithm") or {}).get("name", "top-k") != "top-k":
+        raise DataError(f"{path}: made with a prefilter or another algorithm; the reference must be full LESS, top-k")
+    where = {example_id: index for index, example_id in enumerate(cleared.ids)}
+    return np.array([where[r["id"]] for r in saved.records]), float(manifest["selection_seconds"])
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Full LESS, then every cascade, for each target; one row per run."""
     from influence.cascade import Prefilter, shortlist
@@ -98,11 +129,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         cleared, _ = decontaminate(pool, target)
         print(f"target {label}: {len(target)} examples, {len(target.subtasks())} subtasks; pool as scored: "
               f"{len(cleared):,}", flush=True)
-        start = time.perf_counter()
-        full = select(cleared, args.k, LessSelector(settings, loaded=loaded), target=target, seed=args.seed)
-        full_seconds = time.perf_counter() - start
+        if args.reference and label == args.target:
+            full_indices, full_seconds = reference_run(args.reference, pool, cleared, target, args.k, args.seed)
+            print(f"  full LESS: {full_seconds:,.0f} s, as recorded in {args.reference}", flush=True)
+        else:
+            start = time.perf_counter()
+            full_indices = select(cleared, args.k, LessSelector(settings, loaded=loaded), target=target,
+                                  seed=args.seed).indices
+            full_seconds = time.perf_counter() - start
+            print(f"  full LESS: {full_seconds:,.0f} s", flush=True)
         rows.append({"target": label, "run": "less (full)", "seconds": full_seconds, "shortlist": 1.0, "kept": 1.0})
-        print(f"  full LESS: {full_seconds:,.0f} s", flush=True)
         for name in args.prefilters:
             options = {"settings": settings} if name in ("embed", "rds") else {}
             for n in args.n:
@@ -110,6 +146,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     print(f"  {name}:{n}: skipped (N must lie in [k, pool])", flush=True)
                     continue
                 prefilter = Prefilter(name, n, options)
+                if args.shortlist_only:
+                    listed = shortlist(cleared, prefilter, target=target, seed=args.seed)
+                    row = {"target": label, "run": f"{name}:{n} (shortlist only)", "seconds": listed.record["seconds"],
+                           "prefilter_seconds": listed.record["seconds"],
+                           "shortlist": kept_share(listed.indices, full_indices), "kept": None}
+                    rows.append(row)
+                    print(f"  {row['run']}: holds {row['shortlist']:.0%} of full LESS's top {args.k}", flush=True)
+                    continue
                 start = time.perf_counter()
                 cascade = select(cleared, args.k, LessSelector(settings, loaded=loaded), target=target,
                                  seed=args.seed, prefilter=prefilter)
@@ -117,7 +161,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 listed = shortlist(cleared, prefilter, target=target, seed=args.seed).indices
                 row = {"target": label, "run": f"{name}:{n} + less", "seconds": seconds,
                        "prefilter_seconds": cascade.extra["prefilter"]["seconds"],
-                       "shortlist": kept_share(listed, full.indices), "kept": kept_share(cascade.indices, full.indices)}
+                       "shortlist": kept_share(listed, full_indices), "kept": kept_share(cascade.indices, full_indices)}
                 rows.append(row)
                 print(f"  {row['run']}: {seconds:,.0f} s, shortlist holds {row['shortlist']:.0%} of full LESS's "
                       f"top {args.k}, cascade keeps {row['kept']:.0%}", flush=True)
@@ -131,6 +175,9 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         prefilter = f"{r['prefilter_seconds']:,.1f}" if "prefilter_seconds" in r else "-"
+        if r["kept"] is None:  # a shortlist alone: no LESS ran over it
+            lines.append(f"| {r['target']} | {r['run']} | - | {prefilter} | - | {r['shortlist']:.0%} | - |")
+            continue
         lines.append(f"| {r['target']} | {r['run']} | {r['seconds']:,.0f} | {prefilter} | "
                      f"{full[r['target']] / r['seconds']:.1f}x | {r['shortlist']:.0%} | {r['kept']:.0%} |")
     return lines
@@ -154,7 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--index-root", default=None, help="where the datastores go [default: a new temp dir]")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shortlist-only", action="store_true",
+                        help="only the shortlists: how much of full LESS's top k each holds (the most a cascade can "
+                             "keep), without running LESS over them")
+    parser.add_argument("--reference", default=None,
+                        help="a saved full LESS selection (.jsonl) of the first target: its picks and time stand in "
+                             "for the full run")
     args = parser.parse_args(argv)
+    if args.reference and args.target_size:
+        parser.error("--reference needs the whole target (--target-size 0): the saved run scored all of it")
     from influence.errors import InfluenceError
 
     try:
