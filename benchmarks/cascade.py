@@ -24,8 +24,8 @@ takes its picks and the selection time its manifest records, and only the cascad
 `--shortlist-only` then prices many prefilters in seconds: the share of full LESS's picks each
 shortlist holds, the most its cascade can keep.
 
-    python benchmarks/cascade.py --pool-size 1000 --k 100 --n 200 --flan-source '' \
-        --reference examples/results/lima/selections/less-user_oriented-s0-....jsonl
+    python benchmarks/cascade.py --pool-size 300 --k 30 --n 60 120 --prefilters embed --flan-source '' \
+        --reference benchmarks/results/cascade/less-full-k30.jsonl      # the runs in results/cascade/
 """
 
 from __future__ import annotations
