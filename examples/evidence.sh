@@ -27,7 +27,6 @@ SELECTORS=${SELECTORS:-less:scoring=unprojected,store_features=true,random,longe
 # learning rate 0 (LESS's 3% linear warmup), so E epochs give E-1 scored checkpoints: 3 epochs give 2.
 EPOCHS=${EPOCHS:-2}                # training epochs per selection (the small-k recipe's 4 on a bigger machine)
 WARMUP_EPOCHS=${WARMUP_EPOCHS:-3}  # LESS's 4 give 3 checkpoints: the dry run says they do not fit in an hour
-INFLUENCE=${INFLUENCE:-influence}
 
 ARGS=(--pool alpaca:sample=300 --pool flan_cot:sample=300,stratify=source
       --target bbh --target mmlu --k 60
@@ -35,13 +34,5 @@ ARGS=(--pool alpaca:sample=300 --pool flan_cot:sample=300,stratify=source
       --metrics loss,accuracy --limit 200 --recipe small-k --epochs "$EPOCHS"
       --warmup-epochs "$WARMUP_EPOCHS" --out "$OUT")
 
-if [[ -n "${DRY_RUN:-}" ]]; then
-    exec $INFLUENCE compare "${ARGS[@]}" --dry-run
-fi
-mkdir -p "$OUT"
-$INFLUENCE compare "${ARGS[@]}" --dry-run | tee "$OUT/dry_run.txt"
-{ echo "machine: $(nproc) CPU cores, $(free -g | awk '/Mem:/ {print $2}') GB RAM, $(uname -srm)"
-  ${PYTHON:-python} -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'
-  echo "started: $(date -u +%FT%TZ)"; } > "$OUT/machine.txt"
-$INFLUENCE compare "${ARGS[@]}"
-echo "finished: $(date -u +%FT%TZ)" >> "$OUT/machine.txt"
+source examples/sitting.sh
+run_sitting "$OUT" "${ARGS[@]}"

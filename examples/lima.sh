@@ -8,7 +8,7 @@
 #   SELECTORS=less examples/lima.sh   # a later sitting: adds rows; the earlier cells are reused
 #
 # Run it alone on the machine. Pool: a seeded 1,000-example sample of the bundled Alpaca (offline);
-# k = 10% = 100; 3 training seeds (random draws again with each); the same 180 held-out items for
+# k = 10% = 100; 3 training seeds (random and dsir draw again with each); the same 180 held-out items for
 # every row; the untrained model as the base row. Recipe: small-k (batch 8) for 2 epochs at the
 # learning rate picked on the validation split (examples/results/lima/recipe.md), never on held-out items.
 set -euo pipefail
@@ -17,20 +17,10 @@ export HF_HUB_OFFLINE=1
 
 OUT=${OUT:-examples/results/lima}
 SELECTORS=${SELECTORS:-random,longest}
-INFLUENCE=${INFLUENCE:-influence}
 
 ARGS=(--pool alpaca:sample=1000 --target user_oriented --k 100
-      --selectors "$SELECTORS" --seeds 3 --selection-seeds 1 --redraw random
+      --selectors "$SELECTORS" --seeds 3 --selection-seeds 1 --redraw random,dsir
       --metrics loss --recipe small-k-validated --out "$OUT" ${EXTRA:-})
 
-if [[ -n "${DRY_RUN:-}" ]]; then
-    exec $INFLUENCE compare "${ARGS[@]}" --dry-run
-fi
-mkdir -p "$OUT"
-$INFLUENCE compare "${ARGS[@]}" --dry-run | tee "$OUT/dry_run-$(date -u +%Y%m%dT%H%M).txt"
-{ echo "machine: $(nproc) CPU cores, $(free -g | awk '/Mem:/ {print $2}') GB RAM, $(uname -srm)"
-  ${PYTHON:-python} -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu", "threads", torch.get_num_threads())'
-  echo "selectors: $SELECTORS"
-  echo "started: $(date -u +%FT%TZ)"; } >> "$OUT/machine.txt"
-$INFLUENCE compare "${ARGS[@]}"
-echo "finished: $(date -u +%FT%TZ)" >> "$OUT/machine.txt"
+source examples/sitting.sh
+run_sitting "$OUT" "${ARGS[@]}"

@@ -523,6 +523,30 @@ def test_only_seeds_runs_those_training_seeds_of_every_row_and_refuses_others():
             CompareConfig(pools=["alpaca"], targets=["bbh"], seeds=3, only_seeds=bad)
 
 
+def test_a_sitting_running_some_seeds_reports_every_seed_already_evaluated_and_runs_no_other(tmp_path, monkeypatch):
+    """`only_seeds` limits the work, not the report: the seeds another process or an earlier sitting
+    evaluated are in the tables; those not evaluated yet are neither run nor reported."""
+    from influence.compare import compare
+
+    pool, target = _files(tmp_path)
+    trained = _stand_in_training(monkeypatch, loss=lambda model, n: 1.0 + n / 10)
+    out = tmp_path / "cmp"
+
+    def sitting(*seeds):
+        trained.clear()
+        compare(CompareConfig(pools=[str(pool)], targets=[str(target)], k=4, selectors=["longest", "random"],
+                              seeds=3, only_seeds=list(seeds), base=False, bootstrap_resamples=200), out)
+        return sorted(_rows(out))
+
+    assert sitting(1) == [(str(target), "longest", 0, 1), (str(target), "random", 1, 1)]
+    assert len(trained) == 2
+    every = sitting(0, 2)
+    assert len(trained) == 4                                           # seed 1 not run again
+    assert every == sorted((str(target), row, seed if row == "random" else 0, seed)
+                           for row in ("longest", "random") for seed in (0, 1, 2))
+    assert sitting(2) == every and trained == []                       # all reused, all reported
+
+
 def test_a_later_sitting_without_the_training_runs_reuses_their_committed_evaluations(tmp_path, monkeypatch):
     """Training runs (weights) are never committed, their evaluations are: a sitting on a fresh machine finds
     a run's evaluations under --out and does not train it again; a run with no evaluation is trained."""

@@ -52,9 +52,10 @@ def _safe(text: str) -> str:
 
 
 
-def _plan(config: CompareSettings, row: SelectorRow) -> list[tuple[int, int]]:
-    """(selection seed, training seed) pairs of one row (only those of `only_seeds` when given)."""
-    seeds = [s for s in range(config.seeds) if config.only_seeds is None or s in config.only_seeds]
+def _plan(config: CompareSettings, row: SelectorRow, *, every_seed: bool = False) -> list[tuple[int, int]]:
+    """(selection seed, training seed) pairs of one row: those this process runs (only those of `only_seeds`
+    when given), or with `every_seed` all of the comparison's (the report takes in any already evaluated)."""
+    seeds = [s for s in range(config.seeds) if every_seed or config.only_seeds is None or s in config.only_seeds]
     if row.name in config.redraw:
         return [(seed, seed) for seed in seeds]
     return list(itertools.product(range(config.selection_seeds), seeds))
@@ -140,7 +141,11 @@ def compare(config: CompareSettings, out: str | Path, *,
             target = targets[target_spec] if target_spec is not None else None
             target_fp = sha256_json([e.id for e in target.examples]) if target is not None else None
             seen: set[tuple[str, int]] = set()
-            for selection_seed, seed in _plan(config, row):
+            ours = set(_plan(config, row))
+            for selection_seed, seed in _plan(config, row, every_seed=True):
+                # a seed left to another process or sitting (`only_seeds`) is reported once its evaluations are
+                # saved, and never selected, trained or evaluated here
+                runs_here = (selection_seed, seed) in ours
                 diversity, algorithm = diversities[row.label], algorithms[row.label]
                 chosen_by = {} if algorithm.name == TopK().name else {"algorithm": algorithm.to_dict()}
                 key = sha256_json({"pool": pool.fingerprint, "target": target_fp, "selector": row.name,
@@ -151,6 +156,8 @@ def compare(config: CompareSettings, out: str | Path, *,
                 where = _safe(target_spec) if target_spec is not None else "any"
                 selection = out / "selections" / f"{_safe(row.label)}-{where}-s{selection_seed}-{key}.jsonl"
                 cached = selection.exists() and manifest_path(selection).exists()
+                if not cached and not runs_here:
+                    continue
                 if not cached:
                     made = select(scored_pool, config.k, selector, target=target, seed=selection_seed,
                                   contamination=guard, diversity=diversity, algorithm=algorithm,
@@ -168,16 +175,21 @@ def compare(config: CompareSettings, out: str | Path, *,
                     out / "runs" / f"{_safe(row.label)}-s{selection_seed}-t{seed}-{train_key}"
                 evaluated_on = config.targets if target_spec is None else [target_spec]
                 saved = {spec: saved_evaluation(spec, train_key) for spec in evaluated_on}
-                if not existing and all(saved.values()):
+                if (not existing or not runs_here) and all(saved.values()):
                     # a later sitting, perhaps on another machine: the run's evaluations are kept, its weights
                     # (never committed) need not be, so it is not trained again
+                    trained = existing[0] / "manifest.json" if existing else None
                     for spec in evaluated_on:
                         cell = Cell(row.label, spec, seed, selection_seed, selection, None, saved[spec])
                         cell.cached.update(selection=cached, training=True, evaluation=True)
                         cell.selection_seconds = json.loads(manifest_path(selection).read_text())["selection_seconds"]
-                        cell.training_seconds = seconds_before.get(saved[spec].name, 0.0)
+                        cell.training_seconds = (float(json.loads(trained.read_text())["seconds"])
+                                                 if trained is not None and trained.exists()
+                                                 else seconds_before.get(saved[spec].name, 0.0))
                         cell.measure(json.loads(saved[spec].read_text()), wanted)
                         finish(cell)
+                    continue
+                if not runs_here:  # another process's seed, not yet evaluated
                     continue
                 result = training.train(str(selection), config.train.with_(seed=seed), run)
                 for spec in evaluated_on:

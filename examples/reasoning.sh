@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# LESS's question at small scale: which 10% of a mixed pool (Alpaca + FLAN v2 chain-of-thought) teaches a
+# model a reasoning task the pool does not hold verbatim? Target: one FLAN-CoT source (`flan_cot:strategyqa`
+# by default; 25 selection examples, 50 validation, 200 held out), whose rows the comparison removes from the
+# pool; metric: answer-only loss on the held-out rationales and answers.
+#
+#   examples/reasoning.sh                         # prints the dry run, then runs (resumes, reusing cached cells)
+#   DRY_RUN=1 examples/reasoning.sh               # the dry run only
+#   TARGET=flan_cot:aqua examples/reasoning.sh    # the other target (its own output folder)
+#   SELECTORS=bm25,dsir examples/reasoning.sh     # a later sitting adds rows; list the earlier ones too
+#
+# Run it alone on the machine. Pool: seeded samples of 300 bundled Alpaca and 300 FLAN-CoT examples (every
+# source in proportion); k = 10% = 60; 3 training seeds (random and dsir draw again with each); the same 200
+# held-out items for every row; the untrained model as the base row. Recipe: RECIPE (default small-k-validated:
+# batch 8, 2 epochs, lr 1e-4, picked on validation items, never held-out ones).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+
+TARGET=${TARGET:-flan_cot:strategyqa}
+OUT=${OUT:-examples/results/reasoning-${TARGET##*:}}
+SELECTORS=${SELECTORS:-random,longest,less:store_features=true,less:scoring=faiss}
+RECIPE=${RECIPE:-small-k-validated}
+
+ARGS=(--pool alpaca:sample=300 --pool flan_cot:sample=300,stratify=source --target "$TARGET" --k 60
+      --selectors "$SELECTORS" --seeds 3 --selection-seeds 1 --redraw random,dsir
+      --metrics loss --recipe "$RECIPE" --out "$OUT" ${EXTRA:-})
+
+source examples/sitting.sh
+run_sitting "$OUT" "${ARGS[@]}"
