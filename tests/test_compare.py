@@ -567,6 +567,8 @@ def test_a_later_sitting_without_the_training_runs_reuses_their_committed_evalua
     assert trained == []                                              # nothing trained again
     assert [r["target_loss"] for r in again["rows"]] == [r["target_loss"] for r in first["rows"]]
     assert again["selectors"] == first["selectors"]
+    # the reused runs still count in the wall-time table, once each
+    assert again["phases"]["training"]["count"] == first["phases"]["training"]["count"] == 4
     (stale,) = [p for p in fresh.glob("evals/*/random-s1-*.json")]
     stale.unlink()                                                    # one run lost its evaluation: it is trained
     compare(config, fresh)
