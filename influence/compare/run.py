@@ -178,13 +178,12 @@ def compare(config: CompareSettings, out: str | Path, *,
                 if (not existing or not runs_here) and all(saved.values()):
                     # a later sitting, perhaps on another machine: the run's evaluations are kept, its weights
                     # (never committed) need not be, so it is not trained again
-                    trained = existing[0] / "manifest.json" if existing else None
+                    trained = run / "manifest.json"
                     for spec in evaluated_on:
-                        cell = Cell(row.label, spec, seed, selection_seed, selection, None, saved[spec])
+                        cell = Cell(row.label, spec, seed, selection_seed, selection, run, saved[spec])
                         cell.cached.update(selection=cached, training=True, evaluation=True)
                         cell.selection_seconds = json.loads(manifest_path(selection).read_text())["selection_seconds"]
-                        cell.training_seconds = (float(json.loads(trained.read_text())["seconds"])
-                                                 if trained is not None and trained.exists()
+                        cell.training_seconds = (float(json.loads(trained.read_text())["seconds"]) if trained.exists()
                                                  else seconds_before.get(saved[spec].name, 0.0))
                         cell.measure(json.loads(saved[spec].read_text()), wanted)
                         finish(cell)

@@ -155,23 +155,12 @@ def _length_summary(values: list[int]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "median": float(statistics.median(values)), "max": float(max(values))}
 
 
-def _run_name(cell: Cell) -> str | None:
-    """The training run a cell measured: its folder's name, or for a run reused from its saved evaluation
-    (its weights gone, as on a fresh machine) the run's name that begins the evaluation file's; None for
-    the untrained model."""
-    if cell.run is not None:
-        return cell.run.name
-    if cell.seed is None or cell.eval is None:
-        return None
-    return cell.eval.stem.rsplit("-", 1)[0]
-
-
 def phase_seconds(cells: list[Cell]) -> dict[str, Any]:
     """Measured wall time of each phase, to hold against the dry run: per selection, per training run,
     per evaluation; for LESS also its warmups and the features it computed. Cached work counts at the
     time it first took."""
     selections = {c.selection: c.selection_seconds for c in cells if c.selection is not None}
-    runs = {_run_name(c): c.training_seconds for c in cells if _run_name(c) is not None}
+    runs = {c.run: c.training_seconds for c in cells if c.run is not None}
     evals = {c.eval: (c.target, c.evaluation_seconds) for c in cells}
 
     def stats(values: list[float]) -> dict[str, float]:
