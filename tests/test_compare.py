@@ -4,6 +4,7 @@ the base row, sources of the picks, the dry run; tables, plot, and a rerun that 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,14 @@ def test_two_targets_share_the_pool_features_untargeted_rows_train_once_and_a_re
     assert second.output.count("(reused selection, training, evaluation)") == 16
     assert second.output.count("(reused evaluation)") == 2  # the base rows
     assert json.loads((out / "results.json").read_text())["rows"] == summary["rows"]
+
+    # the wall-time table's LESS lines come from the selections' manifests: a report redone without the
+    # datastore (a fresh machine, another working directory) still shows the warmup that was measured
+    assert summary["phases"]["less"]["warmup"]["count"] == 1 and summary["phases"]["less"]["warmup"]["total"] > 0
+    shutil.rmtree(indexes)
+    redone = CliRunner().invoke(main, [*args, "--reports-only"], catch_exceptions=False)
+    assert redone.exit_code == 0, redone.output
+    assert json.loads((out / "results.json").read_text())["phases"]["less"] == summary["phases"]["less"]
 
 
 def test_one_selection_serves_every_training_seed_and_selection_seeds_make_their_own_datastores(

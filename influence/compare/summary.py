@@ -172,9 +172,12 @@ def phase_seconds(cells: list[Cell]) -> dict[str, Any]:
         store = json.loads(manifest_path(path).read_text()).get("datastore")
         if not store:
             continue
-        warmup = Path(store["workdir"]) / "warmup" / "manifest.json"
-        if warmup.exists():
-            warmups[str(warmup.parent)] = float(json.loads(warmup.read_text()).get("seconds", 0.0))
+        if "warmup" in store:  # recorded in the selection's manifest: no datastore needed on this machine
+            warmups[store["warmup"]["dir"]] = float(store["warmup"]["seconds"])
+        else:  # selections made before the manifest recorded it: the datastore's own warmup manifest, if here
+            warmup = Path(store["workdir"]) / "warmup" / "manifest.json"
+            if warmup.exists():
+                warmups[str(warmup.parent)] = float(json.loads(warmup.read_text()).get("seconds", 0.0))
         for role, done in store.get("featurized", {}).items():
             features[role] = features.get(role, 0.0) + done.get("gradient_seconds", 0.0) \
                 + done.get("projection_seconds", 0.0)
