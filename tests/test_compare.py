@@ -369,6 +369,26 @@ def test_the_dry_run_prices_training_by_epochs_and_k_and_generation_only_when_as
     assert phases(metrics=["loss", "em"])[evaluation] > one[evaluation] == phases(metrics=["loss"])[evaluation]
 
 
+def test_the_dry_run_of_a_sitting_prices_only_its_seeds(tmp_path, tiny_model_dir):
+    """--only-seeds limits the work, so it limits the estimate: one seed of three is a third of the runs."""
+    from influence.training import TrainSettings as TrainConfig
+
+    pool, target = _files(tmp_path)
+
+    def counts(**changes):
+        settings = {"pools": [str(pool)], "targets": [str(target)], "k": 4, "selectors": ["longest", "random"],
+                    "seeds": 3, "train": TrainConfig.for_tests(model=str(tiny_model_dir)), **changes}
+        estimate = estimate_compare(CompareConfig(**settings), flops_per_second=1e9)
+        return {p["name"]: p["count"] for p in estimate.phases}, estimate.context
+
+    every, _ = counts()
+    sitting, context = counts(only_seeds=[1])
+    assert every["training, per run"] == 6 and sitting["training, per run"] == 2
+    evaluation = f"evaluation on {target}, per run"
+    assert every[evaluation] == 7 and sitting[evaluation] == 3  # the base row is priced in either
+    assert "3 training seed(s) (this sitting: 1)" in context[1]
+
+
 def test_every_selection_is_cleared_of_every_targets_heldout_items(tmp_path, monkeypatch):
     """longest is trained once and evaluated on bbh and mmlu, so an example copying an MMLU test question
     stays out of it; targeted rows score the same cleared pool, so LESS's datastore serves every target."""
@@ -518,15 +538,13 @@ def test_a_recipe_carries_its_provenance_and_names_what_a_comparison_changed():
 
 
 def test_only_seeds_runs_those_training_seeds_of_every_row_and_refuses_others():
-    from influence.compare.run import _plan
-
     config = CompareConfig(pools=["alpaca"], targets=["bbh"], selectors=["random", "longest"], seeds=3,
                            selection_seeds=2, only_seeds=[2, 0])
     random_row, longest_row = config.rows()
-    assert _plan(config, random_row) == [(0, 0), (2, 2)]               # redrawn with each kept seed
-    assert _plan(config, longest_row) == [(0, 0), (0, 2), (1, 0), (1, 2)]  # every selection seed, kept seeds
+    assert config.seed_pairs(random_row) == [(0, 0), (2, 2)]               # redrawn with each kept seed
+    assert config.seed_pairs(longest_row) == [(0, 0), (0, 2), (1, 0), (1, 2)]  # every selection seed, kept seeds
     everything = CompareConfig(pools=["alpaca"], targets=["bbh"], selectors=["longest"], seeds=3)
-    assert [seed for _, seed in _plan(everything, everything.rows()[0])] == [0, 1, 2]
+    assert [seed for _, seed in everything.seed_pairs(everything.rows()[0])] == [0, 1, 2]
     for bad in ([3], []):
         with pytest.raises(ConfigError, match="only_seeds"):
             CompareConfig(pools=["alpaca"], targets=["bbh"], seeds=3, only_seeds=bad)

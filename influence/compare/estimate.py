@@ -174,8 +174,7 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
         prefilter = row_prefilter(r, config)
         return selectors[r.label].requires_target or (prefilter is not None and prefilter.targeted)
 
-    runs = sum(draws(r) * (config.seeds if r.name not in config.redraw else 1) * (len(targets) if per_target(r) else 1)
-               for r in rows)
+    runs = sum(len(config.seed_pairs(r)) * (len(targets) if per_target(r) else 1) for r in rows)
     full = config.train.method == "full"
     each = training_seconds(scaled_stats(train_stats, config.k), train_shape, epochs=config.train.epochs,
                             flops_per_second=rate, full=full)
@@ -196,7 +195,7 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
             stats = scaled_stats(stats, stats.examples, tokens=1.0 - _shared_share(items))
         new_tokens = eval_config.max_new_tokens if generate & {k for k, v in METRICS.items()
                                                                if v in TASK_METRICS[task.kind]} else 0
-        count = int(config.base) + sum(draws(r) * (config.seeds if r.name not in config.redraw else 1) for r in rows)
+        count = int(config.base) + sum(len(config.seed_pairs(r)) for r in rows)
         seconds = evaluation_seconds(stats, train_shape, flops_per_second=probe * FORWARD_UTILIZATION,
                                      generated_tokens=new_tokens)
         phase(f"evaluation on {spec}, per run", seconds, count,
@@ -214,8 +213,9 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
                      "stays that busy; on a quiet machine expect them shorter")
     context = [f"pool: {len(pool):,} examples; k={config.k:,}; rows: {', '.join(r.label for r in rows)}"
                + (" and base" if config.base else ""),
-               f"targets: {', '.join(targets)}; {config.seeds} training seed(s), {config.selection_seeds} selection "
-               f"seed(s); metrics: {', '.join(config.metrics)}",
+               f"targets: {', '.join(targets)}; {config.seeds} training seed(s)"
+               + (f" (this sitting: {', '.join(map(str, config.only_seeds))})" if config.only_seeds is not None else "")
+               + f", {config.selection_seeds} selection seed(s); metrics: {', '.join(config.metrics)}",
                f"device: {device}, {probe / 1e9:,.1f} GFLOP/s by a matmul probe, of which {MATMUL_UTILIZATION:.0%} "
                f"assumed reached by training and LESS, {FORWARD_UTILIZATION:.0%} by evaluation's forward passes"]
     return CompareEstimate(phases=phases, total_seconds=sum(p["seconds"] for p in phases), context=context,

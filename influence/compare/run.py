@@ -21,7 +21,6 @@ does only what is missing and an interrupted comparison resumes where it stopped
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from pathlib import Path
@@ -50,15 +49,6 @@ def _safe(text: str) -> str:
     text = Path(text).stem if Path(text).suffix and Path(text).exists() else text
     return safe_name(text, keep_suffix=True, keep="=") or "x"
 
-
-
-def _plan(config: CompareSettings, row: SelectorRow, *, every_seed: bool = False) -> list[tuple[int, int]]:
-    """(selection seed, training seed) pairs of one row: those this process runs (only those of `only_seeds`
-    when given), or with `every_seed` all of the comparison's (the report takes in any already evaluated)."""
-    seeds = [s for s in range(config.seeds) if every_seed or config.only_seeds is None or s in config.only_seeds]
-    if row.name in config.redraw:
-        return [(seed, seed) for seed in seeds]
-    return list(itertools.product(range(config.selection_seeds), seeds))
 
 
 def compare(config: CompareSettings, out: str | Path, *,
@@ -141,8 +131,8 @@ def compare(config: CompareSettings, out: str | Path, *,
             target = targets[target_spec] if target_spec is not None else None
             target_fp = sha256_json([e.id for e in target.examples]) if target is not None else None
             seen: set[tuple[str, int]] = set()
-            ours = set(_plan(config, row))
-            for selection_seed, seed in _plan(config, row, every_seed=True):
+            ours = set(config.seed_pairs(row))
+            for selection_seed, seed in config.seed_pairs(row, every_seed=True):
                 # a seed left to another process or sitting (`only_seeds`) is reported once its evaluations are
                 # saved, and never selected, trained or evaluated here
                 runs_here = (selection_seed, seed) in ours

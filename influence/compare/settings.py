@@ -5,6 +5,7 @@ Loads no torch, so the CLI reads the fields (their defaults, choices and help) a
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import InitVar, asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -211,6 +212,14 @@ class CompareSettings:
 
     def rows(self) -> list[SelectorRow]:
         return [SelectorRow.parse(spec) for spec in self.selectors]
+
+    def seed_pairs(self, row: SelectorRow, *, every_seed: bool = False) -> list[tuple[int, int]]:
+        """(selection seed, training seed) pairs of one row: those this process runs (only those of `only_seeds`
+        when given), or with `every_seed` all of the comparison's (the report takes in any already evaluated)."""
+        seeds = [s for s in range(self.seeds) if every_seed or self.only_seeds is None or s in self.only_seeds]
+        if row.name in self.redraw:
+            return [(seed, seed) for seed in seeds]
+        return list(itertools.product(range(self.selection_seeds), seeds))
 
     def eval_metrics(self) -> list[str]:
         """The evaluation's metric names for the chosen --metrics, the target loss left out."""
