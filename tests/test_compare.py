@@ -168,6 +168,30 @@ def test_the_picks_are_reported_by_source(tmp_path, tiny_model_dir):
     assert "| picks by source | sums.jsonl | words.jsonl |" in (out / "results.md").read_text()
 
 
+def test_picks_from_the_targets_own_source_count_apart_from_the_rest_of_its_family(tmp_path, monkeypatch):
+    """On a mixed pool and a flan_cot:<source> target, each row's picks split three ways: the target's own
+    source, the family's other sources, and the other families (what each selector believes relevant)."""
+    from influence.compare import compare
+
+    _stand_in_training(monkeypatch)
+    summary = compare(CompareConfig(pools=["alpaca:sample=30", "flan_cot:sample=70,stratify=source"],
+                                    targets=["flan_cot:strategyqa"], k=10, selectors=["bm25", "longest"], seeds=1,
+                                    base=False), tmp_path / "cmp")
+    shares = summary["sources"]["flan_cot:strategyqa"]
+    own, others = "flan_cot/strategyqa (the target's)", "flan_cot, other sources"
+    assert set(shares["pool"]) == {"alpaca", own, others}
+    assert sum(shares["pool"].values()) == pytest.approx(1.0)
+    assert 0 < shares["pool"][own] < shares["pool"][others]
+    for row in ("bm25", "longest"):  # each row's shares are its picks' sources, so labelled
+        (picked,) = (tmp_path / "cmp" / "selections").glob(f"{row}-*.jsonl")
+        sources = [json.loads(line)["source"] for line in picked.read_text().splitlines()]
+        expected = {own: sum(s == "flan_cot/strategyqa" for s in sources) / 10,
+                    others: sum(s.startswith("flan_cot/") and s != "flan_cot/strategyqa" for s in sources) / 10,
+                    "alpaca": sum(s == "alpaca" for s in sources) / 10}
+        assert shares[row] == pytest.approx({k: v for k, v in expected.items() if v})
+    assert f"| picks by source | alpaca | {others} | {own} |" in (tmp_path / "cmp" / "results.md").read_text()
+
+
 def test_generation_metrics_are_opt_in(tmp_path, tiny_model_dir):
     pool, target = _files(tmp_path)
     runs = {}

@@ -112,20 +112,30 @@ def _selections(cells: list[Cell]) -> list[Path]:
 
 def source_shares(cells: list[Cell], pool: Pool) -> dict[str, dict[str, dict[str, float]]]:
     """Per target and row, the share of picks from each pool source family (alpaca, flan_cot, ...),
-    pooled over the row's selections; `pool` is the pool's own mix."""
-    family = {e.id: (e.source or "unknown").split("/")[0] for e in pool.examples}
+    pooled over the row's selections; `pool` is the pool's own mix. A pool source named as the target
+    (flan_cot/strategyqa for flan_cot:strategyqa) counts apart from the rest of its family: what each
+    selector believes is relevant."""
+    sources = {e.id: e.source or "unknown" for e in pool.examples}
 
-    def shares(ids: list[str]) -> dict[str, float]:
+    def label(source: str, target: str) -> str:
+        own = target.replace(":", "/")
+        family = source.split("/")[0]
+        if source == own:
+            return f"{own} (the target's)"
+        return f"{family}, other sources" if own.startswith(family + "/") else family
+
+    def shares(ids: list[str], target: str) -> dict[str, float]:
         counts: dict[str, int] = {}
         for i in ids:
-            counts[family.get(i, "unknown")] = counts.get(family.get(i, "unknown"), 0) + 1
+            name = label(sources.get(i, "unknown"), target)
+            counts[name] = counts.get(name, 0) + 1
         return {name: counts[name] / len(ids) for name in sorted(counts)}
 
     out: dict[str, dict[str, dict[str, float]]] = {}
     for target, rows in _by_target_row(cells).items():
-        out[target] = {"pool": shares(list(family))}
+        out[target] = {"pool": shares(list(sources), target)}
         for name, group in rows.items():
-            out[target][name] = shares([i for path in _selections(group) for i in selected_ids(path)])
+            out[target][name] = shares([i for path in _selections(group) for i in selected_ids(path)], target)
     return out
 
 
