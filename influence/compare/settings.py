@@ -140,7 +140,8 @@ class CompareSettings:
         "help": "Selectors drawn again for every training seed, with it as their seed ('' for none)."})
     only_seeds: list[int] | None = field(default=None, metadata={
         "help": "Run only these of the training seeds 0..N-1, to share a comparison's runs among processes or "
-                "sittings; its reports cover the runs made so far.", "none": "every seed"})
+                "sittings; its reports cover the runs made so far, and its dry run prices only these.",
+        "none": "every seed"})
     metrics: list[str] = field(default_factory=lambda: ["loss", "accuracy"], metadata={
         "help": "loss (always), accuracy (MMLU, from the same forward pass), em and f1 (generate answers: slow)."})
     base: bool = field(default=True, metadata={"help": "Evaluate the untrained model as a row."})

@@ -3,6 +3,7 @@ paired differences to random and to the untrained model, with bootstrap interval
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import math
@@ -117,25 +118,22 @@ def source_shares(cells: list[Cell], pool: Pool) -> dict[str, dict[str, dict[str
     selector believes is relevant."""
     sources = {e.id: e.source or "unknown" for e in pool.examples}
 
-    def label(source: str, target: str) -> str:
-        own = target.replace(":", "/")
+    def label(source: str, own: str) -> str:
         family = source.split("/")[0]
         if source == own:
             return f"{own} (the target's)"
         return f"{family}, other sources" if own.startswith(family + "/") else family
 
-    def shares(ids: list[str], target: str) -> dict[str, float]:
-        counts: dict[str, int] = {}
-        for i in ids:
-            name = label(sources.get(i, "unknown"), target)
-            counts[name] = counts.get(name, 0) + 1
+    def shares(ids: list[str], own: str) -> dict[str, float]:
+        counts = collections.Counter(label(sources.get(i, "unknown"), own) for i in ids)
         return {name: counts[name] / len(ids) for name in sorted(counts)}
 
     out: dict[str, dict[str, dict[str, float]]] = {}
     for target, rows in _by_target_row(cells).items():
-        out[target] = {"pool": shares(list(sources), target)}
+        own = target.replace(":", "/")  # flan_cot:strategyqa's rows come from the pool source flan_cot/strategyqa
+        out[target] = {"pool": shares(list(sources), own)}
         for name, group in rows.items():
-            out[target][name] = shares([i for path in _selections(group) for i in selected_ids(path)], target)
+            out[target][name] = shares([i for path in _selections(group) for i in selected_ids(path)], own)
     return out
 
 
