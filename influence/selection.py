@@ -279,6 +279,8 @@ def select(pool: Pool, k: int, selector: Selector, *, target: Target | None = No
         short = shortlist(whole, prefilter, target=target, seed=seed)
         pool = short.pool
     # the FAISS top-k scores only its candidates: enough for top-k, not for a walk or another algorithm
+    if selector.whole_pool:  # `full`: every example the guard (and a prefilter) left, whatever k
+        k = len(pool)
     context = SelectionContext(target=target, seed=seed, k=None if diversity or algorithm.pairwise else k,
                                pairwise=algorithm.pairwise)
     result = selector.score(pool, context)

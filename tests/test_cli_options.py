@@ -57,7 +57,7 @@ BEFORE = {
                 "--pool",
                 "--projector", "--recipe", "--redraw", "--reports-only", "--scoring", "--seeds", "--selection-seeds",
                 "--selectors", "--shard-rows", "--store-features", "--target", "--train-batch-size",
-                "--train-max-length", "--train-model",
+                "--train-max-length", "--train-model", "--versus",
                 "--warmup-epochs", "--warmup-fraction", "--warmup-loss-reduction", "--warmup-lr"],
     "train": ["--batch-size", "--data", "--epochs", "--full", "--gradient-checkpointing", "--lora", "--loss-reduction",
               "--lr", "--max-length", "--micro-batch-size", "--model", "--no-checkpoints", "--out", "--overwrite",
@@ -72,7 +72,7 @@ TRAIN_REGISTRIES = {"loss_reduction": LOSS_REDUCTIONS, "method": METHODS, "preci
 LORA_FIELDS = {"lora_r": "r", "lora_alpha": "alpha"}  # CLI keyword -> LoraSettings field
 # `influence compare`'s own options, each a CompareSettings field of the same name
 COMPARE_FIELDS = ("k", "selectors", "seeds", "selection_seeds", "redraw", "metrics", "base", "limit", "dsir_sampling",
-                  "keep_contaminated", "train_model", "bootstrap_resamples", "bootstrap_seed")
+                  "keep_contaminated", "train_model", "bootstrap_resamples", "bootstrap_seed", "versus")
 
 
 def params(command: str) -> dict[str, click.Parameter]:

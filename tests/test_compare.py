@@ -3,6 +3,8 @@ the base row, sources of the picks, the dry run; tables, plot, and a rerun that 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -411,6 +413,110 @@ def test_the_dry_run_of_a_sitting_prices_only_its_seeds(tmp_path, tiny_model_dir
     evaluation = f"evaluation on {target}, per run"
     assert every[evaluation] == 7 and sitting[evaluation] == 3  # the base row is priced in either
     assert "3 training seed(s) (this sitting: 1)" in context[1]
+
+
+def test_versus_pairs_every_row_with_the_named_row_too_without_mirrored_differences(tmp_path, monkeypatch):
+    """--versus longest asks whether each other row beats longest: bm25 against longest is reported with its
+    interval (here bm25 is 0.5 lower on every item), random against longest is not (longest against random is
+    the same difference), and a name that is no row fails before any work."""
+    from influence.compare import compare
+
+    pool, target = _files(tmp_path)
+    _stand_in_training(monkeypatch, loss=lambda model, n: (1.0 if "bm25" in str(model) else 1.5) + n / 10)
+    out = tmp_path / "cmp"
+    summary = compare(CompareConfig(pools=[str(pool)], targets=[str(target)], k=4, seeds=2, bootstrap_resamples=200,
+                                    selectors=["random,longest,bm25"], versus=["longest"]), out)
+    rows = summary["selectors"][str(target)]
+    assert rows["bm25"]["target_loss_vs_longest"]["difference"] == pytest.approx(-0.5)
+    assert rows["bm25"]["target_loss_vs_longest"]["verdict"] == "better"
+    assert "target_loss_vs_longest" not in rows["random"] and "target_loss_vs_random" in rows["longest"]
+    assert "vs longest (target loss)" in (out / "results.md").read_text()
+    assert {(r["row"], r["reference"]) for r in csv.DictReader(io.StringIO((out / "differences.csv").read_text()))
+            if r["reference"] == "longest"} == {("bm25", "longest")}
+    with pytest.raises(ConfigError, match="versus names no other row: less"):
+        CompareConfig(pools=[str(pool)], targets=[str(target)], selectors=["random,longest"], versus=["less"])
+
+
+def test_a_full_row_trains_on_the_whole_pool_and_the_dry_run_prices_it_so(tmp_path, tiny_model_dir, monkeypatch):
+    """`full` (LESS's Table 2 whole-pool row) trains once per seed on all 14 pool examples, whatever k."""
+    from influence.compare import compare, selected_ids
+    from influence.training import TrainSettings as TrainConfig
+
+    trained = _stand_in_training(monkeypatch)
+    pool, target = _files(tmp_path)
+    config = CompareConfig(pools=[str(pool)], targets=[str(target)], k=4, selectors=["random,full"], seeds=2,
+                           train=TrainConfig.for_tests(model=str(tiny_model_dir)))
+    phases = {p["name"]: p for p in estimate_compare(config, flops_per_second=1e9).phases}
+    whole, picked = phases["training on the whole pool, per run"], phases["training, per run"]
+    assert whole["count"] == 2 and picked["count"] == 2
+    assert whole["each"] == pytest.approx(picked["each"] * 14 / 4, rel=0.01)
+    compare(config, tmp_path / "cmp")
+    full = [t for t in trained if Path(t).name.startswith("full-")]
+    assert len(full) == 2 and len(selected_ids(Path(full[0]))) == 14
+
+
+def test_a_later_sittings_dry_run_prices_only_what_the_output_directory_lacks(tmp_path, tiny_model_dir,
+                                                                               monkeypatch):
+    """A sitting's dry run leaves out what an earlier sitting saved under --out: its LESS selection (so no
+    warmup or features), its training runs and its evaluations, the base row's included."""
+    from influence.compare import compare
+    from influence.training import TrainSettings as TrainConfig
+
+    _stand_in_training(monkeypatch)
+    pool, target = _files(tmp_path)
+    out = tmp_path / "cmp"
+    evaluation = f"evaluation on {target}, per run"
+
+    def config(only_seeds, selectors="less,random"):
+        return CompareConfig(pools=[str(pool)], targets=[str(target)], k=4, selectors=[selectors], seeds=2,
+                             only_seeds=only_seeds, train=TrainConfig.for_tests(model=str(tiny_model_dir)),
+                             less=LessSettings.for_tests(model=str(tiny_model_dir), index_root=tmp_path / "indexes"))
+
+    def priced(settings):
+        estimate = estimate_compare(settings, flops_per_second=1e9, out=out)
+        return {p["name"]: p["count"] for p in estimate.phases}, estimate.context
+
+    fresh, _ = priced(config([0]))
+    assert fresh["LESS warmup"] == 1 and fresh["training, per run"] == 2 and fresh[evaluation] == 3
+    compare(config([0]), out)
+    again, context = priced(config([0]))
+    assert not any(name.startswith("LESS") for name in again)
+    assert again["training, per run"] == 0 and again[evaluation] == 0
+    assert context[-1].startswith(f"already under {out}: 3 of this sitting's evaluations")
+    later, _ = priced(config([1]))  # LESS's selection serves seed 1 too; random draws again
+    assert not any(name.startswith("LESS") for name in later)
+    assert later["training, per run"] == 2 and later[evaluation] == 2  # the base row is evaluated already
+    added, _ = priced(config([0], "less,random,ifd"))  # a row added later: only its work is priced
+    assert "ifd losses, pool" in added and added["training, per run"] == 1 and added[evaluation] == 1
+
+
+def test_the_dry_run_prices_rds_ifd_and_embed_by_their_forward_passes_not_a_less_warmup(tmp_path, tiny_model_dir):
+    """rds, ifd and embed share LESS's model settings but not its gradients: each is one forward pass over the
+    pool (rds and embed also over each target), made once and reused by every seed and row."""
+    from influence.data import load_pool
+    from influence.less.estimate import ModelShape, evaluation_seconds, token_stats
+    from influence.models import load_model
+
+    pool, sums = _files(tmp_path)
+    colours = _colour_target(tmp_path)
+    less = LessSettings.for_tests(model=str(tiny_model_dir), index_root=tmp_path / "indexes")
+    config = CompareConfig(pools=[str(pool)], targets=[str(sums), str(colours)], k=4, seeds=3, less=less,
+                           selectors=["rds,rds:pooling=mean,ifd,embed,longest:diversity=0.9"])
+    estimate = estimate_compare(config, flops_per_second=1e9)
+    phases = {p["name"]: p for p in estimate.phases}
+    assert not any(name.startswith("LESS") for name in phases)
+    loaded = load_model(str(tiny_model_dir))
+    stats = token_stats(load_pool([str(pool)]).examples, tokenizer=loaded.tokenizer, max_length=less.max_length)
+    pool_pass = evaluation_seconds(stats, ModelShape.from_model(loaded.model, less.lora), flops_per_second=1e9)
+    assert phases["rds hidden states, pool"]["seconds"] == pytest.approx(pool_pass)
+    assert phases["rds hidden states, pool, mean pooling"]["seconds"] == pytest.approx(pool_pass)
+    assert f"rds hidden states, {sums}" in phases and f"rds hidden states, {colours}" in phases
+    # the response alone costs less than with its instruction, so two passes cost between one and two
+    assert pool_pass < phases["ifd losses, pool"]["seconds"] < 2 * pool_pass
+    # embed and the diversity row share the bundled encoder's pool pass; only embed passes over the targets
+    assert [p["count"] for p in estimate.phases if p["name"] == "embed sentence embeddings, pool"] == [1]
+    assert f"embed sentence embeddings, {sums}" in phases and phases["embed sentence embeddings, pool"]["seconds"] > 0
+    assert "selection by longest:diversity=0.9 is not counted (it scores text in seconds)" in estimate.notes
 
 
 def test_every_selection_is_cleared_of_every_targets_heldout_items(tmp_path, monkeypatch):

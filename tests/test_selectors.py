@@ -58,13 +58,24 @@ MODEL_BASED = {"ifd"}  # runs the default model over the pool: tested on a tiny 
 
 
 @pytest.mark.parametrize("name", sorted(n for n in SELECTORS if n not in MODEL_BASED
-                                        and not make_selector(n).requires_target))
+                                        and not make_selector(n).requires_target and not make_selector(n).whole_pool))
 def test_every_untargeted_selector_returns_k_unique_valid_examples(name):
     pool = load_pool("alpaca")
     selection = select(pool, 300, make_selector(name), seed=3)
     assert len(selection.indices) == 300 == len({pool.examples[i].id for i in selection.indices})
     assert all(0 <= i < len(pool) for i in selection.indices)
     assert np.isfinite(selection.scores).all()
+
+
+def test_full_keeps_every_example_the_contamination_guard_leaves_whatever_k():
+    from influence.data import load_target
+    from tests.test_contamination import _planted_copy, _pool_with
+
+    planted = _planted_copy()  # a held-out MMLU question inside a pool example
+    pool = _pool_with(planted)
+    selection = select(pool, 3, make_selector("full"), target=load_target("mmlu"))
+    assert sorted(e.id for e in selection.examples) == sorted(e.id for e in pool.examples if e.id != planted.id)
+    assert selection.manifest("alpaca")["k"] == len(pool) - 1
 
 
 def test_unknown_selector_names_the_choices():

@@ -31,6 +31,7 @@ COMPARISON_OPTIONS = [
     settings_option(CompareSettings, "only_seeds", metavar="S[,S...]"),
     settings_option(CompareSettings, "metrics", metavar="M[,M...]"),
     settings_option(CompareSettings, "base"),
+    settings_option(CompareSettings, "versus", metavar="ROW[,ROW...]"),
     settings_option(CompareSettings, "limit", type=int),
     settings_option(CompareSettings, "train_model", metavar="M"),
     settings_option(CompareSettings, "bootstrap_resamples", type=click.IntRange(min=1)),
@@ -72,14 +73,16 @@ def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) ->
 @click.option("--train-max-length", type=int, default=None, help="Training tokens per example [default: the recipe's].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory [default: compare/<pools>-<targets>-k<k>]; rerun to resume.")
-@click.option("--dry-run", is_flag=True, help="Print the estimated time of each phase and the total; write nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the estimated time of each phase and the total, leaving out what --out holds already; "
+                   "write nothing.")
 @click.option("--reports-only", is_flag=True,
               help="Redo the tables and plot under --out from its saved evaluations; select, train, evaluate nothing.")
 @selection_options
 @less_options
-def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw, only_seeds, metrics, base, limit, train_model,
-                    bootstrap_resamples, bootstrap_seed, recipe, epochs, lr, train_batch_size, train_max_length, out,
-                    dry_run, reports_only, dsir_sampling, keep_contaminated, **less) -> None:
+def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw, only_seeds, metrics, base, versus,
+                    limit, train_model, bootstrap_resamples, bootstrap_seed, recipe, epochs, lr, train_batch_size,
+                    train_max_length, out, dry_run, reports_only, dsir_sampling, keep_contaminated, **less) -> None:
     """For each row, seed and target: select, train, evaluate; then tables, a plot and the overlaps."""
     settings = pop_settings(less)
     changes = {name: value for name, value in (("epochs", epochs), ("learning_rate", lr),
@@ -95,16 +98,16 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw
     config = CompareSettings(pools=list(pools), targets=list(targets), k=k, selectors=[selectors], seeds=seeds,
                              selection_seeds=selection_seeds, redraw=names(redraw), metrics=names(metrics),
                              only_seeds=[int(s) for s in names(only_seeds)] if only_seeds else None,
-                             base=base, limit=limit, train=train, recipe=recipe, train_model=train_model,
+                             base=base, versus=[versus] if versus else [], limit=limit, train=train, recipe=recipe, train_model=train_model,
                              less=settings, dsir_sampling=dsir_sampling, keep_contaminated=keep_contaminated,
                              bootstrap_resamples=bootstrap_resamples, bootstrap_seed=bootstrap_seed)
-    if dry_run:
+    out = out or default_out_dir(pools, targets, k)
+    if dry_run:  # what the output directory holds already is not priced again
         # loads torch: imported on use, not at start-up
         from influence.compare.estimate import estimate_compare
 
-        click.echo("\n".join(estimate_compare(config).lines()))
+        click.echo("\n".join(estimate_compare(config, out=out).lines()))
         return
-    out = out or default_out_dir(pools, targets, k)
     if reports_only:
         regenerate(out)
         click.echo(f"wrote {out}/results.md, results.csv, differences.csv, results.json and plot.png again")

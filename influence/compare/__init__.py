@@ -1,10 +1,11 @@
 """Compare selectors: select, train and evaluate each row on every target; then tables, a plot, overlaps.
 
 One module per part: `settings` (rows, measures, CompareSettings), `row_selector` (a row's selector and
-top-k walk), `cells` (one evaluation's record), `run` (compare(): the cached run; regenerate(): the reports again
-from saved evaluations), `estimate` (the dry run), `paired` (paired differences and their bootstrap
-intervals), `summary` (the numbers), `reports` and `plot` (the files). The settings load no torch, so the
-CLI reads their fields at start-up; every other name loads its module when first used.
+top-k walk), `cells` (one evaluation's record), `run` (compare(): the cached run; pending_work(): what it
+would still do; regenerate(): the reports again from saved evaluations), `estimate` (the dry run),
+`paired` (paired differences and their bootstrap intervals), `summary` (the numbers), `reports` and `plot`
+(the files). The settings load no torch, so the CLI reads their fields at start-up; every other name loads
+its module when first used.
 """
 
 from importlib import import_module
@@ -17,7 +18,7 @@ from influence.compare.settings import (BASE, BASELINE, GENERATION_METRICS, METR
 _LAZY = {
     "Cell": "cells", "selected_ids": "cells",
     "make_row_selector": "row_selector", "row_diversity": "row_selector",
-    "compare": "run", "regenerate": "run",
+    "compare": "run", "regenerate": "run", "pending_work": "run", "Pending": "run",
     "PairedDifference": "paired", "paired_difference": "paired", "bootstrap_interval": "paired",
     "CompareEstimate": "estimate", "estimate_compare": "estimate",
     "summarize": "summary", "spread_kind": "summary", "source_shares": "summary", "overlaps": "summary",

@@ -34,6 +34,11 @@ def _phase_lines(phases: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _references(summary: dict[str, Any]) -> list[str]:
+    """The rows each row is compared with: random, base and any named by --versus."""
+    return summary.get("references", [BASELINE, BASE])
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}" if math.isfinite(value) else "—"
@@ -52,7 +57,7 @@ def markdown(summary: dict[str, Any]) -> str:
         items = summary.get("items", {}).get(target)
         lines += [f"## {target}" + (f" ({items} held-out items, the same for every row)" if items else ""), ""]
         header = ["row", "runs"] + [f"{measure_label(m)} (mean ± sd)" for m in present]
-        references = [r for r in (BASELINE, BASE) if r in rows]
+        references = [r for r in _references(summary) if r in rows]
         header += [f"vs {reference} ({measure_label(m)})" for reference in references for m in present]
         header.append("± is the spread over")
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -187,7 +192,7 @@ def differences(summary: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for target, rows in summary["selectors"].items():
         for name, entry in rows.items():
-            for reference in (BASELINE, BASE):
+            for reference in _references(summary):
                 for what in summary["measures"]:
                     found = entry.get(f"{what}_vs_{reference}")
                     if found:

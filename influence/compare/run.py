@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,11 +52,35 @@ def _safe(text: str) -> str:
 
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A step of a comparison that nothing under its output directory holds yet: what a dry run prices."""
+
+    step: str               # "select", "train" or "evaluate"
+    row: str                # the row's label; BASE for the untrained model
+    target: str | None      # None: an untargeted selection or its training run, which serve every target
+    seed: int | None        # the training seed (the selection seed for "select"); None for the base row
+
+
 def compare(config: CompareSettings, out: str | Path, *,
             on_cell: Callable[[Cell], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the comparison and write its tables and plot under `out`."""
     out = Path(out)
     check_output_dir(out)  # before any selection, training or evaluation
+    return _walk(config, out, on_cell=on_cell)
+
+
+def pending_work(config: CompareSettings, out: str | Path) -> list[Pending]:
+    """The selections, training runs and evaluations `compare(config, out)` would make, given what `out`
+    already holds (this sitting's seeds only); selects, trains, evaluates and writes nothing."""
+    pending: list[Pending] = []
+    _walk(config, Path(out), pending=pending)
+    return pending
+
+
+def _walk(config: CompareSettings, out: Path, *, on_cell: Callable[[Cell], None] | None = None,
+          pending: list[Pending] | None = None) -> dict[str, Any]:
+    """compare()'s walk over every cell; with `pending`, each step it would take is listed there instead."""
     pool = load_pool(config.pools)
     targets = {spec: load_target(spec) for spec in config.targets}
     selectors = {row.label: make_row_selector(row, config) for row in config.rows()}  # bad options fail here
@@ -97,9 +122,12 @@ def compare(config: CompareSettings, out: str | Path, *,
 
     seconds_before = _training_seconds(out)
 
+    def eval_path(target: str, run: Path | None, model_key: str) -> Path:
+        stem = run.name if run is not None else BASE
+        return out / "evals" / _safe(target) / f"{stem}-{eval_key(target, model_key)}.json"
+
     def evaluate_cell(cell: Cell, model: Any, model_key: str) -> None:
-        stem = cell.run.name if cell.run is not None else BASE
-        cell.eval = out / "evals" / _safe(cell.target) / f"{stem}-{eval_key(cell.target, model_key)}.json"
+        cell.eval = eval_path(cell.target, cell.run, model_key)
         cell.cached["evaluation"] = cell.eval.exists()
         if cell.cached["evaluation"]:
             results = json.loads(cell.eval.read_text())
@@ -119,8 +147,13 @@ def compare(config: CompareSettings, out: str | Path, *,
 
     if config.base:
         for spec in config.targets:
+            base_key = sha256_json({"base": config.train_model})
+            if pending is not None:
+                if not eval_path(spec, None, base_key).exists():
+                    pending.append(Pending("evaluate", BASE, spec, None))
+                continue
             cell = Cell(BASE, spec, None)
-            evaluate_cell(cell, config.train_model, sha256_json({"base": config.train_model}))
+            evaluate_cell(cell, config.train_model, base_key)
             finish(cell)
     for row in config.rows():
         selector = selectors[row.label]
@@ -148,6 +181,12 @@ def compare(config: CompareSettings, out: str | Path, *,
                 cached = selection.exists() and manifest_path(selection).exists()
                 if not cached and not runs_here:
                     continue
+                evaluated_on = config.targets if target_spec is None else [target_spec]
+                if not cached and pending is not None:  # one selection serves every training seed
+                    drawn = Pending("select", row.label, target_spec, selection_seed)
+                    pending += [*([] if drawn in pending else [drawn]), Pending("train", row.label, target_spec, seed),
+                                *(Pending("evaluate", row.label, spec, seed) for spec in evaluated_on)]
+                    continue
                 if not cached:
                     made = select(scored_pool, config.k, selector, target=target, seed=selection_seed,
                                   contamination=guard, diversity=diversity, algorithm=algorithm,
@@ -163,8 +202,9 @@ def compare(config: CompareSettings, out: str | Path, *,
                 existing = sorted((out / "runs").glob(f"*-t{seed}-{train_key}"))
                 run = existing[0] if existing else \
                     out / "runs" / f"{_safe(row.label)}-s{selection_seed}-t{seed}-{train_key}"
-                evaluated_on = config.targets if target_spec is None else [target_spec]
                 saved = {spec: saved_evaluation(spec, train_key) for spec in evaluated_on}
+                if (not existing or not runs_here) and all(saved.values()) and pending is not None:
+                    continue
                 if (not existing or not runs_here) and all(saved.values()):
                     # a later sitting, perhaps on another machine: the run's evaluations are kept, its weights
                     # (never committed) need not be, so it is not trained again
@@ -180,6 +220,12 @@ def compare(config: CompareSettings, out: str | Path, *,
                     continue
                 if not runs_here:  # another process's seed, not yet evaluated
                     continue
+                if pending is not None:  # a run trained before (its manifest written last) is reused
+                    if not (run / "manifest.json").exists():
+                        pending.append(Pending("train", row.label, target_spec, seed))
+                    pending += [Pending("evaluate", row.label, spec, seed) for spec in evaluated_on
+                                if not eval_path(spec, run, train_key).exists()]
+                    continue
                 result = training.train(str(selection), config.train.with_(seed=seed), run)
                 for spec in evaluated_on:
                     cell = Cell(row.label, spec, seed, selection_seed, selection, run)
@@ -188,6 +234,8 @@ def compare(config: CompareSettings, out: str | Path, *,
                     cell.training_seconds = float(result.manifest["seconds"])
                     evaluate_cell(cell, run, train_key)
                     finish(cell)
+    if pending is not None:
+        return {}
     contamination = {spec: found.manifest() for spec, found in guards.items() if found is not None}
     summary = comparison_summary(cells, config.to_dict(), pool, contamination, out)
     write_reports(summary, out)

@@ -38,9 +38,12 @@ def spread_kind(cells: list[Cell]) -> str:
 
 
 def summarize(cells: list[Cell], metrics: Sequence[str] = (), *, resamples: int = RESAMPLES,
-              bootstrap_seed: int = BOOTSTRAP_SEED, root: Path | None = None) -> dict[str, Any]:
+              bootstrap_seed: int = BOOTSTRAP_SEED, root: Path | None = None,
+              versus: Sequence[str] = ()) -> dict[str, Any]:
     """Per target and row: mean and spread of each measure over the row's runs, and the paired difference
-    to random and to base with its bootstrap interval and verdict (see `paired`).
+    to random, to base and to each row of `versus` with its bootstrap interval and verdict (see `paired`);
+    a difference already made the other way round (less against random, then random against less) is not
+    made again.
 
     `root`: the comparison's directory, which the records' file paths are relative to. Runs pair by
     (selection seed, training seed) where the reference has that run, else by training seed
@@ -48,6 +51,7 @@ def summarize(cells: list[Cell], metrics: Sequence[str] = (), *, resamples: int 
     """
     measures = ["target_loss", *[m for m in metrics if any(m in c.metrics for c in cells)]]
     per_target: dict[str, dict[str, Any]] = {}
+    references = (BASELINE, BASE, *versus)
     for target in dict.fromkeys(c.target for c in cells):
         mine = [c for c in cells if c.target == target]
         groups = {name: [c for c in mine if c.selector == name] for name in dict.fromkeys(c.selector for c in mine)}
@@ -60,11 +64,12 @@ def summarize(cells: list[Cell], metrics: Sequence[str] = (), *, resamples: int 
                 if all(math.isfinite(v) for v in values):
                     entry[what], entry[f"{what}_std"] = _mean_std(values)
             rows[name] = entry
-        for reference in (BASELINE, BASE):
+        for n, reference in enumerate(references):
             if reference not in groups:
                 continue
+            skip = {reference, BASE, *(references[:n] if reference != BASE else ())}
             for name, group in groups.items():
-                if name in (reference, BASE):
+                if name in skip:
                     continue
                 for what in measures:
                     found = paired_difference(*_paired_values(group, groups[reference], what),
@@ -74,6 +79,7 @@ def summarize(cells: list[Cell], metrics: Sequence[str] = (), *, resamples: int 
                         rows[name][f"{what}_vs_{reference}"] = found.to_dict()
         per_target[target] = rows
     return {"rows": [c.row(root) for c in cells], "selectors": per_target, "measures": measures,
+            "references": list(references),
             "targets": list(per_target), "bootstrap": {"resamples": resamples, "seed": bootstrap_seed,
                                                        "level": LEVEL}}
 
@@ -206,7 +212,8 @@ def comparison_summary(cells: list[Cell], config: dict[str, Any], pool: Pool, co
     a comparison's tables can be redone from its saved evaluation files; `root` is its directory."""
     metrics = [METRICS[m] for m in config["metrics"] if m != "loss"]
     summary = summarize(cells, metrics, resamples=config.get("bootstrap_resamples", RESAMPLES),
-                        bootstrap_seed=config.get("bootstrap_seed", BOOTSTRAP_SEED), root=root)
+                        bootstrap_seed=config.get("bootstrap_seed", BOOTSTRAP_SEED), root=root,
+                        versus=config.get("versus", ()))
     summary["sources"] = source_shares(cells, pool)
     summary["overlap"] = overlaps(cells)
     summary["lengths"] = length_stats(cells, pool)

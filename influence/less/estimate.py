@@ -20,10 +20,12 @@ adds 12 x layers x hidden x sequence length (PaLM's count).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,6 +35,7 @@ from influence.data.example import Example
 from influence.data.formatting import encode_example, tulu_text
 from influence.errors import ConfigError
 from influence.features.compute import DEFAULT_MAX_BATCH_TOKENS, query_memory_bytes
+from influence.features.encoder import default_encoder_path
 from influence.features.projection import default_projector_name
 from influence.index import INDEX_KINDS, TRAIN_BYTES
 from influence.less.settings import LessSettings
@@ -535,6 +538,37 @@ def evaluation_seconds(stats: TokenStats, shape: ModelShape, *, flops_per_second
                + 4 * shape.layers * shape.hidden * stats.squared_tokens)
     per_token = 2 * shape.body_params + 2 * shape.vocab * shape.hidden + 4 * shape.layers * shape.hidden * stats.mean
     return (forward + stats.examples * generated_tokens * per_token) / flops_per_second
+
+
+def response_only(stats: TokenStats) -> TokenStats:
+    """The same examples run with their responses alone (IFD's second pass): the prompt's tokens dropped."""
+    share = stats.response_tokens / stats.tokens if stats.tokens else 0.0
+    return replace(stats, tokens=stats.response_tokens, squared_tokens=stats.squared_tokens * share * share,
+                   longest=min(stats.longest, stats.response_tokens), method=f"{stats.method}; responses alone")
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """What the estimate needs of a sentence encoder: the parameters every word piece multiplies and its cut."""
+
+    body_params: int
+    max_length: int
+
+
+def encoder_shape(spec: str | None) -> EncoderShape | None:
+    """A sentence-transformers directory's shape from its config files (None: the bundled encoder); None for a
+    hub id, whose files are not read for a dry run."""
+    path = default_encoder_path() if spec is None else Path(spec)
+    config = path / "config.json"
+    if not config.is_file():
+        return None
+    model = json.loads(config.read_text())
+    cut = path / "sentence_bert_config.json"
+    max_length = json.loads(cut.read_text()).get("max_seq_length") if cut.is_file() else None
+    layers, hidden = int(model["num_hidden_layers"]), int(model["hidden_size"])
+    intermediate = int(model.get("intermediate_size", 4 * hidden))
+    return EncoderShape(body_params=layers * (4 * hidden * hidden + 2 * hidden * intermediate),
+                        max_length=int(max_length or model.get("max_position_embeddings", 512)))
 
 
 # ------------------------------------------------------------------------------------ formatting

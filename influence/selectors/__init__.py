@@ -7,7 +7,7 @@ from typing import Any, Callable
 from influence.errors import UnknownNameError
 from influence.ranking import check_k, top_k
 from influence.selectors.base import Scores, SelectionContext, Selector
-from influence.selectors.baselines import LongestSelector, RandomSelector
+from influence.selectors.baselines import FullSelector, LongestSelector, RandomSelector
 from influence.selectors.dsir import DsirSelector  # its heavy part (nltk) loads on first use
 
 
@@ -55,6 +55,7 @@ def _ifd(**options: Any) -> Selector:
 SELECTORS: dict[str, Callable[..., Selector]] = {
     "longest": LongestSelector,
     "random": RandomSelector,
+    "full": FullSelector,
     "less": _less,
     "bm25": _bm25,
     "dsir": DsirSelector,
@@ -75,5 +76,5 @@ def make_selector(name: str, **options: Any) -> Selector:
     return SELECTORS[name](**options)
 
 
-__all__ = ["SELECTORS", "Scores", "SelectionContext", "Selector", "LongestSelector", "RandomSelector", "make_selector",
-           "register_selector", "top_k", "check_k"]
+__all__ = ["SELECTORS", "Scores", "SelectionContext", "Selector", "LongestSelector", "RandomSelector", "FullSelector",
+           "make_selector", "register_selector", "top_k", "check_k"]

@@ -53,6 +53,7 @@ class Selector(abc.ABC):
     name: str
     requires_target: bool = False
     pairwise: bool = False
+    whole_pool: bool = False  # keeps every example whatever k: the `full` row, training on the whole pool
 
     @abc.abstractmethod
     def score(self, pool: Pool, context: SelectionContext) -> Scores:

@@ -1,4 +1,4 @@
-"""Untargeted baselines: the longest responses, and a seeded random draw."""
+"""Untargeted baselines: the longest responses, a seeded random draw, and the whole pool."""
 
 from __future__ import annotations
 
@@ -50,6 +50,22 @@ class RandomSelector(Selector):
 
     def score(self, pool: Pool, context: SelectionContext) -> Scores:
         return Scores(np.random.default_rng(context.seed).random(len(pool)))
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass
+class FullSelector(Selector):
+    """Every example of the (cleared) pool, whatever k: the whole-pool training row that LESS's Table 2
+    sets beside its 5% selections, so a comparison shows what a selection gains or loses against all."""
+
+    name: str = "full"
+    requires_target: bool = False
+    whole_pool: bool = True
+
+    def score(self, pool: Pool, context: SelectionContext) -> Scores:
+        return Scores(np.zeros(len(pool)))
 
     def params(self) -> dict[str, Any]:
         return {}
