@@ -483,6 +483,8 @@ def test_a_later_sittings_dry_run_prices_only_what_the_output_directory_lacks(tm
     assert not any(name.startswith("LESS") for name in again)
     assert again["training, per run"] == 0 and again[evaluation] == 0
     assert context[-1].startswith(f"already under {out}: 3 of this sitting's evaluations")
+    assert f"selections already under {out}, reused: less" in estimate_compare(config([1]), flops_per_second=1e9,
+                                                                                 out=out).notes
     later, _ = priced(config([1]))  # LESS's selection serves seed 1 too; random draws again
     assert not any(name.startswith("LESS") for name in later)
     assert later["training, per run"] == 2 and later[evaluation] == 2  # the base row is evaluated already

@@ -320,7 +320,9 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
     if generate:
         notes.append("generation runs one token per forward pass and is memory-bound: expect it slower than "
                      "its FLOPs say")
-    others = [r.label for r in rows if r not in less_rows and r.label not in forward_rows]
+    others = [r.label for r in rows if r not in less_rows and r.label not in forward_rows and selects(r)]
+    if pending is not None and (made := [r.label for r in rows if not selects(r)]):
+        notes.append(f"selections already under {out}, reused: {', '.join(made)}")
     if others:
         notes.append(f"selection by {', '.join(others)} is not counted (it scores text in seconds)")
     notes.append("model loading (about a second a run once converted) and writing are not counted")
