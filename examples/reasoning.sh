@@ -7,7 +7,7 @@
 #   examples/reasoning.sh                         # prints the dry run, then runs (resumes, reusing cached cells)
 #   DRY_RUN=1 examples/reasoning.sh               # the dry run only
 #   TARGET=flan_cot:aqua examples/reasoning.sh    # the other target (its own output folder)
-#   SELECTORS=bm25,dsir examples/reasoning.sh     # a later sitting adds rows; list the earlier ones too
+#   SELECTORS=...,full examples/reasoning.sh      # a later sitting adds rows; list the earlier ones too
 #
 # Run it alone on the machine. Pool: seeded samples of 300 bundled Alpaca and 300 FLAN-CoT examples (every
 # source in proportion); k = 10% = 60; 3 training seeds (random and dsir draw again with each); the same 200
@@ -20,13 +20,14 @@ export HF_HUB_OFFLINE=1
 
 TARGET=${TARGET:-flan_cot:strategyqa}
 OUT=${OUT:-examples/results/reasoning-${TARGET##*:}}
-SELECTORS=${SELECTORS:-random,longest,less:store_features=true,less:scoring=faiss}
+SELECTORS=${SELECTORS:-random,longest,less:store_features=true,less:scoring=faiss,bm25,dsir,embed,rds,ifd}
+VERSUS=${VERSUS:-less:store_features=true}  # every row is also paired against LESS exact
 RECIPE=${RECIPE:-small-k-validated}
 LR=${LR:-2e-4}
 
 ARGS=(--pool alpaca:sample=300 --pool flan_cot:sample=300,stratify=source --target "$TARGET" --k 60
       --selectors "$SELECTORS" --seeds 3 --selection-seeds 1 --redraw random,dsir
-      --metrics loss --recipe "$RECIPE" --lr "$LR" --out "$OUT" ${EXTRA:-})
+      --metrics loss --recipe "$RECIPE" --lr "$LR" --versus "$VERSUS" --out "$OUT" ${EXTRA:-})
 
 source examples/sitting.sh
 run_sitting "$OUT" "${ARGS[@]}"
