@@ -220,8 +220,7 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
             roles = [("pool", pool.examples)] + ([(spec, t.examples) for spec, t in targets.items()]
                                                  if targeted else [])
             for role, examples in roles:
-                tokens = min(token_stats(examples, max_length=encoder.max_length).tokens,
-                             len(examples) * encoder.max_length)
+                tokens = token_stats(examples, max_length=encoder.max_length).tokens  # each cut at the encoder's
                 forward_phase(("embed", selector.encoder, role), f"embed sentence embeddings, {role}",
                               2 * encoder.body_params * tokens / (probe * FORWARD_UTILIZATION),
                               f"{len(examples):,} examples through a {encoder.body_params / 1e6:,.0f}M-parameter "
@@ -230,24 +229,24 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
         model_config, tokenizer = model(settings.model)
         shape = ModelShape.from_config(model_config, settings.lora)
         stats = token_stats(pool.examples, tokenizer=tokenizer, max_length=settings.max_length)
-        rate = probe * FORWARD_UTILIZATION
+        forward_rate = probe * FORWARD_UTILIZATION  # a forward pass alone, as evaluation
         if kind == "ifd":  # the response with its instruction, then alone
             alone = response_only(stats)
             forward_phase(("ifd", settings.model, settings.max_length), "ifd losses, pool",
-                          evaluation_seconds(stats, shape, flops_per_second=rate)
-                          + evaluation_seconds(alone, shape, flops_per_second=rate),
+                          evaluation_seconds(stats, shape, flops_per_second=forward_rate)
+                          + evaluation_seconds(alone, shape, flops_per_second=forward_rate),
                           f"{stats.examples:,} examples, with and without the instruction; once, then reused")
             return
         pooling = getattr(selector, "pooling", None)
         named = "" if pooling == "last" else f", {pooling} pooling"
         forward_phase(("rds", settings.model, settings.max_length, pooling, "pool"), f"rds hidden states, pool{named}",
-                      evaluation_seconds(stats, shape, flops_per_second=rate),
+                      evaluation_seconds(stats, shape, flops_per_second=forward_rate),
                       f"{stats.examples:,} examples; once, then reused for every target")
         for spec, target in (targets.items() if targeted else ()):
             target_stats = token_stats(target.examples, tokenizer=tokenizer, max_length=settings.max_length)
             forward_phase(("rds", settings.model, settings.max_length, pooling, spec),
                           f"rds hidden states, {spec}{named}",
-                          evaluation_seconds(target_stats, shape, flops_per_second=rate),
+                          evaluation_seconds(target_stats, shape, flops_per_second=forward_rate),
                           f"{target_stats.examples:,} examples")
 
     for row in rows:

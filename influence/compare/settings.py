@@ -193,12 +193,11 @@ class CompareSettings:
         if len(set(labels)) != len(labels) or BASE in labels:
             raise ConfigError(f"every row needs its own name (and {BASE!r} is the untrained model's row); got "
                               f"{', '.join(labels)}")
-        self.versus = [SelectorRow.parse(spec).label for spec in parse_rows(self.versus)]
+        self.versus = list(dict.fromkeys(SelectorRow.parse(spec).label for spec in parse_rows(self.versus)))
         unknown = [v for v in self.versus if v not in labels or v in (BASELINE, BASE)]
         if unknown:
             raise ConfigError(f"versus names no other row: {', '.join(unknown)}; choose from "
                               f"{', '.join(x for x in labels if x != BASELINE)} (random and base are always compared)")
-        self.versus = list(dict.fromkeys(self.versus))
         require_positive_ints(self, "k", "seeds", "selection_seeds")
         if self.only_seeds is not None and (not self.only_seeds or any(not 0 <= s < self.seeds for s in self.only_seeds)):
             raise ConfigError(f"only_seeds must name training seeds from 0 to {self.seeds - 1}, got {self.only_seeds}")
