@@ -66,12 +66,13 @@ class Diversity:
 
 
 def selector_options(name: str, settings: Any, *, length_unit: str = "chars", pooling: str = "last",
-                     embed_model: str | None = None, dsir_sampling: str = "gumbel") -> dict[str, Any]:
+                     embed_model: str | None = None, dsir_sampling: str = "gumbel",
+                     dsir_min_length: int = 100) -> dict[str, Any]:
     """Selector `name`'s keyword options, from the LESS settings (model, datastore, device) and the rest."""
     if name == "longest":
         return {"unit": length_unit}
     if name == "dsir":
-        return {"sampling": dsir_sampling}
+        return {"sampling": dsir_sampling, "min_length": dsir_min_length}
     if name in ("less", "ifd"):
         return {"settings": settings}
     if name == "rds":

@@ -32,8 +32,8 @@ from tests.test_safe_outputs import cli, one_error_line
 
 # The options each command listed before its options were made from the settings.
 BEFORE = {
-    "select": ["--adam-form", "--algorithm", "--algorithm-over", "--batch-size", "--device", "--dims", "--diversity", "--dry-run", "--dsir-sampling",
-               "--embed-model", "--format", "--index", "--index-root", "--k", "--keep-contaminated", "--length-unit",
+    "select": ["--adam-form", "--algorithm", "--algorithm-over", "--batch-size", "--device", "--dims", "--diversity", "--dry-run", "--dsir-min-length",
+               "--dsir-sampling", "--embed-model", "--format", "--index", "--index-root", "--k", "--keep-contaminated", "--length-unit",
                "--lora-alpha", "--lora-r", "--max-length", "--model", "--name", "--out", "--overwrite", "--pool",
                "--pooling", "--prefilter", "--projector", "--scoring", "--seed", "--selector", "--shard-rows",
                "--store-features", "--target", "--uot-eps", "--uot-pool-marginal", "--uot-target-marginal",
@@ -51,7 +51,7 @@ BEFORE = {
                "--shard-rows", "--store-features", "--warmup-epochs", "--warmup-fraction", "--warmup-loss-reduction",
                "--warmup-lr"],
     "compare": ["--adam-form", "--base", "--batch-size", "--bootstrap-resamples", "--bootstrap-seed", "--device",
-                "--dims", "--dry-run", "--dsir-sampling",
+                "--dims", "--dry-run", "--dsir-min-length", "--dsir-sampling",
                 "--epochs", "--index", "--index-root", "--k", "--keep-contaminated", "--limit", "--lora-alpha",
                 "--lora-r", "--lr", "--max-length", "--metrics", "--model", "--name", "--no-base", "--only-seeds", "--out",
                 "--pool",
@@ -72,7 +72,7 @@ TRAIN_REGISTRIES = {"loss_reduction": LOSS_REDUCTIONS, "method": METHODS, "preci
 LORA_FIELDS = {"lora_r": "r", "lora_alpha": "alpha"}  # CLI keyword -> LoraSettings field
 # `influence compare`'s own options, each a CompareSettings field of the same name
 COMPARE_FIELDS = ("k", "selectors", "seeds", "selection_seeds", "redraw", "metrics", "base", "limit", "dsir_sampling",
-                  "keep_contaminated", "train_model", "bootstrap_resamples", "bootstrap_seed", "versus")
+                  "dsir_min_length", "keep_contaminated", "train_model", "bootstrap_resamples", "bootstrap_seed", "versus")
 
 
 def params(command: str) -> dict[str, click.Parameter]:
@@ -168,6 +168,7 @@ def test_compare_options_default_to_compare_settings():
     for command in ("compare", "select"):
         assert list(params(command)["dsir_sampling"].type.choices) == list(DSIR_SAMPLING), command
         assert params(command)["dsir_sampling"].default == DsirSelector.sampling, command
+        assert params(command)["dsir_min_length"].default == DsirSelector.min_length, command
 
 
 def test_the_recipe_help_reads_the_recipes():

@@ -13,6 +13,7 @@ from influence.data import Example
 from influence.data.example import example_text
 from influence.data.pools import Pool
 from influence.data.targets import Target
+from influence.errors import SelectionError
 from influence.scoring import mean_max_over_subtasks
 from influence.selection import select
 from influence.selectors import SELECTORS, SelectionContext, make_selector
@@ -102,7 +103,7 @@ def test_dsir_log_importance_is_the_hashed_ngram_estimator():
     """Against a dense reimplementation from the authors' featurizer: one target model per subtask."""
     pool, _ = _pool(ASTRONOMY + COOKING)
     target = _target()
-    selector = make_selector("dsir", buckets=512, sampling="none")
+    selector = make_selector("dsir", buckets=512, sampling="none", min_length=0)
     got = selector.log_importance(pool, SelectionContext(target=target))
 
     def counts(examples):
@@ -121,19 +122,19 @@ def test_dsir_log_importance_is_the_hashed_ngram_estimator():
 
 def test_dsir_ranks_the_planted_target_like_examples_first():
     pool, planted = _pool(ASTRONOMY)
-    selection = select(pool, 2, make_selector("dsir", sampling="none"), target=_target())
+    selection = select(pool, 2, make_selector("dsir", sampling="none", min_length=0), target=_target())
     assert sorted(e.id for e in selection.examples) == sorted(planted)
 
 
 def test_dsir_gumbel_sampling_is_reproducible_under_a_seed_and_varies_across_seeds():
     pool, _ = _pool(ASTRONOMY)
     target = _target()
-    gumbel = make_selector("dsir")
+    gumbel = make_selector("dsir", min_length=0)
     assert gumbel.params()["sampling"] == "gumbel"  # DSIR's own default: importance resampling
     first = gumbel.score(pool, SelectionContext(target=target, seed=1)).values
     again = gumbel.score(pool, SelectionContext(target=target, seed=1)).values
     other = gumbel.score(pool, SelectionContext(target=target, seed=2)).values
-    plain = make_selector("dsir", sampling="none").score(pool, SelectionContext(target=target, seed=1)).values
+    plain = make_selector("dsir", sampling="none", min_length=0).score(pool, SelectionContext(target=target, seed=1)).values
     assert first.tolist() == again.tolist() != other.tolist()
     np.testing.assert_allclose(first - plain, np.random.default_rng(1).gumbel(size=len(pool)))
 
@@ -143,15 +144,50 @@ def test_dsir_per_subtask_models_keep_a_small_subtask_from_being_drowned():
     pool, planted = _pool(COOKING)
     target = _target()
     row = [e.id for e in pool.examples].index(planted[0])
-    per_subtask = make_selector("dsir", sampling="none").log_importance(pool, SelectionContext(target=target))
-    pooled = make_selector("dsir", sampling="none", target_model="pooled").log_importance(
+    per_subtask = make_selector("dsir", sampling="none", min_length=0).log_importance(pool, SelectionContext(target=target))
+    pooled = make_selector("dsir", sampling="none", target_model="pooled", min_length=0).log_importance(
         pool, SelectionContext(target=target))
     assert per_subtask.shape == (len(pool), 2) and pooled.shape == (len(pool), 1)
     assert per_subtask[row].max() > pooled[row, 0]
 
 
+def _long(words: int, topic: str) -> str:
+    return " ".join(f"{topic}{i % 7}" for i in range(words))
+
+
+def test_dsir_never_draws_an_example_under_the_authors_min_length_of_100_tokens():
+    """The authors' resample drops examples under 100 tokens, counted from the n-gram features."""
+    texts = ["stars", _long(60, "star"), _long(99, "galaxy"), _long(100, "galaxy"), _long(140, "soup"),
+             _long(300, "galaxy")]
+    pool = Pool(examples=[Example(text, "", "") for text in texts])
+    target = Target("sky", [Example(_long(120, "galaxy"), "", "")])
+    selector = make_selector("dsir", sampling="none")
+    assert selector.min_length == 100 == selector.params()["min_length"]
+    features = [get_ngram_counts(t, n=2, num_buckets=10000, tokenizer=wpt.tokenize) for t in texts]
+    authors_length = [(f.sum() + 1) // 2 for f in features]  # their get_perexample_metadata, n=2
+    assert authors_length == [1, 60, 99, 100, 140, 300]
+    scores = selector.score(pool, SelectionContext(target=target))
+    assert np.isnan(scores.values).tolist() == [True, True, True, False, False, False]
+    assert scores.provenance["under_min_length"] == 3
+    unfiltered = make_selector("dsir", sampling="none", min_length=0).score(pool, SelectionContext(target=target))
+    assert not np.isnan(unfiltered.values).any()
+    assert scores.values[3:].tolist() == unfiltered.values[3:].tolist()  # the filter leaves the weights alone
+    chosen = select(pool, 2, selector, target=target)
+    assert {e.instruction for e in chosen.examples} <= set(texts[3:])
+
+
+def test_dsir_with_fewer_long_examples_than_k_fails_with_the_count():
+    pool = Pool(examples=[Example(_long(150, "a"), "", ""), Example(_long(150, "b"), "", ""),
+                          Example("short one", "", ""), Example("short two", "", "")])
+    target = Target("t", [Example(_long(120, "a"), "", "")])
+    with pytest.raises(SelectionError, match="only 2 examples have a valid score"):
+        select(pool, 3, make_selector("dsir"), target=target)
+    assert len(select(pool, 3, make_selector("dsir", min_length=0), target=target).examples) == 3
+
+
 @pytest.mark.parametrize("options, message", [({"ngrams": 0}, "ngrams"), ({"sampling": "top"}, "sampling"),
-                                              ({"target_model": "mean"}, "target_model")])
+                                              ({"target_model": "mean"}, "target_model"),
+                                              ({"min_length": -1}, "min_length")])
 def test_dsir_refuses_bad_settings(options, message):
     with pytest.raises(ValueError, match=message):
         make_selector("dsir", **options)
@@ -174,8 +210,9 @@ def test_lexical_selectors_are_registered_and_offered_by_select_and_compare():
     assert config.selectors == ["bm25", "dsir", "random"]
 
 
-@pytest.mark.parametrize("name, flags, options", [("bm25", [], {}),
-                                                   ("dsir", ["--dsir-sampling", "none"], {"sampling": "none"})])
+@pytest.mark.parametrize("name, flags, options", [
+    ("bm25", [], {}),
+    ("dsir", ["--dsir-sampling", "none", "--dsir-min-length", "0"], {"sampling": "none", "min_length": 0})])
 def test_select_command_picks_the_planted_examples_and_records_the_settings(tmp_path, name, flags, options):
     import json
 

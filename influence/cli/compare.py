@@ -40,6 +40,7 @@ COMPARISON_OPTIONS = [
 # ... and how every row selects
 SELECTION_OPTIONS = [
     settings_option(CompareSettings, "dsir_sampling"),
+    settings_option(CompareSettings, "dsir_min_length", type=click.IntRange(min=0)),
     settings_option(CompareSettings, "keep_contaminated"),
 ]
 
@@ -82,7 +83,8 @@ def default_out_dir(pools: tuple[str, ...], targets: tuple[str, ...], k: int) ->
 @less_options
 def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw, only_seeds, metrics, base, versus,
                     limit, train_model, bootstrap_resamples, bootstrap_seed, recipe, epochs, lr, train_batch_size,
-                    train_max_length, out, dry_run, reports_only, dsir_sampling, keep_contaminated, **less) -> None:
+                    train_max_length, out, dry_run, reports_only, dsir_sampling, dsir_min_length, keep_contaminated,
+                    **less) -> None:
     """For each row, seed and target: select, train, evaluate; then tables, a plot and the overlaps."""
     settings = pop_settings(less)
     changes = {name: value for name, value in (("epochs", epochs), ("learning_rate", lr),
@@ -99,7 +101,8 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw
                              selection_seeds=selection_seeds, redraw=names(redraw), metrics=names(metrics),
                              only_seeds=[int(s) for s in names(only_seeds)] if only_seeds else None,
                              base=base, versus=[versus] if versus else [], limit=limit, train=train, recipe=recipe, train_model=train_model,
-                             less=settings, dsir_sampling=dsir_sampling, keep_contaminated=keep_contaminated,
+                             less=settings, dsir_sampling=dsir_sampling,
+                             dsir_min_length=dsir_min_length, keep_contaminated=keep_contaminated,
                              bootstrap_resamples=bootstrap_resamples, bootstrap_seed=bootstrap_seed)
     out = out or default_out_dir(pools, targets, k)
     if dry_run:  # what the output directory holds already is not priced again

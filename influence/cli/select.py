@@ -17,7 +17,7 @@ from influence.errors import SelectionError
 from influence.selection import Diversity, run_selection, selector_options
 from influence.selectors import SELECTORS
 from influence.selectors.baselines import LENGTH_UNITS
-from influence.selectors.dsir import SAMPLING_HELP as DSIR_SAMPLING_HELP, DsirSelector
+from influence.selectors.dsir import MIN_LENGTH_HELP as DSIR_MIN_LENGTH_HELP, SAMPLING_HELP as DSIR_SAMPLING_HELP, DsirSelector
 
 
 def selection_options(function):
@@ -64,6 +64,8 @@ def with_algorithm_options(function):
 
 dsir_sampling_option = settings_option(DsirSelector, "sampling", flag="--dsir-sampling", param="dsir_sampling",
                                        help=f"dsir: {DSIR_SAMPLING_HELP}")
+dsir_min_length_option = settings_option(DsirSelector, "min_length", flag="--dsir-min-length", param="dsir_min_length",
+                                         type=click.IntRange(min=0), help=f"dsir: {DSIR_MIN_LENGTH_HELP}.")
 keep_contaminated_option = click.option("--keep-contaminated", is_flag=True, help=KEEP_CONTAMINATED_HELP)
 
 
@@ -100,11 +102,12 @@ def given_options(names) -> list[str]:
 @click.option("--dry-run", is_flag=True, help="less: estimate time, disk and memory; compute and write nothing.")
 @with_algorithm_options
 @dsir_sampling_option
+@dsir_min_length_option
 @keep_contaminated_option
 @less_options
 def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length_unit, pooling, embed_model, diversity,
                    prefilter, dry_run, algorithm, algorithm_over, uot_eps, uot_target_marginal, uot_pool_marginal,
-                   dsir_sampling, keep_contaminated, **less) -> None:
+                   dsir_sampling, dsir_min_length, keep_contaminated, **less) -> None:
     """Select k examples from a pool and write them, SFT-ready, with a manifest.
 
     With --selector less (the default when --target is given) every LESS step runs here,
@@ -115,7 +118,8 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
 
     def options_for(selector_name: str) -> dict:
         return selector_options(selector_name, settings, length_unit=length_unit, pooling=pooling,
-                                embed_model=embed_model, dsir_sampling=dsir_sampling)
+                                embed_model=embed_model, dsir_sampling=dsir_sampling,
+                                dsir_min_length=dsir_min_length)
 
     first = None
     if prefilter is not None:
@@ -133,7 +137,7 @@ def select_command(pools, k, seed, fmt, out, overwrite, target, selector, length
     used = {name} | ({first.selector} if first else set())
     model_based = ("less", "rds", "embed", "ifd")  # the LESS options give their model, datastore and device
     ignored = given_options(([] if "longest" in used else ["length_unit"])
-                            + ([] if "dsir" in used else ["dsir_sampling"]) + ([] if "rds" in used else ["pooling"])
+                            + ([] if "dsir" in used else ["dsir_sampling", "dsir_min_length"]) + ([] if "rds" in used else ["pooling"])
                             + ([] if "embed" in used or diversity is not None else ["embed_model"])
                             + ([] if used & set(model_based) or diversity is not None else list(NAMES)))
     algorithm_given = {"algorithm_over": algorithm_over, "uot_eps": uot_eps,

@@ -19,9 +19,9 @@ PREFILTER_OPTION = "prefilter"  # the cascade's first stage, not an option of th
 
 def _defaults(name: str, config: CompareSettings) -> dict[str, Any]:
     """The comparison's settings for selector `name`: LESS's settings, which also give rds, embed and ifd
-    their model and datastore; DSIR's sampling."""
+    their model and datastore; DSIR's sampling and length filter."""
     return {"less": {"settings": config.less}, "rds": {"settings": config.less}, "embed": {"settings": config.less},
-            "ifd": {"settings": config.less}, "dsir": {"sampling": config.dsir_sampling}}.get(name, {})
+            "ifd": {"settings": config.less}, "dsir": {"sampling": config.dsir_sampling, "min_length": config.dsir_min_length}}.get(name, {})
 
 
 def make_row_selector(row: SelectorRow, config: CompareSettings) -> Any:

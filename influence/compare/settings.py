@@ -16,7 +16,8 @@ from influence.errors import ConfigError, require_positive_ints
 from influence.evaluation.metrics import GENERATION_OPTIONS, METRIC_OPTIONS
 from influence.less.settings import LessSettings
 from influence.selectors import SELECTORS
-from influence.selectors.dsir import SAMPLING as DSIR_SAMPLING, SAMPLING_HELP as DSIR_SAMPLING_HELP, DsirSelector
+from influence.selectors.dsir import (MIN_LENGTH_HELP as DSIR_MIN_LENGTH_HELP, SAMPLING as DSIR_SAMPLING,
+                                      SAMPLING_HELP as DSIR_SAMPLING_HELP, DsirSelector)
 from influence.training.settings import RUNTIME_FIELDS, TrainSettings
 
 BASELINE = "random"
@@ -164,6 +165,7 @@ class CompareSettings:
     eval_max_length: int = field(default=2048, metadata={"help": "Evaluation token budget per sequence."})
     dsir_sampling: str = field(default=DsirSelector.sampling, metadata={
         "help": f"dsir: {DSIR_SAMPLING_HELP}", "choices": DSIR_SAMPLING})
+    dsir_min_length: int = field(default=DsirSelector.min_length, metadata={"help": f"dsir: {DSIR_MIN_LENGTH_HELP}."})
     keep_contaminated: bool = field(default=False, metadata={"help": KEEP_CONTAMINATED_HELP})
     bootstrap_resamples: int = field(default=RESAMPLES, metadata={
         "help": f"Resamples of the paired bootstrap behind each {LEVEL:.0%} interval (seeds, then items)."})
@@ -209,6 +211,9 @@ class CompareSettings:
         self.metrics = ["loss"] + [m for m in dict.fromkeys(self.metrics) if m != "loss"]
         if self.dsir_sampling not in DSIR_SAMPLING:
             raise ConfigError(f"dsir_sampling must be one of {', '.join(DSIR_SAMPLING)}, got {self.dsir_sampling!r}")
+        if not isinstance(self.dsir_min_length, int) or self.dsir_min_length < 0:
+            raise ConfigError(f"dsir_min_length must be a whole number >= 0 (0 keeps every example), "
+                              f"got {self.dsir_min_length!r}")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
         require_positive_ints(self, "bootstrap_resamples")

@@ -18,6 +18,8 @@ SAMPLING = ("gumbel", "none")
 SAMPLING_HELP = ("gumbel resamples in proportion to the importance weights (seeded, as DSIR does); none ranks by "
                  "the log weight.")
 TARGET_MODELS = ("per-subtask", "pooled")
+MIN_LENGTH_HELP = ("examples with fewer word-punct tokens are never drawn, as the authors' package does "
+                   "(`min_example_length`, 100); 0 keeps every example")
 SMOOTHING = 1e-8  # added to both bucket probabilities before the log, as the authors' package does
 CHUNK = 1024      # pool examples scored at a time
 
@@ -65,7 +67,12 @@ class _HashedCounts:
             lengths.append(len(found))
         self.ids = np.concatenate(ids) if ids else np.empty(0, dtype)
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        self.buckets = buckets
+        self.buckets, self.ngrams = buckets, ngrams
+
+    def words(self) -> np.ndarray:
+        """[N] each example's token count, read back from its n-gram count as the authors'
+        `get_perexample_metadata` does (n-gram occurrences plus n(n-1)/2, over n)."""
+        return (np.diff(self.offsets) + self.ngrams * (self.ngrams - 1) // 2) // self.ngrams
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -99,9 +106,15 @@ class DsirSelector(Selector):
     (`data-selection`'s `get_ngram_counts`, with its tokenizer; a test checks the buckets
     agree), hashed once per distinct n-gram rather than per occurrence. Its `DSIR` class
     is not used: it reads and writes JSONL shard files in a cache directory, splits the
-    pool over worker processes, drops examples under 100 tokens (most instruction examples),
-    and resamples with unseeded numpy noise; here the estimator runs in memory over any
-    pool (streamed too), and the resampling is reproducible from --seed.
+    pool over worker processes and resamples with unseeded numpy noise; here the estimator
+    runs in memory over any pool (streamed too), and the resampling is reproducible from --seed.
+
+    Like the authors' `resample`, examples under `min_length` tokens (100) are never drawn:
+    their scores are NaN. The filter matters more than its name suggests: a log weight is a
+    sum over n-grams and most n-grams are rarer in a small target than in the pool, so without
+    it the shortest texts (log weight near zero) come first. Most instruction examples are
+    shorter than 100 tokens (three quarters of the Alpaca sample); too few long ones for k
+    fail with the count, and min_length=0 turns the filter off.
 
     sampling="gumbel" (default, what DSIR does) adds Gumbel noise drawn from the seed to
     the log weights, so that the shared top-k draws k examples without replacement with
@@ -119,6 +132,7 @@ class DsirSelector(Selector):
     buckets: int = 10000
     sampling: str = field(default=SAMPLING[0], metadata={"help": SAMPLING_HELP, "choices": SAMPLING})
     target_model: str = "per-subtask"
+    min_length: int = field(default=100, metadata={"help": MIN_LENGTH_HELP})
     name: str = "dsir"
     requires_target: bool = True
 
@@ -131,12 +145,15 @@ class DsirSelector(Selector):
             raise ValueError(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")
         if self.target_model not in TARGET_MODELS:
             raise ValueError(f"target_model must be one of {TARGET_MODELS}, got {self.target_model!r}")
+        if self.min_length < 0:
+            raise ValueError(f"min_length must be >= 0 (0 keeps every example), got {self.min_length}")
 
     def _counts(self, examples: Iterable[Example]) -> _HashedCounts:
         return _HashedCounts((example_text(e) for e in examples), self.ngrams, self.buckets)
 
     def log_importance(self, pool: Pool, context: SelectionContext) -> np.ndarray:
-        """[N, S] log importance weights of the pool examples under each target model."""
+        """[N, S] log importance weights of the pool examples under each target model (NaN: under
+        min_length tokens, never drawn)."""
         target = context.target
         pool_counts = self._counts(pool.examples)
         target_counts = self._counts(target.examples)
@@ -149,16 +166,17 @@ class DsirSelector(Selector):
         for start in range(0, len(pool_counts), CHUNK):
             stop = min(start + CHUNK, len(pool_counts))
             out[start:stop] = pool_counts.dot(log_diff, start, stop)
+        out[pool_counts.words() < self.min_length] = np.nan
         return out
 
     def score(self, pool: Pool, context: SelectionContext) -> Scores:
         scores = self.log_importance(pool, context).max(axis=1)
         if self.sampling == "gumbel":
             scores = scores + np.random.default_rng(context.seed).gumbel(size=len(scores))
-        return Scores(scores)
+        return Scores(scores, provenance={"under_min_length": int(np.isnan(scores).sum())})
 
     def params(self) -> dict[str, Any]:
         return {"ngrams": self.ngrams, "buckets": self.buckets, "hash": "sha256 mod buckets (data-selection)",
                 "tokenizer": "nltk WordPunctTokenizer, lower-cased", "smoothing": SMOOTHING,
-                "sampling": self.sampling, "target_model": self.target_model,
+                "sampling": self.sampling, "target_model": self.target_model, "min_length": self.min_length,
                 "data-selection": importlib.metadata.version("data-selection")}
