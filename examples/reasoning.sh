@@ -20,7 +20,8 @@ export HF_HUB_OFFLINE=1
 
 TARGET=${TARGET:-flan_cot:strategyqa}
 OUT=${OUT:-examples/results/reasoning-${TARGET##*:}}
-SELECTORS=${SELECTORS:-random,longest,less:store_features=true,less:scoring=faiss,bm25,dsir,embed,rds,ifd}
+# dsir:min_length=0 is DSIR without the authors' 100-token filter (what this folder first measured as dsir)
+SELECTORS=${SELECTORS:-random,longest,less:store_features=true,less:scoring=faiss,bm25,dsir,dsir:min_length=0,embed,rds,ifd}
 VERSUS=${VERSUS:-less:store_features=true}  # every row is also paired against LESS exact
 RECIPE=${RECIPE:-small-k-validated}
 LR=${LR:-2e-4}
