@@ -17,10 +17,11 @@ export HF_HUB_OFFLINE=1
 
 OUT=${OUT:-examples/results/lima}
 SELECTORS=${SELECTORS:-random,longest}
+VERSUS=${VERSUS:-}  # a row every other is paired against too (the published report: VERSUS=embed)
 
 ARGS=(--pool alpaca:sample=1000 --target user_oriented --k 100
       --selectors "$SELECTORS" --seeds 3 --selection-seeds 1 --redraw random,dsir
-      --metrics loss --recipe small-k-validated --out "$OUT" ${EXTRA:-})
+      --metrics loss --recipe small-k-validated --out "$OUT" ${VERSUS:+--versus "$VERSUS"} ${EXTRA:-})
 
 source examples/sitting.sh
 run_sitting "$OUT" "${ARGS[@]}"

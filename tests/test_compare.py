@@ -437,6 +437,32 @@ def test_versus_pairs_every_row_with_the_named_row_too_without_mirrored_differen
         CompareConfig(pools=[str(pool)], targets=[str(target)], selectors=["random,longest"], versus=["less"])
 
 
+def test_reports_only_with_versus_pairs_the_saved_runs_against_the_named_row(tmp_path, monkeypatch):
+    """A comparison run without --versus is re-reported against longest from its saved evaluations alone
+    (nothing trained again); the choice is saved with the report, and a name that is no saved row fails."""
+    from influence.compare import compare, regenerate
+
+    pool, target = _files(tmp_path)
+    _stand_in_training(monkeypatch, loss=lambda model, n: (1.0 if "bm25" in str(model) else 1.5) + n / 10)
+    out = tmp_path / "cmp"
+    compare(CompareConfig(pools=[str(pool)], targets=[str(target)], k=4, seeds=2, bootstrap_resamples=200,
+                          selectors=["random,longest,bm25"]), out)
+    assert "vs longest (target loss)" not in (out / "results.md").read_text()
+    trained = _stand_in_training(monkeypatch)
+    cli = ["compare", "--pool", str(pool), "--target", str(target), "--k", "4", "--selectors", "random,longest,bm25",
+           "--reports-only", "--out", str(out)]
+    result = CliRunner().invoke(main, [*cli, "--versus", "longest"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert not trained
+    summary = json.loads((out / "results.json").read_text())
+    rows = summary["selectors"][str(target)]
+    assert rows["bm25"]["target_loss_vs_longest"]["difference"] == pytest.approx(-0.5)
+    assert "vs longest (target loss)" in (out / "results.md").read_text()
+    assert summary["config"]["versus"] == ["longest"] and regenerate(out)["config"]["versus"] == ["longest"]
+    with pytest.raises(ConfigError, match="versus names no other row of .*: less"):
+        regenerate(out, versus=["less"])
+
+
 def test_a_full_row_trains_on_the_whole_pool_and_the_dry_run_prices_it_so(tmp_path, tiny_model_dir, monkeypatch):
     """`full` (LESS's Table 2 whole-pool row) trains once per seed on all 14 pool examples, whatever k."""
     from influence.compare import compare, selected_ids

@@ -112,7 +112,7 @@ def compare_command(pools, targets, k, selectors, seeds, selection_seeds, redraw
         click.echo("\n".join(estimate_compare(config, out=out).lines()))
         return
     if reports_only:
-        regenerate(out)
+        regenerate(out, versus=config.versus or None)
         click.echo(f"wrote {out}/results.md, results.csv, differences.csv, results.json and plot.png again")
         return
 

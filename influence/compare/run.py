@@ -32,14 +32,14 @@ from influence.compare.cells import ITEM_KEY, Cell, selected_ids
 from influence.compare.reports import write_reports
 from influence.algorithms import TopK
 from influence.compare.row_selector import make_row_selector, row_algorithm, row_diversity, row_prefilter
-from influence.compare.settings import BASE, METRICS, CompareSettings, SelectorRow
+from influence.compare.settings import BASE, BASELINE, METRICS, CompareSettings, SelectorRow
 from influence.compare.summary import comparison_summary
 from influence.constants import manifest_path, safe_name
 from influence.data.contamination import Contamination
 from influence.data.pools import Pool, load_pool
 from influence.data.targets import load_target
 from influence.evaluation import EvalSettings
-from influence.errors import EvaluationError, OutputError
+from influence.errors import ConfigError, EvaluationError, OutputError
 from influence.io import check_output_dir, sha256_json
 from influence.selection import check_algorithm, decontaminate, select, write_selection
 
@@ -251,12 +251,14 @@ def _training_seconds(out: Path) -> dict[str, float]:
     return {Path(row["eval"]).name: float(row.get("training_seconds") or 0.0) for row in rows if row.get("eval")}
 
 
-def regenerate(out: str | Path) -> dict[str, Any]:
+def regenerate(out: str | Path, *, versus: list[str] | None = None) -> dict[str, Any]:
     """Redo a comparison's tables and plot from the evaluation files its results.json names, without
-    selecting, training or evaluating anything; rewrites the reports under `out`.
+    selecting, training or evaluating anything; rewrites the reports under `out`. `versus`, when
+    given, replaces the saved rows every other is also paired against.
 
     Raises:
         OutputError: `out` holds no results.json.
+        ConfigError: a `versus` name is none of the saved rows (or is random or base, always compared).
     """
     out = Path(out)
     saved = out / "results.json"
@@ -264,6 +266,13 @@ def regenerate(out: str | Path) -> dict[str, Any]:
         raise OutputError(f"{out} holds no results.json: run the comparison first")
     previous = json.loads(saved.read_text(encoding="utf-8"))
     config = previous["config"]
+    if versus is not None:
+        labels = list(dict.fromkeys(row["selector"] for row in previous["rows"] if row["selector"] != BASE))
+        unknown = [v for v in versus if v not in labels or v == BASELINE]
+        if unknown:
+            raise ConfigError(f"versus names no other row of {out}: {', '.join(unknown)}; choose from "
+                              f"{', '.join(x for x in labels if x != BASELINE)}")
+        config = {**config, "versus": list(versus)}
     metrics = [METRICS[m] for m in config["metrics"] if m != "loss"]
     cells = [Cell.from_row(row, metrics, out) for row in previous["rows"]]
     summary = comparison_summary(cells, config, load_pool(config["pools"]), previous.get("contamination", {}), out)
