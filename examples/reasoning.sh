@@ -22,7 +22,8 @@ TARGET=${TARGET:-flan_cot:strategyqa}
 OUT=${OUT:-examples/results/reasoning-${TARGET##*:}}
 # dsir:min_length=0 is DSIR without the authors' 100-token filter (what this folder first measured as dsir)
 SELECTORS=${SELECTORS:-random,longest,less:store_features=true,less:scoring=faiss,bm25,dsir,dsir:min_length=0,embed,rds,ifd}
-VERSUS=${VERSUS:-less:store_features=true}  # every row is also paired against LESS exact
+# every row is also paired against LESS exact, and against DSIR without its filter
+VERSUS=${VERSUS:-less:store_features=true,dsir:min_length=0}
 RECIPE=${RECIPE:-small-k-validated}
 LR=${LR:-2e-4}
 

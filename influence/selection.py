@@ -32,6 +32,7 @@ from influence.less.settings import LessSettings
 from influence.provenance import envelope
 from influence.ranking import diverse_top_k
 from influence.selectors import Scores, SelectionContext, Selector, check_k, make_selector, top_k
+from influence.selectors.dsir import DsirSelector
 
 SELECTION_ARTIFACT = "influence.selection"
 SELECTION_FORMAT = 1
@@ -66,8 +67,8 @@ class Diversity:
 
 
 def selector_options(name: str, settings: Any, *, length_unit: str = "chars", pooling: str = "last",
-                     embed_model: str | None = None, dsir_sampling: str = "gumbel",
-                     dsir_min_length: int = 100) -> dict[str, Any]:
+                     embed_model: str | None = None, dsir_sampling: str = DsirSelector.sampling,
+                     dsir_min_length: int = DsirSelector.min_length) -> dict[str, Any]:
     """Selector `name`'s keyword options, from the LESS settings (model, datastore, device) and the rest."""
     if name == "longest":
         return {"unit": length_unit}

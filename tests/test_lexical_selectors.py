@@ -180,7 +180,8 @@ def test_dsir_with_fewer_long_examples_than_k_fails_with_the_count():
     pool = Pool(examples=[Example(_long(150, "a"), "", ""), Example(_long(150, "b"), "", ""),
                           Example("short one", "", ""), Example("short two", "", "")])
     target = Target("t", [Example(_long(120, "a"), "", "")])
-    with pytest.raises(SelectionError, match="only 2 examples have a valid score"):
+    with pytest.raises(SelectionError, match=r"dsir: only 2 of 4 pool examples have 100 or more word-punct tokens.*"
+                                             r"fewer than k=3; lower --dsir-min-length"):
         select(pool, 3, make_selector("dsir"), target=target)
     assert len(select(pool, 3, make_selector("dsir", min_length=0), target=target).examples) == 3
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from influence.data.example import Example, example_text
 from influence.data.pools import Pool
+from influence.errors import SelectionError
 from influence.scoring import subtask_rows
 from influence.selectors.base import Scores, SelectionContext, Selector
 
@@ -111,10 +112,10 @@ class DsirSelector(Selector):
 
     Like the authors' `resample`, examples under `min_length` tokens (100) are never drawn:
     their scores are NaN. The filter matters more than its name suggests: a log weight is a
-    sum over n-grams and most n-grams are rarer in a small target than in the pool, so without
-    it the shortest texts (log weight near zero) come first. Most instruction examples are
-    shorter than 100 tokens (three quarters of the Alpaca sample); too few long ones for k
-    fail with the count, and min_length=0 turns the filter off.
+    sum over n-grams, and when most n-grams are rarer in a small target than in the pool, short
+    texts (log weight near zero) come first without it. Most instruction examples are shorter
+    than 100 tokens (three quarters of a 1,000-example Alpaca sample); fewer long ones than k
+    fail with their count, and min_length=0 turns the filter off.
 
     sampling="gumbel" (default, what DSIR does) adds Gumbel noise drawn from the seed to
     the log weights, so that the shared top-k draws k examples without replacement with
@@ -171,9 +172,14 @@ class DsirSelector(Selector):
 
     def score(self, pool: Pool, context: SelectionContext) -> Scores:
         scores = self.log_importance(pool, context).max(axis=1)
+        left_out = int(np.isnan(scores).sum())
+        if context.k is not None and len(scores) - left_out < context.k:
+            raise SelectionError(f"dsir: only {len(scores) - left_out:,} of {len(scores):,} pool examples have "
+                                 f"{self.min_length} or more word-punct tokens (the authors' filter), fewer than "
+                                 f"k={context.k:,}; lower --dsir-min-length (0 keeps every example)")
         if self.sampling == "gumbel":
             scores = scores + np.random.default_rng(context.seed).gumbel(size=len(scores))
-        return Scores(scores, provenance={"under_min_length": int(np.isnan(scores).sum())})
+        return Scores(scores, provenance={"under_min_length": left_out})
 
     def params(self) -> dict[str, Any]:
         return {"ngrams": self.ngrams, "buckets": self.buckets, "hash": "sha256 mod buckets (data-selection)",
