@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from influence.cli import main
 from influence.compare import (RECIPES, Cell, CompareSettings as CompareConfig, SelectorRow, estimate_compare, parse_rows,
-                               summarize)
+                               spread_kind, summarize)
 from influence.errors import ConfigError, SelectionError
 from influence.less import LessSettings
 from influence.lora import LoraSettings
@@ -292,6 +292,18 @@ def _cell(tmp_path, name, seed, shift, hits):
                 metrics={"accuracy": sum(hits) / 40})
     cell.per_item = _per_item(losses, hits)
     return cell
+
+
+def test_a_redraw_whose_every_draw_picked_the_same_examples_says_so_in_its_spread(tmp_path):
+    def drawn(seed, ids):
+        path = tmp_path / f"dsir-s{seed}.jsonl"
+        write_jsonl(path, [{"id": i, "instruction": i, "response": i} for i in ids])
+        return Cell("dsir", "t", seed, seed, path)
+
+    same = [drawn(seed, ["b", "a", "c"] if seed else ["a", "b", "c"]) for seed in range(3)]
+    assert spread_kind(same) == "3 seeds, each a new draw and its own training seed (every draw picked the same examples)"
+    differ = [*same[:2], drawn(2, ["a", "b", "d"])]
+    assert spread_kind(differ) == "3 seeds, each a new draw and its own training seed"
 
 
 def test_differences_to_random_and_to_base_are_paired_intervals_with_verdicts(tmp_path):

@@ -33,8 +33,18 @@ def spread_kind(cells: list[Cell]) -> str:
     if len(selections) == 1:
         return f"{len(cells)} training seeds, one selection"
     if len(selections) == len(cells) and all(c.selection_seed == c.seed for c in cells):
-        return f"{len(cells)} seeds, each a new draw and its own training seed"
+        drawn = f"{len(cells)} seeds, each a new draw and its own training seed"
+        return f"{drawn} (every draw picked the same examples)" if _same_picks(cells) else drawn
     return f"{len(selections)} selection seeds x {len({c.seed for c in cells})} training seeds"
+
+
+def _same_picks(cells: list[Cell]) -> bool:
+    """Whether the cells' selection files, all readable, hold one set of examples (a draw whose weights
+    are so peaked that every seed picks alike: its ± is then a spread over training seeds only)."""
+    paths = [c.selection for c in cells]
+    if not all(p is not None and p.is_file() for p in paths):
+        return False
+    return len({frozenset(selected_ids(p)) for p in paths}) == 1
 
 
 def summarize(cells: list[Cell], metrics: Sequence[str] = (), *, resamples: int = RESAMPLES,
