@@ -12,8 +12,8 @@
 # Run it alone on the machine. Pool: seeded samples of 300 bundled Alpaca and 300 FLAN-CoT examples (every
 # source in proportion); k = 10% = 60; 3 training seeds (random and dsir draw again with each); the same 200
 # held-out items for every row; the untrained model as the base row. Recipe: RECIPE (default small-k-validated:
-# batch 8, 2 epochs) at LR (default 2e-4: of 1e-4 and 2e-4, the lower answer-only loss on strategyqa's 50
-# validation items, never held-out ones; examples/results/reasoning-strategyqa/recipe.md).
+# batch 8, 2 epochs) at LR, by default the target's own pick of 1e-4 and 2e-4 (the lower answer-only loss on its
+# 50 validation items, never held-out ones): 2e-4 for strategyqa, 1e-4 for aqua (examples/results/reasoning-*/recipe.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
@@ -25,7 +25,11 @@ SELECTORS=${SELECTORS:-random,longest,less:store_features=true,less:scoring=fais
 # every row is also paired against LESS exact, and against DSIR without its filter
 VERSUS=${VERSUS:-less:store_features=true,dsir:min_length=0}
 RECIPE=${RECIPE:-small-k-validated}
-LR=${LR:-2e-4}
+case "$TARGET" in
+    flan_cot:aqua) VALIDATED_LR=1e-4 ;;
+    *) VALIDATED_LR=2e-4 ;;  # strategyqa's; another target should pick its own on its validation items
+esac
+LR=${LR:-$VALIDATED_LR}
 
 ARGS=(--pool alpaca:sample=300 --pool flan_cot:sample=300,stratify=source --target "$TARGET" --k 60
       --selectors "$SELECTORS" --seeds 3 --selection-seeds 1 --redraw random,dsir
