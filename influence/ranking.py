@@ -105,3 +105,19 @@ def diverse_top_k(scores: np.ndarray, ids: Sequence[Any], k: int, embeddings: An
                              f"already chosen are skipped ({skipped:,} skipped); raise the diversity threshold or "
                              f"choose k <= {len(chosen):,}")
     return np.asarray(chosen, dtype=np.int64), skipped
+
+
+def closest_pair_cosine(embeddings: Any, indices: Sequence[int], *, block: int = 1024) -> float | None:
+    """The largest cosine between two of the chosen examples' embeddings: a diversity threshold at or
+    above it would have changed nothing (None for fewer than two). Blockwise, so a large k stays small."""
+    if len(indices) < 2:
+        return None
+    vectors = np.stack([np.asarray(embeddings[i], dtype=np.float32).reshape(-1) for i in indices])
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    closest = -1.0
+    for start in range(0, len(vectors), block):
+        cosines = vectors[start:start + block] @ vectors.T
+        rows = np.arange(cosines.shape[0])
+        cosines[rows, start + rows] = -np.inf  # an example with itself
+        closest = max(closest, float(cosines.max()))
+    return closest

@@ -30,7 +30,7 @@ from influence.io import (check_output_dir, check_output_file, json_bytes, jsonl
                           sha256_json)
 from influence.less.settings import LessSettings
 from influence.provenance import envelope
-from influence.ranking import diverse_top_k
+from influence.ranking import closest_pair_cosine, diverse_top_k
 from influence.selectors import Scores, SelectionContext, Selector, check_k, make_selector, top_k
 from influence.selectors.dsir import DsirSelector
 
@@ -189,8 +189,10 @@ class Selection:
                          f"{kept['seconds']:.1f}s; {self.selector.name} scored only those")
         if "diversity" in self.extra:
             diversity = self.extra["diversity"]
+            closest = diversity.get("closest_pair_cosine")
             lines.append(f"  diversity: skipped {diversity['skipped']:,} examples with cosine above "
-                         f"{diversity['tau']} to one chosen before")
+                         f"{diversity['tau']} to one chosen before"
+                         + (f"; the closest two picks have cosine {closest:.2f}" if closest is not None else ""))
         return lines
 
 
@@ -315,9 +317,12 @@ def diverse_selection(pool: Pool, scores: np.ndarray, k: int, diversity: Diversi
 
     store = pool_embeddings(pool, diversity.settings or LessSettings(), encoder_spec=diversity.encoder,
                             batch_size=diversity.batch_size)
-    indices, skipped = diverse_top_k(scores, pool.ids, k, store.rows(), diversity.tau)
-    return indices, {**diversity.to_dict(), "skipped": skipped, "encoder_identity": store.identity.get("encoder"),
-                     "store": str(store.path)}
+    rows = store.rows()
+    indices, skipped = diverse_top_k(scores, pool.ids, k, rows, diversity.tau)
+    closest = closest_pair_cosine(rows, indices)
+    return indices, {**diversity.to_dict(), "skipped": skipped,
+                     "closest_pair_cosine": None if closest is None else round(closest, 4),
+                     "encoder_identity": store.identity.get("encoder"), "store": str(store.path)}
 
 
 def default_output_path(pool_specs: list[str], selector: str, k: int, target: str | None = None) -> Path:

@@ -26,7 +26,7 @@ from influence.models import LoadedModel
 from influence.selection import Diversity, select
 from influence.selectors import make_selector
 from influence.selectors.ifd import ifd_ranking_scores
-from influence.ranking import diverse_top_k, top_k
+from influence.ranking import closest_pair_cosine, diverse_top_k, top_k
 from influence.testing import tiny_model_and_tokenizer
 
 TARGET = Target("mixed", [Example("What is 5 plus 7?", "", "5 plus 7 is 12.", subtask="sums"),
@@ -281,6 +281,18 @@ def test_diverse_top_k_skips_what_is_too_close_to_a_chosen_example():
         diverse_top_k(scores, ids, 4, embeddings, tau=0.5)
 
 
+def test_the_closest_pair_of_picks_is_the_largest_threshold_that_would_change_them():
+    embeddings = np.array([[1, 0, 0], [0.99, 0.14, 0], [0, 1, 0], [0, 0, 1], [0.7, 0.7, 0]], dtype=np.float32)
+    scores, ids = np.array([5.0, 4.0, 3.0, 2.0, 1.0]), list("abcde")
+    picks, _ = diverse_top_k(scores, ids, 4, embeddings, tau=0.9)
+    closest = closest_pair_cosine(embeddings, picks, block=3)  # blocks smaller than k still see every pair
+    assert closest == pytest.approx(0.7 / np.hypot(0.7, 0.7), abs=1e-6)  # e against a and against c
+    assert diverse_top_k(scores, ids, 4, embeddings, tau=closest + 1e-3)[1] == 1  # only b, as before
+    with pytest.raises(SelectionError):
+        diverse_top_k(scores, ids, 4, embeddings, tau=closest - 1e-3)
+    assert closest_pair_cosine(embeddings, [0]) is None
+
+
 def test_select_with_diversity_skips_near_duplicates_and_records_it(encoder_dir, settings):
     base = "the river runs past the stone under the cloud and light"
     near = [Example(f"Tell story {i}.", "", f"{base}{'!' * i}") for i in range(1, 4)]  # the three longest
@@ -297,6 +309,7 @@ def test_select_with_diversity_skips_near_duplicates_and_records_it(encoder_dir,
     assert (vectors @ vectors.T)[np.triu_indices(3, 1)].max() <= 0.9
     record = diverse.manifest("alpaca")["diversity"]
     assert record["tau"] == 0.9 and record["skipped"] == 2 and record["encoder"] == str(encoder_dir)
+    assert record["closest_pair_cosine"] == pytest.approx((vectors @ vectors.T)[np.triu_indices(3, 1)].max(), abs=2e-3)
 
 
 def test_the_new_selectors_are_registered_by_name():
