@@ -74,9 +74,10 @@ def top_k(scores: np.ndarray, ids: Sequence[Any], k: int) -> np.ndarray:
 
 
 def diverse_top_k(scores: np.ndarray, ids: Sequence[Any], k: int, embeddings: Any, tau: float
-                  ) -> tuple[np.ndarray, int]:
+                  ) -> tuple[np.ndarray, int, float | None]:
     """The first k examples of the ranking whose embedding has cosine at most `tau` with every one
-    chosen before it (DEITA's representation filter, Liu et al., ICLR 2024), and how many were skipped.
+    chosen before it (DEITA's representation filter, Liu et al., ICLR 2024), how many were skipped, and
+    the largest cosine between two of those chosen (None for k=1): a `tau` at or above it changes nothing.
 
     Args:
         embeddings: row-indexable [N, d] (a datastore's rows); rows are L2-normalised here.
@@ -89,13 +90,16 @@ def diverse_top_k(scores: np.ndarray, ids: Sequence[Any], k: int, embeddings: An
     dim = int(embeddings.shape[1])
     chosen: list[int] = []
     kept = np.empty((k, dim), dtype=np.float32)
-    skipped = 0
+    skipped, closest = 0, None
     for index in ranked(scores, ids):
         vector = np.asarray(embeddings[index], dtype=np.float32).reshape(dim)
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
-        if chosen and float((kept[: len(chosen)] @ vector).max()) > tau:
-            skipped += 1
-            continue
+        if chosen:
+            nearest = float((kept[: len(chosen)] @ vector).max())
+            if nearest > tau:
+                skipped += 1
+                continue
+            closest = nearest if closest is None else max(closest, nearest)
         kept[len(chosen)] = vector
         chosen.append(index)
         if len(chosen) == k:
@@ -104,20 +108,5 @@ def diverse_top_k(scores: np.ndarray, ids: Sequence[Any], k: int, embeddings: An
         raise SelectionError(f"only {len(chosen):,} examples are left once those with cosine above {tau} to one "
                              f"already chosen are skipped ({skipped:,} skipped); raise the diversity threshold or "
                              f"choose k <= {len(chosen):,}")
-    return np.asarray(chosen, dtype=np.int64), skipped
+    return np.asarray(chosen, dtype=np.int64), skipped, closest
 
-
-def closest_pair_cosine(embeddings: Any, indices: Sequence[int], *, block: int = 1024) -> float | None:
-    """The largest cosine between two of the chosen examples' embeddings: a diversity threshold at or
-    above it would have changed nothing (None for fewer than two). Blockwise, so a large k stays small."""
-    if len(indices) < 2:
-        return None
-    vectors = np.stack([np.asarray(embeddings[i], dtype=np.float32).reshape(-1) for i in indices])
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    closest = -1.0
-    for start in range(0, len(vectors), block):
-        cosines = vectors[start:start + block] @ vectors.T
-        rows = np.arange(cosines.shape[0])
-        cosines[rows, start + rows] = -np.inf  # an example with itself
-        closest = max(closest, float(cosines.max()))
-    return closest

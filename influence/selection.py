@@ -30,7 +30,7 @@ from influence.io import (check_output_dir, check_output_file, json_bytes, jsonl
                           sha256_json)
 from influence.less.settings import LessSettings
 from influence.provenance import envelope
-from influence.ranking import closest_pair_cosine, diverse_top_k
+from influence.ranking import diverse_top_k
 from influence.selectors import Scores, SelectionContext, Selector, check_k, make_selector, top_k
 from influence.selectors.dsir import DsirSelector
 
@@ -317,9 +317,7 @@ def diverse_selection(pool: Pool, scores: np.ndarray, k: int, diversity: Diversi
 
     store = pool_embeddings(pool, diversity.settings or LessSettings(), encoder_spec=diversity.encoder,
                             batch_size=diversity.batch_size)
-    rows = store.rows()
-    indices, skipped = diverse_top_k(scores, pool.ids, k, rows, diversity.tau)
-    closest = closest_pair_cosine(rows, indices)
+    indices, skipped, closest = diverse_top_k(scores, pool.ids, k, store.rows(), diversity.tau)
     return indices, {**diversity.to_dict(), "skipped": skipped,
                      "closest_pair_cosine": None if closest is None else round(closest, 4),
                      "encoder_identity": store.identity.get("encoder"), "store": str(store.path)}

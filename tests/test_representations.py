@@ -26,7 +26,7 @@ from influence.models import LoadedModel
 from influence.selection import Diversity, select
 from influence.selectors import make_selector
 from influence.selectors.ifd import ifd_ranking_scores
-from influence.ranking import closest_pair_cosine, diverse_top_k, top_k
+from influence.ranking import diverse_top_k, top_k
 from influence.testing import tiny_model_and_tokenizer
 
 TARGET = Target("mixed", [Example("What is 5 plus 7?", "", "5 plus 7 is 12.", subtask="sums"),
@@ -273,9 +273,9 @@ def test_diverse_top_k_skips_what_is_too_close_to_a_chosen_example():
     scores = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
     ids = list("abcde")
     assert top_k(scores, ids, 3).tolist() == [0, 1, 2]
-    indices, skipped = diverse_top_k(scores, ids, 3, embeddings, tau=0.9)
+    indices, skipped, _ = diverse_top_k(scores, ids, 3, embeddings, tau=0.9)
     assert indices.tolist() == [0, 2, 3] and skipped == 1
-    indices, skipped = diverse_top_k(scores, ids, 4, embeddings, tau=0.9)
+    indices, skipped, _ = diverse_top_k(scores, ids, 4, embeddings, tau=0.9)
     assert indices.tolist() == [0, 2, 3, 4] and skipped == 1  # 0.707 with both 0 and 2: kept at 0.9
     with pytest.raises(SelectionError, match="only 3 examples are left"):
         diverse_top_k(scores, ids, 4, embeddings, tau=0.5)
@@ -284,13 +284,14 @@ def test_diverse_top_k_skips_what_is_too_close_to_a_chosen_example():
 def test_the_closest_pair_of_picks_is_the_largest_threshold_that_would_change_them():
     embeddings = np.array([[1, 0, 0], [0.99, 0.14, 0], [0, 1, 0], [0, 0, 1], [0.7, 0.7, 0]], dtype=np.float32)
     scores, ids = np.array([5.0, 4.0, 3.0, 2.0, 1.0]), list("abcde")
-    picks, _ = diverse_top_k(scores, ids, 4, embeddings, tau=0.9)
-    closest = closest_pair_cosine(embeddings, picks, block=3)  # blocks smaller than k still see every pair
+    picks, _, closest = diverse_top_k(scores, ids, 4, embeddings, tau=0.9)
+    assert picks.tolist() == [0, 2, 3, 4]
     assert closest == pytest.approx(0.7 / np.hypot(0.7, 0.7), abs=1e-6)  # e against a and against c
     assert diverse_top_k(scores, ids, 4, embeddings, tau=closest + 1e-3)[1] == 1  # only b, as before
     with pytest.raises(SelectionError):
         diverse_top_k(scores, ids, 4, embeddings, tau=closest - 1e-3)
-    assert closest_pair_cosine(embeddings, [0]) is None
+    assert diverse_top_k(scores, ids, 3, embeddings, tau=0.9)[2] == 0.0  # a, c, d: orthogonal
+    assert diverse_top_k(scores, ids, 1, embeddings, tau=0.9)[2] is None
 
 
 def test_select_with_diversity_skips_near_duplicates_and_records_it(encoder_dir, settings):

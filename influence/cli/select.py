@@ -97,7 +97,8 @@ def given_options(names) -> list[str]:
                    "[default: the bundled all-MiniLM-L6-v2].")
 @click.option("--diversity", type=float, default=None, metavar="TAU",
               help="Walk the ranking and skip an example whose embedding has cosine above TAU with one already "
-                   "chosen (DEITA's filter; 0.9 in its paper) [default: off].")
+                   "chosen (DEITA's filter; 0.9 in its paper); the summary gives the closest two picks' cosine, above "
+                   "which TAU changes nothing [default: off].")
 @click.option("--prefilter", default=None, metavar="SELECTOR:N", help=PREFILTER_HELP)
 @click.option("--dry-run", is_flag=True, help="less: estimate time, disk and memory; compute and write nothing.")
 @with_algorithm_options
