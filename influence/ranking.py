@@ -109,4 +109,3 @@ def diverse_top_k(scores: np.ndarray, ids: Sequence[Any], k: int, embeddings: An
                              f"already chosen are skipped ({skipped:,} skipped); raise the diversity threshold or "
                              f"choose k <= {len(chosen):,}")
     return np.asarray(chosen, dtype=np.int64), skipped, closest
-
