@@ -8,6 +8,9 @@
 #   DRY_RUN=1 examples/reasoning.sh               # the dry run only
 #   TARGET=flan_cot:aqua examples/reasoning.sh    # the other target (its own output folder)
 #   SELECTORS=...,full examples/reasoning.sh      # a later sitting adds rows; list the earlier ones too
+#   METRICS=loss,em OUT=... examples/reasoning.sh # also exact match of the generated chain of thought's answer
+#                                                 # (greedy, slow: minutes a run); its own folder, as its
+#                                                 # evaluations differ from the loss-only ones
 #
 # Run it alone on the machine. Pool: seeded samples of 300 bundled Alpaca and 300 FLAN-CoT examples (every
 # source in proportion); k = 10% = 60; 3 training seeds (random and dsir draw again with each); the same 200
@@ -33,7 +36,7 @@ LR=${LR:-$VALIDATED_LR}
 
 ARGS=(--pool alpaca:sample=300 --pool flan_cot:sample=300,stratify=source --target "$TARGET" --k 60
       --selectors "$SELECTORS" --seeds 3 --selection-seeds 1 --redraw random,dsir
-      --metrics loss --recipe "$RECIPE" --lr "$LR" --versus "$VERSUS" --out "$OUT" ${EXTRA:-})
+      --metrics "${METRICS:-loss}" --recipe "$RECIPE" --lr "$LR" --versus "$VERSUS" --out "$OUT" ${EXTRA:-})
 
 source examples/sitting.sh
 run_sitting "$OUT" "${ARGS[@]}"
