@@ -407,6 +407,30 @@ def test_the_dry_run_prices_training_by_epochs_and_k_and_generation_only_when_as
     assert phases(metrics=["loss", "em"])[evaluation] > one[evaluation] == phases(metrics=["loss"])[evaluation]
 
 
+def test_the_dry_run_prices_a_generated_answer_at_about_its_references_length_within_the_budget(tmp_path,
+                                                                                                 tiny_model_dir):
+    """A chain of thought stops at its answer, so exact match is priced by the references' length, not a fixed
+    budget; references longer than the budget are priced at the budget."""
+    import re
+
+    from influence.evaluation import EvalSettings
+    from influence.training import TrainSettings as TrainConfig
+
+    pool, _ = _files(tmp_path)
+
+    def generated(words: int) -> int:
+        target = write_jsonl(tmp_path / f"target{words}.jsonl", [
+            {"instruction": f"Explain sum {a}.", "output": " ".join(["step"] * words) + f" so {a}."} for a in range(3)])
+        config = CompareConfig(pools=[str(pool)], targets=[str(target)], k=4, selectors=["longest"],
+                               metrics=["loss", "em"], train=TrainConfig.for_tests(model=str(tiny_model_dir)))
+        detail = next(p["detail"] for p in estimate_compare(config, flops_per_second=1e9).phases
+                      if p["name"].startswith("evaluation on"))
+        return int(re.search(r"about (\d+) generated tokens each", detail).group(1))
+
+    short, longer, longest = generated(5), generated(20), generated(2000)
+    assert short < longer < longest == EvalSettings().cot_max_new_tokens
+
+
 def test_the_dry_run_of_a_sitting_prices_only_its_seeds(tmp_path, tiny_model_dir):
     """--only-seeds limits the work, so it limits the estimate: one seed of three is a third of the runs."""
     from influence.training import TrainSettings as TrainConfig

@@ -16,7 +16,7 @@ from influence.data.example import Example
 from influence.data.pools import load_pool
 from influence.data.targets import load_target
 from influence.evaluation import EvalSettings, build_task
-from influence.evaluation.evaluate import TASK_METRICS
+from influence.evaluation.evaluate import TASK_METRICS, expected_answer_tokens
 from influence.io import sha256_json
 from influence.less.estimate import (FORWARD_UTILIZATION, MATMUL_UTILIZATION, ModelShape, calibrate, duration,
                                      encoder_shape, estimate_less, evaluation_seconds, response_only, scaled_stats,
@@ -300,10 +300,11 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
         task = build_task(spec, mmlu_shots=eval_config.mmlu_shots)
         items = task.subset(config.limit, 0)
         stats = token_stats(_eval_examples(items), tokenizer=tokenizer, max_length=config.eval_max_length)
+        reference_tokens = stats.response_tokens / max(stats.examples, 1)
         if eval_config.reuse_prefix:  # a subtask's shared prompt start runs once, not once per item
             stats = scaled_stats(stats, stats.examples, tokens=1.0 - _shared_share(items))
-        new_tokens = eval_config.max_new_tokens if generate & {k for k, v in METRICS.items()
-                                                               if v in TASK_METRICS[task.kind]} else 0
+        answered = generate & {k for k, v in METRICS.items() if v in TASK_METRICS[task.kind]}
+        new_tokens = round(expected_answer_tokens(task, eval_config, reference_tokens)) if answered else 0
         count = int(config.base) + sum(len(config.seed_pairs(r)) for r in rows)
         base = config.base
         if pending is not None:
@@ -315,7 +316,7 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
                                      generated_tokens=new_tokens)
         phase(f"evaluation on {spec}, per run", seconds, count,
               f"{len(items):,} items, mean {stats.mean:,.0f} tokens run" + (", base included" if base else "")
-              + (f", {new_tokens} generated tokens each" if new_tokens else ""))
+              + (f", about {new_tokens} generated tokens each" if new_tokens else ""))
     if generate:
         notes.append("generation runs one token per forward pass and is memory-bound: expect it slower than "
                      "its FLOPs say")

@@ -196,7 +196,8 @@ def _task_metric(task: EvalTask, items: list[EvalItem], scores: Any, loaded: Any
     if task.protocol == "reference" and task.kind in ("bbh", "qa"):
         return _reference_metric(task, items, loaded, config, common)
     if task.kind == "generation":
-        budget: int | list[int] = [min(_tokens(loaded.tokenizer, item.reference) + 8, config.cot_max_new_tokens)
+        budget: int | list[int] = [min(_tokens(loaded.tokenizer, item.reference) + REFERENCE_MARGIN,
+                                       config.cot_max_new_tokens)
                                    for item in items]
     elif cot or task.kind == "cot":
         budget = config.cot_max_new_tokens
@@ -232,6 +233,18 @@ def _reference_metric(task: EvalTask, items: list[EvalItem], loaded: Any, config
     pairs = list(zip(answers, items))
     return answers, {"exact_match": [metrics.exact_match(a, item.answers, squad=True) for a, item in pairs],
                      "f1": [metrics.token_f1(a, item.answers, squad=True) for a, item in pairs]}
+
+
+def expected_answer_tokens(task: EvalTask, config: EvalSettings, reference_tokens: float) -> float:
+    """About how many new tokens a greedy answer runs, for pricing: a chain of thought (`cot` and `generation`
+    targets) about as long as its references (`reference_tokens`, their mean) within its budget, since it
+    stops at its answer; any other answer its whole budget."""
+    if task.kind in ("cot", "generation"):
+        return min(reference_tokens + REFERENCE_MARGIN, config.cot_max_new_tokens)
+    return answer_budget(task, config, cot=False)
+
+
+REFERENCE_MARGIN = 8  # new tokens a `generation` answer may take beyond its reference
 
 
 def answer_budget(task: EvalTask, config: EvalSettings, cot: bool) -> int:
