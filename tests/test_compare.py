@@ -431,6 +431,30 @@ def test_the_dry_run_prices_a_generated_answer_at_about_its_references_length_wi
     assert short < longer < longest == EvalSettings().cot_max_new_tokens
 
 
+def test_the_dry_run_prices_a_chain_of_thought_that_never_stops_at_the_whole_budget_beside(tmp_path, tiny_model_dir):
+    """A model that has not learned to end with its answer line generates to the budget: the dry run says what
+    that costs, beside the references' price, and only where the budget is longer than the references."""
+    import re
+
+    from influence.evaluation import EvalSettings
+    from influence.training import TrainSettings as TrainConfig
+
+    pool, _ = _files(tmp_path)
+    budget = EvalSettings().cot_max_new_tokens
+
+    def detail(words: int) -> str:
+        target = write_jsonl(tmp_path / f"target{words}.jsonl", [
+            {"instruction": f"Explain sum {a}.", "output": " ".join(["step"] * words) + f" so {a}."} for a in range(3)])
+        config = CompareConfig(pools=[str(pool)], targets=[str(target)], k=4, selectors=["longest"],
+                               metrics=["loss", "em"], train=TrainConfig.for_tests(model=str(tiny_model_dir)))
+        return next(p["detail"] for p in estimate_compare(config, flops_per_second=1e9).phases
+                    if p["name"].startswith("evaluation on"))
+
+    short = detail(5)
+    assert re.search(rf"never writes its answer line runs all {budget}: .+ a run", short)
+    assert "never writes" not in detail(2000)
+
+
 def test_the_dry_run_of_a_sitting_prices_only_its_seeds(tmp_path, tiny_model_dir):
     """--only-seeds limits the work, so it limits the estimate: one seed of three is a third of the runs."""
     from influence.training import TrainSettings as TrainConfig

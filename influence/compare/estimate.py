@@ -314,9 +314,15 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
             base = any(step.row == BASE and step.target == spec for step in pending)
         seconds = evaluation_seconds(stats, train_shape, flops_per_second=probe * FORWARD_UTILIZATION,
                                      generated_tokens=new_tokens)
+        budget, unstopped = eval_config.cot_max_new_tokens, ""
+        if new_tokens and task.kind in ("cot", "generation") and new_tokens < budget:
+            # a model that has not learned the answer line (the untrained one, often) writes to the budget
+            worst = evaluation_seconds(stats, train_shape, flops_per_second=probe * FORWARD_UTILIZATION,
+                                       generated_tokens=budget)
+            unstopped = f"; a model that never writes its answer line runs all {budget}: {duration(worst)} a run"
         phase(f"evaluation on {spec}, per run", seconds, count,
               f"{len(items):,} items, mean {stats.mean:,.0f} tokens run" + (", base included" if base else "")
-              + (f", about {new_tokens} generated tokens each" if new_tokens else ""))
+              + (f", about {new_tokens} generated tokens each" if new_tokens else "") + unstopped)
     if generate:
         notes.append("generation runs one token per forward pass and is memory-bound: expect it slower than "
                      "its FLOPs say")
