@@ -407,6 +407,23 @@ def test_the_dry_run_prices_training_by_epochs_and_k_and_generation_only_when_as
     assert phases(metrics=["loss", "em"])[evaluation] > one[evaluation] == phases(metrics=["loss"])[evaluation]
 
 
+def _evaluation_detail(tmp_path, model_dir, target: str) -> str:
+    """The dry run's evaluation line for exact match on `target`, over the test pool."""
+    from influence.training import TrainSettings as TrainConfig
+
+    pool, _ = _files(tmp_path)
+    config = CompareConfig(pools=[str(pool)], targets=[target], k=4, selectors=["longest"],
+                           metrics=["loss", "em"], train=TrainConfig.for_tests(model=str(model_dir)))
+    return next(p["detail"] for p in estimate_compare(config, flops_per_second=1e9).phases
+                if p["name"].startswith("evaluation on"))
+
+
+def _answers_of(tmp_path, words: int) -> str:
+    """A target file whose references are about `words` words long."""
+    return str(write_jsonl(tmp_path / f"target{words}.jsonl", [
+        {"instruction": f"Explain sum {a}.", "output": " ".join(["step"] * words) + f" so {a}."} for a in range(3)]))
+
+
 def test_the_dry_run_prices_a_generated_answer_at_about_its_references_length_within_the_budget(tmp_path,
                                                                                                  tiny_model_dir):
     """A chain of thought stops at its answer, so exact match is priced by the references' length, not a fixed
@@ -414,17 +431,9 @@ def test_the_dry_run_prices_a_generated_answer_at_about_its_references_length_wi
     import re
 
     from influence.evaluation import EvalSettings
-    from influence.training import TrainSettings as TrainConfig
-
-    pool, _ = _files(tmp_path)
 
     def generated(words: int) -> int:
-        target = write_jsonl(tmp_path / f"target{words}.jsonl", [
-            {"instruction": f"Explain sum {a}.", "output": " ".join(["step"] * words) + f" so {a}."} for a in range(3)])
-        config = CompareConfig(pools=[str(pool)], targets=[str(target)], k=4, selectors=["longest"],
-                               metrics=["loss", "em"], train=TrainConfig.for_tests(model=str(tiny_model_dir)))
-        detail = next(p["detail"] for p in estimate_compare(config, flops_per_second=1e9).phases
-                      if p["name"].startswith("evaluation on"))
+        detail = _evaluation_detail(tmp_path, tiny_model_dir, _answers_of(tmp_path, words))
         return int(re.search(r"about (\d+) generated tokens each", detail).group(1))
 
     short, longer, longest = generated(5), generated(20), generated(2000)
@@ -432,27 +441,17 @@ def test_the_dry_run_prices_a_generated_answer_at_about_its_references_length_wi
 
 
 def test_the_dry_run_prices_a_chain_of_thought_that_never_stops_at_the_whole_budget_beside(tmp_path, tiny_model_dir):
-    """A model that has not learned to end with its answer line generates to the budget: the dry run says what
-    that costs, beside the references' price, and only where the budget is longer than the references."""
+    """A model that has not learned to end a chain of thought with its answer line generates to the budget: the
+    dry run says what that costs beside the references' price. A free-form answer's budget is its reference's
+    length, so it has no such worst case and no such line."""
     import re
 
     from influence.evaluation import EvalSettings
-    from influence.training import TrainSettings as TrainConfig
 
-    pool, _ = _files(tmp_path)
     budget = EvalSettings().cot_max_new_tokens
-
-    def detail(words: int) -> str:
-        target = write_jsonl(tmp_path / f"target{words}.jsonl", [
-            {"instruction": f"Explain sum {a}.", "output": " ".join(["step"] * words) + f" so {a}."} for a in range(3)])
-        config = CompareConfig(pools=[str(pool)], targets=[str(target)], k=4, selectors=["longest"],
-                               metrics=["loss", "em"], train=TrainConfig.for_tests(model=str(tiny_model_dir)))
-        return next(p["detail"] for p in estimate_compare(config, flops_per_second=1e9).phases
-                    if p["name"].startswith("evaluation on"))
-
-    short = detail(5)
-    assert re.search(rf"never writes its answer line runs all {budget}: .+ a run", short)
-    assert "never writes" not in detail(2000)
+    chain = _evaluation_detail(tmp_path, tiny_model_dir, "flan_cot:strategyqa")
+    assert re.search(rf"never writes its answer line runs all {budget}: .+ a run", chain)
+    assert "never writes" not in _evaluation_detail(tmp_path, tiny_model_dir, _answers_of(tmp_path, 5))
 
 
 def test_the_dry_run_of_a_sitting_prices_only_its_seeds(tmp_path, tiny_model_dir):

@@ -315,8 +315,9 @@ def estimate_compare(config: CompareSettings, *, flops_per_second: float | None 
         seconds = evaluation_seconds(stats, train_shape, flops_per_second=probe * FORWARD_UTILIZATION,
                                      generated_tokens=new_tokens)
         budget, unstopped = eval_config.cot_max_new_tokens, ""
-        if new_tokens and task.kind in ("cot", "generation") and new_tokens < budget:
-            # a model that has not learned the answer line (the untrained one, often) writes to the budget
+        if new_tokens and task.kind == "cot" and new_tokens < budget:
+            # a model that has not learned the answer line (the untrained one, often) writes to the budget; a
+            # `generation` answer's budget is its reference's length already, so it has no such worst case
             worst = evaluation_seconds(stats, train_shape, flops_per_second=probe * FORWARD_UTILIZATION,
                                        generated_tokens=budget)
             unstopped = f"; a model that never writes its answer line runs all {budget}: {duration(worst)} a run"
